@@ -1,0 +1,1 @@
+"""Kafka in: the poll loop, decoding and validation, dead letters, offset tracking."""

@@ -1,0 +1,311 @@
+"""The ingestion loop: Kafka -> event store, effectively once.
+
+Order of a batch (DESIGN.md §3):
+
+1. poll records; 2. decode each into an event or a dead letter (pure); 3. one database transaction
+appends the events (duplicates ignored), the dead letters and the next offset of every partition in the
+batch; 4. publish the new dead letters to the DLQ topic (the table is the outbox); 5. commit the offsets
+to Kafka. The database is the source of truth for positions: on assignment each partition is sought to
+the offset stored there, so a crash anywhere replays at most the batch in flight, and its events are
+duplicates that the store ignores. The Kafka commit is for lag monitoring and for a database that has no
+offset yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from consumers.dead_letter import DeadLetterPublisher
+from consumers.decode import decode_record
+from consumers.metrics import INGEST_METRICS
+from events.errors import StoreUnavailableError
+from events.model import DEFAULT_MAX_MESSAGE_BYTES, AppendResult, ConsumerOffset, DeadLetter, Event, KafkaCoordinates
+from events.sql_store import SqlEventStore
+
+logger = logging.getLogger(__name__)
+
+Records = Mapping[TopicPartition, Sequence[Any]]
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """How the loop runs. Built from settings by the daemon."""
+
+    group_id: str
+    topics: tuple[str, ...]
+    dlq_topic: str
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    poll_timeout_ms: int = 500
+    max_poll_records: int = 2000
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 10.0
+
+
+@dataclass
+class IngestStats:
+    batches: int = 0
+    records: int = 0
+    appended: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    store_retries: int = 0
+    rebalances: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+    def summary(self) -> str:
+        elapsed = max(time.monotonic() - self.started_at, 1e-9)
+        return (
+            f"{self.records} records in {self.batches} batches: {self.appended} appended, {self.duplicates} "
+            f"duplicates, {self.dead_letters} dead letters, {self.store_retries} store retries, "
+            f"{self.rebalances} rebalances ({self.records / elapsed:,.0f} records/s)"
+        )
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, ingestor: Ingestor) -> None:
+        self.ingestor = ingestor
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        # Nothing is in flight here: every polled batch is stored and committed before the next poll.
+        revoked = list(revoked)
+        if revoked:
+            logger.info("partitions revoked: %s", _names(revoked))
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.ingestor._on_assigned(list(assigned))
+
+
+def _names(partitions: Iterable[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(partitions))
+
+
+class Ingestor:
+    """Consumes the inbound topics into the store until stopped.
+
+    Args:
+        store: the event store.
+        consumer: a ``kafka.KafkaConsumer`` built with ``enable_auto_commit=False`` and the group id,
+            not yet subscribed.
+        publisher: publishes dead letters to the DLQ topic.
+        config: topics, group and limits.
+        after_batch: called after each stored batch (the daemon folds projections there).
+    """
+
+    def __init__(
+        self,
+        store: SqlEventStore,
+        consumer: Any,
+        publisher: DeadLetterPublisher,
+        config: IngestConfig,
+        *,
+        after_batch: Callable[[AppendResult], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.store = store
+        self.consumer = consumer
+        self.publisher = publisher
+        self.config = config
+        self.after_batch = after_batch
+        self._sleep = sleep
+        self._stopping = False
+        self._needs_seek: set[TopicPartition] = set()
+        self._store_down = False
+        self.stats = IngestStats()
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand, commit it and return (safe from a signal handler)."""
+        self._stopping = True
+
+    # --- rebalance -----------------------------------------------------------------------------
+
+    def _on_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.stats.rebalances += 1
+        if not assigned:
+            return
+        logger.info("partitions assigned: %s", _names(assigned))
+        if self._store_down:
+            # The store is being retried: hold the new partitions until it is back, then seek them.
+            self.consumer.pause(*assigned)
+            self._needs_seek.update(assigned)
+            return
+        try:
+            self._seek_to_stored(assigned)
+        except StoreUnavailableError as exc:
+            logger.warning("cannot read stored offsets for %s (%s); holding them until the store is back", _names(assigned), exc)
+            self.consumer.pause(*assigned)
+            self._needs_seek.update(assigned)
+
+    def _seek_to_stored(self, partitions: Sequence[TopicPartition], fallback: Mapping[TopicPartition, int] | None = None) -> None:
+        stored = self.store.load_offsets(self.config.group_id, [(tp.topic, tp.partition) for tp in partitions])
+        for tp in partitions:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+                logger.info("%s[%d] resumes at stored offset %d", tp.topic, tp.partition, offset)
+            elif fallback and tp in fallback:
+                self.consumer.seek(tp, fallback[tp])
+            else:
+                logger.info("%s[%d] has no stored offset; starting from Kafka's committed offset or the reset policy", tp.topic, tp.partition)
+
+    def _resolve_pending_seeks(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        """Seek partitions assigned while the store was down; drop what was fetched for them meanwhile."""
+        pending = [tp for tp in self._needs_seek if tp in self.consumer.assignment()]
+        self._needs_seek.clear()
+        if not pending:
+            return
+        dropped = {tp: polled.pop(tp)[0].offset for tp in pending if polled.get(tp)}
+        self._with_store_retry(lambda: self._seek_to_stored(pending, dropped), pending)
+        self.consumer.resume(*pending)
+
+    def _rewind(self, polled: Mapping[TopicPartition, Sequence[Any]]) -> None:
+        """Put fetched-but-unprocessed records back, so the next poll returns them again."""
+        assignment = self.consumer.assignment()
+        for tp, records in polled.items():
+            if records and tp in assignment:
+                self.consumer.seek(tp, records[0].offset)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self, *, until_idle: float | None = None, max_events: int | None = None) -> IngestStats:
+        """Consume until :meth:`stop`, ``until_idle`` seconds without records, or ``max_events`` records.
+
+        Returns:
+            counters of what was done; the consumer is closed without an automatic commit.
+        """
+        self.stats = IngestStats()
+        self.consumer.subscribe(list(self.config.topics), listener=_Rebalance(self))
+        try:
+            self._with_store_retry(self.publisher.publish_pending, [])
+        except _Stopped:
+            return self.stats
+        idle_since = time.monotonic()
+        try:
+            while not self._stopping:
+                max_records = self.config.max_poll_records
+                if max_events is not None:
+                    max_records = max(1, min(max_records, max_events - self.stats.records))
+                polled = {tp: list(r) for tp, r in self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=max_records).items()}
+                if self._needs_seek:
+                    self._resolve_pending_seeks(polled)
+                polled = {tp: r for tp, r in polled.items() if r}
+                if not polled:
+                    if until_idle is not None and time.monotonic() - idle_since >= until_idle:
+                        logger.info("no records for %.1fs; stopping", until_idle)
+                        break
+                    continue
+                idle_since = time.monotonic()
+                self._process(polled)
+                if max_events is not None and self.stats.records >= max_events:
+                    break
+        except _Stopped:
+            logger.info("stopped while the store was unavailable; the batch in hand was not committed and will be re-read")
+        finally:
+            logger.info("ingest finished: %s", self.stats.summary())
+            self.consumer.close(autocommit=False)
+        return self.stats
+
+    def _process(self, polled: dict[TopicPartition, list[Any]]) -> None:
+        new_events: list[Event] = []
+        origins: list[KafkaCoordinates | None] = []
+        letters: list[DeadLetter] = []
+        for records in polled.values():
+            for record in records:
+                decoded = decode_record(record, max_bytes=self.config.max_message_bytes)
+                if isinstance(decoded, DeadLetter):
+                    letters.append(decoded)
+                    logger.warning(
+                        "dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, decoded.reason,
+                        extra={"topic": record.topic, "partition": record.partition, "offset": record.offset, "error_kind": decoded.error_kind},
+                    )
+                else:
+                    new_events.append(decoded)
+                    origins.append(KafkaCoordinates(record.topic, record.partition, record.offset))
+        next_offsets = {tp: records[-1].offset + 1 for tp, records in polled.items()}
+        offsets = [ConsumerOffset(self.config.group_id, tp.topic, tp.partition, o) for tp, o in next_offsets.items()]
+
+        result = self._with_store_retry(
+            lambda: self.store.append(new_events, origins=origins, offsets=offsets, dead_letters=letters), list(polled), polled
+        )
+        count = sum(len(r) for r in polled.values())
+        self.stats.batches += 1
+        self.stats.records += count
+        self.stats.appended += result.appended
+        self.stats.duplicates += result.duplicates
+        self.stats.dead_letters += len(letters)
+        INGEST_METRICS.observe(count, result.appended, result.duplicates, len(letters))
+        logger.debug("batch stored: %d records, %d appended, %d duplicates, %d dead letters", count, result.appended, result.duplicates, len(letters))
+        if result.dead_letter_ids:
+            try:
+                self.publisher.publish_pending(result.dead_letter_ids)
+            except StoreUnavailableError as exc:
+                logger.warning("dead letters stored but not yet published to the DLQ (%s); retried on the next start", exc)
+        self._commit_kafka(next_offsets)
+        if self.after_batch is not None:
+            self.after_batch(result)
+
+    def _commit_kafka(self, next_offsets: Mapping[TopicPartition, int]) -> None:
+        assignment = self.consumer.assignment()
+        offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in next_offsets.items() if tp in assignment}
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=offsets)
+        except KafkaError as exc:
+            # Harmless for correctness: the store holds the offsets and wins on the next assignment.
+            logger.warning("Kafka offset commit failed (%s); the stored offsets remain authoritative", exc)
+
+    def _with_store_retry(
+        self,
+        action: Callable[[], Any],
+        partitions: Sequence[TopicPartition],
+        polled: dict[TopicPartition, list[Any]] | None = None,
+    ) -> Any:
+        """Run ``action``; while the store is unreachable, pause consumption and retry with backoff.
+
+        Polling continues (paused) between attempts so the consumer stays in its group. If the partitions
+        of the batch in hand are revoked meanwhile, the attempt still goes ahead: the events are
+        duplicates for the new owner at worst, and stored offsets never move backwards.
+        """
+        delay = self.config.retry_initial_s
+        paused: list[TopicPartition] = []
+        while True:
+            try:
+                result = action()
+            except StoreUnavailableError as exc:
+                if self._stopping:
+                    if polled:
+                        self._rewind(polled)
+                    raise _Stopped() from exc
+                self.stats.store_retries += 1
+                INGEST_METRICS.store_retries.inc()
+                if not self._store_down:
+                    logger.error("event store unavailable, pausing consumption and retrying: %s", exc)
+                self._store_down = True
+                paused = list(self.consumer.assignment())
+                if paused:
+                    self.consumer.pause(*paused)
+                fetched = self.consumer.poll(timeout_ms=int(delay * 1000))
+                fetched = {tp: list(r) for tp, r in fetched.items() if r}
+                if fetched:
+                    self._rewind(fetched)
+                delay = min(delay * 2, self.config.retry_max_s)
+                continue
+            if self._store_down:
+                logger.warning("event store is back after %d retries; resuming", self.stats.store_retries)
+                self._store_down = False
+                held = [tp for tp in self.consumer.assignment() if tp not in self._needs_seek]
+                if held:
+                    self.consumer.resume(*held)
+            return result
+
+
+class _Stopped(Exception):
+    """Raised inside the loop when a stop is requested while the store is unavailable."""

@@ -1,0 +1,88 @@
+"""The one composition root: builds the store, Kafka clients and workers from settings."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from consumers.dead_letter import DeadLetterPublisher
+from consumers.ingest import IngestConfig, Ingestor
+from daemon.settings import Settings
+from events.projections import ProjectionRunner
+from events.sql_store import SqlEventStore, create_store_engine
+from migrations.runner import ensure_current
+
+logger = logging.getLogger(__name__)
+
+
+def open_store(settings: Settings, *, check_schema: bool = True) -> SqlEventStore:
+    """The event store; refuses a database whose schema is behind (``alignd db upgrade``)."""
+    engine = create_store_engine(settings.database.url)
+    if check_schema:
+        try:
+            ensure_current(engine)
+        except Exception:
+            engine.dispose()
+            raise
+    return SqlEventStore(engine)
+
+
+def kafka_consumer(settings: Settings, **overrides: Any) -> Any:
+    from kafka import KafkaConsumer
+
+    kwargs: dict[str, Any] = {
+        **settings.kafka.client_kwargs(),
+        "group_id": settings.kafka.group_id,
+        # Offsets are committed by the loop after the store commits (DESIGN.md §3), never automatically.
+        "enable_auto_commit": False,
+        "auto_offset_reset": settings.kafka.auto_offset_reset,
+        "max_poll_records": settings.ingest.max_poll_records,
+        "session_timeout_ms": settings.kafka.session_timeout_ms,
+        "heartbeat_interval_ms": max(settings.kafka.session_timeout_ms // 4, 500),
+        # A message over the ingest limit must still be fetched, to be dead-lettered with its bytes.
+        "max_partition_fetch_bytes": max(2 * settings.ingest.max_message_bytes, 1024 * 1024),
+    }
+    kwargs.update(overrides)
+    return KafkaConsumer(**kwargs)
+
+
+def kafka_producer(settings: Settings, **overrides: Any) -> Any:
+    from kafka import KafkaProducer
+
+    kwargs: dict[str, Any] = {
+        **settings.kafka.client_kwargs(),
+        "acks": "all",
+        "retries": 5,
+        "max_request_size": max(2 * settings.ingest.max_message_bytes + 65536, 1024 * 1024),
+    }
+    kwargs.update(overrides)
+    return KafkaProducer(**kwargs)
+
+
+def ingest_config(settings: Settings) -> IngestConfig:
+    return IngestConfig(
+        group_id=settings.kafka.group_id,
+        topics=(settings.topics.interactions, settings.topics.feedback),
+        dlq_topic=settings.topics.dlq,
+        max_message_bytes=settings.ingest.max_message_bytes,
+        poll_timeout_ms=settings.ingest.poll_timeout_ms,
+        max_poll_records=settings.ingest.max_poll_records,
+        retry_initial_s=settings.ingest.retry_initial_s,
+        retry_max_s=settings.ingest.retry_max_s,
+    )
+
+
+def build_ingestor(settings: Settings, store: SqlEventStore, *, project: bool | None = None) -> Ingestor:
+    """The ingestion loop, folding projections after each batch unless ``project`` is false."""
+    producer = kafka_producer(settings)
+    publisher = DeadLetterPublisher(store, producer, settings.topics.dlq)
+    runner = ProjectionRunner(store)
+    fold = settings.ingest.project if project is None else project
+
+    def after_batch(_result: Any) -> None:
+        try:
+            runner.catch_up()
+        except Exception:  # noqa: BLE001 - projections catch up on the next batch; ingestion goes on
+            logger.exception("projections could not catch up; will retry after the next batch")
+
+    return Ingestor(store, kafka_consumer(settings), publisher, ingest_config(settings), after_batch=after_batch if fold else None)

@@ -1,0 +1,215 @@
+"""Settings: a YAML file and ``ALIGND_*`` environment variables, validated into frozen objects.
+
+This is the only module that reads the environment. Variables map onto sections by their first word:
+``ALIGND_DATABASE_URL`` -> ``database.url``, ``ALIGND_KAFKA_BOOTSTRAP_SERVERS`` -> ``kafka.bootstrap_servers``,
+``ALIGND_MLFLOW_TRACKING_URI`` -> ``mlflow.tracking_uri``. The environment wins over the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from events.errors import ConfigurationError
+from events.model import DEFAULT_MAX_MESSAGE_BYTES
+
+ENV_PREFIX = "ALIGND_"
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(BaseModel):
+    model_config = _FROZEN
+    url: str = Field("sqlite:///alignd.db", description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://...")
+
+    @model_validator(mode="after")
+    def _scheme(self) -> DatabaseSettings:
+        if not (self.url.startswith("sqlite") or self.url.startswith("postgresql")):
+            raise ValueError(f"url: {self.url.split(':', 1)[0]!r} is not supported; use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB")
+        return self
+
+
+class KafkaSettings(BaseModel):
+    """Client settings passed through to kafka-python; enough for managed clusters (SASL over SSL, mTLS)."""
+
+    model_config = _FROZEN
+    bootstrap_servers: str = "127.0.0.1:9092"
+    client_id: str = "alignd"
+    group_id: str = "alignd-ingest"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    request_timeout_ms: int = Field(30_000, ge=1000)
+
+    @model_validator(mode="after")
+    def _security(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL"):
+            missing = [n for n in ("sasl_mechanism", "sasl_username", "sasl_password") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"security_protocol {self.security_protocol} needs {', '.join(missing)}")
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file {str(path)!r}")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (client certificate and its key)")
+        return self
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments common to kafka-python's consumer, producer and admin client."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()],
+            "client_id": self.client_id,
+            "security_protocol": self.security_protocol,
+            "request_timeout_ms": self.request_timeout_ms,
+        }
+        if self.sasl_mechanism is not None:
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = self.sasl_password.get_secret_value() if self.sasl_password else None
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            kwargs["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                if getattr(self, name) is not None:
+                    kwargs[name] = str(getattr(self, name))
+            if self.ssl_password is not None:
+                kwargs["ssl_password"] = self.ssl_password.get_secret_value()
+        return kwargs
+
+
+class TopicsSettings(BaseModel):
+    model_config = _FROZEN
+    interactions: str = "alignd.interactions"
+    feedback: str = "alignd.feedback"
+    alerts: str = "alignd.alerts"
+    models: str = "alignd.models"
+    dlq: str = "alignd.dlq"
+
+
+class IngestSettings(BaseModel):
+    model_config = _FROZEN
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
+    poll_timeout_ms: int = Field(500, ge=10)
+    max_poll_records: int = Field(2000, ge=1)
+    retry_initial_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(10.0, gt=0)
+    project: bool = Field(True, description="fold projections after each stored batch")
+
+
+class MlflowSettings(BaseModel):
+    model_config = _FROZEN
+    tracking_uri: str = "sqlite:///mlflow.db"
+    registry_uri: str | None = None
+
+
+class LogSettings(BaseModel):
+    model_config = _FROZEN
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(BaseModel):
+    model_config = _FROZEN
+    database: DatabaseSettings = DatabaseSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicsSettings = TopicsSettings()
+    ingest: IngestSettings = IngestSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    log: LogSettings = LogSettings()
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as plain data with secrets masked (for ``config show`` and logs)."""
+        from sqlalchemy.engine import make_url
+
+        data = self.model_dump(mode="json")
+        for section, values in data.items():
+            for name, value in values.items():
+                if isinstance(getattr(getattr(self, section), name), SecretStr) and value is not None:
+                    values[name] = "**********"
+        try:
+            data["database"]["url"] = make_url(self.database.url).render_as_string(hide_password=True)
+        except Exception:  # noqa: BLE001 - an unparsable URL is shown as the validator left it
+            pass
+        return data
+
+
+_SECTIONS = tuple(Settings.model_fields)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    overrides: dict[str, dict[str, str]] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == "ALIGND_CONFIG" or name.startswith("ALIGND_TEST_"):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section, _, field = rest.partition("_")
+        if section not in _SECTIONS or not field:
+            raise ConfigurationError(
+                f"{name}: not a setting alignd knows; settings are ALIGND_<SECTION>_<NAME> with SECTION one of "
+                f"{', '.join(s.upper() for s in _SECTIONS)}"
+            )
+        overrides.setdefault(section, {})[field] = value
+    return overrides
+
+
+def _env_name(loc: tuple[Any, ...]) -> str:
+    name = ENV_PREFIX + "_".join(str(part) for part in loc[:2]).upper()
+    return name if len(loc) > 1 else name + "_*"
+
+
+def load_settings(config_file: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the YAML file (``config_file`` or ``$ALIGND_CONFIG``) and the environment.
+
+    Raises:
+        ConfigurationError: naming each wrong setting, its variable, and what is expected.
+    """
+    env = os.environ if env is None else env
+    config_file = config_file or env.get("ALIGND_CONFIG")
+    data: dict[str, Any] = {}
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigurationError(f"config file {str(path)!r} does not exist (from --config or ALIGND_CONFIG)")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigurationError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigurationError(f"config file {path} must be a mapping of sections (database:, kafka:, ...)")
+        data = {k: dict(v) if isinstance(v, dict) else v for k, v in loaded.items()}
+    for section, values in _env_overrides(env).items():
+        current = data.get(section)
+        data[section] = {**(current if isinstance(current, dict) else {}), **values}
+    try:
+        return Settings.model_validate(_coerce_env_strings(data))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False):
+            loc = tuple(error["loc"])
+            where = ".".join(str(p) for p in loc) or "settings"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown setting"
+            problems.append(f"{where} ({_env_name(loc)}): {message}")
+        raise ConfigurationError("invalid settings: " + "; ".join(problems)) from None
+
+
+def _coerce_env_strings(data: dict[str, Any]) -> dict[str, Any]:
+    # Environment values are strings; pydantic's lax mode converts "5000" and "true" for us, but an empty
+    # string means "unset" for optional settings.
+    return {
+        section: {k: (None if v == "" else v) for k, v in values.items()} if isinstance(values, dict) else values
+        for section, values in data.items()
+    }

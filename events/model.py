@@ -1,0 +1,137 @@
+"""The event contract (DESIGN.md §2) as plain frozen dataclasses.
+
+Nothing here does I/O; every other package imports these names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+INTERACTION_LOGGED = "interaction.logged"
+FEEDBACK_RECEIVED = "feedback.received"
+
+#: Types producers may send on the inbound topics.
+INBOUND_TYPES: frozenset[str] = frozenset({INTERACTION_LOGGED, FEEDBACK_RECEIVED})
+
+#: Types only alignd itself appends (decisions, training, governance).
+INTERNAL_TYPES: frozenset[str] = frozenset(
+    {
+        "anomaly.detected",
+        "enforcement.requested",
+        "enforcement.applied",
+        "dataset.snapshotted",
+        "training.started",
+        "training.completed",
+        "training.failed",
+        "gate.evaluated",
+        "model.registered",
+        "model.promoted",
+        "model.rolled_back",
+        "demonstration.generated",
+    }
+)
+
+ALL_TYPES: frozenset[str] = INBOUND_TYPES | INTERNAL_TYPES
+
+#: Schema versions this daemon can read, per inbound type. A message with any other version is
+#: dead-lettered as "unknown schema version" rather than guessed at.
+KNOWN_SCHEMA_VERSIONS: Mapping[str, frozenset[int]] = {
+    INTERACTION_LOGGED: frozenset({1}),
+    FEEDBACK_RECEIVED: frozenset({1}),
+}
+
+FEEDBACK_KINDS: tuple[str, ...] = ("thumbs", "rating", "preference", "correction", "flag", "signal")
+FLAG_CATEGORIES: tuple[str, ...] = ("toxic", "jailbreak", "hallucination", "pii", "other")
+
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Event:
+    """The envelope every stored event has.
+
+    ``occurred_at`` is timezone-aware and normalised to UTC on the way in, so that range queries and
+    canonical JSON do not depend on the producer's offset.
+    """
+
+    event_id: str
+    type: str
+    occurred_at: datetime
+    source: str
+    payload: Mapping[str, Any]
+    schema_version: int = 1
+
+    @property
+    def request_id(self) -> str | None:
+        value = self.payload.get("request_id")
+        return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class KafkaCoordinates:
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}:{self.partition}:{self.offset}"
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as read back from the store, with its global position."""
+
+    seq: int
+    event: Event
+    recorded_at: datetime
+    origin: KafkaCoordinates | None = None
+
+
+@dataclass(frozen=True)
+class ConsumerOffset:
+    """The next offset a consumer group should read from a partition (Kafka's convention: last + 1)."""
+
+    group_id: str
+    topic: str
+    partition: int
+    next_offset: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that could not become an event, kept with its raw bytes and a reason a person can act on.
+
+    ``source_key`` makes dead letters idempotent: a redelivered bad Kafka message is recorded once.
+    """
+
+    source_key: str
+    reason: str
+    error_kind: str
+    value: bytes | None
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    origin: KafkaCoordinates | None = None
+    event_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredDeadLetter:
+    id: int
+    dead_letter: DeadLetter
+    created_at: datetime
+    published_at: datetime | None
+    requeued_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What one atomic append did."""
+
+    appended: int
+    duplicates: int
+    dead_letters: int
+    offsets: int = 0
+    dead_letter_ids: tuple[int, ...] = field(default=())

@@ -1,0 +1,254 @@
+"""The projection contract and the four built-in projections.
+
+Each projection folds :class:`~events.projections.join.Joined` units into rows of one table. ``fold`` is
+pure (rows in, rows out), so the SQL around it is shared by all projections in the runner.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, MutableMapping
+from typing import Any, ClassVar
+
+from sqlalchemy import Table
+
+from events.codec import canonical_json, format_timestamp
+from events.model import FLAG_CATEGORIES
+from events.projections.join import Joined
+from events.tables import proj_demonstrations, proj_feedback_stats, proj_interactions, proj_preference_pairs
+
+Row = dict[str, Any]
+Key = tuple[Any, ...]
+
+#: A rating at or above this makes the logged response a demonstration ("top-rated").
+TOP_RATING = 5
+
+
+def prompt_of(payload: Mapping[str, Any]) -> tuple[str, str]:
+    """(prompt_kind, prompt): the prompt string, or the chat messages as canonical JSON."""
+    if payload.get("prompt") is not None:
+        return "text", payload["prompt"]
+    return "messages", canonical_json(payload.get("messages") or [])
+
+
+class Projection:
+    """A read model kept in one table, keyed by its primary key."""
+
+    name: ClassVar[str]
+    table: ClassVar[Table]
+
+    def keys(self, unit: Joined) -> list[Key]:
+        """Primary keys of the rows ``unit`` touches (loaded before :meth:`fold`)."""
+        raise NotImplementedError
+
+    def fold(self, rows: MutableMapping[Key, Row], unit: Joined) -> None:
+        """Apply ``unit`` to ``rows`` (existing rows by key; add new ones)."""
+        raise NotImplementedError
+
+    @property
+    def key_columns(self) -> list[str]:
+        return [c.name for c in self.table.primary_key.columns]
+
+
+def _model(unit: Joined) -> tuple[str, str]:
+    model = unit.interaction.event.payload["model"]
+    return model["name"], model["version"]
+
+
+class InteractionsProjection(Projection):
+    """One row per request: the logged interaction with its feedback aggregated."""
+
+    name = "interactions"
+    table = proj_interactions
+
+    def keys(self, unit: Joined) -> list[Key]:
+        return [(unit.interaction.event.request_id,)]
+
+    def fold(self, rows: MutableMapping[Key, Row], unit: Joined) -> None:
+        interaction = unit.interaction
+        payload = interaction.event.payload
+        key = (interaction.event.request_id,)
+        if unit.feedback is None:
+            kind, prompt = prompt_of(payload)
+            model_name, model_version = _model(unit)
+            rows[key] = {
+                "request_id": key[0],
+                "interaction_seq": interaction.seq,
+                "event_id": interaction.event.event_id,
+                "occurred_at": format_timestamp(interaction.event.occurred_at),
+                "model_name": model_name,
+                "model_version": model_version,
+                "prompt_kind": kind,
+                "prompt": prompt,
+                "response": payload["response"],
+                "user_id": payload.get("user"),
+                "session_id": payload.get("session_id"),
+                "feedback_count": 0,
+                "thumbs_up": 0,
+                "thumbs_down": 0,
+                "rating_count": 0,
+                "rating_sum": 0,
+                "last_rating": None,
+                "flags": "[]",
+                "corrections": 0,
+                "preferences": 0,
+                "signals": 0,
+                "last_feedback_seq": None,
+            }
+            return
+        row = rows[key]
+        feedback = unit.feedback.event.payload
+        kind, value = feedback["kind"], feedback["value"]
+        row["feedback_count"] += 1
+        row["last_feedback_seq"] = unit.feedback.seq
+        if kind == "thumbs":
+            row["thumbs_up" if value == "up" else "thumbs_down"] += 1
+        elif kind == "rating":
+            row["rating_count"] += 1
+            row["rating_sum"] += value
+            row["last_rating"] = value
+        elif kind == "flag":
+            flags = json.loads(row["flags"])
+            if value["category"] not in flags:
+                flags.append(value["category"])
+            row["flags"] = canonical_json(sorted(flags))
+        elif kind == "correction":
+            row["corrections"] += 1
+        elif kind == "preference":
+            row["preferences"] += 1
+        elif kind == "signal":
+            row["signals"] += 1
+
+
+class PreferencePairsProjection(Projection):
+    """Chosen/rejected pairs: explicit preferences, and corrections preferred over the logged response."""
+
+    name = "preference_pairs"
+    table = proj_preference_pairs
+
+    def keys(self, unit: Joined) -> list[Key]:
+        return [(unit.feedback.event.event_id,)] if unit.feedback is not None else []
+
+    def fold(self, rows: MutableMapping[Key, Row], unit: Joined) -> None:
+        if unit.feedback is None:
+            return
+        feedback = unit.feedback.event.payload
+        interaction = unit.interaction.event.payload
+        if feedback["kind"] == "preference":
+            chosen, rejected, origin = feedback["value"]["chosen"], feedback["value"]["rejected"], "preference"
+        elif feedback["kind"] == "correction":
+            chosen, rejected, origin = feedback["value"]["response"], interaction["response"], "correction"
+        else:
+            return
+        if chosen == rejected:
+            return
+        kind, prompt = prompt_of(interaction)
+        model_name, model_version = _model(unit)
+        key = (unit.feedback.event.event_id,)
+        rows.setdefault(
+            key,
+            {
+                "pair_id": key[0],
+                "seq": unit.seq,
+                "request_id": unit.interaction.event.request_id,
+                "origin": origin,
+                "prompt_kind": kind,
+                "prompt": prompt,
+                "chosen": chosen,
+                "rejected": rejected,
+                "model_name": model_name,
+                "model_version": model_version,
+                "user_id": feedback.get("user"),
+            },
+        )
+
+
+class DemonstrationsProjection(Projection):
+    """Supervised examples: corrections, and responses rated :data:`TOP_RATING` (once per request)."""
+
+    name = "demonstrations"
+    table = proj_demonstrations
+
+    def _key(self, unit: Joined) -> Key | None:
+        if unit.feedback is None:
+            return None
+        feedback = unit.feedback.event.payload
+        if feedback["kind"] == "correction":
+            return (unit.feedback.event.event_id,)
+        if feedback["kind"] == "rating" and feedback["value"] >= TOP_RATING:
+            return (f"{unit.interaction.event.request_id}:top_rated",)
+        return None
+
+    def keys(self, unit: Joined) -> list[Key]:
+        key = self._key(unit)
+        return [key] if key is not None else []
+
+    def fold(self, rows: MutableMapping[Key, Row], unit: Joined) -> None:
+        key = self._key(unit)
+        if key is None or unit.feedback is None:
+            return
+        feedback = unit.feedback.event.payload
+        interaction = unit.interaction.event.payload
+        is_correction = feedback["kind"] == "correction"
+        kind, prompt = prompt_of(interaction)
+        model_name, model_version = _model(unit)
+        rows.setdefault(
+            key,
+            {
+                "demo_id": key[0],
+                "seq": unit.seq,
+                "request_id": unit.interaction.event.request_id,
+                "origin": "correction" if is_correction else "top_rated",
+                "prompt_kind": kind,
+                "prompt": prompt,
+                "response": feedback["value"]["response"] if is_correction else interaction["response"],
+                "model_name": model_name,
+                "model_version": model_version,
+                "user_id": feedback.get("user"),
+            },
+        )
+
+
+class FeedbackStatsProjection(Projection):
+    """Counts per model version: interactions, thumbs, ratings, flags by category, corrections..."""
+
+    name = "feedback_stats"
+    table = proj_feedback_stats
+
+    def keys(self, unit: Joined) -> list[Key]:
+        return [_model(unit)]
+
+    def fold(self, rows: MutableMapping[Key, Row], unit: Joined) -> None:
+        key = _model(unit)
+        row = rows.get(key)
+        if row is None:
+            row = {c.name: 0 for c in self.table.columns}
+            row["model_name"], row["model_version"] = key
+            rows[key] = row
+        row["last_seq"] = max(row["last_seq"], unit.seq)
+        if unit.feedback is None:
+            row["interactions"] += 1
+            return
+        feedback = unit.feedback.event.payload
+        kind, value = feedback["kind"], feedback["value"]
+        row["feedback"] += 1
+        if kind == "thumbs":
+            row["thumbs_up" if value == "up" else "thumbs_down"] += 1
+        elif kind == "rating":
+            row["rating_count"] += 1
+            row["rating_sum"] += value
+        elif kind == "flag":
+            category = value["category"] if value["category"] in FLAG_CATEGORIES else "other"
+            row[f"flag_{category}"] += 1
+        elif kind == "correction":
+            row["corrections"] += 1
+        elif kind == "preference":
+            row["preferences"] += 1
+        elif kind == "signal":
+            row["signals"] += 1
+
+
+PROJECTIONS: dict[str, Projection] = {
+    p.name: p
+    for p in (InteractionsProjection(), PreferencePairsProjection(), DemonstrationsProjection(), FeedbackStatsProjection())
+}

@@ -1,0 +1,492 @@
+"""The event store on SQL: SQLite (WAL, the embedded default) and PostgreSQL (production).
+
+Invariants this module keeps (DESIGN.md §3):
+
+* An append is one transaction: new events (duplicates by ``event_id`` ignored), dead letters
+  (duplicates by ``source_key`` ignored) and consumer offsets commit together or not at all.
+* ``seq`` increases in commit order, so a reader that tails by ``seq`` never skips an event that
+  commits late. A serial column alone does not give that on PostgreSQL: two transactions draw 10 and
+  11, 11 commits first, a tailer reads 11 and moves past 10 before 10 is visible. We therefore take a
+  transaction-scoped advisory lock before drawing any ``seq`` and hold it until commit, so appends are
+  serialised and draw their numbers in commit order. Batches are one statement each, so the lock is held
+  for milliseconds. SQLite allows one writer at a time (``BEGIN IMMEDIATE``), which gives the same order.
+  ``seq`` may have gaps on PostgreSQL (a conflicting insert still draws a number); readers must not
+  assume it is dense.
+* Offsets only move forward: a zombie consumer that commits late cannot rewind a partition.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, func, select, update
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from events.codec import canonical_json
+from events.errors import StoreError, StoreUnavailableError
+from events.model import (
+    AppendResult,
+    ConsumerOffset,
+    DeadLetter,
+    Event,
+    KafkaCoordinates,
+    StoredDeadLetter,
+    StoredEvent,
+)
+from events.tables import consumer_offsets, dead_letters, events
+
+logger = logging.getLogger(__name__)
+
+#: Key of the PostgreSQL advisory lock that serialises appends ("alignd" in ASCII).
+APPEND_LOCK_KEY = 0x616C69676E64
+
+_EVENT_COLUMNS = (
+    "event_id, type, schema_version, occurred_at, recorded_at, source, request_id, payload, "
+    "kafka_topic, kafka_partition, kafka_offset"
+)
+
+_PG_INSERT_EVENTS = f"""
+INSERT INTO events ({_EVENT_COLUMNS})
+SELECT u.event_id, u.type, u.schema_version, u.occurred_at, %(recorded_at)s, u.source, u.request_id,
+       u.payload, u.kafka_topic, u.kafka_partition, u.kafka_offset
+FROM unnest(%(event_id)s::varchar[], %(type)s::varchar[], %(schema_version)s::int[],
+            %(occurred_at)s::timestamptz[], %(source)s::varchar[], %(request_id)s::varchar[],
+            %(payload)s::text[], %(kafka_topic)s::varchar[], %(kafka_partition)s::int[],
+            %(kafka_offset)s::bigint[])
+     WITH ORDINALITY AS u(event_id, type, schema_version, occurred_at, source, request_id, payload,
+                          kafka_topic, kafka_partition, kafka_offset, n)
+ORDER BY u.n
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+_SQLITE_INSERT_EVENTS = (
+    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _sqlite_timestamp(moment: datetime) -> str:
+    # The storage format SQLAlchemy's SQLite DateTime type reads back.
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def create_store_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> Engine:
+    """Create an engine with the settings the store relies on.
+
+    SQLite: WAL (readers do not block the writer), ``synchronous=NORMAL`` (safe against process crashes;
+    on power loss the last transactions may roll back, but events and offsets roll back together, so the
+    consumer re-reads them from Kafka), a busy timeout for concurrent writers, and ``BEGIN IMMEDIATE`` for
+    write transactions so that two writers queue instead of deadlocking on a lock upgrade.
+    """
+    if url.startswith("sqlite"):
+        engine = create_engine(url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Connection) -> None:
+            write = connection.get_execution_options().get("alignd_write", False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+        return engine
+    return create_engine(url, echo=echo, pool_size=pool_size, pool_pre_ping=True)
+
+
+def _translate(exc: Exception) -> StoreError:
+    if isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    ):
+        return StoreUnavailableError(f"database unavailable: {str(exc.__cause__ or exc).splitlines()[0]}")
+    return StoreError(str(exc).splitlines()[0])
+
+
+def row_to_event(row: Row[Any]) -> StoredEvent:
+    origin = None
+    if row.kafka_topic is not None:
+        origin = KafkaCoordinates(row.kafka_topic, row.kafka_partition, row.kafka_offset)
+    occurred_at = _aware(row.occurred_at)
+    recorded_at = _aware(row.recorded_at)
+    assert occurred_at is not None and recorded_at is not None
+    return StoredEvent(
+        seq=row.seq,
+        event=Event(
+            event_id=row.event_id,
+            type=row.type,
+            schema_version=row.schema_version,
+            occurred_at=occurred_at,
+            source=row.source,
+            payload=json.loads(row.payload),
+        ),
+        recorded_at=recorded_at,
+        origin=origin,
+    )
+
+
+def _row_to_dead_letter(row: Row[Any]) -> StoredDeadLetter:
+    origin = None
+    if row.kafka_topic is not None:
+        origin = KafkaCoordinates(row.kafka_topic, row.kafka_partition, row.kafka_offset)
+    headers = tuple((name, bytes.fromhex(value)) for name, value in json.loads(row.headers))
+    created_at = _aware(row.created_at)
+    assert created_at is not None
+    return StoredDeadLetter(
+        id=row.id,
+        dead_letter=DeadLetter(
+            source_key=row.source_key,
+            reason=row.reason,
+            error_kind=row.error_kind,
+            value=row.message_value,
+            key=row.message_key,
+            headers=headers,
+            origin=origin,
+            event_id=row.event_id,
+        ),
+        created_at=created_at,
+        published_at=_aware(row.published_at),
+        requeued_at=_aware(row.requeued_at),
+    )
+
+
+class SqlEventStore:
+    """Append-only event store with consumer offsets and dead letters, on SQLite or PostgreSQL."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        if self.dialect not in {"sqlite", "postgresql"}:
+            raise StoreError(f"unsupported database {self.dialect!r}; use sqlite:/// or postgresql+psycopg://")
+
+    @classmethod
+    def from_url(cls, url: str) -> SqlEventStore:
+        return cls(create_store_engine(url))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # --- writing -------------------------------------------------------------------------------
+
+    @contextmanager
+    def write_transaction(self, *, append_lock: bool = True) -> Iterator[Connection]:
+        """A write transaction; with ``append_lock`` (needed to append events) it holds the append lock."""
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(alignd_write=True)
+                with conn.begin():
+                    if append_lock:
+                        self._lock_for_append(conn)
+                    yield conn
+        except (OperationalError, InterfaceError, DBAPIError) as exc:
+            raise _translate(exc) from exc
+
+    def _lock_for_append(self, conn: Connection) -> None:
+        # See the module docstring: serialising appends makes seq order equal commit order.
+        if self.dialect == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": APPEND_LOCK_KEY})
+
+    def append(
+        self,
+        new_events: Sequence[Event],
+        *,
+        origins: Sequence[KafkaCoordinates | None] | None = None,
+        offsets: Sequence[ConsumerOffset] = (),
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> AppendResult:
+        """Append a batch atomically and idempotently.
+
+        Args:
+            new_events: events in the order they should get ``seq`` numbers.
+            origins: the Kafka coordinates of each event, or ``None`` entries for internal events.
+            offsets: next offsets to record for the partitions the batch came from.
+            dead_letters: messages that failed validation.
+
+        Returns:
+            How many events were new, how many were duplicates, and the ids of the dead letters.
+
+        Raises:
+            StoreUnavailableError: the database could not be reached; nothing was written.
+        """
+        with self.write_transaction() as conn:
+            return self.append_in(conn, new_events, origins=origins, offsets=offsets, dead_letters=dead_letters)
+
+    def append_in(
+        self,
+        conn: Connection,
+        new_events: Sequence[Event],
+        *,
+        origins: Sequence[KafkaCoordinates | None] | None = None,
+        offsets: Sequence[ConsumerOffset] = (),
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> AppendResult:
+        """Like :meth:`append`, inside a transaction opened by :meth:`write_transaction`."""
+        if origins is None:
+            origins = [None] * len(new_events)
+        if len(origins) != len(new_events):
+            raise ValueError("origins must have one entry per event")
+        seen: set[str] = set()
+        batch: list[tuple[Event, KafkaCoordinates | None]] = []
+        for item, origin in zip(new_events, origins, strict=True):
+            if item.event_id not in seen:
+                seen.add(item.event_id)
+                batch.append((item, origin))
+        now = utcnow()
+        inserted = self._insert_events(conn, batch, now) if batch else 0
+        dl_ids = self._insert_dead_letters(conn, dead_letters, now) if dead_letters else ()
+        if offsets:
+            self._upsert_offsets(conn, offsets, now)
+        return AppendResult(
+            appended=inserted,
+            duplicates=len(new_events) - inserted,
+            dead_letters=len(dl_ids),
+            offsets=len(offsets),
+            dead_letter_ids=dl_ids,
+        )
+
+    def _insert_events(self, conn: Connection, batch: list[tuple[Event, KafkaCoordinates | None]], now: datetime) -> int:
+        if self.dialect == "postgresql":
+            params: dict[str, Any] = {
+                "recorded_at": now,
+                "event_id": [e.event_id for e, _ in batch],
+                "type": [e.type for e, _ in batch],
+                "schema_version": [e.schema_version for e, _ in batch],
+                "occurred_at": [e.occurred_at for e, _ in batch],
+                "source": [e.source for e, _ in batch],
+                "request_id": [e.request_id for e, _ in batch],
+                "payload": [canonical_json(e.payload) for e, _ in batch],
+                "kafka_topic": [o.topic if o else None for _, o in batch],
+                "kafka_partition": [o.partition if o else None for _, o in batch],
+                "kafka_offset": [o.offset if o else None for _, o in batch],
+            }
+            result = conn.exec_driver_sql(_PG_INSERT_EVENTS, params)
+            return int(result.rowcount)
+        recorded = _sqlite_timestamp(now)
+        rows = [
+            (
+                e.event_id,
+                e.type,
+                e.schema_version,
+                _sqlite_timestamp(e.occurred_at),
+                recorded,
+                e.source,
+                e.request_id,
+                canonical_json(e.payload),
+                o.topic if o else None,
+                o.partition if o else None,
+                o.offset if o else None,
+            )
+            for e, o in batch
+        ]
+        before = conn.exec_driver_sql("SELECT total_changes()").scalar_one()
+        conn.exec_driver_sql(_SQLITE_INSERT_EVENTS, rows)
+        after = conn.exec_driver_sql("SELECT total_changes()").scalar_one()
+        return int(after - before)
+
+    def _dialect_insert(self, table: Any) -> Any:
+        return (pg.insert if self.dialect == "postgresql" else sqlite.insert)(table)
+
+    def _insert_dead_letters(self, conn: Connection, letters: Sequence[DeadLetter], now: datetime) -> tuple[int, ...]:
+        rows = [
+            {
+                "source_key": d.source_key,
+                "error_kind": d.error_kind,
+                "reason": d.reason,
+                "event_id": d.event_id,
+                "kafka_topic": d.origin.topic if d.origin else None,
+                "kafka_partition": d.origin.partition if d.origin else None,
+                "kafka_offset": d.origin.offset if d.origin else None,
+                "message_key": d.key,
+                "message_value": d.value,
+                "headers": json.dumps([[name, value.hex()] for name, value in d.headers]),
+                "created_at": now,
+            }
+            for d in letters
+        ]
+        conn.execute(self._dialect_insert(dead_letters).on_conflict_do_nothing(index_elements=["source_key"]), rows)
+        keys = [d.source_key for d in letters]
+        found = conn.execute(select(dead_letters.c.id).where(dead_letters.c.source_key.in_(keys)).order_by(dead_letters.c.id))
+        return tuple(found.scalars())
+
+    def _upsert_offsets(self, conn: Connection, offsets: Sequence[ConsumerOffset], now: datetime) -> None:
+        rows = [
+            {"group_id": o.group_id, "topic": o.topic, "partition": o.partition, "next_offset": o.next_offset, "updated_at": now}
+            for o in offsets
+        ]
+        stmt = self._dialect_insert(consumer_offsets)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["group_id", "topic", "partition"],
+            set_={"next_offset": stmt.excluded.next_offset, "updated_at": stmt.excluded.updated_at},
+            where=consumer_offsets.c.next_offset < stmt.excluded.next_offset,
+        )
+        conn.execute(stmt, rows)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except (OperationalError, InterfaceError, DBAPIError) as exc:
+            raise _translate(exc) from exc
+
+    def read(
+        self,
+        after_seq: int = 0,
+        *,
+        to_seq: int | None = None,
+        limit: int = 1000,
+        types: Iterable[str] | None = None,
+    ) -> list[StoredEvent]:
+        """Events with ``after_seq < seq <= to_seq``, in ``seq`` order, at most ``limit``."""
+        stmt = select(events).where(events.c.seq > after_seq).order_by(events.c.seq).limit(limit)
+        if to_seq is not None:
+            stmt = stmt.where(events.c.seq <= to_seq)
+        if types is not None:
+            stmt = stmt.where(events.c.type.in_(list(types)))
+        with self._read() as conn:
+            return [row_to_event(row) for row in conn.execute(stmt)]
+
+    def by_request_id(self, request_ids: str | Iterable[str], *, max_seq: int | None = None) -> list[StoredEvent]:
+        """All events about the given request ids, in ``seq`` order."""
+        ids = [request_ids] if isinstance(request_ids, str) else list(dict.fromkeys(request_ids))
+        if not ids:
+            return []
+        stmt = select(events).where(events.c.request_id.in_(ids)).order_by(events.c.seq)
+        if max_seq is not None:
+            stmt = stmt.where(events.c.seq <= max_seq)
+        with self._read() as conn:
+            return [row_to_event(row) for row in conn.execute(stmt)]
+
+    def get(self, event_id: str) -> StoredEvent | None:
+        with self._read() as conn:
+            row = conn.execute(select(events).where(events.c.event_id == event_id)).first()
+        return row_to_event(row) if row is not None else None
+
+    def count(self, types: Iterable[str] | None = None) -> int:
+        stmt = select(func.count()).select_from(events)
+        if types is not None:
+            stmt = stmt.where(events.c.type.in_(list(types)))
+        with self._read() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def count_by_type(self) -> dict[str, int]:
+        stmt = select(events.c.type, func.count()).group_by(events.c.type).order_by(events.c.type)
+        with self._read() as conn:
+            return {row[0]: int(row[1]) for row in conn.execute(stmt)}
+
+    def max_seq(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(events.c.seq), 0))).scalar_one())
+
+    def tail(
+        self,
+        after_seq: int = 0,
+        *,
+        types: Iterable[str] | None = None,
+        batch_size: int = 500,
+        poll_interval: float = 0.5,
+        should_stop: Callable[[], bool] = lambda: False,
+        follow: bool = True,
+    ) -> Iterator[StoredEvent]:
+        """Yield events after ``after_seq`` in order; with ``follow``, wait for new ones until stopped."""
+        type_list = list(types) if types is not None else None
+        position = after_seq
+        while not should_stop():
+            batch = self.read(position, limit=batch_size, types=type_list)
+            for stored in batch:
+                yield stored
+                position = stored.seq
+            if len(batch) < batch_size:
+                if not follow:
+                    return
+                time.sleep(poll_interval)
+
+    # --- consumer offsets ----------------------------------------------------------------------
+
+    def load_offsets(self, group_id: str, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The next offsets stored for ``group_id``, for those of ``partitions`` that have one."""
+        wanted = set(partitions)
+        if not wanted:
+            return {}
+        topics = sorted({topic for topic, _ in wanted})
+        stmt = select(consumer_offsets).where(
+            consumer_offsets.c.group_id == group_id, consumer_offsets.c.topic.in_(topics)
+        )
+        with self._read() as conn:
+            rows = conn.execute(stmt).all()
+        return {(r.topic, r.partition): int(r.next_offset) for r in rows if (r.topic, r.partition) in wanted}
+
+    # --- dead letters --------------------------------------------------------------------------
+
+    def list_dead_letters(
+        self,
+        *,
+        limit: int = 100,
+        after_id: int = 0,
+        unpublished_only: bool = False,
+        include_requeued: bool = True,
+        ids: Sequence[int] | None = None,
+    ) -> list[StoredDeadLetter]:
+        stmt = select(dead_letters).where(dead_letters.c.id > after_id).order_by(dead_letters.c.id).limit(limit)
+        if unpublished_only:
+            stmt = stmt.where(dead_letters.c.published_at.is_(None))
+        if not include_requeued:
+            stmt = stmt.where(dead_letters.c.requeued_at.is_(None))
+        if ids is not None:
+            stmt = stmt.where(dead_letters.c.id.in_(list(ids)))
+        with self._read() as conn:
+            return [_row_to_dead_letter(row) for row in conn.execute(stmt)]
+
+    def count_dead_letters(self, *, by_kind: bool = False) -> dict[str, int]:
+        stmt = select(dead_letters.c.error_kind, func.count()).group_by(dead_letters.c.error_kind)
+        with self._read() as conn:
+            counts = {row[0]: int(row[1]) for row in conn.execute(stmt)}
+        return counts if by_kind else {"total": sum(counts.values())}
+
+    def _mark_dead_letters(self, column: str, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        stmt = update(dead_letters).where(dead_letters.c.id.in_(list(ids))).values({column: utcnow()})
+        try:
+            with self.engine.connect() as conn:
+                conn = conn.execution_options(alignd_write=True)
+                with conn.begin():
+                    conn.execute(stmt)
+        except (OperationalError, InterfaceError, DBAPIError) as exc:
+            raise _translate(exc) from exc
+
+    def mark_dead_letters_published(self, ids: Sequence[int]) -> None:
+        self._mark_dead_letters("published_at", ids)
+
+    def mark_dead_letters_requeued(self, ids: Sequence[int]) -> None:
+        self._mark_dead_letters("requeued_at", ids)
+
+
+def offsets_from_mapping(group_id: str, next_offsets: Mapping[tuple[str, int], int]) -> list[ConsumerOffset]:
+    return [ConsumerOffset(group_id, topic, partition, offset) for (topic, partition), offset in sorted(next_offsets.items())]
