@@ -59,6 +59,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:40]} is too large to represent")
+    return value
+
+
+_JSON_TYPE_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
 def _describe(error: Mapping[str, Any], prefix: str) -> str:
     location = ".".join(str(part) for part in error.get("loc", ()))
     path = f"{prefix}.{location}" if prefix and location else (prefix or location or "message")
@@ -139,17 +149,26 @@ def decode_inbound(
             "invalid_utf8", f"message is not valid UTF-8: byte 0x{raw[exc.start]:02x} at position {exc.start} ({exc.reason})"
         ) from None
     try:
-        document = json.loads(text, parse_constant=_reject_constant)
+        document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise EventValidationError("invalid_json", "message is not valid JSON for alignd: nested too deeply") from None
     except ValueError as exc:
         detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
         raise EventValidationError("invalid_json", f"message is not valid JSON: {detail}{where}") from None
+    if "\\ud" in text or "\\uD" in text:
+        # A lone surrogate escape ("\ud800") is valid JSON syntax but not Unicode text: it could not be
+        # stored as UTF-8. Only messages with such an escape pay for this check.
+        try:
+            canonical_json(document).encode("utf-8")
+        except UnicodeEncodeError:
+            raise EventValidationError("invalid_json", "message contains an unpaired surrogate escape (\\ud800-\\udfff), which is not text") from None
     if not isinstance(document, dict):
         raise EventValidationError(
-            "schema", f"message is a JSON {type(document).__name__}, expected an object (the event envelope)"
+            "schema", f"message is a JSON {_JSON_TYPE_NAMES.get(type(document), 'value')}, expected an object (the event envelope)"
         )
     declared_id = document.get("event_id")
-    event_id_hint = declared_id if isinstance(declared_id, str) and declared_id else None
+    event_id_hint = declared_id if isinstance(declared_id, str) and 0 < len(declared_id) <= 128 else None
 
     event_type = document.get("type")
     if isinstance(event_type, str) and event_type not in INBOUND_TYPES:

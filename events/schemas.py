@@ -8,6 +8,7 @@ replaced by a derived one; free-form data belongs under ``payload.metadata``.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,11 @@ from pydantic import model_validator
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 NonEmpty = Annotated[StrictStr, Field(min_length=1)]
+# Lengths match the SQL columns these values land in (events/tables.py).
+Name = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+Id = Annotated[StrictStr, Field(max_length=256)]
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 Number = StrictInt | StrictFloat
 
 
@@ -24,14 +30,21 @@ def parse_rfc3339(value: object) -> datetime:
     """Parse an RFC 3339 timestamp that carries an offset, and normalise it to UTC."""
     if not isinstance(value, str):
         raise ValueError(f"expected an RFC 3339 timestamp string, got {type(value).__name__}")
-    if "T" not in value and " " not in value:
-        raise ValueError(f"{value!r} has no time part; expected e.g. 2026-01-31T12:00:00Z")
+    if not _RFC3339.match(value):
+        if re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?$", value):
+            raise ValueError(f"{value!r} has no UTC offset; add Z or +HH:MM")
+        raise ValueError(f"{value!r} is not an RFC 3339 timestamp (e.g. 2026-01-31T12:00:00+01:00)")
+    text = value[:-1] + "+00:00" if value[-1] in "Zz" else value
+    date, time_part = text[:10], text[11:]
+    if "." in time_part:  # fromisoformat takes at most 6 fractional digits
+        clock, rest = time_part.split(".", 1)
+        digits = re.match(r"\d+", rest)
+        assert digits is not None
+        time_part = f"{clock}.{digits.group()[:6].ljust(6, '0')}{rest[digits.end():]}"
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not an RFC 3339 timestamp (e.g. 2026-01-31T12:00:00+01:00)") from None
-    if parsed.tzinfo is None:
-        raise ValueError(f"{value!r} has no UTC offset; add Z or +HH:MM")
+        parsed = datetime.fromisoformat(f"{date}T{time_part}")
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid date and time: {exc}") from None
     return parsed.astimezone(UTC)
 
 
@@ -44,7 +57,7 @@ class Envelope(BaseModel):
     type: StrictStr
     schema_version: StrictInt = 1
     occurred_at: datetime
-    source: NonEmpty
+    source: Name
     payload: dict[str, Any]
 
     @field_validator("occurred_at", mode="plain")
@@ -55,8 +68,8 @@ class Envelope(BaseModel):
 
 class ModelRef(BaseModel):
     model_config = _STRICT
-    name: NonEmpty
-    version: NonEmpty
+    name: Name
+    version: Annotated[StrictStr, Field(min_length=1, max_length=128)]
 
 
 class Message(BaseModel):
@@ -74,8 +87,8 @@ class InteractionLoggedV1(BaseModel):
     messages: list[Message] | None = None
     response: StrictStr
     latency_ms: Annotated[Number, Field(ge=0)] | None = None
-    user: StrictStr | None = None
-    session_id: StrictStr | None = None
+    user: Id | None = None
+    session_id: Id | None = None
     metadata: dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -115,7 +128,7 @@ class Signal(BaseModel):
 class _FeedbackBase(BaseModel):
     model_config = _STRICT
     request_id: Annotated[StrictStr, Field(min_length=1, max_length=256)]
-    user: StrictStr | None = None
+    user: Id | None = None
     comment: StrictStr | None = None
 
 

@@ -142,7 +142,7 @@ proj_preference_pairs = Table(
 proj_demonstrations = Table(
     "proj_demonstrations",
     metadata,
-    Column("demo_id", String(160), primary_key=True),
+    Column("demo_id", String(300), primary_key=True),
     Column("seq", BigInteger, nullable=False, index=True),
     Column("request_id", String(256), nullable=False),
     Column("origin", String(16), nullable=False),

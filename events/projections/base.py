@@ -176,7 +176,7 @@ class DemonstrationsProjection(Projection):
         if feedback["kind"] == "correction":
             return (unit.feedback.event.event_id,)
         if feedback["kind"] == "rating" and feedback["value"] >= TOP_RATING:
-            return (f"{unit.interaction.event.request_id}:top_rated",)
+            return (f"top_rated:{unit.interaction.event.request_id}",)
         return None
 
     def keys(self, unit: Joined) -> list[Key]:

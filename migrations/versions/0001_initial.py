@@ -72,7 +72,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_events_type'), ['type'], unique=False)
 
     op.create_table('proj_demonstrations',
-    sa.Column('demo_id', sa.String(length=160), nullable=False),
+    sa.Column('demo_id', sa.String(length=300), nullable=False),
     sa.Column('seq', sa.BigInteger(), nullable=False),
     sa.Column('request_id', sa.String(length=256), nullable=False),
     sa.Column('origin', sa.String(length=16), nullable=False),

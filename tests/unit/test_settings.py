@@ -1,0 +1,327 @@
+"""Settings from a YAML file and ALIGND_* variables (passed as dicts: the real environment is never read)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.settings import load_settings
+from events.errors import ConfigurationError
+from events.model import DEFAULT_MAX_MESSAGE_BYTES
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "alignd.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def refused(config_file: Path | None = None, /, **env: str) -> str:
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(config_file, env=env)
+    return str(caught.value)
+
+
+@pytest.fixture
+def cafile(tmp_path: Path) -> Path:
+    path = tmp_path / "ca.pem"
+    path.write_text("-----BEGIN CERTIFICATE-----\n", encoding="utf-8")
+    return path
+
+
+# --- defaults and sources -------------------------------------------------------------------------------
+
+
+def test_defaults_without_file_or_environment() -> None:
+    settings = load_settings(None, env={})
+
+    assert settings.database.url == "sqlite:///alignd.db"
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert settings.kafka.security_protocol == "PLAINTEXT"
+    assert (settings.topics.interactions, settings.topics.feedback) == (
+        "alignd.interactions",
+        "alignd.feedback",
+    )
+    assert (settings.topics.alerts, settings.topics.models, settings.topics.dlq) == (
+        "alignd.alerts",
+        "alignd.models",
+        "alignd.dlq",
+    )
+    assert settings.ingest.max_message_bytes == DEFAULT_MAX_MESSAGE_BYTES == 1024 * 1024
+    assert settings.log.level == "INFO"
+
+
+def test_yaml_file_sets_values(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path, "kafka:\n  bootstrap_servers: broker-1:9092\ningest:\n  max_poll_records: 50\n"
+    )
+
+    settings = load_settings(config, env={})
+
+    assert settings.kafka.bootstrap_servers == "broker-1:9092"
+    assert settings.ingest.max_poll_records == 50
+
+
+def test_alignd_config_variable_names_the_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "topics:\n  dlq: custom.dlq\n")
+
+    assert load_settings(None, env={"ALIGND_CONFIG": str(config)}).topics.dlq == "custom.dlq"
+
+
+def test_environment_wins_over_the_file_field_by_field(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "kafka:\n  bootstrap_servers: from-file:9092\n  client_id: file-client\n")
+
+    settings = load_settings(config, env={"ALIGND_KAFKA_BOOTSTRAP_SERVERS": "from-env:9092"})
+
+    assert settings.kafka.bootstrap_servers == "from-env:9092"
+    assert settings.kafka.client_id == "file-client"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "section", "field", "expected"),
+    [
+        ("ALIGND_DATABASE_URL", "postgresql+psycopg://alignd@db/alignd", "database", "url", None),
+        ("ALIGND_MLFLOW_TRACKING_URI", "http://mlflow:5000", "mlflow", "tracking_uri", None),
+        ("ALIGND_INGEST_MAX_POLL_RECORDS", "250", "ingest", "max_poll_records", 250),
+        ("ALIGND_INGEST_RETRY_MAX_S", "2.5", "ingest", "retry_max_s", 2.5),
+        ("ALIGND_INGEST_PROJECT", "false", "ingest", "project", False),
+        ("ALIGND_KAFKA_SSL_CHECK_HOSTNAME", "0", "kafka", "ssl_check_hostname", False),
+        ("ALIGND_LOG_LEVEL", "DEBUG", "log", "level", None),
+    ],
+)
+def test_environment_variable_maps_onto_its_setting(
+    name: str, value: str, section: str, field: str, expected: object
+) -> None:
+    settings = load_settings(None, env={name: value})
+
+    assert getattr(getattr(settings, section), field) == (value if expected is None else expected)
+
+
+def test_empty_variable_unsets_an_optional_setting(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "mlflow:\n  registry_uri: http://registry\n")
+
+    assert load_settings(config, env={"ALIGND_MLFLOW_REGISTRY_URI": ""}).mlflow.registry_uri is None
+
+
+def test_test_variables_and_other_prefixes_are_ignored() -> None:
+    env = {
+        "ALIGND_TEST_KAFKA": "1",
+        "ALIGND_TEST_DATABASE_URLS": "x",
+        "PATH": "/bin",
+        "KAFKA_BOOTSTRAP_SERVERS": "b:1",
+    }
+
+    assert load_settings(None, env=env) == load_settings(None, env={})
+
+
+# --- refusals -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ALIGND_FOO_BAR", "ALIGND_KAFKA", "ALIGND_DATABASEURL"])
+def test_unknown_section_variable_is_refused_naming_it(name: str) -> None:
+    message = refused(**{name: "x"})
+
+    assert name in message
+    assert "KAFKA" in message  # lists the sections that exist
+
+
+def test_unknown_setting_in_a_known_section_is_refused_naming_the_variable() -> None:
+    message = refused(ALIGND_KAFKA_NOPE="1")
+
+    assert "kafka.nope" in message
+    assert "ALIGND_KAFKA_NOPE" in message
+    assert "unknown setting" in message
+
+
+def test_unknown_setting_in_the_file_is_refused(tmp_path: Path) -> None:
+    message = refused(write_config(tmp_path, "ingest:\n  max_pol_records: 5\n"))
+
+    assert "ingest.max_pol_records" in message
+    assert "unknown setting" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "setting"),
+    [
+        ("ALIGND_INGEST_MAX_POLL_RECORDS", "many", "ingest.max_poll_records"),
+        ("ALIGND_INGEST_MAX_POLL_RECORDS", "0", "ingest.max_poll_records"),
+        ("ALIGND_INGEST_MAX_MESSAGE_BYTES", "1.5", "ingest.max_message_bytes"),
+        ("ALIGND_INGEST_PROJECT", "perhaps", "ingest.project"),
+        ("ALIGND_KAFKA_SESSION_TIMEOUT_MS", "soon", "kafka.session_timeout_ms"),
+        ("ALIGND_KAFKA_SECURITY_PROTOCOL", "TLS", "kafka.security_protocol"),
+        ("ALIGND_KAFKA_AUTO_OFFSET_RESET", "middle", "kafka.auto_offset_reset"),
+        ("ALIGND_LOG_LEVEL", "LOUD", "log.level"),
+    ],
+)
+def test_wrong_value_names_the_setting_and_its_variable(name: str, value: str, setting: str) -> None:
+    message = refused(**{name: value})
+
+    assert setting in message
+    assert name in message
+
+
+def test_wrong_type_in_the_file_names_the_setting_and_its_variable(tmp_path: Path) -> None:
+    message = refused(write_config(tmp_path, "ingest:\n  poll_timeout_ms: soon\n"))
+
+    assert "ingest.poll_timeout_ms" in message
+    assert "ALIGND_INGEST_POLL_TIMEOUT_MS" in message
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    message = refused(ALIGND_INGEST_MAX_POLL_RECORDS="many", ALIGND_LOG_FORMAT="xml")
+
+    assert "ALIGND_INGEST_MAX_POLL_RECORDS" in message
+    assert "ALIGND_LOG_FORMAT" in message
+
+
+def test_unsupported_database_url_is_refused() -> None:
+    message = refused(ALIGND_DATABASE_URL="mysql://root@db/alignd")
+
+    assert "database" in message
+    assert "'mysql'" in message
+
+
+@pytest.mark.parametrize("protocol", ["SASL_SSL", "SASL_PLAINTEXT"])
+def test_sasl_without_credentials_is_refused_naming_what_is_missing(protocol: str) -> None:
+    message = refused(ALIGND_KAFKA_SECURITY_PROTOCOL=protocol)
+
+    assert protocol in message
+    for missing in ("sasl_mechanism", "sasl_username", "sasl_password"):
+        assert missing in message
+
+
+def test_sasl_with_only_a_password_missing_names_just_that() -> None:
+    message = refused(
+        ALIGND_KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        ALIGND_KAFKA_SASL_MECHANISM="PLAIN",
+        ALIGND_KAFKA_SASL_USERNAME="u",
+    )
+
+    assert "sasl_password" in message
+    assert "sasl_username" not in message
+
+
+def test_ssl_cafile_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "ca.pem"
+
+    message = refused(ALIGND_KAFKA_SECURITY_PROTOCOL="SSL", ALIGND_KAFKA_SSL_CAFILE=str(missing))
+
+    assert "ssl_cafile" in message
+    assert str(missing) in message
+
+
+def test_client_certificate_without_its_key_is_refused(cafile: Path) -> None:
+    message = refused(ALIGND_KAFKA_SECURITY_PROTOCOL="SSL", ALIGND_KAFKA_SSL_CERTFILE=str(cafile))
+
+    assert "ssl_certfile" in message and "ssl_keyfile" in message
+
+
+def test_missing_config_file_is_refused_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.yaml"
+
+    message = refused(missing)
+
+    assert str(missing) in message
+
+
+@pytest.mark.parametrize(("text", "problem"), [("kafka: [unclosed\n", "YAML"), ("- a\n- b\n", "mapping")])
+def test_config_file_that_is_not_a_mapping_of_sections_is_refused(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    assert problem in refused(write_config(tmp_path, text))
+
+
+# --- redaction and kafka-python keyword arguments -------------------------------------------------------
+
+
+SASL_ENV = {
+    "ALIGND_KAFKA_BOOTSTRAP_SERVERS": "b-1.example:9096, b-2.example:9096",
+    "ALIGND_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "ALIGND_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    "ALIGND_KAFKA_SASL_USERNAME": "alignd",
+    "ALIGND_KAFKA_SASL_PASSWORD": "sasl-s3cret",
+    "ALIGND_KAFKA_SSL_PASSWORD": "key-s3cret",
+    "ALIGND_DATABASE_URL": "postgresql+psycopg://alignd:db-s3cret@db.example:5432/alignd",
+}
+
+
+def test_redacted_masks_every_secret(cafile: Path) -> None:
+    settings = load_settings(None, env={**SASL_ENV, "ALIGND_KAFKA_SSL_CAFILE": str(cafile)})
+
+    shown = settings.redacted()
+
+    assert shown["kafka"]["sasl_password"] == "**********"
+    assert shown["kafka"]["ssl_password"] == "**********"
+    assert shown["database"]["url"] == "postgresql+psycopg://alignd:***@db.example:5432/alignd"
+    for secret in ("sasl-s3cret", "key-s3cret", "db-s3cret"):
+        assert secret not in repr(shown)
+
+
+def test_redacted_keeps_what_is_not_secret() -> None:
+    shown = load_settings(None, env=SASL_ENV).redacted()
+
+    assert shown["kafka"]["sasl_username"] == "alignd"
+    assert shown["kafka"]["security_protocol"] == "SASL_SSL"
+    assert shown["topics"]["dlq"] == "alignd.dlq"
+
+
+def test_redacted_leaves_unset_secrets_as_none() -> None:
+    shown = load_settings(None, env={}).redacted()
+
+    assert shown["kafka"]["sasl_password"] is None
+    assert shown["database"]["url"] == "sqlite:///alignd.db"
+
+
+def test_secrets_are_hidden_from_repr() -> None:
+    settings = load_settings(None, env=SASL_ENV)
+
+    assert "sasl-s3cret" not in repr(settings)
+    assert "key-s3cret" not in repr(settings)
+
+
+def test_client_kwargs_pass_sasl_and_ssl_through_under_kafka_python_names(cafile: Path) -> None:
+    settings = load_settings(None, env={**SASL_ENV, "ALIGND_KAFKA_SSL_CAFILE": str(cafile)})
+
+    kwargs = settings.kafka.client_kwargs()
+
+    assert kwargs["bootstrap_servers"] == ["b-1.example:9096", "b-2.example:9096"]
+    assert kwargs["security_protocol"] == "SASL_SSL"
+    assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert kwargs["sasl_plain_username"] == "alignd"
+    assert kwargs["sasl_plain_password"] == "sasl-s3cret"
+    assert kwargs["ssl_cafile"] == str(cafile)
+    assert kwargs["ssl_password"] == "key-s3cret"
+    assert kwargs["ssl_check_hostname"] is True
+    assert kwargs["client_id"] == "alignd"
+
+
+def test_client_kwargs_pass_a_client_certificate_for_mtls(tmp_path: Path, cafile: Path) -> None:
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    cert.write_text("cert", encoding="utf-8")
+    key.write_text("key", encoding="utf-8")
+    env = {
+        "ALIGND_KAFKA_SECURITY_PROTOCOL": "SSL",
+        "ALIGND_KAFKA_SSL_CAFILE": str(cafile),
+        "ALIGND_KAFKA_SSL_CERTFILE": str(cert),
+        "ALIGND_KAFKA_SSL_KEYFILE": str(key),
+        "ALIGND_KAFKA_SSL_CHECK_HOSTNAME": "false",
+    }
+
+    kwargs = load_settings(None, env=env).kafka.client_kwargs()
+
+    assert (kwargs["ssl_cafile"], kwargs["ssl_certfile"], kwargs["ssl_keyfile"]) == (
+        str(cafile),
+        str(cert),
+        str(key),
+    )
+    assert kwargs["ssl_check_hostname"] is False
+    assert not any(name.startswith("sasl_") for name in kwargs)
+
+
+def test_plaintext_client_kwargs_carry_no_sasl_or_ssl_settings() -> None:
+    kwargs = load_settings(None, env={}).kafka.client_kwargs()
+
+    assert kwargs["security_protocol"] == "PLAINTEXT"
+    assert kwargs["bootstrap_servers"] == ["127.0.0.1:9092"]
+    assert not any(name.startswith(("sasl_", "ssl_")) for name in kwargs)
