@@ -1,0 +1,1 @@
+"""Local services (Kafka, PostgreSQL) for tests and the demo; not used in production."""
