@@ -61,7 +61,7 @@ def test_two_consumers_share_partitions_and_a_rebalance_loses_nothing(db_url: st
         shared_a = set(a_after[0].split(": ", 1)[1].split(", "))
         shared_b = set(b_first.split(": ", 1)[1].split(", "))
         assert shared_a and shared_b and not (shared_a & shared_b), (a_after, b_first)
-        assert len(shared_a | shared_b) == 4
+        assert len(shared_a | shared_b) == 8  # 4 partitions of each inbound topic
 
         with store.engine.connect() as conn:
             ids = [r[0] for r in conn.execute(text("SELECT event_id FROM events"))]
