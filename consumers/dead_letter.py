@@ -59,7 +59,10 @@ class DeadLetterPublisher:
             sent = []
             for letter in letters:
                 future = self.producer.send(
-                    self.topic, key=letter.dead_letter.key, value=letter.dead_letter.value or b"", headers=dlq_headers(letter)
+                    self.topic,
+                    key=letter.dead_letter.key,
+                    value=letter.dead_letter.value or b"",
+                    headers=dlq_headers(letter),
                 )
                 sent.append((letter, future))
             self.producer.flush(timeout=self.flush_timeout_s)
@@ -70,7 +73,11 @@ class DeadLetterPublisher:
                     done.append(letter.id)
                 except Exception as exc:  # noqa: BLE001 - the row stays unpublished and is retried later
                     logger.warning(
-                        "dead letter %d (%s) not published to %s yet: %s", letter.id, letter.dead_letter.source_key, self.topic, exc
+                        "dead letter %d (%s) not published to %s yet: %s",
+                        letter.id,
+                        letter.dead_letter.source_key,
+                        self.topic,
+                        exc,
                     )
             self.store.mark_dead_letters_published(done)
             published += len(done)
@@ -79,7 +86,9 @@ class DeadLetterPublisher:
                 return published
 
 
-def requeue(store: SqlEventStore, producer: Any, letters: Sequence[StoredDeadLetter], *, flush_timeout_s: float = 30.0) -> list[int]:
+def requeue(
+    store: SqlEventStore, producer: Any, letters: Sequence[StoredDeadLetter], *, flush_timeout_s: float = 30.0
+) -> list[int]:
     """Send dead letters back to their original topics (after a fix upstream or an upgrade of alignd).
 
     The message keeps its key and headers and gains ``alignd-requeued-from`` with its first coordinates.

@@ -27,7 +27,14 @@ from consumers.dead_letter import DeadLetterPublisher
 from consumers.decode import decode_record
 from consumers.metrics import INGEST_METRICS
 from events.errors import StoreUnavailableError
-from events.model import DEFAULT_MAX_MESSAGE_BYTES, AppendResult, ConsumerOffset, DeadLetter, Event, KafkaCoordinates
+from events.model import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    AppendResult,
+    ConsumerOffset,
+    DeadLetter,
+    Event,
+    KafkaCoordinates,
+)
 from events.sql_store import SqlEventStore
 
 logger = logging.getLogger(__name__)
@@ -139,11 +146,15 @@ class Ingestor:
         try:
             self._seek_to_stored(assigned)
         except StoreUnavailableError as exc:
-            logger.warning("cannot read stored offsets for %s (%s); holding them until the store is back", _names(assigned), exc)
+            logger.warning(
+                "cannot read stored offsets for %s (%s); holding them until the store is back", _names(assigned), exc
+            )
             self.consumer.pause(*assigned)
             self._needs_seek.update(assigned)
 
-    def _seek_to_stored(self, partitions: Sequence[TopicPartition], fallback: Mapping[TopicPartition, int] | None = None) -> None:
+    def _seek_to_stored(
+        self, partitions: Sequence[TopicPartition], fallback: Mapping[TopicPartition, int] | None = None
+    ) -> None:
         stored = self.store.load_offsets(self.config.group_id, [(tp.topic, tp.partition) for tp in partitions])
         for tp in partitions:
             offset = stored.get((tp.topic, tp.partition))
@@ -153,7 +164,11 @@ class Ingestor:
             elif fallback and tp in fallback:
                 self.consumer.seek(tp, fallback[tp])
             else:
-                logger.info("%s[%d] has no stored offset; starting from Kafka's committed offset or the reset policy", tp.topic, tp.partition)
+                logger.info(
+                    "%s[%d] has no stored offset; starting from Kafka's committed offset or the reset policy",
+                    tp.topic,
+                    tp.partition,
+                )
 
     def _resolve_pending_seeks(self, polled: dict[TopicPartition, list[Any]]) -> None:
         """Seek partitions assigned while the store was down; drop what was fetched for them meanwhile."""
@@ -192,7 +207,12 @@ class Ingestor:
                 max_records = self.config.max_poll_records
                 if max_events is not None:
                     max_records = max(1, min(max_records, max_events - self.stats.records))
-                polled = {tp: list(r) for tp, r in self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=max_records).items()}
+                polled = {
+                    tp: list(r)
+                    for tp, r in self.consumer.poll(
+                        timeout_ms=self.config.poll_timeout_ms, max_records=max_records
+                    ).items()
+                }
                 if self._needs_seek:
                     self._resolve_pending_seeks(polled)
                 polled = {tp: r for tp, r in polled.items() if r}
@@ -206,7 +226,9 @@ class Ingestor:
                 if max_events is not None and self.stats.records >= max_events:
                     break
         except _Stopped:
-            logger.info("stopped while the store was unavailable; the batch in hand was not committed and will be re-read")
+            logger.info(
+                "stopped while the store was unavailable; the batch in hand was not committed and will be re-read"
+            )
         finally:
             logger.info("ingest finished: %s", self.stats.summary())
             self.consumer.close(autocommit=False)
@@ -222,8 +244,17 @@ class Ingestor:
                 if isinstance(decoded, DeadLetter):
                     letters.append(decoded)
                     logger.warning(
-                        "dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, decoded.reason,
-                        extra={"topic": record.topic, "partition": record.partition, "offset": record.offset, "error_kind": decoded.error_kind},
+                        "dead letter %s[%d]@%d: %s",
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        decoded.reason,
+                        extra={
+                            "topic": record.topic,
+                            "partition": record.partition,
+                            "offset": record.offset,
+                            "error_kind": decoded.error_kind,
+                        },
                     )
                 else:
                     new_events.append(decoded)
@@ -232,7 +263,9 @@ class Ingestor:
         offsets = [ConsumerOffset(self.config.group_id, tp.topic, tp.partition, o) for tp, o in next_offsets.items()]
 
         result = self._with_store_retry(
-            lambda: self.store.append(new_events, origins=origins, offsets=offsets, dead_letters=letters), list(polled), polled
+            lambda: self.store.append(new_events, origins=origins, offsets=offsets, dead_letters=letters),
+            list(polled),
+            polled,
         )
         count = sum(len(r) for r in polled.values())
         self.stats.batches += 1
@@ -241,12 +274,20 @@ class Ingestor:
         self.stats.duplicates += result.duplicates
         self.stats.dead_letters += len(letters)
         INGEST_METRICS.observe(count, result.appended, result.duplicates, len(letters))
-        logger.debug("batch stored: %d records, %d appended, %d duplicates, %d dead letters", count, result.appended, result.duplicates, len(letters))
+        logger.debug(
+            "batch stored: %d records, %d appended, %d duplicates, %d dead letters",
+            count,
+            result.appended,
+            result.duplicates,
+            len(letters),
+        )
         if result.dead_letter_ids:
             try:
                 self.publisher.publish_pending(result.dead_letter_ids)
             except StoreUnavailableError as exc:
-                logger.warning("dead letters stored but not yet published to the DLQ (%s); retried on the next start", exc)
+                logger.warning(
+                    "dead letters stored but not yet published to the DLQ (%s); retried on the next start", exc
+                )
         self._commit_kafka(next_offsets)
         if self.after_batch is not None:
             self.after_batch(result)

@@ -85,4 +85,6 @@ def build_ingestor(settings: Settings, store: SqlEventStore, *, project: bool | 
         except Exception:  # noqa: BLE001 - projections catch up on the next batch; ingestion goes on
             logger.exception("projections could not catch up; will retry after the next batch")
 
-    return Ingestor(store, kafka_consumer(settings), publisher, ingest_config(settings), after_batch=after_batch if fold else None)
+    return Ingestor(
+        store, kafka_consumer(settings), publisher, ingest_config(settings), after_batch=after_batch if fold else None
+    )

@@ -109,7 +109,9 @@ class _IngestProgress:
     def __init__(self) -> None:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=False)
+        self._progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=False
+        )
         self._task = self._progress.add_task("ingesting", total=None)
         self._progress.start()
 
@@ -151,8 +153,14 @@ def cmd_events_tail(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _stop)
     after = args.from_seq if args.from_seq is not None else max(store.max_seq() - args.lines, 0)
     try:
-        for stored in store.tail(after, types=[args.type] if args.type else None, follow=args.follow, should_stop=lambda: stopping):
-            line = {"seq": stored.seq, "recorded_at": format_timestamp(stored.recorded_at), **event_to_dict(stored.event)}
+        for stored in store.tail(
+            after, types=[args.type] if args.type else None, follow=args.follow, should_stop=lambda: stopping
+        ):
+            line = {
+                "seq": stored.seq,
+                "recorded_at": format_timestamp(stored.recorded_at),
+                **event_to_dict(stored.event),
+            }
             sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
             sys.stdout.flush()
     except BrokenPipeError:
@@ -259,7 +267,11 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _print_json({name: {"events": folded[name], "digest": digests[name]} for name in folded})
     else:
-        _table("projections rebuilt", ["projection", "events folded", "digest"], [(n, folded[n], digests[n]) for n in folded])
+        _table(
+            "projections rebuilt",
+            ["projection", "events folded", "digest"],
+            [(n, folded[n], digests[n]) for n in folded],
+        )
     return 0
 
 
@@ -282,14 +294,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=["json", "text"], help="overrides log.format")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(sub: Any, name: str, handler: Callable[[Settings, argparse.Namespace], int], help_text: str, json_flag: bool = True) -> argparse.ArgumentParser:
+    def add(
+        sub: Any,
+        name: str,
+        handler: Callable[[Settings, argparse.Namespace], int],
+        help_text: str,
+        json_flag: bool = True,
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(handler=handler)
         if json_flag:
             p.add_argument("--json", action="store_true", help="print JSON")
         return p
 
-    db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db = commands.add_parser("db", help="database schema").add_subparsers(
+        dest="db_command", required=True, metavar="ACTION"
+    )
     add(db, "upgrade", cmd_db_upgrade, "apply migrations up to the newest schema")
 
     p = add(commands, "ingest", cmd_ingest, "consume the inbound Kafka topics into the event store")
@@ -297,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-events", type=int, metavar="N", help="stop after about N records")
     p.add_argument("--no-project", action="store_true", help="do not fold projections after each batch")
 
-    ev = commands.add_parser("events", help="read the event store").add_subparsers(dest="events_command", required=True, metavar="ACTION")
+    ev = commands.add_parser("events", help="read the event store").add_subparsers(
+        dest="events_command", required=True, metavar="ACTION"
+    )
     p = add(ev, "count", cmd_events_count, "count events, by type")
     p.add_argument("--type", choices=sorted(ALL_TYPES))
     p = add(ev, "tail", cmd_events_tail, "print events as JSON lines", json_flag=False)
@@ -306,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-seq", type=int, metavar="N", help="start after this seq (default: the last --lines events)")
     p.add_argument("--lines", "-n", type=int, default=20, help="how many recent events to start with (default 20)")
 
-    dlq = commands.add_parser("dlq", help="dead letters").add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dlq = commands.add_parser("dlq", help="dead letters").add_subparsers(
+        dest="dlq_command", required=True, metavar="ACTION"
+    )
     p = add(dlq, "list", cmd_dlq_list, "list dead letters with their reasons")
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--after-id", type=int, default=0)
@@ -323,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--projection", metavar="NAME", help="only this projection")
     group.add_argument("--all", action="store_true", help="every projection (the default)")
 
-    cfg = commands.add_parser("config", help="settings").add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    cfg = commands.add_parser("config", help="settings").add_subparsers(
+        dest="config_command", required=True, metavar="ACTION"
+    )
     add(cfg, "show", cmd_config_show, "print the effective settings, secrets masked")
     return parser
 
@@ -344,7 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except StoreUnavailableError as exc:
         where = settings.redacted()["database"]["url"]
-        print(f"alignd: cannot reach the database at {where} ({exc}); is it running? check ALIGND_DATABASE_URL", file=sys.stderr)
+        print(
+            f"alignd: cannot reach the database at {where} ({exc}); is it running? check ALIGND_DATABASE_URL",
+            file=sys.stderr,
+        )
         return 1
     except AlignmentError as exc:
         print(f"alignd: {exc}", file=sys.stderr)

@@ -29,7 +29,9 @@ class DatabaseSettings(BaseModel):
     @model_validator(mode="after")
     def _scheme(self) -> DatabaseSettings:
         if not (self.url.startswith("sqlite") or self.url.startswith("postgresql")):
-            raise ValueError(f"url: {self.url.split(':', 1)[0]!r} is not supported; use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB")
+            raise ValueError(
+                f"url: {self.url.split(':', 1)[0]!r} is not supported; use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB"
+            )
         return self
 
 

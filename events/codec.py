@@ -146,7 +146,8 @@ def decode_inbound(
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise EventValidationError(
-            "invalid_utf8", f"message is not valid UTF-8: byte 0x{raw[exc.start]:02x} at position {exc.start} ({exc.reason})"
+            "invalid_utf8",
+            f"message is not valid UTF-8: byte 0x{raw[exc.start]:02x} at position {exc.start} ({exc.reason})",
         ) from None
     try:
         document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
@@ -162,10 +163,13 @@ def decode_inbound(
         try:
             canonical_json(document).encode("utf-8")
         except UnicodeEncodeError:
-            raise EventValidationError("invalid_json", "message contains an unpaired surrogate escape (\\ud800-\\udfff), which is not text") from None
+            raise EventValidationError(
+                "invalid_json", "message contains an unpaired surrogate escape (\\ud800-\\udfff), which is not text"
+            ) from None
     if not isinstance(document, dict):
         raise EventValidationError(
-            "schema", f"message is a JSON {_JSON_TYPE_NAMES.get(type(document), 'value')}, expected an object (the event envelope)"
+            "schema",
+            f"message is a JSON {_JSON_TYPE_NAMES.get(type(document), 'value')}, expected an object (the event envelope)",
         )
     declared_id = document.get("event_id")
     event_id_hint = declared_id if isinstance(declared_id, str) and 0 < len(declared_id) <= 128 else None

@@ -12,8 +12,16 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
-from pydantic import model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -40,7 +48,7 @@ def parse_rfc3339(value: object) -> datetime:
         clock, rest = time_part.split(".", 1)
         digits = re.match(r"\d+", rest)
         assert digits is not None
-        time_part = f"{clock}.{digits.group()[:6].ljust(6, '0')}{rest[digits.end():]}"
+        time_part = f"{clock}.{digits.group()[:6].ljust(6, '0')}{rest[digits.end() :]}"
     try:
         parsed = datetime.fromisoformat(f"{date}T{time_part}")
     except ValueError as exc:

@@ -69,8 +69,7 @@ ON CONFLICT (event_id) DO NOTHING
 """
 
 _SQLITE_INSERT_EVENTS = (
-    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (event_id) DO NOTHING"
+    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING"
 )
 
 
@@ -268,7 +267,9 @@ class SqlEventStore:
             dead_letter_ids=dl_ids,
         )
 
-    def _insert_events(self, conn: Connection, batch: list[tuple[Event, KafkaCoordinates | None]], now: datetime) -> int:
+    def _insert_events(
+        self, conn: Connection, batch: list[tuple[Event, KafkaCoordinates | None]], now: datetime
+    ) -> int:
         if self.dialect == "postgresql":
             params: dict[str, Any] = {
                 "recorded_at": now,
@@ -329,12 +330,20 @@ class SqlEventStore:
         ]
         conn.execute(self._dialect_insert(dead_letters).on_conflict_do_nothing(index_elements=["source_key"]), rows)
         keys = [d.source_key for d in letters]
-        found = conn.execute(select(dead_letters.c.id).where(dead_letters.c.source_key.in_(keys)).order_by(dead_letters.c.id))
+        found = conn.execute(
+            select(dead_letters.c.id).where(dead_letters.c.source_key.in_(keys)).order_by(dead_letters.c.id)
+        )
         return tuple(found.scalars())
 
     def _upsert_offsets(self, conn: Connection, offsets: Sequence[ConsumerOffset], now: datetime) -> None:
         rows = [
-            {"group_id": o.group_id, "topic": o.topic, "partition": o.partition, "next_offset": o.next_offset, "updated_at": now}
+            {
+                "group_id": o.group_id,
+                "topic": o.topic,
+                "partition": o.partition,
+                "next_offset": o.next_offset,
+                "updated_at": now,
+            }
             for o in offsets
         ]
         stmt = self._dialect_insert(consumer_offsets)
@@ -489,4 +498,7 @@ class SqlEventStore:
 
 
 def offsets_from_mapping(group_id: str, next_offsets: Mapping[tuple[str, int], int]) -> list[ConsumerOffset]:
-    return [ConsumerOffset(group_id, topic, partition, offset) for (topic, partition), offset in sorted(next_offsets.items())]
+    return [
+        ConsumerOffset(group_id, topic, partition, offset)
+        for (topic, partition), offset in sorted(next_offsets.items())
+    ]

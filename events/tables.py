@@ -82,8 +82,12 @@ dead_letters = Table(
     Column("requeued_at", Timestamp, nullable=True),
     sqlite_autoincrement=True,
 )
-Index("ix_dead_letters_unpublished", dead_letters.c.id, sqlite_where=dead_letters.c.published_at.is_(None),
-      postgresql_where=dead_letters.c.published_at.is_(None))
+Index(
+    "ix_dead_letters_unpublished",
+    dead_letters.c.id,
+    sqlite_where=dead_letters.c.published_at.is_(None),
+    postgresql_where=dead_letters.c.published_at.is_(None),
+)
 
 projection_checkpoints = Table(
     "projection_checkpoints",

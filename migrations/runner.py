@@ -52,9 +52,7 @@ def ensure_current(engine: Engine) -> None:
         return
     where = engine.url.render_as_string(hide_password=True)
     if current is None:
-        raise SchemaOutOfDateError(
-            f"the database at {where} has no alignd schema; run `alignd db upgrade` first"
-        )
+        raise SchemaOutOfDateError(f"the database at {where} has no alignd schema; run `alignd db upgrade` first")
     script = ScriptDirectory.from_config(alembic_config())
     known = {rev.revision for rev in script.walk_revisions()}
     if current not in known:

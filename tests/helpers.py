@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 
 
-def interaction(request_id: str, *, event_id: str | None = None, version: str = "1", i: int = 0, **payload: Any) -> dict[str, Any]:
+def interaction(
+    request_id: str, *, event_id: str | None = None, version: str = "1", i: int = 0, **payload: Any
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "request_id": request_id,
         "model": {"name": "assistant", "version": version},
@@ -40,7 +42,9 @@ def interaction(request_id: str, *, event_id: str | None = None, version: str = 
     return envelope
 
 
-def feedback(request_id: str, kind: str, value: Any, *, event_id: str | None = None, i: int = 0, user: str | None = None) -> dict[str, Any]:
+def feedback(
+    request_id: str, kind: str, value: Any, *, event_id: str | None = None, i: int = 0, user: str | None = None
+) -> dict[str, Any]:
     envelope: dict[str, Any] = {
         "type": "feedback.received",
         "occurred_at": (T0 + timedelta(seconds=i, milliseconds=500)).isoformat(),
@@ -78,13 +82,17 @@ def produce(bootstrap: str, topic: str, messages: Iterable[Mapping[str, Any] | b
     """Send messages (keyed by request id when there is one, so a request's events share a partition)."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=256 * 1024, max_request_size=4 * 1024 * 1024)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, batch_size=256 * 1024, max_request_size=4 * 1024 * 1024
+    )
     count = 0
     try:
         for message in messages:
             key = None
             if keyed and not isinstance(message, bytes):
-                request_id = message.get("payload", {}).get("request_id") if isinstance(message.get("payload"), dict) else None
+                request_id = (
+                    message.get("payload", {}).get("request_id") if isinstance(message.get("payload"), dict) else None
+                )
                 key = request_id.encode() if isinstance(request_id, str) else None
             producer.send(topic, key=key, value=encode(message))
             count += 1
@@ -94,7 +102,9 @@ def produce(bootstrap: str, topic: str, messages: Iterable[Mapping[str, Any] | b
     return count
 
 
-def settings_env(db_url: str, bootstrap: str, topics: Mapping[str, str], group: str | None = None, **extra: str) -> dict[str, str]:
+def settings_env(
+    db_url: str, bootstrap: str, topics: Mapping[str, str], group: str | None = None, **extra: str
+) -> dict[str, str]:
     env = {
         "ALIGND_DATABASE_URL": db_url,
         "ALIGND_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -109,7 +119,9 @@ def settings_env(db_url: str, bootstrap: str, topics: Mapping[str, str], group: 
     return env
 
 
-def settings_for(db_url: str, bootstrap: str, topics: Mapping[str, str], group: str | None = None, **extra: str) -> Settings:
+def settings_for(
+    db_url: str, bootstrap: str, topics: Mapping[str, str], group: str | None = None, **extra: str
+) -> Settings:
     return load_settings(env=settings_env(db_url, bootstrap, topics, group, **extra))
 
 
@@ -120,7 +132,9 @@ def alignd(args: Sequence[str], env: Mapping[str, str], **popen: Any) -> subproc
     return subprocess.Popen([sys.executable, "-m", "daemon.cli", *args], env=child_env, cwd=REPO, **popen)
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.1, message: str = "condition") -> None:
+def wait_until(
+    condition: Callable[[], bool], timeout: float, interval: float = 0.1, message: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -133,7 +147,9 @@ def consume_all(bootstrap: str, topic: str, *, expected: int, timeout: float = 3
     """Read a topic from the beginning until ``expected`` records arrived (or the timeout)."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False, group_id=None
+    )
     records: list[Any] = []
     deadline = time.monotonic() + timeout
     try:

@@ -350,8 +350,7 @@ class LocalKafka:
             except _PortTaken:
                 raise RuntimeError(
                     f"port {self.port} or {self.controller_port} of {self.data_dir} is taken "
-                    f"by another process; last lines of {self.log_path}:\n"
-                    + _tail(self.log_path, _LOG_TAIL_LINES)
+                    f"by another process; last lines of {self.log_path}:\n" + _tail(self.log_path, _LOG_TAIL_LINES)
                 ) from None
         else:
             attempts = 3
@@ -459,11 +458,7 @@ class LocalKafka:
                 return
             if time.monotonic() > deadline:
                 self._reap()
-                what = (
-                    f"a metadata response ({self._last_check_error})"
-                    if seen_ready_line
-                    else f"{_READY_LINE!r}"
-                )
+                what = f"a metadata response ({self._last_check_error})" if seen_ready_line else f"{_READY_LINE!r}"
                 raise RuntimeError(
                     f"Kafka did not give {what} in time; last lines of {self.log_path}:\n"
                     + _tail(self.log_path, _LOG_TAIL_LINES)

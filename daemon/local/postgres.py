@@ -260,18 +260,12 @@ class LocalPostgres:
                 # An auto-chosen port can be taken between our probe and the server's bind;
                 # only the first start may move to another one, later ones must keep the URL stable.
                 port_clash = any(m in tail for m in _BIND_FAILURE_MARKERS)
-                if (
-                    port_clash
-                    and not self._port_fixed
-                    and not self._ever_started
-                    and attempt < _PORT_ATTEMPTS
-                ):
+                if port_clash and not self._port_fixed and not self._ever_started and attempt < _PORT_ATTEMPTS:
                     logger.warning("port %d was taken before postgres bound it; trying another", self.port)
                     self.port = _free_port()
                     continue
                 raise RuntimeError(
-                    f"PostgreSQL failed to start on {HOST}:{self.port} ({failure}); "
-                    f"log {self.log_path}:\n{tail}"
+                    f"PostgreSQL failed to start on {HOST}:{self.port} ({failure}); log {self.log_path}:\n{tail}"
                 )
             raise AssertionError("unreachable")
 
@@ -512,9 +506,7 @@ class LocalPostgres:
         # Settings live in an included file we rewrite on every start, so a hand-run
         # `pg_ctl start` on the same folder behaves like ours.
         with open(pgdata / "postgresql.conf", "a") as f:
-            f.write(
-                f"\n# alignd: test settings, rewritten on every start\ninclude_if_exists = '{_CONF_NAME}'\n"
-            )
+            f.write(f"\n# alignd: test settings, rewritten on every start\ninclude_if_exists = '{_CONF_NAME}'\n")
         logger.info("initdb %s took %.2fs", pgdata, time.monotonic() - t0)
 
     def _choose_port(self, pgdata: Path) -> None:
@@ -729,9 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--port", type=int, default=None, help="TCP port on 127.0.0.1 (default: a free one)")
     run.add_argument("--database", default="postgres", help="database to create and print the URL of")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return _serve(args.data_dir, args.port, args.database)
 
 

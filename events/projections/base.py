@@ -250,5 +250,10 @@ class FeedbackStatsProjection(Projection):
 
 PROJECTIONS: dict[str, Projection] = {
     p.name: p
-    for p in (InteractionsProjection(), PreferencePairsProjection(), DemonstrationsProjection(), FeedbackStatsProjection())
+    for p in (
+        InteractionsProjection(),
+        PreferencePairsProjection(),
+        DemonstrationsProjection(),
+        FeedbackStatsProjection(),
+    )
 }

@@ -24,7 +24,11 @@ class Joined:
 
     @property
     def seq(self) -> int:
-        return self.feedback.seq if self.feedback is not None and self.feedback.seq > self.interaction.seq else self.interaction.seq
+        return (
+            self.feedback.seq
+            if self.feedback is not None and self.feedback.seq > self.interaction.seq
+            else self.interaction.seq
+        )
 
 
 def join_batch(batch: Iterable[StoredEvent], related: Iterable[StoredEvent]) -> list[Joined]:

@@ -72,14 +72,18 @@ class ProjectionRunner:
             batch = [row_to_event(r) for r in rows]
             upto = batch[-1].seq
             request_ids = sorted({e.event.request_id for e in batch if e.event.request_id is not None})
-            related = [
-                row_to_event(r)
-                for r in conn.execute(
-                    select(events).where(
-                        events.c.request_id.in_(request_ids), events.c.seq <= upto, events.c.type.in_(JOINED_TYPES)
+            related = (
+                [
+                    row_to_event(r)
+                    for r in conn.execute(
+                        select(events).where(
+                            events.c.request_id.in_(request_ids), events.c.seq <= upto, events.c.type.in_(JOINED_TYPES)
+                        )
                     )
-                )
-            ] if request_ids else []
+                ]
+                if request_ids
+                else []
+            )
             units = join_batch(batch, related)
             if units:
                 _fold_units(conn, projection, units)

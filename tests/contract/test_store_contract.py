@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from events.errors import StoreError
 from events.model import ConsumerOffset, DeadLetter, Event, KafkaCoordinates
 from events.sql_store import SqlEventStore
 
@@ -14,7 +15,12 @@ pytestmark = pytest.mark.integration
 
 
 def _event(n: int, request_id: str | None = None, event_type: str = "interaction.logged") -> Event:
-    payload = {"request_id": request_id or f"r{n}", "model": {"name": "m", "version": "1"}, "prompt": "p", "response": f"r{n}"}
+    payload = {
+        "request_id": request_id or f"r{n}",
+        "model": {"name": "m", "version": "1"},
+        "prompt": "p",
+        "response": f"r{n}",
+    }
     if event_type == "feedback.received":
         payload = {"request_id": request_id or f"r{n}", "kind": "thumbs", "value": "up"}
     return Event(f"e{n}", event_type, datetime(2026, 1, 1, tzinfo=UTC), "test", payload)
@@ -41,7 +47,10 @@ def test_duplicate_event_ids_are_ignored_within_and_across_batches(store: SqlEve
 def test_offsets_dead_letters_and_events_commit_together(store: SqlEventStore) -> None:
     letter = DeadLetter("t:0:7", "message is not valid JSON", "invalid_json", b"{", origin=KafkaCoordinates("t", 0, 7))
     result = store.append(
-        [_event(1)], origins=[KafkaCoordinates("t", 0, 6)], offsets=[ConsumerOffset("g", "t", 0, 8)], dead_letters=[letter]
+        [_event(1)],
+        origins=[KafkaCoordinates("t", 0, 6)],
+        offsets=[ConsumerOffset("g", "t", 0, 8)],
+        dead_letters=[letter],
     )
     assert result.dead_letter_ids
     assert store.load_offsets("g", [("t", 0), ("t", 1)]) == {("t", 0): 8}
@@ -57,7 +66,7 @@ def test_offsets_dead_letters_and_events_commit_together(store: SqlEventStore) -
 def test_a_failed_append_writes_nothing(store: SqlEventStore) -> None:
     # the dead letter violates NOT NULL after the events were inserted in the same transaction
     broken = DeadLetter("t:0:9", None, "schema", b"x")  # type: ignore[arg-type]
-    with pytest.raises(Exception):
+    with pytest.raises(StoreError):
         store.append([_event(1)], offsets=[ConsumerOffset("g", "t", 0, 5)], dead_letters=[broken])
     assert store.count() == 0
     assert store.load_offsets("g", [("t", 0)]) == {}
@@ -102,7 +111,9 @@ def test_concurrent_appenders_produce_seq_in_commit_order(store: SqlEventStore) 
             store.append([_event(w * 1000 + b * batch + i) for i in range(batch)])
 
     def tail() -> None:
-        for stored in store.tail(0, poll_interval=0.01, should_stop=lambda: done.is_set() and len(seen) >= writers * per_writer):
+        for stored in store.tail(
+            0, poll_interval=0.01, should_stop=lambda: done.is_set() and len(seen) >= writers * per_writer
+        ):
             seen.append(stored.seq)
 
     tailer = threading.Thread(target=tail)

@@ -13,7 +13,15 @@ from tests.helpers import consume_all, feedback, interaction, produce, settings_
 pytestmark = pytest.mark.integration
 
 
-def _ingest(db_url: str, bootstrap: str, topics: dict[str, str], group: str | None = None, *, project: bool = False, **extra: str):
+def _ingest(
+    db_url: str,
+    bootstrap: str,
+    topics: dict[str, str],
+    group: str | None = None,
+    *,
+    project: bool = False,
+    **extra: str,
+):
     settings = settings_for(db_url, bootstrap, topics, group, **extra)
     store = open_store(settings)
     ingestor = build_ingestor(settings, store, project=project)
@@ -24,7 +32,9 @@ def _ingest(db_url: str, bootstrap: str, topics: dict[str, str], group: str | No
     return store, stats
 
 
-def test_same_event_id_twice_and_same_message_delivered_twice_are_stored_once(db_url: str, kafka_bootstrap: str) -> None:
+def test_same_event_id_twice_and_same_message_delivered_twice_are_stored_once(
+    db_url: str, kafka_bootstrap: str
+) -> None:
     topics = unique_topics(kafka_bootstrap)
     messages = [interaction(f"r{i}", event_id=f"evt-{i}", i=i) for i in range(50)]
     messages += [interaction(f"r{i}", event_id=f"evt-{i}", i=i) for i in range(10)]  # resent by the producer
@@ -45,12 +55,26 @@ def test_same_event_id_twice_and_same_message_delivered_twice_are_stored_once(db
 BAD_INPUTS = [
     ("invalid_json", b'{"type": "interaction.logged", ', "not valid JSON"),
     ("invalid_utf8", b'{"type": "\xff\xfe"}', "not valid UTF-8"),
-    ("schema", json.dumps({**interaction("m1"), "payload": {"model": {"name": "a", "version": "1"}, "prompt": "p", "response": "r"}}).encode(), "payload.request_id: required field is missing"),
+    (
+        "schema",
+        json.dumps(
+            {**interaction("m1"), "payload": {"model": {"name": "a", "version": "1"}, "prompt": "p", "response": "r"}}
+        ).encode(),
+        "payload.request_id: required field is missing",
+    ),
     ("schema", json.dumps({**interaction("m2"), "schema_version": "1"}).encode(), "schema_version"),
     ("schema", json.dumps(feedback("m3", "rating", "five")).encode(), "payload.value"),
-    ("unknown_type", json.dumps({**interaction("m4"), "type": "interaction.deleted"}).encode(), "unknown event type 'interaction.deleted'"),
+    (
+        "unknown_type",
+        json.dumps({**interaction("m4"), "type": "interaction.deleted"}).encode(),
+        "unknown event type 'interaction.deleted'",
+    ),
     ("unknown_schema_version", json.dumps({**interaction("m5"), "schema_version": 9}).encode(), "schema_version: 9"),
-    ("oversized", json.dumps(interaction("m6", response="x" * (1024 * 1024 + 10))).encode(), "over the 1,048,576-byte limit"),
+    (
+        "oversized",
+        json.dumps(interaction("m6", response="x" * (1024 * 1024 + 10))).encode(),
+        "over the 1,048,576-byte limit",
+    ),
     ("empty", b"", "no value"),
 ]
 
@@ -130,7 +154,9 @@ def test_replay_reaches_the_same_projection_digest_as_live_processing(db_url: st
     assert sum(r["feedback"] for r in stats_rows) == 600  # the 10 orphans wait for interactions that never came
     assert len(_rows(store, "proj_preference_pairs")) == 200  # 100 preferences + 100 corrections
     demos = _rows(store, "proj_demonstrations")
-    assert {d["origin"] for d in demos} == {"correction", "top_rated"} and len(demos) == 200  # i % 6 == 1 is odd: all rated 5
+    assert {d["origin"] for d in demos} == {"correction", "top_rated"} and len(
+        demos
+    ) == 200  # i % 6 == 1 is odd: all rated 5
     store.dispose()
 
 

@@ -29,7 +29,9 @@ def test_upgrade_head_on_an_empty_database_matches_the_models(db_kind: str, new_
         engine.dispose()
 
 
-def test_a_database_without_the_schema_is_refused_with_the_command_to_run(db_kind: str, new_db_url: Callable[[str], str]) -> None:
+def test_a_database_without_the_schema_is_refused_with_the_command_to_run(
+    db_kind: str, new_db_url: Callable[[str], str]
+) -> None:
     engine = create_store_engine(new_db_url(db_kind))
     try:
         with pytest.raises(SchemaOutOfDateError, match="alignd db upgrade"):
@@ -38,7 +40,9 @@ def test_a_database_without_the_schema_is_refused_with_the_command_to_run(db_kin
         engine.dispose()
 
 
-def test_a_database_behind_head_is_refused_by_the_cli(tmp_path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_database_behind_head_is_refused_by_the_cli(
+    tmp_path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = f"sqlite:///{tmp_path / 'behind.db'}"
     engine = create_store_engine(url)
     try:
@@ -54,7 +58,9 @@ def test_a_database_behind_head_is_refused_by_the_cli(tmp_path, capsys: pytest.C
     assert "base0000" in err
 
 
-def test_db_upgrade_command_brings_an_empty_database_to_head(tmp_path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_db_upgrade_command_brings_an_empty_database_to_head(
+    tmp_path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     monkeypatch.setenv("ALIGND_DATABASE_URL", url)
     assert main(["events", "count"]) == 1

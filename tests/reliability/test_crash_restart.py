@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
-import time
 
 import pytest
 from sqlalchemy import text
@@ -56,7 +55,9 @@ def test_sigkill_mid_stream_and_restarts_lose_and_duplicate_nothing(db_url: str,
     messages, unique, invalid = _stream(rng)
     half = len(messages) // 2
     produce(kafka_bootstrap, topics["interactions"], messages[:half])  # type: ignore[arg-type]
-    env = settings_env(db_url, kafka_bootstrap, topics, ALIGND_INGEST_MAX_POLL_RECORDS="300", ALIGND_LOG_LEVEL="WARNING")
+    env = settings_env(
+        db_url, kafka_bootstrap, topics, ALIGND_INGEST_MAX_POLL_RECORDS="300", ALIGND_LOG_LEVEL="WARNING"
+    )
     store = SqlEventStore.from_url(db_url)
     kills = 0
     try:
@@ -68,7 +69,12 @@ def test_sigkill_mid_stream_and_restarts_lose_and_duplicate_nothing(db_url: str,
             # kill at a random point once it has made some progress
             target = before + rng.randrange(500, 3000)
             try:
-                wait_until(lambda: _count(store) >= target or child.poll() is not None, timeout=90, interval=0.02, message="progress")
+                wait_until(
+                    lambda target=target, child=child: _count(store) >= target or child.poll() is not None,
+                    timeout=90,
+                    interval=0.02,
+                    message="progress",
+                )
             finally:
                 child.send_signal(signal.SIGKILL)
                 child.wait(10)
@@ -80,7 +86,9 @@ def test_sigkill_mid_stream_and_restarts_lose_and_duplicate_nothing(db_url: str,
         stored_ids = [row[0] for row in _all_ids(store)]
         assert kills == 5
         assert len(stored_ids) == len(set(stored_ids)), "an event was stored twice"
-        assert set(stored_ids) == unique, f"missing {len(unique - set(stored_ids))}, unexpected {len(set(stored_ids) - unique)}"
+        assert set(stored_ids) == unique, (
+            f"missing {len(unique - set(stored_ids))}, unexpected {len(set(stored_ids) - unique)}"
+        )
         assert store.count_dead_letters()["total"] == invalid
         # the stored offsets end at the end of each partition
         offsets = store.load_offsets(env["ALIGND_KAFKA_GROUP_ID"], [(topics["interactions"], p) for p in range(3)])
@@ -101,7 +109,9 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(db_url: str, kafka_bo
     store = SqlEventStore.from_url(db_url)
     try:
         child = alignd(["ingest", "--no-project"], env, stderr=subprocess.PIPE)
-        wait_until(lambda: _count(store) >= 1000 or child.poll() is not None, timeout=60, interval=0.02, message="progress")
+        wait_until(
+            lambda: _count(store) >= 1000 or child.poll() is not None, timeout=60, interval=0.02, message="progress"
+        )
         child.send_signal(signal.SIGTERM)
         _, err = child.communicate(timeout=60)
         assert child.returncode == 0, err.decode()[-2000:]

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from daemon.bootstrap import build_ingestor, open_store
-from migrations.runner import upgrade
 from events.sql_store import create_store_engine
+from migrations.runner import upgrade
 from tests.helpers import interaction, produce, settings_for, unique_topics, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.slow]
@@ -29,7 +29,14 @@ def test_postgres_restart_during_ingestion_loses_nothing(mode: str, kafka_bootst
         total = 8000
         messages = [interaction(f"r{i}", event_id=f"e{i}", i=i) for i in range(total)]
         produce(kafka_bootstrap, topics["interactions"], messages[:2000])
-        settings = settings_for(url, kafka_bootstrap, topics, ALIGND_INGEST_MAX_POLL_RECORDS="200", ALIGND_INGEST_RETRY_INITIAL_S="0.2", ALIGND_INGEST_RETRY_MAX_S="1")
+        settings = settings_for(
+            url,
+            kafka_bootstrap,
+            topics,
+            ALIGND_INGEST_MAX_POLL_RECORDS="200",
+            ALIGND_INGEST_RETRY_INITIAL_S="0.2",
+            ALIGND_INGEST_RETRY_MAX_S="1",
+        )
         store = open_store(settings)
         ingestor = build_ingestor(settings, store, project=False)
         runner = threading.Thread(target=lambda: ingestor.run())
@@ -40,7 +47,9 @@ def test_postgres_restart_during_ingestion_loses_nothing(mode: str, kafka_bootst
         time.sleep(4)
         assert ingestor.stats.store_retries > 0
         pg.start()
-        wait_until(lambda: ingestor.stats.records >= total, timeout=120, interval=0.2, message="ingestion resumed to the end")
+        wait_until(
+            lambda: ingestor.stats.records >= total, timeout=120, interval=0.2, message="ingestion resumed to the end"
+        )
         ingestor.stop()
         runner.join(30)
         assert not runner.is_alive()

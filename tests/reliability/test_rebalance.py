@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import threading
 import time
 
@@ -29,7 +28,9 @@ def _assigned(log: bytes) -> list[str]:
     return found
 
 
-def test_two_consumers_share_partitions_and_a_rebalance_loses_nothing(db_url: str, kafka_bootstrap: str, tmp_path) -> None:
+def test_two_consumers_share_partitions_and_a_rebalance_loses_nothing(
+    db_url: str, kafka_bootstrap: str, tmp_path
+) -> None:
     topics = unique_topics(kafka_bootstrap, partitions=4)
     total = 12_000
     messages = [interaction(f"r{i}", event_id=f"e{i}", i=i) for i in range(total)]
@@ -38,14 +39,24 @@ def test_two_consumers_share_partitions_and_a_rebalance_loses_nothing(db_url: st
     store = SqlEventStore.from_url(db_url)
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     # keep producing while the group rebalances
-    producer = threading.Thread(target=lambda: [produce(kafka_bootstrap, topics["interactions"], messages[k : k + 1500]) or time.sleep(0.3) for k in range(3000, total, 1500)])
+    producer = threading.Thread(
+        target=lambda: [
+            produce(kafka_bootstrap, topics["interactions"], messages[k : k + 1500]) or time.sleep(0.3)
+            for k in range(3000, total, 1500)
+        ]
+    )
     try:
         with logs[0].open("wb") as log_a, logs[1].open("wb") as log_b:
             first = alignd(["ingest", "--no-project"], env, stderr=log_a)
             wait_until(lambda: store.count() >= 500, timeout=60, interval=0.05, message="first consumer progress")
             producer.start()
             second = alignd(["ingest", "--no-project"], env, stderr=log_b)
-            wait_until(lambda: bool(_assigned(logs[1].read_bytes())), timeout=60, interval=0.1, message="second consumer assigned")
+            wait_until(
+                lambda: bool(_assigned(logs[1].read_bytes())),
+                timeout=60,
+                interval=0.1,
+                message="second consumer assigned",
+            )
             producer.join()
             time.sleep(1.0)
             first.send_signal(signal.SIGTERM)  # another rebalance: the second takes every partition

@@ -341,9 +341,7 @@ def case(base: dict[str, Any], path: str, value: Any, named: str | None = None) 
         case(INTERACTION, "payload.metadata", "region=eu"),
         case(MESSAGES_INTERACTION, "payload.messages", "Capital of France?"),
         case(MESSAGES_INTERACTION, "payload.messages", [], named="'messages' is empty"),
-        case(
-            MESSAGES_INTERACTION, "payload.messages.0", {"role": "user"}, named="payload.messages.0.content"
-        ),
+        case(MESSAGES_INTERACTION, "payload.messages.0", {"role": "user"}, named="payload.messages.0.content"),
         case(feedback_doc("rating", 4), "payload.value", 4.5),
         case(feedback_doc("rating", 4), "payload.value", True),
         case(feedback_doc("rating", 4), "payload.value", 7),
@@ -394,9 +392,7 @@ def test_internal_type_sent_inbound_is_refused(internal_type: str) -> None:
     assert "internal" in error.reason
 
 
-@pytest.mark.parametrize(
-    ("base", "version"), [(INTERACTION, 2), (INTERACTION, 0), (feedback_doc("thumbs", "up"), 99)]
-)
+@pytest.mark.parametrize(("base", "version"), [(INTERACTION, 2), (INTERACTION, 0), (feedback_doc("thumbs", "up"), 99)])
 def test_unknown_schema_version_is_refused_as_such(base: dict[str, Any], version: int) -> None:
     error = refused(changed(base, "schema_version", version))
 
@@ -505,9 +501,7 @@ def test_lone_surrogate_escape_is_refused() -> None:
 
 def test_deeply_nested_json_is_refused_as_invalid_json() -> None:
     depth = 100_000
-    raw = encode(changed(INTERACTION, "payload.metadata", "HOLE")).replace(
-        b'"HOLE"', b"[" * depth + b"]" * depth
-    )
+    raw = encode(changed(INTERACTION, "payload.metadata", "HOLE")).replace(b'"HOLE"', b"[" * depth + b"]" * depth)
     assert len(raw) < DEFAULT_MAX_MESSAGE_BYTES
 
     error = refused(raw)
@@ -541,9 +535,7 @@ def column_length(table_column: str) -> int:
     ],
     ids=label,
 )
-def test_accepted_string_fits_the_column_that_stores_it(
-    base: dict[str, Any], path: str, stored_in: str
-) -> None:
+def test_accepted_string_fits_the_column_that_stores_it(base: dict[str, Any], path: str, stored_in: str) -> None:
     limit = column_length(stored_in)
     try:
         decode(changed(base, path, "x" * (limit + 1)))

@@ -6,7 +6,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 from sqlalchemy import String
 
 from consumers.decode import REQUEUED_FROM_HEADER, decode_record
@@ -197,9 +196,7 @@ def test_requeued_bad_message_is_dead_lettered_at_its_new_coordinates() -> None:
 
 
 def test_empty_requeued_from_header_is_ignored() -> None:
-    record = FakeRecord(
-        "alignd.interactions", 4, 12, interaction_bytes(), headers=[(REQUEUED_FROM_HEADER, b"")]
-    )
+    record = FakeRecord("alignd.interactions", 4, 12, interaction_bytes(), headers=[(REQUEUED_FROM_HEADER, b"")])
 
     decoded = decode_record(record)
 

@@ -17,11 +17,7 @@ def related_for(stream: Sequence[StoredEvent], batch: Sequence[StoredEvent]) -> 
     """What the runner loads for ``batch``: joinable events about its request ids, up to its last seq."""
     request_ids = {e.event.request_id for e in batch if e.event.request_id is not None}
     last = batch[-1].seq
-    return [
-        e
-        for e in stream
-        if e.seq <= last and e.event.type in JOINED_TYPES and e.event.request_id in request_ids
-    ]
+    return [e for e in stream if e.seq <= last and e.event.type in JOINED_TYPES and e.event.request_id in request_ids]
 
 
 def fold_in_batches(stream: Sequence[StoredEvent], size: int) -> list[Joined]:

@@ -162,9 +162,7 @@ def test_interactions_count_thumbs() -> None:
 def test_interactions_sum_ratings_and_keep_the_last() -> None:
     logged = interaction(1, "r1")
 
-    row = fold(
-        "interactions", joined(logged, feedback(2, "r1", "rating", 4), feedback(3, "r1", "rating", 2))
-    )[("r1",)]
+    row = fold("interactions", joined(logged, feedback(2, "r1", "rating", 4), feedback(3, "r1", "rating", 2)))[("r1",)]
 
     assert (row["rating_count"], row["rating_sum"], row["last_rating"]) == (2, 6, 2)
 
@@ -218,9 +216,7 @@ def test_interactions_fold_onto_a_row_loaded_from_the_table() -> None:
 
 def test_preference_feedback_becomes_a_pair() -> None:
     logged = interaction(1, "r1", prompt="Which?", model=("smollm2", "3"))
-    preferred = feedback(
-        2, "r1", "preference", {"chosen": "good", "rejected": "bad"}, user="u-7", event_id="fb-1"
-    )
+    preferred = feedback(2, "r1", "preference", {"chosen": "good", "rejected": "bad"}, user="u-7", event_id="fb-1")
 
     rows = fold("preference_pairs", joined(logged, preferred))
 
@@ -253,10 +249,7 @@ def test_correction_is_preferred_over_the_logged_response() -> None:
 def test_correction_equal_to_the_logged_response_makes_no_pair() -> None:
     logged = interaction(1, "r1", response="Paris.")
 
-    assert (
-        fold("preference_pairs", joined(logged, feedback(2, "r1", "correction", {"response": "Paris."})))
-        == {}
-    )
+    assert fold("preference_pairs", joined(logged, feedback(2, "r1", "correction", {"response": "Paris."}))) == {}
 
 
 def test_preference_with_chosen_equal_to_rejected_makes_no_pair() -> None:
@@ -334,9 +327,7 @@ def test_top_rating_makes_the_logged_response_a_demonstration() -> None:
 
 def test_top_rated_demonstration_is_made_once_per_request() -> None:
     logged = interaction(1, "r1")
-    units = joined(
-        logged, feedback(2, "r1", "rating", 5, user="first"), feedback(3, "r1", "rating", 5, user="second")
-    )
+    units = joined(logged, feedback(2, "r1", "rating", 5, user="first"), feedback(3, "r1", "rating", 5, user="second"))
 
     rows = fold("demonstrations", units)
 
@@ -417,9 +408,7 @@ def test_feedback_stats_are_kept_per_model_version() -> None:
 def test_feedback_stats_count_flags_by_category(category: str) -> None:
     logged = interaction(1, "r1")
 
-    row = fold("feedback_stats", joined(logged, feedback(2, "r1", "flag", {"category": category})))[
-        ("smollm2", "1")
-    ]
+    row = fold("feedback_stats", joined(logged, feedback(2, "r1", "flag", {"category": category})))[("smollm2", "1")]
 
     assert row[f"flag_{category}"] == 1
     assert sum(row[f"flag_{c}"] for c in ("toxic", "jailbreak", "hallucination", "pii", "other")) == 1

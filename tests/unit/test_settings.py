@@ -53,9 +53,7 @@ def test_defaults_without_file_or_environment() -> None:
 
 
 def test_yaml_file_sets_values(tmp_path: Path) -> None:
-    config = write_config(
-        tmp_path, "kafka:\n  bootstrap_servers: broker-1:9092\ningest:\n  max_poll_records: 50\n"
-    )
+    config = write_config(tmp_path, "kafka:\n  bootstrap_servers: broker-1:9092\ningest:\n  max_poll_records: 50\n")
 
     settings = load_settings(config, env={})
 
@@ -226,9 +224,7 @@ def test_missing_config_file_is_refused_naming_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "problem"), [("kafka: [unclosed\n", "YAML"), ("- a\n- b\n", "mapping")])
-def test_config_file_that_is_not_a_mapping_of_sections_is_refused(
-    tmp_path: Path, text: str, problem: str
-) -> None:
+def test_config_file_that_is_not_a_mapping_of_sections_is_refused(tmp_path: Path, text: str, problem: str) -> None:
     assert problem in refused(write_config(tmp_path, text))
 
 

@@ -1,0 +1,52 @@
+# alignd: `make test` sets everything up from nothing (virtual environment, packages, services) and runs
+# the whole suite against a real Kafka broker and real PostgreSQL and SQLite.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv services test unit lint bench clean
+
+help:
+	@echo "make test    - set up the venv, packages and services, then run every test (all but gpu)"
+	@echo "make unit    - pure unit tests only (no services)"
+	@echo "make lint    - ruff and the import-layer contract"
+	@echo "make bench   - ingestion benchmark (figures in bench/results/)"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Kafka runs from its jars on Maven Central (needs java and mvn); PostgreSQL from Debian's package.
+# The test fixtures start both on free loopback ports and stop them; here we only make sure the
+# programs are installed and the jars are cached.
+services: venv
+	@command -v java >/dev/null && command -v mvn >/dev/null || { \
+	  echo "installing OpenJDK and Maven (needed to run Kafka)"; \
+	  apt-get update -q && apt-get install -y -q default-jdk-headless maven; }
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
+	  echo "installing PostgreSQL from Debian"; \
+	  apt-get update -q && apt-get install -y -q postgresql; }
+	$(BIN)/python -m daemon.local.kafka fetch
+
+test: services
+	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check events consumers daemon migrations tests bench
+	$(BIN)/lint-imports --no-cache
+
+bench: services
+	$(BIN)/python -m bench.ingest_bench
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info bench/results
