@@ -2,15 +2,19 @@
 
 Canonical JSON (sorted keys, no insignificant whitespace, UTF-8, no NaN) is what we store, hash and
 compare, so that the same event always has the same bytes whichever producer wrote it.
+
+orjson rather than the standard library: on the ingestion hot path it parses about 3x and serialises
+about 10x faster, and it refuses what the store could not hold (lone surrogates, infinity, nesting
+deeper than 1,024) while parsing. Integers beyond 64 bits are read as floats, as in JavaScript.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from events.errors import EventValidationError
@@ -24,14 +28,41 @@ from events.model import (
     KNOWN_SCHEMA_VERSIONS,
     Event,
 )
-from events.schemas import FEEDBACK_MODELS, Envelope, InteractionLoggedV1
-
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+from events.schemas import FEEDBACK_V1, INTERACTION_V1
 
 
-def canonical_json(value: Any) -> str:
-    """Serialise ``value`` deterministically (the form that is stored and hashed)."""
-    return _ENCODER.encode(value)
+def _check_finite(value: Any) -> None:
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{value} is not valid JSON")
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_finite(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_finite(item)
+
+
+def canonical_json(value: Any, *, checked: bool = False) -> str:
+    """Serialise ``value`` deterministically (the form that is stored and hashed).
+
+    Sorted keys, no insignificant whitespace, UTF-8, shortest round-trip floats, no NaN or infinity.
+    One serialiser (orjson) for every caller, so the same value always has the same text.
+
+    Args:
+        checked: the value came from :func:`decode_inbound` (orjson refused non-finite numbers while
+            parsing), so the walk that refuses NaN and infinity can be skipped on the hot path.
+
+    Raises:
+        ValueError: NaN or infinity (orjson itself would write them as ``null``).
+        TypeError: a value JSON cannot hold (a lone surrogate, an integer beyond 64 bits, an object).
+    """
+    if not checked:
+        _check_finite(value)
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode("utf-8")
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(str(exc)) from None
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -55,31 +86,41 @@ def encode_event(event: Event) -> bytes:
     return canonical_json(event_to_dict(event)).encode("utf-8")
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"number {text[:40]} is too large to represent")
-    return value
-
-
 _JSON_TYPE_NAMES = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
+
+
+def parse_timestamp(value: str) -> datetime:
+    """An RFC 3339 string (already matched against its pattern) as an aware datetime in UTC."""
+    text = value[:-1] + "+00:00" if value[-1] in "Zz" else value
+    date, clock = text[:10], text[11:]
+    if "." in clock:  # fromisoformat takes at most 6 fractional digits; RFC 3339 allows more
+        whole, rest = clock.split(".", 1)
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        clock = f"{whole}.{rest[:digits][:6].ljust(6, '0')}{rest[digits:]}"
+    return datetime.fromisoformat(f"{date}T{clock}").astimezone(UTC)
 
 
 def _describe(error: Mapping[str, Any], prefix: str) -> str:
     location = ".".join(str(part) for part in error.get("loc", ()))
     path = f"{prefix}.{location}" if prefix and location else (prefix or location or "message")
-    if error.get("type") == "missing":
+    kind = error.get("type")
+    if kind == "missing":
         return f"{path}: required field is missing"
-    if error.get("type") == "extra_forbidden":
-        hint = "; put extra data under payload.metadata" if prefix == "payload" else ""
+    if kind == "extra_forbidden":
+        hint = "; put extra data under payload.metadata" if path.startswith("payload.") else ""
         return f"{path}: unknown field{hint}"
-    message = str(error.get("msg", "invalid"))
-    message = message.removeprefix("Value error, ")
-    if "input" in error and error.get("type") not in {"model_type", "dict_type", "value_error"}:
+    if kind == "string_pattern_mismatch" and path == "occurred_at":
+        shown = error.get("input")
+        if (
+            isinstance(shown, str)
+            and len(shown) >= 19
+            and shown[10:11] in "Tt "
+            and not any(c in shown[19:] for c in "Zz+-")
+        ):
+            return f"occurred_at: {shown!r} has no UTC offset; add Z or +HH:MM"
+        return f"occurred_at: {shown!r} is not an RFC 3339 timestamp (e.g. 2026-01-31T12:00:00+01:00)"
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if "input" in error and kind not in {"model_type", "dict_type", "typed_dict_type", "value_error"}:
         shown = repr(error["input"])
         if len(shown) > 60:
             shown = shown[:57] + "..."
@@ -87,34 +128,34 @@ def _describe(error: Mapping[str, Any], prefix: str) -> str:
     return f"{path}: {message}"
 
 
-def _schema_error(exc: ValidationError, prefix: str, event_id: str | None) -> EventValidationError:
-    problems = [_describe(error, prefix) for error in exc.errors(include_url=False)]
+def _schema_error(exc: ValidationError, event_id: str | None) -> EventValidationError:
+    problems = [_describe(error, "") for error in exc.errors(include_url=False)]
     shown = "; ".join(problems[:5])
     if len(problems) > 5:
         shown += f"; and {len(problems) - 5} more"
     return EventValidationError("schema", shown, event_id=event_id)
 
 
-def validate_payload(event_type: str, schema_version: int, payload: Mapping[str, Any]) -> None:
-    """Check a payload against its type's schema; raises :class:`EventValidationError`."""
-    if event_type == INTERACTION_LOGGED:
+def _parse(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         try:
-            InteractionLoggedV1.model_validate(payload)
-        except ValidationError as exc:
-            raise _schema_error(exc, "payload", None) from None
-    elif event_type == FEEDBACK_RECEIVED:
-        kind = payload.get("kind")
-        if "kind" not in payload:
-            raise EventValidationError("schema", "payload.kind: required field is missing")
-        model = FEEDBACK_MODELS.get(kind) if isinstance(kind, str) else None
-        if model is None:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
             raise EventValidationError(
-                "schema", f"payload.kind: {kind!r} is not a feedback kind; expected one of {', '.join(FEEDBACK_KINDS)}"
-            )
-        try:
-            model.model_validate(payload)
-        except ValidationError as exc:
-            raise _schema_error(exc, "payload", None) from None
+                "invalid_utf8",
+                f"message is not valid UTF-8: byte 0x{raw[bad.start]:02x} at position {bad.start} ({bad.reason})",
+            ) from None
+        detail = exc.msg
+        at = str(exc.doc)[max(exc.pos - 1, 0) : exc.pos + 9]
+        for constant in ("-Infinity", "NaN", "Infinity"):
+            if constant in at:
+                detail = f"{constant} is not valid JSON (use null or a string)"
+                break
+        raise EventValidationError(
+            "invalid_json", f"message is not valid JSON: {detail} at line {exc.lineno} column {exc.colno}"
+        ) from None
 
 
 def decode_inbound(
@@ -142,35 +183,10 @@ def decode_inbound(
             f"message is {len(raw):,} bytes, over the {max_bytes:,}-byte limit; shorten it or raise "
             "ALIGND_INGEST_MAX_MESSAGE_BYTES",
         )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise EventValidationError(
-            "invalid_utf8",
-            f"message is not valid UTF-8: byte 0x{raw[exc.start]:02x} at position {exc.start} ({exc.reason})",
-        ) from None
-    try:
-        document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise EventValidationError("invalid_json", "message is not valid JSON for alignd: nested too deeply") from None
-    except ValueError as exc:
-        detail = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise EventValidationError("invalid_json", f"message is not valid JSON: {detail}{where}") from None
-    if "\\ud" in text or "\\uD" in text:
-        # A lone surrogate escape ("\ud800") is valid JSON syntax but not Unicode text: it could not be
-        # stored as UTF-8. Only messages with such an escape pay for this check.
-        try:
-            canonical_json(document).encode("utf-8")
-        except UnicodeEncodeError:
-            raise EventValidationError(
-                "invalid_json", "message contains an unpaired surrogate escape (\\ud800-\\udfff), which is not text"
-            ) from None
+    document = _parse(raw)
     if not isinstance(document, dict):
-        raise EventValidationError(
-            "schema",
-            f"message is a JSON {_JSON_TYPE_NAMES.get(type(document), 'value')}, expected an object (the event envelope)",
-        )
+        kind = _JSON_TYPE_NAMES.get(type(document), "value")
+        raise EventValidationError("schema", f"message is a JSON {kind}, expected an object (the event envelope)")
     declared_id = document.get("event_id")
     event_id_hint = declared_id if isinstance(declared_id, str) and 0 < len(declared_id) <= 128 else None
 
@@ -181,28 +197,72 @@ def decode_inbound(
         else:
             reason = f"type: unknown event type {event_type!r}; expected one of {', '.join(sorted(INBOUND_TYPES))}"
         raise EventValidationError("unknown_type", reason, event_id=event_id_hint)
-    try:
-        envelope = Envelope.model_validate(document)
-    except ValidationError as exc:
-        raise _schema_error(exc, "", event_id_hint) from None
-    known = KNOWN_SCHEMA_VERSIONS[envelope.type]
-    if envelope.schema_version not in known:
+    version = document.get("schema_version", 1)
+    if isinstance(event_type, str) and type(version) is int and version not in KNOWN_SCHEMA_VERSIONS[event_type]:
+        known = KNOWN_SCHEMA_VERSIONS[event_type]
         raise EventValidationError(
             "unknown_schema_version",
-            f"schema_version: {envelope.schema_version} of {envelope.type} is not known to this alignd (it reads "
+            f"schema_version: {version} of {event_type} is not known to this alignd (it reads "
             f"{', '.join(map(str, sorted(known)))}); upgrade alignd, then requeue with `alignd dlq requeue`",
             event_id=event_id_hint,
         )
+
+    adapter = INTERACTION_V1
+    payload = document.get("payload")
+    if event_type == FEEDBACK_RECEIVED and not isinstance(payload, dict):
+        shown = (
+            "missing"
+            if payload is None and "payload" not in document
+            else f"a JSON {_JSON_TYPE_NAMES.get(type(payload), 'value')}"
+        )
+        raise EventValidationError("schema", f"payload: expected an object, got {shown}", event_id=event_id_hint)
+    if event_type == FEEDBACK_RECEIVED:
+        kind = payload.get("kind")
+        if "kind" not in payload:
+            raise EventValidationError("schema", "payload.kind: required field is missing", event_id=event_id_hint)
+        found = FEEDBACK_V1.get(kind) if isinstance(kind, str) else None
+        if found is None:
+            raise EventValidationError(
+                "schema",
+                f"payload.kind: {kind!r} is not a feedback kind; expected one of {', '.join(FEEDBACK_KINDS)}",
+                event_id=event_id_hint,
+            )
+        adapter = found
+    elif event_type != INTERACTION_LOGGED and "type" in document and not isinstance(event_type, str):
+        raise EventValidationError("schema", f"type: expected a string (got {event_type!r})", event_id=event_id_hint)
     try:
-        validate_payload(envelope.type, envelope.schema_version, envelope.payload)
-    except EventValidationError as exc:
-        exc.event_id = event_id_hint
-        raise
+        adapter.validate_python(document)
+    except ValidationError as exc:
+        raise _schema_error(exc, event_id_hint) from None
+
+    if event_type == INTERACTION_LOGGED:
+        _check_prompt(payload, event_id_hint)
+    try:
+        occurred_at = parse_timestamp(document["occurred_at"])
+    except ValueError as exc:
+        raise EventValidationError(
+            "schema",
+            f"occurred_at: {document['occurred_at']!r} is not a valid date and time ({exc})",
+            event_id=event_id_hint,
+        ) from None
     return Event(
-        event_id=envelope.event_id or fallback_event_id,
-        type=envelope.type,
-        schema_version=envelope.schema_version,
-        occurred_at=envelope.occurred_at,
-        source=envelope.source,
-        payload=envelope.payload,
+        event_id=declared_id if declared_id is not None else fallback_event_id,
+        type=event_type,
+        schema_version=version,
+        occurred_at=occurred_at,
+        source=document["source"],
+        payload=payload,
     )
+
+
+def _check_prompt(payload: Mapping[str, Any], event_id: str | None) -> None:
+    prompt, messages = payload.get("prompt"), payload.get("messages")
+    if prompt is None and messages is None:
+        reason = "payload: either 'prompt' (a string) or 'messages' (a list of {role, content}) is required"
+    elif prompt is not None and messages is not None:
+        reason = "payload: give either 'prompt' or 'messages', not both"
+    elif messages is not None and not messages:
+        reason = "payload.messages: 'messages' is empty; it needs at least one {role, content}"
+    else:
+        return
+    raise EventValidationError("schema", reason, event_id=event_id)

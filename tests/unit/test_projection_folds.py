@@ -357,10 +357,11 @@ def test_each_correction_is_its_own_demonstration() -> None:
 
 
 def test_top_rated_demo_id_fits_its_column_for_the_longest_request_id() -> None:
+    from pydantic import TypeAdapter
+
     from events.schemas import InteractionLoggedV1
 
-    metadata = InteractionLoggedV1.model_fields["request_id"].metadata
-    longest = next(m.max_length for m in metadata if hasattr(m, "max_length"))
+    longest = TypeAdapter(InteractionLoggedV1).json_schema()["properties"]["request_id"]["maxLength"]
     request_id = "r" * longest
     logged = interaction(1, request_id)
 
