@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from pydantic import ValidationError
@@ -247,11 +247,11 @@ def decode_inbound(
         ) from None
     return Event(
         event_id=declared_id if declared_id is not None else fallback_event_id,
-        type=event_type,
+        type=cast(str, event_type),
         schema_version=version,
         occurred_at=occurred_at,
         source=document["source"],
-        payload=payload,
+        payload=cast(dict[str, Any], payload),
     )
 
 

@@ -12,10 +12,10 @@ rules a schema cannot say (prompt xor messages; a real calendar date) are checke
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
