@@ -208,7 +208,7 @@ def decode_inbound(
         )
 
     adapter = INTERACTION_V1
-    payload = document.get("payload")
+    payload: Any = document.get("payload")
     if event_type == FEEDBACK_RECEIVED and not isinstance(payload, dict):
         shown = (
             "missing"

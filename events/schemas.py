@@ -81,7 +81,7 @@ class Signal(TypedDict):
 
 def _strict(name: str, fields: dict[str, Any]) -> type:
     """A TypedDict built from ``fields`` that pydantic validates strictly, refusing unknown keys."""
-    typed = TypedDict(name, fields)  # type: ignore[operator]
+    typed = TypedDict(name, fields)  # type: ignore[operator,misc]
     typed.__pydantic_config__ = _STRICT  # type: ignore[attr-defined]
     return typed
 
