@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,8 +39,6 @@ from events.model import (
 from events.sql_store import SqlEventStore
 
 logger = logging.getLogger(__name__)
-
-Records = Mapping[TopicPartition, Sequence[Any]]
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.ingestor = ingestor
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        # Nothing is in flight here: every polled batch is stored and committed before the next poll.
+        # Finish the batch being written and commit it before the partitions go to another consumer, so
+        # it starts where this one stopped (were it not finished, it would re-read and find duplicates).
+        self.ingestor._finish_in_flight(in_callback=True)
         revoked = list(revoked)
         if revoked:
             logger.info("partitions revoked: %s", _names(revoked))
@@ -125,6 +126,9 @@ class Ingestor:
         self._stopping = False
         self._needs_seek: set[TopicPartition] = set()
         self._store_down = False
+        self._in_flight: tuple[_Batch, Future[AppendResult]] | None = None
+        self._completed: list[tuple[_Batch, AppendResult]] = []
+        self._writer = ThreadPoolExecutor(max_workers=1)
         self.stats = IngestStats()
 
     def stop(self) -> None:
@@ -192,57 +196,63 @@ class Ingestor:
     def run(self, *, until_idle: float | None = None, max_events: int | None = None) -> IngestStats:
         """Consume until :meth:`stop`, ``until_idle`` seconds without records, or ``max_events`` records.
 
+        One batch is written while the next is polled and decoded (a single writer thread), so database
+        time overlaps Kafka and validation time. Offsets of a batch are committed to Kafka only after
+        its write has committed, from this thread (the consumer is not thread-safe).
+
         Returns:
             counters of what was done; the consumer is closed without an automatic commit.
         """
         self.stats = IngestStats()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alignd-store-writer")
         self.consumer.subscribe(list(self.config.topics), listener=_Rebalance(self))
+        idle_since = time.monotonic()
+        submitted = 0
         try:
             self._with_store_retry(self.publisher.publish_pending, [])
-        except _Stopped:
-            return self.stats
-        idle_since = time.monotonic()
-        try:
             while not self._stopping:
                 max_records = self.config.max_poll_records
                 if max_events is not None:
-                    max_records = max(1, min(max_records, max_events - self.stats.records))
-                polled = {
-                    tp: list(r)
-                    for tp, r in self.consumer.poll(
-                        timeout_ms=self.config.poll_timeout_ms, max_records=max_records
-                    ).items()
-                }
+                    max_records = max(1, min(max_records, max_events - submitted))
+                fetched = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=max_records)
+                polled = {tp: list(r) for tp, r in fetched.items()}
+                self._flush_completed()  # batches a rebalance callback finished during that poll
                 if self._needs_seek:
+                    self._finish_in_flight()
                     self._resolve_pending_seeks(polled)
                 polled = {tp: r for tp, r in polled.items() if r}
                 if not polled:
+                    self._finish_in_flight()
                     if until_idle is not None and time.monotonic() - idle_since >= until_idle:
                         logger.info("no records for %.1fs; stopping", until_idle)
                         break
                     continue
                 idle_since = time.monotonic()
-                self._process(polled)
-                if max_events is not None and self.stats.records >= max_events:
+                batch = self._decode(polled)
+                self._finish_in_flight()
+                self._submit(batch)
+                submitted += batch.count
+                if max_events is not None and submitted >= max_events:
                     break
+            self._finish_in_flight()
+            self._flush_completed()
         except _Stopped:
             logger.info(
                 "stopped while the store was unavailable; the batch in hand was not committed and will be re-read"
             )
         finally:
+            self._writer.shutdown(wait=True)
             logger.info("ingest finished: %s", self.stats.summary())
             self.consumer.close(autocommit=False)
         return self.stats
 
-    def _process(self, polled: dict[TopicPartition, list[Any]]) -> None:
-        new_events: list[Event] = []
-        origins: list[KafkaCoordinates | None] = []
-        letters: list[DeadLetter] = []
+    def _decode(self, polled: dict[TopicPartition, list[Any]]) -> _Batch:
+        batch = _Batch(polled=polled)
         for records in polled.values():
             for record in records:
                 decoded = decode_record(record, max_bytes=self.config.max_message_bytes)
                 if isinstance(decoded, DeadLetter):
-                    letters.append(decoded)
+                    batch.letters.append(decoded)
                     logger.warning(
                         "dead letter %s[%d]@%d: %s",
                         record.topic,
@@ -257,40 +267,75 @@ class Ingestor:
                         },
                     )
                 else:
-                    new_events.append(decoded)
-                    origins.append(KafkaCoordinates(record.topic, record.partition, record.offset))
-        next_offsets = {tp: records[-1].offset + 1 for tp, records in polled.items()}
-        offsets = [ConsumerOffset(self.config.group_id, tp.topic, tp.partition, o) for tp, o in next_offsets.items()]
+                    batch.events.append(decoded)
+                    batch.origins.append(KafkaCoordinates(record.topic, record.partition, record.offset))
+            batch.count += len(records)
+        batch.next_offsets = {tp: records[-1].offset + 1 for tp, records in polled.items()}
+        return batch
 
-        result = self._with_store_retry(
-            lambda: self.store.append(new_events, origins=origins, offsets=offsets, dead_letters=letters),
-            list(polled),
-            polled,
-        )
-        count = sum(len(r) for r in polled.values())
+    def _append(self, batch: _Batch) -> AppendResult:
+        offsets = [
+            ConsumerOffset(self.config.group_id, tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()
+        ]
+        return self.store.append(batch.events, origins=batch.origins, offsets=offsets, dead_letters=batch.letters)
+
+    def _submit(self, batch: _Batch) -> None:
+        self._in_flight = (batch, self._writer.submit(self._append, batch))
+
+    def _finish_in_flight(self, *, in_callback: bool = False) -> None:
+        """Wait for the batch being written; then publish its dead letters and commit its offsets to Kafka.
+
+        Args:
+            in_callback: called from a rebalance callback, which kafka-python runs on its IO thread where
+                no blocking Kafka call (a commit, a flush) and no polling (so no store retry loop) may
+                happen. The write is awaited so the stored offsets are final before the partitions move;
+                the rest is left to the loop (:meth:`_flush_completed`). A batch whose write failed is
+                dropped uncommitted, and its records are read again from the stored offsets.
+        """
+        if self._in_flight is None:
+            return
+        batch, future = self._in_flight
+        self._in_flight = None
+        try:
+            result = future.result()
+        except StoreUnavailableError:
+            if in_callback:
+                logger.warning(
+                    "store unavailable during a rebalance; batch of %d records dropped uncommitted", batch.count
+                )
+                return
+            result = self._with_store_retry(lambda: self._append(batch), list(batch.polled), batch.polled)
         self.stats.batches += 1
-        self.stats.records += count
+        self.stats.records += batch.count
         self.stats.appended += result.appended
         self.stats.duplicates += result.duplicates
-        self.stats.dead_letters += len(letters)
-        INGEST_METRICS.observe(count, result.appended, result.duplicates, len(letters))
+        self.stats.dead_letters += len(batch.letters)
+        INGEST_METRICS.observe(batch.count, result.appended, result.duplicates, len(batch.letters))
         logger.debug(
             "batch stored: %d records, %d appended, %d duplicates, %d dead letters",
-            count,
+            batch.count,
             result.appended,
             result.duplicates,
-            len(letters),
+            len(batch.letters),
         )
-        if result.dead_letter_ids:
-            try:
-                self.publisher.publish_pending(result.dead_letter_ids)
-            except StoreUnavailableError as exc:
-                logger.warning(
-                    "dead letters stored but not yet published to the DLQ (%s); retried on the next start", exc
-                )
-        self._commit_kafka(next_offsets)
-        if self.after_batch is not None:
-            self.after_batch(result)
+        self._completed.append((batch, result))
+        if not in_callback:
+            self._flush_completed()
+
+    def _flush_completed(self) -> None:
+        """For stored batches: publish their dead letters, commit their offsets to Kafka, fold projections."""
+        while self._completed:
+            batch, result = self._completed.pop(0)
+            if result.dead_letter_ids:
+                try:
+                    self.publisher.publish_pending(result.dead_letter_ids)
+                except StoreUnavailableError as exc:
+                    logger.warning(
+                        "dead letters stored but not yet published to the DLQ (%s); retried on the next start", exc
+                    )
+            self._commit_kafka(batch.next_offsets)
+            if self.after_batch is not None:
+                self.after_batch(result)
 
     def _commit_kafka(self, next_offsets: Mapping[TopicPartition, int]) -> None:
         assignment = self.consumer.assignment()
@@ -346,6 +391,18 @@ class Ingestor:
                 if held:
                     self.consumer.resume(*held)
             return result
+
+
+@dataclass
+class _Batch:
+    """Records of one poll, decoded: what one store transaction appends."""
+
+    polled: dict[TopicPartition, list[Any]]
+    events: list[Event] = field(default_factory=list)
+    origins: list[KafkaCoordinates | None] = field(default_factory=list)
+    letters: list[DeadLetter] = field(default_factory=list)
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    count: int = 0
 
 
 class _Stopped(Exception):

@@ -60,10 +60,10 @@ def test_two_consumers_share_partitions_and_a_rebalance_loses_nothing(
             producer.join()
             time.sleep(1.0)
             first.send_signal(signal.SIGTERM)  # another rebalance: the second takes every partition
-            assert first.wait(60) == 0
+            assert first.wait(60) == 0, logs[0].read_text(errors="replace")[-3000:]
             wait_until(lambda: store.count() >= total, timeout=120, interval=0.1, message="all events stored")
             second.send_signal(signal.SIGTERM)
-            assert second.wait(60) == 0
+            assert second.wait(60) == 0, logs[1].read_text(errors="replace")[-3000:]
 
         a_assigned, b_assigned = _assigned(logs[0].read_bytes()), _assigned(logs[1].read_bytes())
         b_first = b_assigned[0]
