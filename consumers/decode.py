@@ -33,22 +33,22 @@ def decode_record(record: KafkaRecord, *, max_bytes: int = DEFAULT_MAX_MESSAGE_B
     The fallback event id is ``topic:partition:offset`` so a redelivered message without an id is still
     recognised as a duplicate (DESIGN.md §2).
     """
-    origin = KafkaCoordinates(record.topic, record.partition, record.offset)
-    headers = _headers(record)
-    fallback = str(origin)
-    for name, value in headers:
-        if name == REQUEUED_FROM_HEADER and value:
-            fallback = value.decode("utf-8", errors="replace")
+    fallback = f"{record.topic}:{record.partition}:{record.offset}"
+    if record.headers:
+        for name, value in record.headers:
+            if name == REQUEUED_FROM_HEADER and value:
+                fallback = bytes(value).decode("utf-8", errors="replace")
     try:
         return decode_inbound(record.value, fallback_event_id=fallback, max_bytes=max_bytes)
     except EventValidationError as exc:
+        origin = KafkaCoordinates(record.topic, record.partition, record.offset)
         return DeadLetter(
             source_key=str(origin),
             reason=exc.reason,
             error_kind=exc.kind,
             value=record.value,
             key=record.key,
-            headers=headers,
+            headers=_headers(record),
             origin=origin,
             event_id=exc.event_id,
         )

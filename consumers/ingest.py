@@ -5,7 +5,7 @@ Order of a batch (DESIGN.md §3):
 1. poll records; 2. decode each into an event or a dead letter (pure); 3. one database transaction
 appends the events (duplicates ignored), the dead letters and the next offset of every partition in the
 batch; 4. publish the new dead letters to the DLQ topic (the table is the outbox); 5. commit the offsets
-to Kafka. The database is the source of truth for positions: on assignment each partition is sought to
+to Kafka (4 and 5 are batched over ``kafka_commit_interval_s``). The database is the source of truth for positions: on assignment each partition is sought to
 the offset stored there, so a crash anywhere replays at most the batch in flight, and its events are
 duplicates that the store ignores. The Kafka commit is for lag monitoring and for a database that has no
 offset yet.
@@ -50,9 +50,13 @@ class IngestConfig:
     dlq_topic: str
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     poll_timeout_ms: int = 500
-    max_poll_records: int = 2000
+    max_poll_records: int = 5000
     retry_initial_s: float = 0.5
     retry_max_s: float = 10.0
+    #: Kafka commits and DLQ publishing are batched over this interval (and done on stop). The stored
+    #: offsets are the ones that count (DESIGN.md §3); the Kafka commit only feeds lag monitoring, and a
+    #: blocking commit and DLQ flush per batch cost ~25 ms, a third of the time of a 2,000-record batch.
+    kafka_commit_interval_s: float = 1.0
 
 
 @dataclass
@@ -128,6 +132,9 @@ class Ingestor:
         self._store_down = False
         self._in_flight: tuple[_Batch, Future[AppendResult]] | None = None
         self._completed: list[tuple[_Batch, AppendResult]] = []
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._unpublished: list[int] = []
+        self._last_kafka_commit = 0.0
         self._writer = ThreadPoolExecutor(max_workers=1)
         self.stats = IngestStats()
 
@@ -235,7 +242,7 @@ class Ingestor:
                 if max_events is not None and submitted >= max_events:
                     break
             self._finish_in_flight()
-            self._flush_completed()
+            self._flush_completed(force=True)
         except _Stopped:
             logger.info(
                 "stopped while the store was unavailable; the batch in hand was not committed and will be re-read"
@@ -322,20 +329,30 @@ class Ingestor:
         if not in_callback:
             self._flush_completed()
 
-    def _flush_completed(self) -> None:
-        """For stored batches: publish their dead letters, commit their offsets to Kafka, fold projections."""
+    def _flush_completed(self, *, force: bool = False) -> None:
+        """For stored batches: fold projections, then (at most every ``kafka_commit_interval_s``, and
+        always when ``force``) publish their dead letters and commit their offsets to Kafka."""
         while self._completed:
             batch, result = self._completed.pop(0)
-            if result.dead_letter_ids:
-                try:
-                    self.publisher.publish_pending(result.dead_letter_ids)
-                except StoreUnavailableError as exc:
-                    logger.warning(
-                        "dead letters stored but not yet published to the DLQ (%s); retried on the next start", exc
-                    )
-            self._commit_kafka(batch.next_offsets)
+            self._uncommitted.update(batch.next_offsets)
+            self._unpublished.extend(result.dead_letter_ids)
             if self.after_batch is not None:
                 self.after_batch(result)
+        now = time.monotonic()
+        if not force and now - self._last_kafka_commit < self.config.kafka_commit_interval_s:
+            return
+        self._last_kafka_commit = now
+        if self._unpublished:
+            ids, self._unpublished = self._unpublished, []
+            try:
+                self.publisher.publish_pending(ids)
+            except StoreUnavailableError as exc:
+                logger.warning(
+                    "dead letters stored but not yet published to the DLQ (%s); retried on the next start", exc
+                )
+        if self._uncommitted:
+            offsets, self._uncommitted = self._uncommitted, {}
+            self._commit_kafka(offsets)
 
     def _commit_kafka(self, next_offsets: Mapping[TopicPartition, int]) -> None:
         assignment = self.consumer.assignment()

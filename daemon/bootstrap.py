@@ -69,6 +69,7 @@ def ingest_config(settings: Settings) -> IngestConfig:
         max_poll_records=settings.ingest.max_poll_records,
         retry_initial_s=settings.ingest.retry_initial_s,
         retry_max_s=settings.ingest.retry_max_s,
+        kafka_commit_interval_s=settings.ingest.kafka_commit_interval_s,
     )
 
 

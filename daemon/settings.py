@@ -104,9 +104,12 @@ class IngestSettings(BaseModel):
     model_config = _FROZEN
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
     poll_timeout_ms: int = Field(500, ge=10)
-    max_poll_records: int = Field(2000, ge=1)
+    max_poll_records: int = Field(5000, ge=1)
     retry_initial_s: float = Field(0.5, gt=0)
     retry_max_s: float = Field(10.0, gt=0)
+    kafka_commit_interval_s: float = Field(
+        1.0, ge=0, description="how often stored offsets are also committed to Kafka"
+    )
     project: bool = Field(True, description="fold projections after each stored batch")
 
 

@@ -109,11 +109,15 @@ def test_sigterm_finishes_the_batch_commits_and_exits_zero(db_url: str, kafka_bo
     store = SqlEventStore.from_url(db_url)
     try:
         child = alignd(["ingest", "--no-project"], env, stderr=subprocess.PIPE)
-        wait_until(
-            lambda: _count(store) >= 1000 or child.poll() is not None, timeout=60, interval=0.02, message="progress"
-        )
-        child.send_signal(signal.SIGTERM)
-        _, err = child.communicate(timeout=60)
+        try:
+            wait_until(
+                lambda: _count(store) >= 1000 or child.poll() is not None, timeout=60, interval=0.02, message="progress"
+            )
+            child.send_signal(signal.SIGTERM)
+            _, err = child.communicate(timeout=60)
+        finally:
+            if child.poll() is None:
+                child.kill()
         assert child.returncode == 0, err.decode()[-2000:]
         stored = store.count()
         group = env["ALIGND_KAFKA_GROUP_ID"]

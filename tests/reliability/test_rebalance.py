@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 
@@ -45,12 +46,15 @@ def test_two_consumers_share_partitions_and_a_rebalance_loses_nothing(
             for k in range(3000, total, 1500)
         ]
     )
+    children: list[subprocess.Popen[bytes]] = []
     try:
         with logs[0].open("wb") as log_a, logs[1].open("wb") as log_b:
             first = alignd(["ingest", "--no-project"], env, stderr=log_a)
+            children.append(first)
             wait_until(lambda: store.count() >= 500, timeout=60, interval=0.05, message="first consumer progress")
             producer.start()
             second = alignd(["ingest", "--no-project"], env, stderr=log_b)
+            children.append(second)
             wait_until(
                 lambda: bool(_assigned(logs[1].read_bytes())),
                 timeout=60,
@@ -78,4 +82,8 @@ def test_two_consumers_share_partitions_and_a_rebalance_loses_nothing(
             ids = [r[0] for r in conn.execute(text("SELECT event_id FROM events"))]
         assert len(ids) == len(set(ids)) == total
     finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait(10)
         store.dispose()
