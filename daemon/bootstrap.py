@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from consumers.dead_letter import DeadLetterPublisher
 from consumers.ingest import IngestConfig, Ingestor
 from daemon.settings import Settings
+from events.errors import StoreUnavailableError
 from events.projections import ProjectionRunner
 from events.sql_store import SqlEventStore, create_store_engine
 from migrations.runner import ensure_current
@@ -21,6 +24,9 @@ def open_store(settings: Settings, *, check_schema: bool = True) -> SqlEventStor
     if check_schema:
         try:
             ensure_current(engine)
+        except (OperationalError, InterfaceError) as exc:
+            engine.dispose()
+            raise StoreUnavailableError(str(exc.orig or exc).splitlines()[0]) from exc
         except Exception:
             engine.dispose()
             raise

@@ -46,6 +46,8 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) ->
 
 
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
     from events.sql_store import create_store_engine
     from migrations.runner import current_revision, upgrade
 
@@ -53,6 +55,8 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     try:
         before = current_revision(engine)
         after = upgrade(engine)
+    except (OperationalError, InterfaceError) as exc:
+        raise StoreUnavailableError(str(exc.orig or exc).splitlines()[0]) from exc
     finally:
         engine.dispose()
     where = settings.redacted()["database"]["url"]
