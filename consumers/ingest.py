@@ -119,14 +119,12 @@ class Ingestor:
         config: IngestConfig,
         *,
         after_batch: Callable[[AppendResult], None] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store = store
         self.consumer = consumer
         self.publisher = publisher
         self.config = config
         self.after_batch = after_batch
-        self._sleep = sleep
         self._stopping = False
         self._needs_seek: set[TopicPartition] = set()
         self._store_down = False
@@ -135,7 +133,7 @@ class Ingestor:
         self._uncommitted: dict[TopicPartition, int] = {}
         self._unpublished: list[int] = []
         self._last_kafka_commit = 0.0
-        self._writer = ThreadPoolExecutor(max_workers=1)
+        self._writer: ThreadPoolExecutor | None = None
         self.stats = IngestStats()
 
     def stop(self) -> None:
@@ -188,7 +186,7 @@ class Ingestor:
         if not pending:
             return
         dropped = {tp: polled.pop(tp)[0].offset for tp in pending if polled.get(tp)}
-        self._with_store_retry(lambda: self._seek_to_stored(pending, dropped), pending)
+        self._with_store_retry(lambda: self._seek_to_stored(pending, dropped))
         self.consumer.resume(*pending)
 
     def _rewind(self, polled: Mapping[TopicPartition, Sequence[Any]]) -> None:
@@ -216,7 +214,7 @@ class Ingestor:
         idle_since = time.monotonic()
         submitted = 0
         try:
-            self._with_store_retry(self.publisher.publish_pending, [])
+            self._with_store_retry(self.publisher.publish_pending)
             while not self._stopping:
                 max_records = self.config.max_poll_records
                 if max_events is not None:
@@ -249,6 +247,7 @@ class Ingestor:
             )
         finally:
             self._writer.shutdown(wait=True)
+            self._writer = None
             logger.info("ingest finished: %s", self.stats.summary())
             self.consumer.close(autocommit=False)
         return self.stats
@@ -287,6 +286,7 @@ class Ingestor:
         return self.store.append(batch.events, origins=batch.origins, offsets=offsets, dead_letters=batch.letters)
 
     def _submit(self, batch: _Batch) -> None:
+        assert self._writer is not None, "only while run() is running"
         self._in_flight = (batch, self._writer.submit(self._append, batch))
 
     def _finish_in_flight(self, *, in_callback: bool = False) -> None:
@@ -311,7 +311,7 @@ class Ingestor:
                     "store unavailable during a rebalance; batch of %d records dropped uncommitted", batch.count
                 )
                 return
-            result = self._with_store_retry(lambda: self._append(batch), list(batch.polled), batch.polled)
+            result = self._with_store_retry(lambda: self._append(batch), batch.polled)
         self.stats.batches += 1
         self.stats.records += batch.count
         self.stats.appended += result.appended
@@ -366,10 +366,7 @@ class Ingestor:
             logger.warning("Kafka offset commit failed (%s); the stored offsets remain authoritative", exc)
 
     def _with_store_retry(
-        self,
-        action: Callable[[], Any],
-        partitions: Sequence[TopicPartition],
-        polled: dict[TopicPartition, list[Any]] | None = None,
+        self, action: Callable[[], Any], polled: dict[TopicPartition, list[Any]] | None = None
     ) -> Any:
         """Run ``action``; while the store is unreachable, pause consumption and retry with backoff.
 
@@ -378,7 +375,6 @@ class Ingestor:
         duplicates for the new owner at worst, and stored offsets never move backwards.
         """
         delay = self.config.retry_initial_s
-        paused: list[TopicPartition] = []
         while True:
             try:
                 result = action()

@@ -130,10 +130,14 @@ def _translate(exc: Exception) -> StoreError:
     return StoreError(str(exc).splitlines()[0])
 
 
+def _origin(row: Row[Any]) -> KafkaCoordinates | None:
+    if row.kafka_topic is None:
+        return None
+    return KafkaCoordinates(row.kafka_topic, row.kafka_partition, row.kafka_offset)
+
+
 def row_to_event(row: Row[Any]) -> StoredEvent:
-    origin = None
-    if row.kafka_topic is not None:
-        origin = KafkaCoordinates(row.kafka_topic, row.kafka_partition, row.kafka_offset)
+    origin = _origin(row)
     occurred_at = _aware(row.occurred_at)
     recorded_at = _aware(row.recorded_at)
     assert occurred_at is not None and recorded_at is not None
@@ -153,9 +157,7 @@ def row_to_event(row: Row[Any]) -> StoredEvent:
 
 
 def _row_to_dead_letter(row: Row[Any]) -> StoredDeadLetter:
-    origin = None
-    if row.kafka_topic is not None:
-        origin = KafkaCoordinates(row.kafka_topic, row.kafka_partition, row.kafka_offset)
+    origin = _origin(row)
     headers = tuple((name, bytes.fromhex(value)) for name, value in json.loads(row.headers))
     created_at = _aware(row.created_at)
     assert created_at is not None

@@ -55,6 +55,23 @@ def _model(unit: Joined) -> tuple[str, str]:
     return model["name"], model["version"]
 
 
+def _example(unit: Joined, origin: str) -> Row:
+    """Columns a training example shares: where it came from, its prompt, the model that answered."""
+    assert unit.feedback is not None
+    kind, prompt = prompt_of(unit.interaction.event.payload)
+    model_name, model_version = _model(unit)
+    return {
+        "seq": unit.seq,
+        "request_id": unit.interaction.event.request_id,
+        "origin": origin,
+        "prompt_kind": kind,
+        "prompt": prompt,
+        "model_name": model_name,
+        "model_version": model_version,
+        "user_id": unit.feedback.event.payload.get("user"),
+    }
+
+
 class InteractionsProjection(Projection):
     """One row per request: the logged interaction with its feedback aggregated."""
 
@@ -142,25 +159,8 @@ class PreferencePairsProjection(Projection):
             return
         if chosen == rejected:
             return
-        kind, prompt = prompt_of(interaction)
-        model_name, model_version = _model(unit)
         key = (unit.feedback.event.event_id,)
-        rows.setdefault(
-            key,
-            {
-                "pair_id": key[0],
-                "seq": unit.seq,
-                "request_id": unit.interaction.event.request_id,
-                "origin": origin,
-                "prompt_kind": kind,
-                "prompt": prompt,
-                "chosen": chosen,
-                "rejected": rejected,
-                "model_name": model_name,
-                "model_version": model_version,
-                "user_id": feedback.get("user"),
-            },
-        )
+        rows.setdefault(key, {"pair_id": key[0], **_example(unit, origin), "chosen": chosen, "rejected": rejected})
 
 
 class DemonstrationsProjection(Projection):
@@ -190,23 +190,9 @@ class DemonstrationsProjection(Projection):
         feedback = unit.feedback.event.payload
         interaction = unit.interaction.event.payload
         is_correction = feedback["kind"] == "correction"
-        kind, prompt = prompt_of(interaction)
-        model_name, model_version = _model(unit)
-        rows.setdefault(
-            key,
-            {
-                "demo_id": key[0],
-                "seq": unit.seq,
-                "request_id": unit.interaction.event.request_id,
-                "origin": "correction" if is_correction else "top_rated",
-                "prompt_kind": kind,
-                "prompt": prompt,
-                "response": feedback["value"]["response"] if is_correction else interaction["response"],
-                "model_name": model_name,
-                "model_version": model_version,
-                "user_id": feedback.get("user"),
-            },
-        )
+        response = feedback["value"]["response"] if is_correction else interaction["response"]
+        origin = "correction" if is_correction else "top_rated"
+        rows.setdefault(key, {"demo_id": key[0], **_example(unit, origin), "response": response})
 
 
 class FeedbackStatsProjection(Projection):
