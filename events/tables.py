@@ -96,6 +96,15 @@ projection_checkpoints = Table(
     Column("last_seq", BigInteger, nullable=False),
 )
 
+monitor_checkpoints = Table(
+    "monitor_checkpoints",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("last_seq", BigInteger, nullable=False),
+    # Every detector's state (JSON), saved with the checkpoint and the alerts it led to, in one transaction.
+    Column("state", Text, nullable=False),
+)
+
 # --- projections (rebuilt by `alignd replay`; no wall-clock columns, so a rebuild is byte-identical) ---
 
 proj_interactions = Table(
