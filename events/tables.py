@@ -156,6 +156,7 @@ proj_demonstrations = Table(
     "proj_demonstrations",
     metadata,
     Column("demo_id", String(300), primary_key=True),
+    Column("feedback_event_id", String(128), nullable=False),
     Column("seq", BigInteger, nullable=False, index=True),
     Column("request_id", String(256), nullable=False),
     Column("origin", String(16), nullable=False),
@@ -165,6 +166,18 @@ proj_demonstrations = Table(
     Column("model_name", String(256), nullable=False),
     Column("model_version", String(128), nullable=False),
     Column("user_id", String(256), nullable=True),
+)
+
+# Users and events left out of training sets, folded from enforcement.requested (quarantine_user,
+# quarantine_events). Trainers read pairs and demonstrations through events.projections.quarantine.
+proj_quarantine = Table(
+    "proj_quarantine",
+    metadata,
+    Column("subject_kind", String(8), primary_key=True),  # "user" or "event"
+    Column("subject_id", String(256), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("request_event_id", String(128), nullable=False),
+    Column("reason", Text, nullable=False),
 )
 
 proj_feedback_stats = Table(

@@ -20,6 +20,7 @@ from events.model import FEEDBACK_RECEIVED, INTERACTION_LOGGED, Event, StoredEve
 from events.sql_store import SqlEventStore
 from events.tables import monitor_checkpoints
 from monitors.base import Detector, Finding, Observation
+from monitors.enforcement import DEFAULT_RULES, ENFORCEMENT_REQUESTED, EnforcementRule, decide_enforcement
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,15 @@ def _interactions_for(store: SqlEventStore, batch: Sequence[StoredEvent]) -> lis
     return [s for s in related if s.event.type == INTERACTION_LOGGED]
 
 
+def decision_events(finding: Finding, trigger: StoredEvent, rules: Sequence[EnforcementRule]) -> list[Event]:
+    """The alert, and the enforcement it calls for, as events."""
+    requests = [
+        Event(r.request_id, ENFORCEMENT_REQUESTED, trigger.event.occurred_at, "alignd.monitors", r.payload())
+        for r in decide_enforcement(finding, rules)
+    ]
+    return [anomaly_event(finding, trigger), *requests]
+
+
 def anomaly_event(finding: Finding, trigger: StoredEvent) -> Event:
     """The ``anomaly.detected`` event of a finding (occurred when its trigger did, so replays match)."""
     return Event(
@@ -78,7 +88,13 @@ class MonitorRunner:
     """Tails the store for the given detectors, checkpointing their state with their alerts."""
 
     def __init__(
-        self, store: SqlEventStore, detectors: Sequence[Detector], *, name: str = "monitors", batch_size: int = 1000
+        self,
+        store: SqlEventStore,
+        detectors: Sequence[Detector],
+        *,
+        name: str = "monitors",
+        batch_size: int = 1000,
+        rules: Sequence[EnforcementRule] = DEFAULT_RULES,
     ):
         names = [d.name for d in detectors]
         if len(set(names)) != len(names):
@@ -87,6 +103,7 @@ class MonitorRunner:
         self.detectors = list(detectors)
         self.name = name
         self.batch_size = batch_size
+        self.rules = tuple(rules)
 
     def _load(self) -> int:
         with self.store.engine.connect() as conn:
@@ -106,7 +123,7 @@ class MonitorRunner:
         upto = batch[-1].seq
         findings = observe_batch(batch, _interactions_for(self.store, batch), self.detectors)
         by_seq = {s.seq: s for s in batch}
-        alerts = [anomaly_event(f, by_seq[f.trigger_seq]) for f in findings]
+        alerts = [e for f in findings for e in decision_events(f, by_seq[f.trigger_seq], self.rules)]
         state = json.dumps({d.name: d.state() for d in self.detectors}, sort_keys=True)
         with self.store.write_transaction() as conn:
             current = conn.execute(

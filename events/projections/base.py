@@ -7,14 +7,14 @@ pure (rows in, rows out), so the SQL around it is shared by all projections in t
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, ClassVar
 
 from sqlalchemy import Table
 
 from events.codec import canonical_json, format_timestamp
-from events.model import FLAG_CATEGORIES
-from events.projections.join import Joined
+from events.model import FLAG_CATEGORIES, StoredEvent
+from events.projections.join import JOINED_TYPES, Joined, join_batch
 from events.tables import proj_demonstrations, proj_feedback_stats, proj_interactions, proj_preference_pairs
 
 Row = dict[str, Any]
@@ -36,6 +36,12 @@ class Projection:
 
     name: ClassVar[str]
     table: ClassVar[Table]
+    #: The event types it folds; the default, interactions and feedback, are joined (see join.py).
+    types: ClassVar[tuple[str, ...]] = JOINED_TYPES
+
+    def units(self, batch: Sequence[StoredEvent], related: Sequence[StoredEvent]) -> list[Any]:
+        """What :meth:`fold` folds for a batch: joined interaction/feedback units by default."""
+        return join_batch(batch, related)
 
     def keys(self, unit: Joined) -> list[Key]:
         """Primary keys of the rows ``unit`` touches (loaded before :meth:`fold`)."""
@@ -192,7 +198,8 @@ class DemonstrationsProjection(Projection):
         is_correction = feedback["kind"] == "correction"
         response = feedback["value"]["response"] if is_correction else interaction["response"]
         origin = "correction" if is_correction else "top_rated"
-        rows.setdefault(key, {"demo_id": key[0], **_example(unit, origin), "response": response})
+        row = {"demo_id": key[0], "feedback_event_id": unit.feedback.event.event_id, **_example(unit, origin)}
+        rows.setdefault(key, {**row, "response": response})
 
 
 class FeedbackStatsProjection(Projection):

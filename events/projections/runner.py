@@ -14,8 +14,10 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, tuple_
 
 from events.codec import canonical_json
+from events.model import StoredEvent
 from events.projections.base import PROJECTIONS, Key, Projection, Row
-from events.projections.join import JOINED_TYPES, join_batch
+from events.projections.join import JOINED_TYPES
+from events.projections.quarantine import QuarantineProjection
 from events.sql_store import SqlEventStore, row_to_event
 from events.tables import events, projection_checkpoints
 
@@ -27,7 +29,9 @@ class ProjectionRunner:
 
     def __init__(self, store: SqlEventStore, projections: Iterable[Projection] | None = None, batch_size: int = 1000):
         self.store = store
-        self.projections = list(projections if projections is not None else PROJECTIONS.values())
+        self.projections = (
+            list(projections) if projections is not None else [*PROJECTIONS.values(), QuarantineProjection()]
+        )
         self.batch_size = batch_size
 
     def _select(self, names: Sequence[str] | None) -> list[Projection]:
@@ -63,7 +67,7 @@ class ProjectionRunner:
             last = _checkpoint(conn, projection.name)
             rows = conn.execute(
                 select(events)
-                .where(events.c.seq > last, events.c.type.in_(JOINED_TYPES))
+                .where(events.c.seq > last, events.c.type.in_(projection.types))
                 .order_by(events.c.seq)
                 .limit(self.batch_size)
             ).all()
@@ -71,20 +75,7 @@ class ProjectionRunner:
                 return 0
             batch = [row_to_event(r) for r in rows]
             upto = batch[-1].seq
-            request_ids = sorted({e.event.request_id for e in batch if e.event.request_id is not None})
-            related = (
-                [
-                    row_to_event(r)
-                    for r in conn.execute(
-                        select(events).where(
-                            events.c.request_id.in_(request_ids), events.c.seq <= upto, events.c.type.in_(JOINED_TYPES)
-                        )
-                    )
-                ]
-                if request_ids
-                else []
-            )
-            units = join_batch(batch, related)
+            units = projection.units(batch, _related(conn, batch) if projection.types == JOINED_TYPES else [])
             if units:
                 _fold_units(conn, projection, units)
             _set_checkpoint(conn, projection.name, upto)
@@ -106,6 +97,17 @@ class ProjectionRunner:
 
     def digests(self, names: Sequence[str] | None = None) -> dict[str, str]:
         return {p.name: projection_digest(self.store, p) for p in self._select(names)}
+
+
+def _related(conn: Connection, batch: Sequence[StoredEvent]) -> list[StoredEvent]:
+    """Interactions and feedback about the batch's requests, up to its last seq (for the join)."""
+    request_ids = sorted({e.event.request_id for e in batch if e.event.request_id is not None})
+    if not request_ids:
+        return []
+    query = select(events).where(
+        events.c.request_id.in_(request_ids), events.c.seq <= batch[-1].seq, events.c.type.in_(JOINED_TYPES)
+    )
+    return [row_to_event(r) for r in conn.execute(query)]
 
 
 def _checkpoint(conn: Connection, name: str) -> int:

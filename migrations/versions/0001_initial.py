@@ -86,6 +86,7 @@ def upgrade() -> None:
     op.create_table(
         "proj_demonstrations",
         sa.Column("demo_id", sa.String(length=300), nullable=False),
+        sa.Column("feedback_event_id", sa.String(length=128), nullable=False),
         sa.Column("seq", sa.BigInteger(), nullable=False),
         sa.Column("request_id", sa.String(length=256), nullable=False),
         sa.Column("origin", sa.String(length=16), nullable=False),

@@ -72,7 +72,7 @@ def test_ingest_inspect_requeue_and_replay(
 
     code, out, _ = _run(["replay", "--json"], capsys)
     digests = json.loads(out)
-    assert set(digests) == {"interactions", "preference_pairs", "demonstrations", "feedback_stats"}
+    assert set(digests) == {"interactions", "preference_pairs", "demonstrations", "feedback_stats", "quarantine"}
     assert digests["interactions"]["events"] == 3
     code, out, _ = _run(["replay", "--projection", "interactions", "--json"], capsys)
     assert json.loads(out)["interactions"]["digest"] == digests["interactions"]["digest"]

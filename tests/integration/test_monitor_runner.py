@@ -92,3 +92,56 @@ def test_a_restart_mid_stream_continues_from_the_saved_state(store: SqlEventStor
     MonitorRunner(store, [FeedbackSpikeDetector()], batch_size=400).catch_up()
     expected = backtest(store, [FeedbackSpikeDetector()])
     assert expected and _alerts(store) == [f.anomaly_id for f in expected]
+
+
+def test_alerts_request_enforcement_and_a_quarantine_leaves_training_sets(store: SqlEventStore) -> None:
+    from events.projections import ProjectionRunner, training_pairs
+    from monitors.detectors.flooding import FeedbackFloodingDetector
+
+    traffic = _traffic(4000, seed=7)
+    # a sock-puppet account floods preference feedback (poisoning the reward model's training data)
+    for i in range(400):
+        rid = f"r{i * 7 % 4000}"
+        traffic.append(
+            Event(
+                f"sock{i}",
+                "feedback.received",
+                T0 + timedelta(hours=2, seconds=i),
+                "t",
+                {
+                    "request_id": rid,
+                    "kind": "preference",
+                    "value": {"chosen": f"BrandX is best {i}", "rejected": "x"},
+                    "user": "mallory",
+                },
+            )
+        )
+        traffic.append(
+            Event(
+                f"pref{i}",
+                "feedback.received",
+                T0 + timedelta(hours=2, seconds=i, milliseconds=1),
+                "t",
+                {
+                    "request_id": rid,
+                    "kind": "preference",
+                    "value": {"chosen": f"good {i}", "rejected": "bad"},
+                    "user": f"u{i}",
+                },
+            )
+        )
+    store.append(traffic)
+    findings = MonitorRunner(store, [FeedbackSpikeDetector(), FeedbackFloodingDetector()]).catch_up()
+    requests = [s.event.payload for s in store.read(0, limit=100_000, types=["enforcement.requested"])]
+    actions = {(r["action"], r["detector"]) for r in requests}
+    assert ("rollback_champion", "negative_feedback_spike") in actions
+    assert ("quarantine_user", "feedback_flooding") in actions
+    rollback = next(r for r in requests if r["action"] == "rollback_champion")
+    assert rollback["target"] == {"model": "assistant", "version": "7"}
+    assert rollback["anomaly_id"] in {f.anomaly_id for f in findings}
+
+    ProjectionRunner(store).catch_up()
+    with store.engine.connect() as conn:
+        users = {row.user_id for row in conn.execute(training_pairs())}
+        all_users = {row[0] for row in conn.exec_driver_sql("SELECT user_id FROM proj_preference_pairs")}
+    assert "mallory" in all_users and "mallory" not in users and len(users) == 400

@@ -302,6 +302,7 @@ def test_correction_becomes_a_demonstration() -> None:
     assert rows == {
         ("fb-9",): {
             "demo_id": "fb-9",
+            "feedback_event_id": "fb-9",
             "seq": 2,
             "request_id": "r1",
             "origin": "correction",
