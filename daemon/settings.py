@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from events.errors import ConfigurationError
 from events.model import DEFAULT_MAX_MESSAGE_BYTES
@@ -113,6 +113,35 @@ class IngestSettings(BaseModel):
     project: bool = Field(True, description="fold projections after each stored batch")
 
 
+LIGHT_DETECTORS = (
+    "pii",
+    "negative_feedback_spike",
+    "hallucination_reports",
+    "response_length_drift",
+    "feedback_flooding",
+    "jailbreak_attempt",
+    "jailbreak_success",
+    "toxicity",
+)
+
+
+class MonitorsSettings(BaseModel):
+    """Which detectors run, and the rules that turn their alerts into enforcement requests."""
+
+    model_config = _FROZEN
+    detectors: tuple[str, ...] = Field(LIGHT_DETECTORS, description="comma-separated in ALIGND_MONITORS_DETECTORS")
+    embeddings: bool = Field(True, description="jailbreak similarity with all-MiniLM-L6-v2 (offline)")
+    embedding_model: str | None = Field(None, description="a Hugging Face model name instead of the packaged MiniLM")
+    toxicity_model: str | None = Field(None, description="a Hugging Face classifier instead of alt-profanity-check")
+    rules: tuple[str, ...] | None = Field(None, description="detector:action[:min_severity], comma-separated")
+    batch_size: int = Field(1000, ge=1)
+
+    @field_validator("detectors", "rules", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
+
+
 class MlflowSettings(BaseModel):
     model_config = _FROZEN
     tracking_uri: str = "sqlite:///mlflow.db"
@@ -131,6 +160,7 @@ class Settings(BaseModel):
     kafka: KafkaSettings = KafkaSettings()
     topics: TopicsSettings = TopicsSettings()
     ingest: IngestSettings = IngestSettings()
+    monitors: MonitorsSettings = MonitorsSettings()
     mlflow: MlflowSettings = MlflowSettings()
     log: LogSettings = LogSettings()
 
