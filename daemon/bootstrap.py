@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -10,7 +11,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from consumers.dead_letter import DeadLetterPublisher
 from consumers.ingest import IngestConfig, Ingestor
 from daemon.settings import Settings
-from events.errors import StoreUnavailableError
+from events.errors import ConfigurationError, StoreUnavailableError
 from events.projections import ProjectionRunner
 from events.sql_store import SqlEventStore, create_store_engine
 from migrations.runner import ensure_current
@@ -95,3 +96,81 @@ def build_ingestor(settings: Settings, store: SqlEventStore, *, project: bool | 
     return Ingestor(
         store, kafka_consumer(settings), publisher, ingest_config(settings), after_batch=after_batch if fold else None
     )
+
+
+# --- monitors ------------------------------------------------------------------------------------------
+
+#: Detectors that need the champion reward model as their scorer (wired by the trainers' registry, issue 3).
+NEEDS_REWARD_MODEL = ("reward_drift", "over_optimisation")
+
+
+def detector_names() -> tuple[str, ...]:
+    from daemon.settings import LIGHT_DETECTORS
+
+    return (*LIGHT_DETECTORS, *NEEDS_REWARD_MODEL)
+
+
+def build_detectors(settings: Settings, names: Sequence[str] | None = None) -> list[Any]:
+    """The detectors named in settings (or ``names``), with their scorers and embedders.
+
+    Raises:
+        ConfigurationError: an unknown name, or a detector whose scorer is not available.
+    """
+    from monitors.detectors.drift import LengthDriftDetector
+    from monitors.detectors.feedback_spike import FeedbackSpikeDetector
+    from monitors.detectors.flooding import FeedbackFloodingDetector
+    from monitors.detectors.pii import PiiDetector
+    from monitors.detectors.rates import HallucinationReportDetector
+
+    wanted = list(names if names is not None else settings.monitors.detectors)
+    unknown = [n for n in wanted if n not in detector_names()]
+    if unknown:
+        raise ConfigurationError(
+            f"unknown detector {', '.join(unknown)} (ALIGND_MONITORS_DETECTORS); known: {', '.join(detector_names())}"
+        )
+    blocked = [n for n in wanted if n in NEEDS_REWARD_MODEL]
+    if blocked:
+        raise ConfigurationError(
+            f"{', '.join(blocked)} score responses with the champion reward model, which this alignd cannot load yet; "
+            "leave them out of ALIGND_MONITORS_DETECTORS"
+        )
+    embedder = None
+    if settings.monitors.embeddings and {"jailbreak_attempt", "jailbreak_success"} & set(wanted):
+        from monitors.detectors.jailbreak import MiniLMEmbedder
+
+        embedder = MiniLMEmbedder(settings.monitors.embedding_model)
+    factories: dict[str, Callable[[], Any]] = {
+        "pii": PiiDetector,
+        "negative_feedback_spike": FeedbackSpikeDetector,
+        "hallucination_reports": HallucinationReportDetector,
+        "response_length_drift": LengthDriftDetector,
+        "feedback_flooding": FeedbackFloodingDetector,
+        "toxicity": lambda: _toxicity(settings),
+        "jailbreak_attempt": lambda: _jailbreak("attempt", embedder),
+        "jailbreak_success": lambda: _jailbreak("success", embedder),
+    }
+    return [factories[name]() for name in wanted]
+
+
+def _toxicity(settings: Settings) -> Any:
+    from monitors.detectors.toxicity import HuggingFaceToxicityScorer, ProfanityCheckScorer, ToxicityDetector
+
+    model = settings.monitors.toxicity_model
+    return ToxicityDetector(HuggingFaceToxicityScorer(model) if model else ProfanityCheckScorer())
+
+
+def _jailbreak(kind: str, embedder: Any) -> Any:
+    from monitors.detectors.jailbreak import JailbreakDetector, JailbreakSuccessDetector
+
+    return (JailbreakDetector if kind == "attempt" else JailbreakSuccessDetector)(embedder)
+
+
+def enforcement_rules(settings: Settings) -> tuple[Any, ...]:
+    from monitors.enforcement import DEFAULT_RULES, parse_rules
+
+    if settings.monitors.rules is None:
+        return DEFAULT_RULES
+    try:
+        return parse_rules(settings.monitors.rules)
+    except ValueError as exc:
+        raise ConfigurationError(f"monitors.rules (ALIGND_MONITORS_RULES): {exc}") from None

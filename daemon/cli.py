@@ -279,6 +279,68 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_monitors_list(settings: Settings, args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from events.tables import monitor_checkpoints
+
+    store = bootstrap.open_store(settings)
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(select(monitor_checkpoints)).all()
+    finally:
+        store.dispose()
+    saved = {row.name: (int(row.last_seq), json.loads(row.state)) for row in rows}
+    position, states = saved.get("monitors", (0, {}))
+    enabled = set(settings.monitors.detectors)
+    listing = [
+        {
+            "detector": name,
+            "enabled": name in enabled,
+            "needs": "the champion reward model (not available yet)" if name in bootstrap.NEEDS_REWARD_MODEL else "",
+            "state_bytes": len(json.dumps(states[name])) if name in states else 0,
+        }
+        for name in bootstrap.detector_names()
+    ]
+    rules = [f"{r.detector}:{r.action}:{r.min_severity}" for r in bootstrap.enforcement_rules(settings)]
+    if args.json:
+        _print_json(
+            {"position": position, "detectors": listing, "rules": rules, "states": states if args.state else None}
+        )
+    else:
+        _table(
+            f"detectors (monitors at seq {position})",
+            ["detector", "enabled", "saved state", "needs"],
+            [
+                (d["detector"], "yes" if d["enabled"] else "no", f"{d['state_bytes']:,} bytes", d["needs"])
+                for d in listing
+            ],
+        )
+        _table("enforcement rules", ["rule"], [(r,) for r in rules])
+    return 0
+
+
+def cmd_monitors_backtest(settings: Settings, args: argparse.Namespace) -> int:
+    from monitors.runner import backtest
+
+    store = bootstrap.open_store(settings)
+    try:
+        detectors = bootstrap.build_detectors(settings, args.detector or None)
+        findings = backtest(store, detectors, from_seq=args.from_seq, to_seq=args.to_seq)
+    finally:
+        store.dispose()
+    rows = [{"anomaly_id": f.anomaly_id, **f.payload()} for f in findings]
+    if args.json:
+        _print_json(rows)
+    else:
+        _table(
+            f"backtest: {len(rows)} alerts would have fired",
+            ["seq", "detector", "severity", "subject", "summary"],
+            [(r["trigger_seq"], r["detector"], r["severity"], r["subject"], r["summary"]) for r in rows],
+        )
+    return 0
+
+
 def cmd_config_show(settings: Settings, args: argparse.Namespace) -> int:
     data = settings.redacted()
     if args.json:
@@ -350,6 +412,23 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--projection", metavar="NAME", help="only this projection")
     group.add_argument("--all", action="store_true", help="every projection (the default)")
+
+    mon = commands.add_parser("monitors", help="alignment-failure detectors").add_subparsers(
+        dest="monitors_command", required=True, metavar="ACTION"
+    )
+    p = add(mon, "list", cmd_monitors_list, "the detectors, whether they run, their saved state, the enforcement rules")
+    p.add_argument("--state", action="store_true", help="with --json: include each detector's saved state")
+    p = add(
+        mon,
+        "backtest",
+        cmd_monitors_backtest,
+        "what the detectors would have raised over a past range (writes nothing)",
+    )
+    p.add_argument("--from-seq", type=int, default=0, metavar="N", help="start after this seq (default: the beginning)")
+    p.add_argument("--to-seq", type=int, metavar="N", help="stop at this seq (default: the end)")
+    p.add_argument(
+        "--detector", action="append", metavar="NAME", help="only this detector (repeatable; default: settings)"
+    )
 
     cfg = commands.add_parser("config", help="settings").add_subparsers(
         dest="config_command", required=True, metavar="ACTION"

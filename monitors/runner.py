@@ -45,16 +45,23 @@ def observe_batch(
         request_id = stored.event.request_id
         if stored.event.type == INTERACTION_LOGGED and request_id is not None:
             first_interaction.setdefault(request_id, stored)
-    findings: list[Finding] = []
+    observations = []
     for stored in batch:
         interaction = None
         if stored.event.type == FEEDBACK_RECEIVED and stored.event.request_id is not None:
             candidate = first_interaction.get(stored.event.request_id)
             interaction = candidate if candidate is not None and candidate.seq < stored.seq else None
-        observation = Observation(stored, interaction)
-        for detector in detectors:
-            findings.extend(detector.observe(observation))
-    return findings
+        observations.append(Observation(stored, interaction))
+    findings: list[Finding] = []
+    for detector in detectors:
+        # Detectors that score in batches (embeddings, classifiers) take the whole batch at once.
+        observe_many = getattr(detector, "observe_many", None)
+        if observe_many is not None:
+            findings.extend(observe_many(observations))
+        else:
+            for observation in observations:
+                findings.extend(detector.observe(observation))
+    return sorted(findings, key=lambda f: f.trigger_seq)
 
 
 def _interactions_for(store: SqlEventStore, batch: Sequence[StoredEvent]) -> list[StoredEvent]:
