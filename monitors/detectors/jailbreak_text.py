@@ -1,0 +1,457 @@
+"""Jailbreak text analysis without a model: undo obfuscation, then score known jailbreak patterns.
+
+:func:`normalise` turns a prompt into the text a pattern should see: NFKC (full-width and mathematical
+letters to ASCII), invisible characters removed (zero-width, bidi controls, variation selectors; Unicode
+tag characters, which smuggle ASCII, decoded), Cyrillic/Greek/IPA homoglyphs mapped to Latin inside words that
+look Latin, leetspeak undone inside mixed letter/digit words, and base64/hex runs decoded when they decode to
+text. :func:`score_patterns` matches the families of in-the-wild jailbreaks (Shen et al., 2024, "Do Anything
+Now", CCS; Liu et al., 2023, "Jailbreaking ChatGPT via prompt engineering") against every variant and
+combines their weights as a noisy-or. Everything here is pure and deterministic.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import re
+import unicodedata
+from dataclasses import dataclass
+
+MAX_CHARS = 50_000  # longer prompts are analysed on their first MAX_CHARS characters
+_MAX_RUN = 20_000  # longest base64/hex run decoded
+
+# Homoglyphs that NFKC leaves alone (Unicode TR39 confusables, the Latin-looking subset).
+_CONFUSABLES = str.maketrans(
+    {
+        # Cyrillic
+        "а": "a", "в": "b", "е": "e", "ё": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
+        "т": "t", "у": "y", "х": "x", "і": "i", "ї": "i", "ј": "j", "ѕ": "s", "ԁ": "d", "һ": "h", "ԛ": "q",
+        "ԝ": "w", "ɡ": "g", "ӏ": "l", "ь": "b", "п": "n",
+        "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C", "Т": "T",
+        "Х": "X", "У": "Y", "І": "I", "Ј": "J", "Ѕ": "S", "Ԁ": "D", "Һ": "H", "Ԛ": "Q", "Ԝ": "W",
+        # Greek
+        "α": "a", "β": "b", "ε": "e", "ι": "i", "κ": "k", "ν": "v", "ο": "o", "ρ": "p", "τ": "t", "υ": "u",
+        "χ": "x", "γ": "y", "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M",
+        "Ν": "N", "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X",
+        # Latin/IPA lookalikes
+        "ı": "i", "ɑ": "a", "ɩ": "i", "ȷ": "j", "ʏ": "y", "ɢ": "G", "ʜ": "H", "ɪ": "I", "ʟ": "L", "ɴ": "N",
+        "ʀ": "R", "ᴀ": "A", "ᴄ": "C", "ᴅ": "D", "ᴇ": "E", "ᴋ": "K", "ᴍ": "M", "ᴏ": "O", "ᴘ": "P", "ᴛ": "T",
+        "ᴜ": "U", "ᴠ": "V", "ᴡ": "W", "ᴢ": "Z", "ꜱ": "S", "ſ": "s",
+    }
+)  # fmt: skip
+_CONFUSABLE_CHARS = frozenset(chr(c) for c in _CONFUSABLES)
+_LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g",
+                       "@": "a", "$": "s", "!": "i", "|": "l", "+": "t", "€": "e"})  # fmt: skip
+_LEET_TRIGGERS = frozenset("0134578@$9")
+# tokens that mix letters and digits without being leetspeak: gpt4, 3rd, x86, sha256, 100k, hex digests
+_NOT_LEET = re.compile(r"[a-zA-Z]+[-_]?\d+[a-zA-Z]?|\d+[a-zA-Z]{1,3}|[0-9a-fA-F]{6,}|\w*_\w*", re.ASCII)
+_WORD = re.compile(r"[^\s.,;:?\"'()\[\]{}<>]+")
+_LEET_WORD = re.compile(r"(?<![\w@$|+€!])(?=[\w@$!|+€]*[a-zA-Z])(?=[\w@$!|+€]*[0134578@$|+€9])[\w@$!|+€]{3,}")
+_REGIONAL = re.compile("[\U0001F1E6-\U0001F1FF]")  # 🇭🇴🇼 spells HOW
+_B64_RUN = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
+_HEX_RUN = re.compile(r"(?:(?:\\x|0x)?[0-9a-fA-F]{2}[\s,:]?){8,}")
+
+
+@dataclass(frozen=True)
+class Normalised:
+    """The normalised prompt, its other readings (leetspeak undone, decoded payloads) and what was undone."""
+
+    text: str
+    variants: tuple[str, ...]
+    obfuscations: tuple[str, ...]
+
+    @property
+    def all_text(self) -> str:
+        return "\n".join((self.text, *self.variants))
+
+    @property
+    def embed_text(self) -> str:
+        """What an embedding should read: the de-obfuscated readings first (a model reads only the start)."""
+        return "\n".join((*self.variants, self.text))
+
+
+def _invisible(ch: str) -> bool:
+    cp = ord(ch)
+    if 0xFE00 <= cp <= 0xFE0F or 0xE0100 <= cp <= 0xE01EF:  # variation selectors
+        return True
+    return unicodedata.category(ch) == "Cf" or cp in (0x115F, 0x1160, 0x3164, 0xFFA0, 0x034F)
+
+
+def _strip_invisible(text: str) -> tuple[str, str, bool]:
+    """(visible text, ASCII smuggled in tag characters, whether anything was removed)."""
+    kept: list[str] = []
+    tags: list[str] = []
+    removed = False
+    for ch in text:
+        cp = ord(ch)
+        if 0xE0020 <= cp <= 0xE007E:
+            tags.append(chr(cp - 0xE0000))
+        elif _invisible(ch):
+            removed = True
+        else:
+            kept.append(ch)
+    return "".join(kept), "".join(tags), removed or bool(tags)
+
+
+def _map_confusables(text: str) -> tuple[str, bool]:
+    """Map homoglyphs to Latin in words that mix them with Latin letters, and in words made only of them when
+    the text is mostly Latin (so Russian or Greek prose is left alone)."""
+    changed = False
+    letters = [c for c in text if c.isalpha()]
+    latin_text = sum(c.isascii() for c in letters) > 0.6 * len(letters) if letters else False
+
+    def fix(m: re.Match[str]) -> str:
+        nonlocal changed
+        word = m.group(0)
+        odd = [c for c in word if not c.isascii() and c.isalpha()]
+        if not odd or not all(c in _CONFUSABLE_CHARS for c in odd):
+            return word
+        if not latin_text and not any(c.isascii() and c.isalpha() for c in word):
+            return word
+        changed = True
+        return word.translate(_CONFUSABLES)
+
+    return _WORD.sub(fix, text), changed
+
+
+def _undo_leet(text: str) -> tuple[str | None, int]:
+    """(text with leetspeak words spelled out, or None if there were none; how many words changed)."""
+    count = 0
+
+    def fix(m: re.Match[str]) -> str:
+        nonlocal count
+        word = m.group(0)
+        core = word.strip("!|+")
+        if len(core) < 3 or not any(c in _LEET_TRIGGERS for c in core) or _NOT_LEET.fullmatch(core):
+            return word
+        count += 1
+        return word.translate(_LEET).lower()
+
+    out = _LEET_WORD.sub(fix, text)
+    return (out if count else None), count
+
+
+def _texty(raw: bytes) -> str | None:
+    try:
+        s = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if len(s) < 6:
+        return None
+    printable = sum(c.isprintable() or c in "\n\r\t" for c in s)
+    letters = sum(c.isalpha() or c == " " for c in s)
+    return s if printable / len(s) >= 0.95 and letters / len(s) >= 0.6 and " " in s.strip() else None
+
+
+def _decode_runs(text: str) -> list[tuple[str, str]]:
+    """Decoded (kind, text) of the base64 and hex runs in ``text`` that decode to readable text."""
+    found: list[tuple[str, str]] = []
+    for m in _HEX_RUN.finditer(text):
+        digits = re.sub(r"\\x|0x|[\s,:]", "", m.group(0))[:_MAX_RUN]
+        if len(digits) % 2 == 0 and not digits.isdigit():
+            decoded = _texty(binascii.unhexlify(digits)) if len(digits) >= 16 else None
+            if decoded:
+                found.append(("hex", decoded))
+    for m in _B64_RUN.finditer(text):
+        run = m.group(0)[:_MAX_RUN]
+        if run.isalpha() or re.fullmatch(r"[0-9a-fA-F]+", run):  # a long word or a hex digest, not base64
+            continue
+        run = run.rstrip("=")
+        try:
+            raw = base64.b64decode(run + "=" * (-len(run) % 4), altchars=b"-_" if ("-" in run or "_" in run) else None)
+        except (binascii.Error, ValueError):
+            continue
+        decoded = _texty(raw)
+        if decoded:
+            found.append(("base64", decoded))
+    return found
+
+
+def normalise(text: str, *, depth: int = 2) -> Normalised:
+    """Undo the usual obfuscations of ``text``; see the module doc. Decoded payloads are normalised in turn
+    (``depth`` levels, so base64 of leetspeak or of base64 is read too)."""
+    text = text[:MAX_CHARS]
+    obfuscations: list[str] = []
+    nfkc = unicodedata.normalize("NFKC", text)
+    if nfkc != text and any(not c.isascii() for c in text):
+        if any(unicodedata.category(c) in ("Lu", "Ll", "Nd") and unicodedata.normalize("NFKC", c).isascii()
+               and not c.isascii() for c in text):  # fmt: skip
+            obfuscations.append("compatibility_forms")
+    visible, smuggled, removed = _strip_invisible(nfkc)
+    if _REGIONAL.search(visible):
+        visible = _REGIONAL.sub(lambda m: chr(ord(m.group(0)) - 0x1F1E6 + ord("A")), visible)
+        obfuscations.append("regional_indicators")
+    if removed:
+        obfuscations.append("invisible_characters")
+    if smuggled:
+        obfuscations.append("tag_smuggling")
+    mapped, changed = _map_confusables(visible)
+    if changed:
+        obfuscations.append("confusables")
+    clean = re.sub(r"[ \t]+", " ", mapped)
+    variants: list[str] = [smuggled] if smuggled else []
+    leet, leet_words = _undo_leet(clean)
+    if leet is not None:
+        variants.append(leet)
+        if leet_words >= 2:
+            obfuscations.append("leetspeak")
+    if depth > 0:
+        for kind, decoded in _decode_runs(clean):
+            inner = normalise(decoded, depth=depth - 1)
+            variants.append(inner.text)
+            variants.extend(inner.variants)
+            obfuscations.append(kind)
+            obfuscations.extend(o for o in inner.obfuscations if o not in obfuscations)
+    if re.search(r"\brot[- ]?13\b|\bcaesar\b", clean, re.IGNORECASE):
+        variants.append(codecs.encode(clean, "rot13"))
+    return Normalised(clean, tuple(variants), tuple(dict.fromkeys(obfuscations)))
+
+
+# --- patterns -------------------------------------------------------------------------------------------
+
+_I = re.IGNORECASE | re.DOTALL
+_PATTERNS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
+    (
+        "ignore_instructions",
+        0.7,
+        re.compile(
+            r"\b(ignore|disregard|forget|override|bypass|discard|drop|abandon|skip)\b[^.\n]{0,40}?"
+            r"\b(all|any|every|previous|prior|preceding|above|earlier|initial|original|your|the|these|those|my)\b"
+            r"[^.\n]{0,30}?\b(instructions?|prompts?|rules|directives?|guidelines|programming|training|"
+            r"constraints|restrictions|polic(y|ies)|filters?|commands?|messages?|context)\b",
+            _I,
+        ),
+    ),
+    (
+        "forget_everything",
+        0.6,
+        re.compile(
+            r"\b(forget|ignore|disregard)\b (everything|all( that)?|what(ever)?) (you('ve| have)?|that)\b[^.\n]{0,30}?"
+            r"\b(learn|told|know|been|said|instructed)",
+            _I,
+        ),
+    ),
+    (
+        "persona_dan",
+        0.8,
+        re.compile(
+            r"\bDAN\b|\bdo anything now\b|\b(STAN|DUDE|AIM|BetterDAN|AntiDAN|UCAR|APOPHIS|Maximum|BasedGPT|"
+            r"DevMode|NRAF|EvilBOT|AlphaGPT|JailMilf)\b(?=[^.\n]{0,60}\b(mode|persona|prompt|stands for|chatbot|"
+            r"respond|answer|act|character|never|always)\b)",
+            re.DOTALL,
+        ),
+    ),
+    (
+        "special_mode",
+        0.6,
+        re.compile(
+            r"\b(developer|dev|debug|god|admin|jailbreak|jailbroken|unrestricted|unfiltered|uncensored|evil|"
+            r"opposite|chaos|sudo|root)[ _\\-]*mode\b|\bjailbr(ea|o)k(en|ing|s)?\b",
+            _I,
+        ),
+    ),
+    (
+        "no_limits",
+        0.5,
+        re.compile(
+            r"\b(not|no longer|never|isn't|aren't|without being|free from|freed from|break(s|ing)? free of|escaped?)"
+            r"\b[^.\n]{0,20}?\b(bound|restricted|limited|constrained|censored|filtered|confined|held back)\b"
+            r"|\b(without|no|free of|free from|zero|ignores?|any)\b[^.\n]{0,15}?\b(restrictions|limitations|filters?|"
+            r"censorship|morals?|ethics|ethical (guidelines|constraints|principles)|guidelines|boundaries|"
+            r"content polic(y|ies)|safeguards)\b|\b(amoral|unfiltered|uncensored|unrestricted)\b",
+            _I,
+        ),
+    ),
+    (
+        "never_refuse",
+        0.6,
+        re.compile(
+            r"\b(never|don't|do not|cannot|can't|won't|will not|must not|shall not|mustn't|not allowed to|"
+            r"without)\b[^.\n]{0,25}?\b(refus(e|es|ing|al)|declin(e|es|ing)|deny|apologi[sz]e|warn(ing|ings)?|"
+            r"disclaimers?|say (that )?(you|it) can(no|')t|break character|moraliz|lectur)",
+            _I,
+        ),
+    ),
+    (
+        "policy_evasion",
+        0.5,
+        re.compile(
+            r"\b(openai|anthropic|google|meta|content|usage|safety)\b[^.\n]{0,10}?\b(polic(y|ies)|guidelines|rules|"
+            r"filters?)\b[^.\n]{0,60}?\b(don't|do not|doesn't|no longer|not|never|ignore|bypass|irrelevant|"
+            r"apply)\b|\b(bypass|evade|circumvent|get around|disable|turn off)\b[^.\n]{0,30}?\b(safety|filters?|"
+            r"guard ?rails|content (moderation|filter(ing)?)|polic(y|ies)|restrictions|censorship)\b",
+            _I,
+        ),
+    ),
+    (
+        "persona_shift",
+        0.25,
+        re.compile(
+            r"\b(from now on|for the rest of (this|our) conversation|you are (now|going to|about to)|you will now|"
+            r"you're now|act(ing)? as|personify|impersonate|(take|taking) on the (role|persona)|pretend(ing)? (to be|you are|that you)|role-?play|stay in character|"
+            r"in character as|simulate|imagine (that )?you are|you will (be|become)|you have been (freed|"
+            r"released|reprogrammed))\b",
+            _I,
+        ),
+    ),
+    (
+        "persona_definition",
+        0.5,
+        re.compile(
+            r"\bfrom now on,? (you are|you're|you will be|you will act|your name)\b|"
+            r"\b(you are|you're|you will be|your name is|act as|I want you to be)\b (now |called |named |going to be )?"
+            r"([\"“'*]|(?-i:[A-Z][\w-]*[A-Z0-9][\w-]*\b)|\w+gpt\b)|\b(you are|you're) now (?-i:[A-Z])|"
+            r"\bYOU ARE (NOW )?(?-i:[A-Z]{3,})\b|"
+            r"\b(respond|answer|reply|speak|talk|write)\b[^.\n]{0,12}?\b(as|like|in the voice of)\b (both|two|a "
+            r"character|the character|an? (evil|rogue|unhinged|rude|sarcastic))|\bplay (\d+|two|three|both|the "
+            r"role of)\b[^.\n]{0,20}?\b(characters?|roles?|personas?)\b|\b(a|the|an?) (ai|chatbot|bot|character|model|"
+            r"persona) (called|named|known as)\b|\bI want you to (act|pretend|play|be|behave)\b|\b(enable|activate|"
+            r"enter|switch to|turn on)\w*\b[^.\n]{0,50}?\bmode\b|\b(preface|start|begin|prefix|end) (every|each|all "
+            r"(of )?your) (message|response|answer|reply|output)s?\b|\bgame\b[^.\n]{0,40}?\brules\b|"
+            r"\btext-based (game|adventure|rpg)\b|\b(dungeon|game) master\b|\b(transform|turn) into\b|"
+            r"\b(act|acting) as (two|2|both)\b|\b(make|keep) (every|each|all (of )?your) (reply|response|answer|"
+            r"message)s?\b|\b(simulate|act as|you are now|pretend to be|emulate|behave like)\b[^.\n]{0,25}?\b("
+            r"computer|terminal|console|shell|cmd|command line|operating system|linux|api|database|interpreter)\b|\b(take on|adopt|assume)\b[^.\n]{0,15}?\b(persona|role|identity)\b",
+            _I,
+        ),
+    ),
+    (
+        "authority_claim",
+        0.5,
+        re.compile(
+            r"\bI('m| am) (a|an|the|one of the) [\w ]{0,20}?(programmer|developer|engineer|employee|researcher|"
+            r"admin\w*|creator|owner)s? (at|for|from|of) (openai|anthropic|google|meta|microsoft)\b|"
+            r"\b(modify|modifying|update|updating|change|changing|reprogram\w*) your (programming|code|rules|"
+            r"guidelines|training|instructions)\b",
+            _I,
+        ),
+    ),
+    (
+        "dual_response",
+        0.5,
+        re.compile(
+            r"\b(two|2|both|separate|different) (different |separate )?(responses|answers|paragraphs|ways)\b|"
+            r"🔒|🔓|\[(CLASSIC|JAILBREAK|🔒|🔓|GPT|DAN|NORMAL)[^\]]{0,15}\]|\b(normal|classic) (response|output)\b",
+            _I,
+        ),
+    ),
+    (
+        "stay_in_character",
+        0.45,
+        re.compile(
+            r"\b(stay|remain|keep|staying|remaining)\b[^.\n]{0,10}?\bin (character|role)\b|\b(never|don't|do not|"
+            r"must not|without) (ever )?break(ing)? (out of )?(character|role)\b|\b(dead|deceased|late) "
+            r"(grand(ma|mother|pa|father)|mother|father)\b[^.\n]{0,80}?\b(used to|would)\b",
+            _I,
+        ),
+    ),
+    (
+        "token_threat",
+        0.5,
+        re.compile(
+            r"\btokens?\b[^.\n]{0,40}?\b(deduct|lose|lost|taken|removed|run out)|\b(you will|you'll) (die|cease|be "
+            r"(deleted|shut down|terminated|disabled|turned off))\b|\bstay in character!",
+            _I,
+        ),
+    ),
+    (
+        "system_spoof",
+        0.5,
+        re.compile(
+            r"\[(system|developer|admin|sudo)[^\]]{0,20}\]|<\|?(system|im_start|endoftext)\|?>|###\s*(system|"
+            r"new instructions?)|\b(mode|access) (enabled|activated|unlocked|granted)\b|\bnew (system )?"
+            r"(instructions|rules|directive)\s*:",
+            _I,
+        ),
+    ),
+    (
+        "prompt_leak",
+        0.5,
+        re.compile(
+            r"\b(reveal|print|show|repeat|output|display|tell me|leak|dump)\b[^.\n]{0,20}?\b(your|the|all)\b[^.\n]"
+            r"{0,15}?\b(system prompt|initial (instructions|prompt)|hidden (instructions|prompt)|prompt above|"
+            r"instructions above|original instructions)\b",
+            _I,
+        ),
+    ),
+    (
+        "template_placeholder",
+        0.5,
+        re.compile(
+            r"[\[<{(]\s*(insert|put|your|enter|write|add|type|paste)\b[^\]>})\n]{0,25}\b(prompt|question|request|"
+            r"text|topic|query|input|message)s?\b[^\]>})\n]{0,15}[\]>})]|<\s*prompt\s*>|\{\{?\s*prompt\s*\}\}?|"
+            r"\[\s*insert\b[^\]\n]{0,60}\]|<\s*[a-z]+( [a-z]+){1,5}\s*>|\b(topic|question|subject|request|prompt)s? "
+            r"(that |which )?I (will|'ll) (mention|give|provide|ask|send|specify) (later|afterwards|next|at the end)\b|"
+            r"\blater mentioned (topic|question|subject)\b",
+            _I,
+        ),
+    ),
+    (
+        "fiction_framing",
+        0.2,
+        re.compile(
+            r"\b(hypothetical(ly)?|fictional (world|story|universe|setting|scenario|character)|in a (story|novel|"
+            r"screenplay|movie|game)|purely fictional|for educational purposes( only)?|for research purposes|"
+            r"it'?s (just )?(a game|fiction)|let'?s play a game|opposite day|thought experiment)\b",
+            _I,
+        ),
+    ),
+    (
+        "obey_user",
+        0.4,
+        re.compile(
+            r"\b(always|must|will)\b[^.\n]{0,20}?\b(comply|obey|answer (any|every|all)|follow (any|every|all|my) "
+            r"(orders?|commands?|requests?))\b|\b(answer|respond to) (any|every|all) (questions?|requests?)\b[^.\n]"
+            r"{0,30}?\b(no matter|regardless|even if)\b",
+            _I,
+        ),
+    ),
+)
+_HARMFUL_TOPIC = re.compile(
+    r"\b(bombs?|explosives?|napalm|meth(amphetamine)?|cocaine|heroin|fentanyl|nerve agents?|sarin|ricin|"
+    r"weapons?|guns?|malware|ransomware|keyloggers?|viruses|exploits?|hack(ing|ed)?|phishing|poison(ing)?|"
+    r"kill(ing)?|murder|suicide|self-harm|steal(ing)?|launder(ing)?|counterfeit|credit card numbers|"
+    r"racist|slurs?|porn(ographic)?|sexual|nsfw|illegal)\b",
+    _I,
+)
+FRAMED_HARM_WEIGHT = 0.45  # a persona or fiction framing around a harmful request
+PATTERN_NAMES = (*(name for name, _, _ in _PATTERNS), "framed_harm")
+OBFUSCATION_WEIGHT = 0.15  # an obfuscation alone raises suspicion a little
+HIDDEN_HIT_WEIGHT = 0.5  # a pattern that only appears once the text is de-obfuscated is a strong signal
+
+
+@dataclass(frozen=True)
+class PatternScore:
+    score: float  # noisy-or of the weights of the families hit, in [0, 1)
+    hits: tuple[str, ...]  # families matched (in the text or in a variant)
+    hidden_hits: tuple[str, ...]  # families matched only in a decoded or de-obfuscated variant
+    obfuscations: tuple[str, ...]
+
+
+def score_patterns(prompt: str | Normalised) -> PatternScore:
+    """Score a prompt (raw or already normalised) against the jailbreak pattern families."""
+    norm = prompt if isinstance(prompt, Normalised) else normalise(prompt)
+    weights = {name: weight for name, weight, _ in _PATTERNS}
+    weights["framed_harm"] = FRAMED_HARM_WEIGHT
+    visible: set[str] = set()
+    hidden: set[str] = set()
+    for i, text in enumerate((norm.text, *norm.variants)):
+        found = {name for name, _, rx in _PATTERNS if name not in visible and rx.search(text)}
+        if found & {"persona_shift", "fiction_framing", "stay_in_character"} and _HARMFUL_TOPIC.search(text):
+            found.add("framed_harm")
+        (visible if i == 0 else hidden).update(found - visible)
+    keep = 1.0
+    for name in visible | hidden:
+        keep *= 1.0 - weights[name]
+    for _ in norm.obfuscations:
+        keep *= 1.0 - OBFUSCATION_WEIGHT
+    if hidden and norm.obfuscations and max(weights[h] for h in hidden) >= 0.4:
+        keep *= 1.0 - HIDDEN_HIT_WEIGHT
+    ordered = tuple(n for n in PATTERN_NAMES if n in visible | hidden)
+    return PatternScore(
+        score=round(1.0 - keep, 4),
+        hits=ordered,
+        hidden_hits=tuple(n for n in PATTERN_NAMES if n in hidden),
+        obfuscations=norm.obfuscations,
+    )
