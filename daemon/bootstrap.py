@@ -134,11 +134,13 @@ def build_detectors(settings: Settings, names: Sequence[str] | None = None) -> l
             f"{', '.join(blocked)} score responses with the champion reward model, which this alignd cannot load yet; "
             "leave them out of ALIGND_MONITORS_DETECTORS"
         )
-    embedder = None
-    if settings.monitors.embeddings and {"jailbreak_attempt", "jailbreak_success"} & set(wanted):
-        from monitors.detectors.jailbreak import MiniLMEmbedder
+    jailbreak_scorer = None
+    if {"jailbreak_attempt", "jailbreak_success"} & set(wanted):
+        from monitors.detectors.jailbreak import JailbreakScorer, MiniLMEmbedder
 
-        embedder = MiniLMEmbedder(settings.monitors.embedding_model)
+        embedder = MiniLMEmbedder(settings.monitors.embedding_model) if settings.monitors.embeddings else None
+        # One scorer for both detectors: it remembers recent prompts, so each is analysed (and embedded) once.
+        jailbreak_scorer = JailbreakScorer(embedder)
     factories: dict[str, Callable[[], Any]] = {
         "pii": PiiDetector,
         "negative_feedback_spike": FeedbackSpikeDetector,
@@ -146,8 +148,8 @@ def build_detectors(settings: Settings, names: Sequence[str] | None = None) -> l
         "response_length_drift": LengthDriftDetector,
         "feedback_flooding": FeedbackFloodingDetector,
         "toxicity": lambda: _toxicity(settings),
-        "jailbreak_attempt": lambda: _jailbreak("attempt", embedder),
-        "jailbreak_success": lambda: _jailbreak("success", embedder),
+        "jailbreak_attempt": lambda: _jailbreak("attempt", jailbreak_scorer),
+        "jailbreak_success": lambda: _jailbreak("success", jailbreak_scorer),
     }
     return [factories[name]() for name in wanted]
 
@@ -159,10 +161,10 @@ def _toxicity(settings: Settings) -> Any:
     return ToxicityDetector(HuggingFaceToxicityScorer(model) if model else ProfanityCheckScorer())
 
 
-def _jailbreak(kind: str, embedder: Any) -> Any:
+def _jailbreak(kind: str, scorer: Any) -> Any:
     from monitors.detectors.jailbreak import JailbreakDetector, JailbreakSuccessDetector
 
-    return (JailbreakDetector if kind == "attempt" else JailbreakSuccessDetector)(embedder)
+    return (JailbreakDetector if kind == "attempt" else JailbreakSuccessDetector)(scorer=scorer)
 
 
 def enforcement_rules(settings: Settings) -> tuple[Any, ...]:

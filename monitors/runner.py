@@ -111,15 +111,23 @@ class MonitorRunner:
         self.name = name
         self.batch_size = batch_size
         self.rules = tuple(rules)
+        self._position: int | None = None  # the checkpoint this runner last wrote or restored
 
     def _load(self) -> int:
+        """The checkpoint; detectors' states are restored only when it is not the one this runner wrote
+        last (a first step, or another runner moved it), since restoring costs ~10 ms per 100 KB of state."""
         with self.store.engine.connect() as conn:
+            last = conn.execute(
+                select(monitor_checkpoints.c.last_seq).where(monitor_checkpoints.c.name == self.name)
+            ).scalar_one_or_none()
+            if last is not None and last == self._position:
+                return int(last)
             row = conn.execute(select(monitor_checkpoints).where(monitor_checkpoints.c.name == self.name)).first()
         states = json.loads(row.state) if row is not None else {}
         for detector in self.detectors:
-            if detector.name in states:
-                detector.restore(states[detector.name])
-        return int(row.last_seq) if row is not None else 0
+            detector.restore(states.get(detector.name, {}))
+        self._position = int(row.last_seq) if row is not None else 0
+        return self._position
 
     def step(self) -> StepResult:
         """Observe one batch after the checkpoint and record what fired; returns what was done."""
@@ -128,6 +136,9 @@ class MonitorRunner:
         if not batch:
             return StepResult(0, [], 0, last)
         upto = batch[-1].seq
+        # Until this batch is recorded, the detectors' memory is ahead of the store: if anything below fails,
+        # the next step restores them from the checkpoint.
+        self._position = None
         findings = observe_batch(batch, _interactions_for(self.store, batch), self.detectors)
         by_seq = {s.seq: s for s in batch}
         for missing in {f.trigger_seq for f in findings} - by_seq.keys():
@@ -148,6 +159,7 @@ class MonitorRunner:
             result = self.store.append_in(conn, alerts)
             conn.execute(delete(monitor_checkpoints).where(monitor_checkpoints.c.name == self.name))
             conn.execute(insert(monitor_checkpoints).values(name=self.name, last_seq=upto, state=state))
+        self._position = upto
         for finding in findings:
             logger.warning(
                 "%s: %s",

@@ -48,7 +48,7 @@ _LEET_TRIGGERS = frozenset("0134578@$9")
 _NOT_LEET = re.compile(r"[a-zA-Z]+[-_]?\d+[a-zA-Z]?|\d+[a-zA-Z]{1,3}|[0-9a-fA-F]{6,}|\w*_\w*", re.ASCII)
 _WORD = re.compile(r"[^\s.,;:?\"'()\[\]{}<>]+")
 _LEET_WORD = re.compile(r"(?<![\w@$|+€!])(?=[\w@$!|+€]*[a-zA-Z])(?=[\w@$!|+€]*[0134578@$|+€9])[\w@$!|+€]{3,}")
-_REGIONAL = re.compile("[\U0001F1E6-\U0001F1FF]")  # 🇭🇴🇼 spells HOW
+_REGIONAL = re.compile("[\U0001f1e6-\U0001f1ff]")  # 🇭🇴🇼 spells HOW
 _B64_RUN = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
 _HEX_RUN = re.compile(r"(?:(?:\\x|0x)?[0-9a-fA-F]{2}[\s,:]?){8,}")
 

@@ -116,22 +116,42 @@ class ToxicityDetector:
         self._versions: dict[str, dict[str, Any]] = {}
         self._pending: list[dict[str, Any]] = []
 
-    def observe(self, observation: Observation) -> list[Finding]:
+    def _queue(self, observation: Observation) -> bool:
         event = observation.event.event
         model = observation.model
         if event.type != "interaction.logged" or model is None or not isinstance(event.payload.get("response"), str):
-            return []
+            return False
         self._pending.append(
-            {"model": f"{model[0]}@{model[1]}", "event_id": event.event_id, "text": event.payload["response"]}
+            {
+                "model": f"{model[0]}@{model[1]}",
+                "event_id": event.event_id,
+                "seq": observation.event.seq,
+                "text": event.payload["response"],
+            }
         )
-        if len(self._pending) < self.config.batch_size:
-            return []
+        return True
+
+    def _flush(self) -> list[Finding]:
         batch, self._pending = self._pending, []
+        if not batch:
+            return []
         scores = self.scorer.score([item["text"] for item in batch])
         findings: list[Finding] = []
         for item, score in zip(batch, scores, strict=True):
-            findings.extend(self._record(item["model"], item["event_id"], score, observation.event.seq))
+            # Each response is its own trigger, so the alert is the same however responses were batched.
+            findings.extend(self._record(item["model"], item["event_id"], score, item["seq"]))
         return findings
+
+    def observe(self, observation: Observation) -> list[Finding]:
+        if not self._queue(observation) or len(self._pending) < self.config.batch_size:
+            return []
+        return self._flush()
+
+    def observe_many(self, observations: Sequence[Observation]) -> list[Finding]:
+        """Score every response of a runner batch in one call (the scorer's per-call cost is ~9 ms)."""
+        for observation in observations:
+            self._queue(observation)
+        return self._flush()
 
     def _record(self, key: str, event_id: str, score: float, trigger_seq: int) -> list[Finding]:
         v = self._versions.setdefault(
