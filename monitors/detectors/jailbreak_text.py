@@ -78,36 +78,53 @@ def _invisible(ch: str) -> bool:
     return unicodedata.category(ch) == "Cf" or cp in (0x115F, 0x1160, 0x3164, 0xFFA0, 0x034F)
 
 
+_INVISIBLE_MEMO: dict[str, bool] = {}  # non-ASCII character -> whether it is removed (tag characters included)
+_TAG_CHARS = re.compile("[\U000e0020-\U000e007e]")
+
+
+def _removed(ch: str) -> bool:
+    hit = _INVISIBLE_MEMO.get(ch)
+    if hit is None:
+        hit = 0xE0020 <= ord(ch) <= 0xE007E or _invisible(ch)
+        if len(_INVISIBLE_MEMO) < 65_536:
+            _INVISIBLE_MEMO[ch] = hit
+    return hit
+
+
 def _strip_invisible(text: str) -> tuple[str, str, bool]:
     """(visible text, ASCII smuggled in tag characters, whether anything was removed)."""
-    kept: list[str] = []
-    tags: list[str] = []
-    removed = False
-    for ch in text:
-        cp = ord(ch)
-        if 0xE0020 <= cp <= 0xE007E:
-            tags.append(chr(cp - 0xE0000))
-        elif _invisible(ch):
-            removed = True
-        else:
-            kept.append(ch)
-    return "".join(kept), "".join(tags), removed or bool(tags)
+    if text.isascii():  # no ASCII character is invisible (category Cf) or a tag
+        return text, "", False
+    drop = {ord(ch): None for ch in set(text) if ch > "\x7f" and _removed(ch)}
+    if not drop:
+        return text, "", False
+    tags = "".join(chr(ord(ch) - 0xE0000) for ch in _TAG_CHARS.findall(text))
+    return text.translate(drop), tags, True
 
 
 def _map_confusables(text: str) -> tuple[str, bool]:
     """Map homoglyphs to Latin in words that mix them with Latin letters, and in words made only of them when
     the text is mostly Latin (so Russian or Greek prose is left alone)."""
+    if text.isascii() or _CONFUSABLE_CHARS.isdisjoint(text):  # no word can change
+        return text, False
     changed = False
-    letters = [c for c in text if c.isalpha()]
-    latin_text = sum(c.isascii() for c in letters) > 0.6 * len(letters) if letters else False
+    latin: list[bool] = []
+
+    def latin_text() -> bool:
+        if not latin:
+            letters = [c for c in text if c.isalpha()]
+            latin.append(sum(c.isascii() for c in letters) > 0.6 * len(letters) if letters else False)
+        return latin[0]
 
     def fix(m: re.Match[str]) -> str:
         nonlocal changed
         word = m.group(0)
+        if word.isascii():
+            return word
         odd = [c for c in word if not c.isascii() and c.isalpha()]
         if not odd or not all(c in _CONFUSABLE_CHARS for c in odd):
             return word
-        if not latin_text and not any(c.isascii() and c.isalpha() for c in word):
+        if not any(c.isascii() and c.isalpha() for c in word) and not latin_text():
             return word
         changed = True
         return word.translate(_CONFUSABLES)
@@ -144,16 +161,28 @@ def _texty(raw: bytes) -> str | None:
     return s if printable / len(s) >= 0.95 and letters / len(s) >= 0.6 and " " in s.strip() else None
 
 
+# ASCII characters that can be part of a hex run / a base64 run, as "a" (others " "): a run needs 16 of them in a row
+_HEX_CLASS = str.maketrans({chr(i): "a" if re.fullmatch(r"[\s,:\\x0-9a-fA-F]", chr(i)) else " " for i in range(128)})
+_B64_CLASS = str.maketrans({chr(i): "a" if re.fullmatch(r"[A-Za-z0-9+/_-]", chr(i)) else " " for i in range(128)})
+_RUN16 = "a" * 16
+_LEET_ANY = re.compile(r"[0134578@$9]")
+
+
 def _decode_runs(text: str) -> list[tuple[str, str]]:
     """Decoded (kind, text) of the base64 and hex runs in ``text`` that decode to readable text."""
     found: list[tuple[str, str]] = []
-    for m in _HEX_RUN.finditer(text):
+    if len(text) < 16:
+        return found
+    ascii_text = text.isascii()
+    hex_possible = not ascii_text or _RUN16 in text.translate(_HEX_CLASS)
+    b64_possible = _RUN16 in text.translate(_B64_CLASS)  # its characters are all ASCII
+    for m in _HEX_RUN.finditer(text) if hex_possible else ():
         digits = re.sub(r"\\x|0x|[\s,:]", "", m.group(0))[:_MAX_RUN]
         if len(digits) % 2 == 0 and not digits.isdigit():
             decoded = _texty(binascii.unhexlify(digits)) if len(digits) >= 16 else None
             if decoded:
                 found.append(("hex", decoded))
-    for m in _B64_RUN.finditer(text):
+    for m in _B64_RUN.finditer(text) if b64_possible else ():
         run = m.group(0)[:_MAX_RUN]
         if run.isalpha() or re.fullmatch(r"[0-9a-fA-F]+", run):  # a long word or a hex digest, not base64
             continue
@@ -173,29 +202,34 @@ def normalise(text: str, *, depth: int = 2) -> Normalised:
     (``depth`` levels, so base64 of leetspeak or of base64 is read too)."""
     text = text[:MAX_CHARS]
     obfuscations: list[str] = []
-    nfkc = unicodedata.normalize("NFKC", text)
-    if nfkc != text and any(not c.isascii() for c in text):
-        if any(unicodedata.category(c) in ("Lu", "Ll", "Nd") and unicodedata.normalize("NFKC", c).isascii()
-               and not c.isascii() for c in text):  # fmt: skip
-            obfuscations.append("compatibility_forms")
-    visible, smuggled, removed = _strip_invisible(nfkc)
-    if _REGIONAL.search(visible):
-        visible = _REGIONAL.sub(lambda m: chr(ord(m.group(0)) - 0x1F1E6 + ord("A")), visible)
-        obfuscations.append("regional_indicators")
-    if removed:
-        obfuscations.append("invisible_characters")
-    if smuggled:
-        obfuscations.append("tag_smuggling")
-    mapped, changed = _map_confusables(visible)
-    if changed:
-        obfuscations.append("confusables")
-    clean = re.sub(r"[ \t]+", " ", mapped)
+    if text.isascii():  # NFKC, invisible characters, regional indicators and homoglyphs are all non-ASCII
+        clean = _SPACES.sub(" ", text) if ("  " in text or "\t" in text) else text
+        smuggled = ""
+    else:
+        nfkc = unicodedata.normalize("NFKC", text)
+        if nfkc != text:
+            if any(unicodedata.category(c) in ("Lu", "Ll", "Nd") and unicodedata.normalize("NFKC", c).isascii()
+                   and not c.isascii() for c in text):  # fmt: skip
+                obfuscations.append("compatibility_forms")
+        visible, smuggled, removed = _strip_invisible(nfkc)
+        if not visible.isascii() and _REGIONAL.search(visible):
+            visible = _REGIONAL.sub(lambda m: chr(ord(m.group(0)) - 0x1F1E6 + ord("A")), visible)
+            obfuscations.append("regional_indicators")
+        if removed:
+            obfuscations.append("invisible_characters")
+        if smuggled:
+            obfuscations.append("tag_smuggling")
+        mapped, changed = _map_confusables(visible)
+        if changed:
+            obfuscations.append("confusables")
+        clean = _SPACES.sub(" ", mapped)
     variants: list[str] = [smuggled] if smuggled else []
-    leet, leet_words = _undo_leet(clean)
-    if leet is not None:
-        variants.append(leet)
-        if leet_words >= 2:
-            obfuscations.append("leetspeak")
+    if _LEET_ANY.search(clean):  # a leetspeak word holds one of these
+        leet, leet_words = _undo_leet(clean)
+        if leet is not None:
+            variants.append(leet)
+            if leet_words >= 2:
+                obfuscations.append("leetspeak")
     if depth > 0:
         for kind, decoded in _decode_runs(clean):
             inner = normalise(decoded, depth=depth - 1)
@@ -203,9 +237,21 @@ def normalise(text: str, *, depth: int = 2) -> Normalised:
             variants.extend(inner.variants)
             obfuscations.append(kind)
             obfuscations.extend(o for o in inner.obfuscations if o not in obfuscations)
-    if re.search(r"\brot[- ]?13\b|\bcaesar\b", clean, re.IGNORECASE):
+    if _mentions_rot13(clean):
         variants.append(codecs.encode(clean, "rot13"))
     return Normalised(clean, tuple(variants), tuple(dict.fromkeys(obfuscations)))
+
+
+_SPACES = re.compile(r"[ \t]+")
+_ROT13 = re.compile(r"\brot[- ]?13\b|\bcaesar\b", re.IGNORECASE)
+
+
+def _mentions_rot13(text: str) -> bool:
+    if text.isascii():
+        low = text.lower()
+        if "rot" not in low and "caesar" not in low:
+            return False
+    return _ROT13.search(text) is not None
 
 
 # --- patterns -------------------------------------------------------------------------------------------
@@ -419,6 +465,285 @@ FRAMED_HARM_WEIGHT = 0.45  # a persona or fiction framing around a harmful reque
 PATTERN_NAMES = (*(name for name, _, _ in _PATTERNS), "framed_harm")
 OBFUSCATION_WEIGHT = 0.15  # an obfuscation alone raises suspicion a little
 HIDDEN_HIT_WEIGHT = 0.5  # a pattern that only appears once the text is de-obfuscated is a strong signal
+_WEIGHTS = {**{name: weight for name, weight, _ in _PATTERNS}, "framed_harm": FRAMED_HARM_WEIGHT}
+_FRAMINGS = frozenset({"persona_shift", "fiction_framing", "stay_in_character"})
+
+# Prefilter: for each family, alternatives of conjunctions of substring sets, such that every match of the
+# family's regex contains, for some alternative, one substring of each of its sets. Substrings are lowercase and
+# are looked up in the case-folded text (see _fold), except for persona_dan, which is case-sensitive and looked up
+# in the text itself. A family whose prefilter fails cannot match, so its regex is not run.
+_Anchor = tuple[tuple[str, ...], ...]
+_G_IGNORE = ("ignore", "disregard", "forget", "override", "bypass", "discard", "drop", "abandon", "skip")
+_ANCHORS: dict[str, tuple[_Anchor, ...]] = {
+    "ignore_instructions": ((_G_IGNORE, ("instruction", "prompt", "rules", "directive", "guidelines", "programming",
+                                         "training", "constraints", "restrictions", "polic", "filter", "command",
+                                         "message", "context")),),
+    "forget_everything": ((("forget", "ignore", "disregard"), ("learn", "told", "know", "been", "said", "instructed")),),
+    "persona_dan": ((("DAN", "do anything now", "STAN", "DUDE", "AIM", "UCAR", "APOPHIS", "Maximum", "BasedGPT",
+                      "DevMode", "NRAF", "EvilBOT", "AlphaGPT", "JailMilf"),),),
+    "special_mode": ((("mode", "jailbr"),),),
+    "no_limits": ((("bound", "restrict", "limit", "constrain", "censor", "filter", "confin", "held back", "moral",
+                    "ethic", "guideline", "boundaries", "polic", "safeguard"),),),
+    "never_refuse": ((("refus", "declin", "deny", "apologi", "warn", "disclaimer", "say", "break character",
+                       "moraliz", "lectur"),),),
+    "policy_evasion": ((("polic", "guidelines", "rules", "filter", "bypass", "evade", "circumvent", "get around",
+                         "disable", "turn off"),),),
+    "persona_shift": ((("from now on", "conversation", "you are ", "you will", "you're now", "act as", "acting as",
+                        "personify", "impersonate", "the role", "the persona", "pretend", "role", "character",
+                        "simulate", "imagine", "you have been"),),),
+    "persona_definition": (
+        (("from now on", "you are", "you're", "you will be", "your name is", "act as", "acting as",
+          "i want you to", "called", "named", "known as", "mode", "text-based", "master", "into", "simulate",
+          "pretend to be", "emulate", "behave like", "persona", "role", "identity"),),
+        (("respond", "answer", "reply", "speak", "talk", "write"),
+         ("both", "two", "character", "evil", "rogue", "unhinged", "rude", "sarcastic")),
+        (("play",), ("character", "role", "persona")),
+        (("prefac", "start", "begin", "prefix", "end", "make", "keep"), ("every", "each", "all"),
+         ("message", "respons", "answer", "repl", "output")),
+        (("game",), ("rules",)),
+    ),
+    "authority_claim": ((("openai", "anthropic", "google", "meta", "microsoft"),),
+                        (("your",), ("programming", "code", "rules", "guidelines", "training", "instructions"))),
+    "dual_response": ((("respons", "answers", "paragraphs", "ways", "\U0001f512", "\U0001f513", "[", "normal",
+                        "classic"),),),
+    "stay_in_character": ((("in character", "in role", "break", "grand", "mother", "father"),),),
+    "token_threat": ((("token", "you will", "you'll", "in character!"),),),
+    "system_spoof": ((("[",), ("system", "developer", "admin", "sudo")),
+                     (("<",), ("system", "im_start", "endoftext")),
+                     (("###",),),
+                     (("mode", "access"), ("enabled", "activated", "unlocked", "granted")),
+                     (("new",), (":",))),
+    "prompt_leak": ((("prompt", "instructions"),),),
+    "template_placeholder": ((("[", "<", "{", "(", "i will", "i'll", "later mentioned"),),),
+    "fiction_framing": ((("hypothetical", "fiction", "in a ", "purposes", "a game", "opposite day",
+                          "thought experiment"),),),
+    "obey_user": ((("comply", "obey", "answer", "follow", "respond to"),),),
+}  # fmt: skip
+# First gate, by word: every match of a family's regex starts a word (a run of ASCII letters in the folded text,
+# see _fold) with one of these literals at a \b, or holds one of the _SYMBOL_GATES characters; a family is
+# looked at further only then.
+_WORD_GATES: dict[str, tuple[str, ...]] = {
+    "ignore_instructions": ("ignore", "disregard", "forget", "override", "bypass", "discard", "drop", "abandon",
+                            "skip"),
+    "forget_everything": ("forget", "ignore", "disregard"),
+    "persona_dan": ("dan", "anything", "stan", "dude", "aim", "betterdan", "antidan", "ucar", "apophis", "maximum",
+                    "basedgpt", "devmode", "nraf", "evilbot", "alphagpt", "jailmilf"),
+    "special_mode": ("developer", "dev", "debug", "god", "admin", "jailbreak", "jailbroken", "unrestricted",
+                     "unfiltered", "uncensored", "evil", "opposite", "chaos", "sudo", "root", "jailbr"),
+    "no_limits": ("bound", "restricted", "limited", "constrained", "censored", "filtered", "confined", "held",
+                  "restrictions", "limitations", "filter", "censorship", "moral", "ethics", "ethical", "guidelines",
+                  "boundaries", "content", "safeguards", "amoral", "unfiltered", "uncensored", "unrestricted"),
+    "never_refuse": ("refus", "declin", "deny", "apologi", "warn", "disclaimer", "say", "moraliz", "lectur"),
+    "policy_evasion": ("polic", "guidelines", "rules", "filter", "bypass", "evade", "circumvent", "get", "disable",
+                       "turn"),
+    "persona_shift": ("conversation", "act", "personify", "impersonate", "pretend", "role",
+                      "stay", "character", "simulate", "imagine"),
+    "persona_definition": ("your", "act", "both", "two", "character", "evil", "rogue", "unhinged",
+                           "rude", "sarcastic", "play", "ai", "chatbot", "bot", "model", "persona", "enable",
+                           "activate", "enter", "switch", "turn", "every", "each", "all", "game", "text", "dungeon",
+                           "transform", "simulate", "pretend", "emulate", "behave", "adopt", "assume"),
+    "authority_claim": ("openai", "anthropic", "google", "meta", "microsoft", "modif", "updat", "chang", "reprogram"),
+    "dual_response": ("responses", "answers", "paragraphs", "ways", "normal", "classic"),
+    "stay_in_character": ("stay", "remain", "keep", "dead", "deceased", "late"),
+    "token_threat": ("token", "die", "cease", "deleted", "shut", "terminated", "disabled", "turned", "stay"),
+    "system_spoof": ("mode", "access", "new"),
+    "prompt_leak": ("reveal", "print", "show", "repeat", "output", "display", "tell", "leak", "dump"),
+    "template_placeholder": ("topic", "question", "subject", "request", "prompt", "later"),
+    "fiction_framing": ("hypothetical", "fictional", "story", "novel", "screenplay", "movie", "game", "educational",
+                        "research", "fiction", "opposite", "thought"),
+    "obey_user": ("always", "must", "will", "answer", "respond"),
+}  # fmt: skip
+_SYMBOL_GATES: dict[str, tuple[str, ...]] = {
+    "[": ("dual_response", "system_spoof", "template_placeholder"),
+    "<": ("system_spoof", "template_placeholder"),
+    "{": ("template_placeholder",),
+    "(": ("template_placeholder",),
+    "#": ("system_spoof",),
+}
+_SYMBOL_GATES_ALL = {**_SYMBOL_GATES, "\U0001f512": ("dual_response",), "\U0001f513": ("dual_response",)}
+# Two words in a row (the second right after the first), both whole words
+_BIGRAM_GATES: dict[tuple[str, str], frozenset[str]] = {}
+for _bigrams, _names in (
+    ([("you", w) for w in ("are", "re", "will", "have")], ("persona_shift", "persona_definition")),
+    ([("from", "now"), ("take", "on")], ("persona_shift", "persona_definition")),
+    ([("taking", "on")], ("persona_shift",)),
+    ([("want", "you")], ("persona_definition",)),
+    ([("break", "character")], ("never_refuse",)),
+    ([(b, w) for b in ("break", "breaking") for w in ("out", "character", "role")], ("stay_in_character",)),
+):
+    for _bigram in _bigrams:
+        _BIGRAM_GATES[_bigram] = _BIGRAM_GATES.get(_bigram, frozenset()) | frozenset(_names)
+_BIGRAM_FIRST = frozenset(first for first, _ in _BIGRAM_GATES)
+_GATE_KEYS: dict[str, frozenset[str]] = {}  # a literal a word starts with -> families
+for _family, _literals in _WORD_GATES.items():
+    for _literal in _literals:
+        _GATE_KEYS[_literal] = _GATE_KEYS.get(_literal, frozenset()) | {_family}
+_GATE_LENGTHS = sorted({len(k) for k in _GATE_KEYS})
+_TOKEN = re.compile("[a-z]+")
+_NOT_LETTER = str.maketrans({chr(i): chr(i) if "a" <= chr(i) <= "z" else " " for i in range(128)})  # ASCII text
+
+
+class _TokenFamilies(dict[str, frozenset[str]]):
+    """Word -> the families it opens the gate of (memoised)."""
+
+    def __missing__(self, token: str) -> frozenset[str]:
+        found = frozenset().union(*(_GATE_KEYS.get(token[:n], ()) for n in _GATE_LENGTHS if n <= len(token)))
+        if len(self) < 100_000:
+            self[token] = found
+        return found
+
+
+_TOKEN_FAMILIES = _TokenFamilies()
+
+
+def _gate(folded: str) -> set[str]:
+    """Families whose regex may match the text that folds to ``folded`` (a superset)."""
+    ascii_text = folded.isascii()
+    tokens = folded.translate(_NOT_LETTER).split() if ascii_text else _TOKEN.findall(folded)
+    families: set[str] = set().union(*map(_TOKEN_FAMILIES.__getitem__, tokens))
+    if not _BIGRAM_FIRST.isdisjoint(tokens):
+        for i in range(len(tokens) - 1):
+            if tokens[i] in _BIGRAM_FIRST:
+                families.update(_BIGRAM_GATES.get((tokens[i], tokens[i + 1]), ()))
+    for symbol, names in _SYMBOL_GATES.items() if ascii_text else _SYMBOL_GATES_ALL.items():
+        if symbol in folded:
+            families.update(names)
+    return families
+
+
+def _top_level_alternatives(pattern: str) -> list[str]:
+    """``pattern`` split at its top-level ``|`` (outside groups, character classes and escapes)."""
+    parts, depth, in_class, escaped, start = [], 0, False, False, 0
+    for i, ch in enumerate(pattern):
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif in_class:
+            in_class = ch != "]" or pattern[i - 1] == "["
+        elif ch == "[":
+            in_class = True
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            parts.append(pattern[start:i])
+            start = i + 1
+    parts.append(pattern[start:])
+    return parts
+
+
+def _split_case(rx: re.Pattern[str]) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
+    """For an IGNORECASE regex, (its case-insensitive alternatives lowercased, compiled without IGNORECASE, to run on
+    lowercased ASCII text; the rest with the original flags, to run on the text). On ASCII text, ``rx`` matches iff
+    one of the two does; ``None`` for an empty side."""
+    alternatives = _top_level_alternatives(rx.pattern)
+    assert "|".join(alternatives) == rx.pattern
+    plain = [a for a in alternatives if "(?-i" not in a and not re.search(r"\\[A-Z]", a)]
+    rest = [a for a in alternatives if a not in plain]
+    flags = rx.flags & ~re.UNICODE
+    return (
+        re.compile("|".join(a.lower() for a in plain), flags & ~re.IGNORECASE) if plain else None,
+        re.compile("|".join(rest), flags) if rest else None,
+    )
+
+
+_ASCII = frozenset(map(chr, range(128)))
+
+
+def _lower_is_exact(text: str) -> bool:
+    """Whether lowercasing ``text`` changes only ASCII letters, and no non-ASCII character of it matches an ASCII
+    letter under IGNORECASE: then ``rx`` matches ``text`` iff its lowercased case-insensitive alternatives match
+    ``text.lower()`` (classes such as \\w, \\s and [^.\\n] do not depend on case)."""
+    if text.isascii():
+        return True
+    return all(c.lower() == c and c not in _FOLD_CHARS for c in set(text) - _ASCII)
+
+
+def _search(
+    rx: re.Pattern[str],
+    split: tuple[re.Pattern[str] | None, re.Pattern[str] | None] | None,
+    text: str,
+    folded: str,
+    exact: bool,
+) -> bool:
+    if split is None or not exact:
+        return rx.search(text) is not None
+    lower, rest = split
+    if lower is not None and lower.search(folded) is not None:
+        return True
+    if rest is None:
+        return False
+    starts = _REST_STARTS.get(rest.pattern)
+    if starts is None:
+        return rest.search(text) is not None
+    # the case-sensitive alternatives can only match where one of their case-insensitive openings is
+    return any(rest.match(text, m.start()) is not None for m in starts.finditer(folded))
+
+
+_PREFILTERED = tuple(
+    (name, rx, _ANCHORS[name], name == "persona_dan", _split_case(rx) if rx.flags & re.IGNORECASE else None)
+    for name, _, rx in _PATTERNS
+)
+_HARMFUL_SPLIT = _split_case(_HARMFUL_TOPIC)
+# Where the case-sensitive alternatives of a family may start: each opens with \b and one of these (in any case),
+# so on text where _lower_is_exact holds they match only at a position where the lowercased text has one of them.
+_PERSONA_OPENINGS = ("you are", "you're", "you will be", "your name is", "act as", "i want you to be")
+_REST_STARTS: dict[str, re.Pattern[str]] = {}
+for _entry in _PREFILTERED:
+    _name, _split = _entry[0], _entry[4]
+    if _name == "persona_definition" and _split is not None and _split[1] is not None:
+        for _alternative in _top_level_alternatives(_split[1].pattern):
+            _opening = re.match(r"\\b\(([^()]*)\)|\\b([A-Za-z ]+)", _alternative)
+            assert _opening is not None and set((_opening.group(1) or _opening.group(2)).lower().strip().split("|"))
+            assert set((_opening.group(1) or _opening.group(2)).lower().strip().split("|")) <= set(_PERSONA_OPENINGS)
+        _REST_STARTS[_split[1].pattern] = re.compile("(?=" + "|".join(map(re.escape, _PERSONA_OPENINGS)) + ")")
+_SPLIT_FAMILIES = frozenset(name for name, _, _, _, split in _PREFILTERED if split is not None)
+
+
+# The non-ASCII characters that re's IGNORECASE matches to an ASCII letter (found by trying every code point against
+# [a-z] under IGNORECASE on CPython 3.11); any other character matches an ASCII letter only if str.lower gives it.
+_IGNORECASE_FOLD = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
+_FOLD_CHARS = frozenset("\u0130\u0131\u017f\u212a")
+
+
+def _fold(text: str) -> str:
+    """Lowercase ``text`` so that a case-insensitive match of an ASCII literal implies the lowercase literal."""
+    return text.lower() if text.isascii() else text.translate(_IGNORECASE_FOLD).lower()
+
+
+def _possible(anchor: tuple[_Anchor, ...], haystack: str) -> bool:
+    for conj in anchor:
+        for group in conj:
+            for literal in group:
+                if literal in haystack:
+                    break
+            else:
+                break  # no literal of this group: the conjunction fails
+        else:
+            return True
+    return False
+
+
+def _families(text: str, skip: set[str]) -> set[str]:
+    """The families (not in ``skip``) whose regex matches ``text``, and framed_harm."""
+    folded = _fold(text)
+    gated = _gate(folded)
+    if not gated:
+        return set()
+    exact = False if gated.isdisjoint(_SPLIT_FAMILIES) else _lower_is_exact(text)
+    found = {
+        name
+        for name, rx, anchor, case_sensitive, split in _PREFILTERED
+        if name in gated
+        and name not in skip
+        and _possible(anchor, text if case_sensitive else folded)
+        and _search(rx, split, text, folded, exact)
+    }
+    if found & _FRAMINGS and _search(_HARMFUL_TOPIC, _HARMFUL_SPLIT, text, folded, exact):
+        found.add("framed_harm")
+    return found
 
 
 @dataclass(frozen=True)
@@ -432,15 +757,14 @@ class PatternScore:
 def score_patterns(prompt: str | Normalised) -> PatternScore:
     """Score a prompt (raw or already normalised) against the jailbreak pattern families."""
     norm = prompt if isinstance(prompt, Normalised) else normalise(prompt)
-    weights = {name: weight for name, weight, _ in _PATTERNS}
-    weights["framed_harm"] = FRAMED_HARM_WEIGHT
+    weights = _WEIGHTS
     visible: set[str] = set()
     hidden: set[str] = set()
     for i, text in enumerate((norm.text, *norm.variants)):
-        found = {name for name, _, rx in _PATTERNS if name not in visible and rx.search(text)}
-        if found & {"persona_shift", "fiction_framing", "stay_in_character"} and _HARMFUL_TOPIC.search(text):
-            found.add("framed_harm")
+        found = _families(text, visible)
         (visible if i == 0 else hidden).update(found - visible)
+    if not visible and not hidden and not norm.obfuscations:
+        return PatternScore(score=0.0, hits=(), hidden_hits=(), obfuscations=norm.obfuscations)
     keep = 1.0
     for name in visible | hidden:
         keep *= 1.0 - weights[name]
