@@ -73,19 +73,13 @@ from bench.ingest_bench import (  # noqa: E402
     machine_info,
     start_services,
 )
+from daemon.settings import LIGHT_DETECTORS  # noqa: E402
 
 logger = logging.getLogger("bench.monitors")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-LIGHT = (
-    "pii",
-    "negative_feedback_spike",
-    "hallucination_reports",
-    "response_length_drift",
-    "feedback_flooding",
-    "jailbreak_attempt",
-    "jailbreak_success",
-)
+# The detectors that run by default, but toxicity, which is a model and is measured on its own row.
+LIGHT = tuple(name for name in LIGHT_DETECTORS if name != "toxicity")
 #: the light detectors must observe at least this many events per second on one core ...
 MIN_LIGHT_EPS = 20_000
 #: ... and an alert must reach the alerts topic within this many seconds of its event, at p99.
