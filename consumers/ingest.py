@@ -199,7 +199,8 @@ class Ingestor:
     # --- the loop ------------------------------------------------------------------------------
 
     def run(self, *, until_idle: float | None = None, max_events: int | None = None) -> IngestStats:
-        """Consume until :meth:`stop`, ``until_idle`` seconds without records, or ``max_events`` records.
+        """Consume until :meth:`stop`, ``until_idle`` seconds without records (counted while partitions are
+        assigned), or ``max_events`` records.
 
         One batch is written while the next is polled and decoded (a single writer thread), so database
         time overlaps Kafka and validation time. Offsets of a batch are committed to Kafka only after
@@ -211,7 +212,7 @@ class Ingestor:
         self.stats = IngestStats()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alignd-store-writer")
         self.consumer.subscribe(list(self.config.topics), listener=_Rebalance(self))
-        idle_since = time.monotonic()
+        idle_since = unassigned_since = time.monotonic()
         submitted = 0
         try:
             self._with_store_retry(self.publisher.publish_pending)
@@ -228,11 +229,25 @@ class Ingestor:
                 polled = {tp: r for tp, r in polled.items() if r}
                 if not polled:
                     self._finish_in_flight()
-                    if until_idle is not None and time.monotonic() - idle_since >= until_idle:
-                        logger.info("no records for %.1fs; stopping", until_idle)
-                        break
+                    now = time.monotonic()
+                    if not self.consumer.assignment():
+                        # Joining the group can take a session timeout (a crashed member must expire first):
+                        # idleness only counts once there are partitions to be idle on.
+                        idle_since = now
+                        if until_idle is not None and now - unassigned_since >= until_idle + 60:
+                            logger.warning(
+                                "no partitions assigned after %.0fs; check the topics %s exist",
+                                now - unassigned_since,
+                                ", ".join(self.config.topics),
+                            )
+                            break
+                    else:
+                        unassigned_since = now
+                        if until_idle is not None and now - idle_since >= until_idle:
+                            logger.info("no records for %.1fs; stopping", until_idle)
+                            break
                     continue
-                idle_since = time.monotonic()
+                idle_since = unassigned_since = time.monotonic()
                 batch = self._decode(polled)
                 self._finish_in_flight()
                 self._submit(batch)

@@ -379,7 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     add(db, "upgrade", cmd_db_upgrade, "apply migrations up to the newest schema")
 
     p = add(commands, "ingest", cmd_ingest, "consume the inbound Kafka topics into the event store")
-    p.add_argument("--until-idle", type=float, metavar="SECONDS", help="stop after this long without new records")
+    p.add_argument(
+        "--until-idle",
+        type=float,
+        metavar="SECONDS",
+        help="stop after this long without new records (once partitions are assigned)",
+    )
     p.add_argument("--max-events", type=int, metavar="N", help="stop after about N records")
     p.add_argument("--no-project", action="store_true", help="do not fold projections after each batch")
 
