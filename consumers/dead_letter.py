@@ -82,7 +82,7 @@ class DeadLetterPublisher:
             self.store.mark_dead_letters_published(done)
             published += len(done)
             after = letters[-1].id
-            if ids is not None or len(letters) < batch:
+            if len(letters) < batch:
                 return published
 
 
