@@ -7,6 +7,7 @@ pure (rows in, rows out), so the SQL around it is shared by all projections in t
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any, ClassVar
 
@@ -17,8 +18,13 @@ from events.model import FLAG_CATEGORIES, StoredEvent
 from events.projections.join import JOINED_TYPES, Joined, join_batch
 from events.tables import proj_demonstrations, proj_feedback_stats, proj_interactions, proj_preference_pairs
 
+logger = logging.getLogger(__name__)
+
 Row = dict[str, Any]
 Key = tuple[Any, ...]
+
+#: Demonstrations alignd wrote itself (e.g. constitutional revisions, trainers/constitution.py).
+DEMONSTRATION_GENERATED = "demonstration.generated"
 
 #: A rating at or above this makes the logged response a demonstration ("top-rated").
 TOP_RATING = 5
@@ -169,13 +175,63 @@ class PreferencePairsProjection(Projection):
         rows.setdefault(key, {"pair_id": key[0], **_example(unit, origin), "chosen": chosen, "rejected": rejected})
 
 
+def _generated_row(stored: StoredEvent) -> Row | None:
+    """The demonstration a ``demonstration.generated`` event carries, or None when its payload is unusable.
+
+    ``feedback_event_id`` is the event's own id, so quarantining that event (``quarantine_events``) leaves
+    the demonstration out of training sets, as it does for a correction.
+    """
+    payload = stored.event.payload
+    model = payload.get("model")
+    text_fields = ("request_id", "prompt_kind", "prompt", "response")
+    if (
+        not all(isinstance(payload.get(name), str) for name in text_fields)
+        or not isinstance(model, Mapping)
+        or not isinstance(model.get("name"), str)
+        or not isinstance(model.get("version"), str)
+    ):
+        # An internal event we cannot fold must not wedge the projection: skip it and say so.
+        logger.warning("demonstrations: skipping %s (seq %d): malformed payload", stored.event.event_id, stored.seq)
+        return None
+    origin = payload.get("origin")
+    user = payload.get("user")
+    return {
+        "demo_id": stored.event.event_id,
+        "feedback_event_id": stored.event.event_id,
+        "seq": stored.seq,
+        "request_id": payload["request_id"],
+        "origin": origin if isinstance(origin, str) and 0 < len(origin) <= 16 else "generated",
+        "prompt_kind": payload["prompt_kind"],
+        "prompt": payload["prompt"],
+        "response": payload["response"],
+        "model_name": model["name"],
+        "model_version": model["version"],
+        "user_id": user if isinstance(user, str) else None,
+    }
+
+
 class DemonstrationsProjection(Projection):
-    """Supervised examples: corrections, and responses rated :data:`TOP_RATING` (once per request)."""
+    """Supervised examples: corrections, responses rated :data:`TOP_RATING` (once per request), and
+    demonstrations alignd generated (``demonstration.generated``, e.g. constitutional revisions).
+
+    Units are :class:`Joined` for interactions and feedback, and the :class:`StoredEvent` itself for a
+    generated demonstration, which needs no join: its payload carries the prompt and the model.
+    """
 
     name = "demonstrations"
     table = proj_demonstrations
+    types: ClassVar[tuple[str, ...]] = (*JOINED_TYPES, DEMONSTRATION_GENERATED)
 
-    def _key(self, unit: Joined) -> Key | None:
+    def units(self, batch: Sequence[StoredEvent], related: Sequence[StoredEvent]) -> list[Any]:
+        joined = join_batch([e for e in batch if e.event.type in JOINED_TYPES], related)
+        generated = [e for e in batch if e.event.type == DEMONSTRATION_GENERATED]
+        # join_batch emits units in non-decreasing seq; a stable sort keeps that order and slots the
+        # generated ones in by seq, so the fold order depends only on the store, never on batching.
+        return sorted([*joined, *generated], key=lambda unit: unit.seq)
+
+    def _key(self, unit: Joined | StoredEvent) -> Key | None:
+        if isinstance(unit, StoredEvent):
+            return (unit.event.event_id,)
         if unit.feedback is None:
             return None
         feedback = unit.feedback.event.payload
@@ -185,11 +241,16 @@ class DemonstrationsProjection(Projection):
             return (f"top_rated:{unit.interaction.event.request_id}",)
         return None
 
-    def keys(self, unit: Joined) -> list[Key]:
+    def keys(self, unit: Joined | StoredEvent) -> list[Key]:
         key = self._key(unit)
         return [key] if key is not None else []
 
-    def fold(self, rows: MutableMapping[Key, Row], unit: Joined) -> None:
+    def fold(self, rows: MutableMapping[Key, Row], unit: Joined | StoredEvent) -> None:
+        if isinstance(unit, StoredEvent):
+            generated = _generated_row(unit)
+            if generated is not None:
+                rows.setdefault((generated["demo_id"],), generated)
+            return
         key = self._key(unit)
         if key is None or unit.feedback is None:
             return

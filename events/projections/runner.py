@@ -75,7 +75,10 @@ class ProjectionRunner:
                 return 0
             batch = [row_to_event(r) for r in rows]
             upto = batch[-1].seq
-            units = projection.units(batch, _related(conn, batch) if projection.types == JOINED_TYPES else [])
+            # Only interactions and feedback are joined; a projection that also folds other types (the
+            # demonstrations take demonstration.generated) looks up the related events of that part alone.
+            joined = [e for e in batch if e.event.type in JOINED_TYPES]
+            units = projection.units(batch, _related(conn, joined) if joined else [])
             if units:
                 _fold_units(conn, projection, units)
             _set_checkpoint(conn, projection.name, upto)
@@ -100,7 +103,12 @@ class ProjectionRunner:
 
 
 def _related(conn: Connection, batch: Sequence[StoredEvent]) -> list[StoredEvent]:
-    """Interactions and feedback about the batch's requests, up to its last seq (for the join)."""
+    """Interactions and feedback about the batch's requests, up to its last seq (for the join).
+
+    ``batch`` is the interaction and feedback part of what the runner read. Every such event after the
+    checkpoint and before the read's last seq is in that part, so bounding by its own last seq relates
+    exactly what bounding by the whole read would.
+    """
     request_ids = sorted({e.event.request_id for e in batch if e.event.request_id is not None})
     if not request_ids:
         return []
