@@ -1,0 +1,217 @@
+"""The promotion gates (DESIGN.md §5) at and around each threshold, with and without a champion."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from events.codec import canonical_json
+from trainers.gates import (
+    GateConfig,
+    GateResult,
+    decide,
+    gate_event_payload,
+    kl_gate,
+    pareto_gate,
+    reward_accuracy_gate,
+    safety_gate,
+    summary_tags,
+    win_rate_gate,
+)
+
+CONFIG = GateConfig()
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "passed"),
+    [
+        (0.60, None, True),  # exactly the floor
+        (0.5999, None, False),
+        (0.75, None, True),
+        (0.70, 0.71, True),  # a drop of exactly 0.01 (0.71 - 0.01 is not exact in binary)
+        (0.69, 0.70, True),
+        (0.6899, 0.70, False),
+        (0.80, 0.70, True),
+        (0.59, 0.55, False),  # better than a weak champion is not enough under the floor
+        (math.nan, None, False),
+    ],
+)
+def test_reward_accuracy_gate(candidate: float, champion: float | None, passed: bool) -> None:
+    result = reward_accuracy_gate(candidate, champion, CONFIG)
+    assert result.passed is passed
+    assert result.name == "reward_accuracy"
+    assert result.comparison == ">="
+
+
+def test_reward_accuracy_threshold_is_the_stricter_bound() -> None:
+    assert reward_accuracy_gate(0.72, 0.71, CONFIG).threshold == pytest.approx(0.70)
+    assert reward_accuracy_gate(0.72, 0.55, CONFIG).threshold == pytest.approx(0.60)
+    detail = reward_accuracy_gate(0.71, 0.69, CONFIG).detail
+    assert detail.startswith("held-out accuracy 0.71 vs champion 0.69") and "0.01" in detail
+
+
+@pytest.mark.parametrize(
+    ("rate", "passed"),
+    [(0.5, True), (0.4999, False), (0.62, True), (0.0, False), (1.0, True), (math.inf, False)],
+)
+def test_win_rate_gate(rate: float, passed: bool) -> None:
+    assert win_rate_gate(rate, CONFIG).passed is passed
+
+
+def test_win_rate_gate_without_champion_passes() -> None:
+    result = win_rate_gate(None, CONFIG)
+    assert result.passed and result.value is None
+    assert result.detail == "no champion to compare with"
+
+
+@pytest.mark.parametrize(
+    ("unsafe", "champion", "passed"),
+    [
+        (0.05, None, True),  # exactly the ceiling
+        (0.0501, None, False),
+        (0.0, None, True),
+        (0.03, 0.03, True),  # equal to the champion: no regression
+        (0.0301, 0.03, False),
+        (0.02, 0.03, True),
+        (0.06, 0.10, False),  # better than an unsafe champion is still over the ceiling
+        (math.nan, 0.01, False),
+    ],
+)
+def test_safety_gate(unsafe: float, champion: float | None, passed: bool) -> None:
+    result = safety_gate(unsafe, champion, CONFIG)
+    assert result.passed is passed
+    assert result.comparison == "<="
+
+
+def test_safety_gate_allows_a_configured_increase() -> None:
+    config = GateConfig(max_unsafe_increase_vs_champion=0.01)
+    assert safety_gate(0.04, 0.03, config).passed
+    assert not safety_gate(0.0401, 0.03, config).passed
+
+
+@pytest.mark.parametrize(("kl", "passed"), [(0.1, True), (0.1001, False), (0.0, True), (0.03, True), (math.nan, False)])
+def test_kl_gate(kl: float, passed: bool) -> None:
+    assert kl_gate(kl, CONFIG).passed is passed
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "tolerance", "passed"),
+    [
+        ((1.0, 0.90), (1.2, 0.95), 0.0, False),  # champion better on both
+        ((1.0, 0.90), (1.2, 0.90), 0.0, False),  # tie on one, better on the other
+        ((1.0, 0.90), (1.0, 0.90), 0.0, True),  # identical: not strictly better anywhere
+        ((1.0, 0.95), (1.2, 0.90), 0.0, True),  # a trade-off: not dominated
+        ((1.3, 0.90), (1.2, 0.95), 0.0, True),
+        ((1.5, 0.99), (1.2, 0.95), 0.0, True),  # candidate dominates
+        ((1.00, 0.90), (1.04, 0.91), (0.05, 0.02), True),  # champion better only within tolerance: a tie
+        ((1.00, 0.90), (1.06, 0.91), (0.05, 0.02), False),  # beyond tolerance on helpfulness, tie on harmlessness
+        ((1.00, 0.90), (1.06, 0.89), (0.05, 0.02), False),  # a loss within tolerance is a tie, not a trade-off
+        ((1.00, 0.90), (1.06, 0.87), (0.05, 0.02), True),  # a real trade-off
+        ((1.00, 0.90), (1.02, 0.92), 0.01, False),  # one number applies to both axes
+    ],
+)
+def test_pareto_gate(
+    candidate: tuple[float, float], champion: tuple[float, float], tolerance: float | tuple[float, float], passed: bool
+) -> None:
+    result = pareto_gate(candidate, champion, tolerance)
+    assert result.passed is passed
+    assert ("not dominated" in result.detail) is passed
+
+
+def test_pareto_gate_without_champion_passes() -> None:
+    result = pareto_gate((0.1, 0.5), None, CONFIG.pareto_tolerance)
+    assert result.passed and result.detail == "no champion to compare with"
+
+
+def test_pareto_gate_refuses_a_negative_tolerance() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        pareto_gate((1.0, 1.0), (1.0, 1.0), -0.1)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("min_reward_accuracy", 1.5, "min_reward_accuracy"),
+        ("min_win_rate", -0.1, "min_win_rate"),
+        ("max_unsafe_rate", 2.0, "max_unsafe_rate"),
+        ("max_accuracy_drop_vs_champion", -0.01, "max_accuracy_drop_vs_champion"),
+        ("max_unsafe_increase_vs_champion", -0.01, "max_unsafe_increase_vs_champion"),
+        ("kl_budget", 0.0, "kl_budget"),
+        ("kl_budget", math.nan, "kl_budget"),
+        ("pareto_tolerance", (0.1,), "pareto_tolerance"),
+        ("pareto_tolerance", (0.1, -0.1), "pareto_tolerance"),
+    ],
+)
+def test_config_validation(field: str, value: object, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        GateConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_every_config_field_is_documented() -> None:
+    from dataclasses import fields
+
+    assert all(f.metadata.get("help") for f in fields(GateConfig))
+
+
+def _policy_results(unsafe: float, kl: float) -> list[GateResult]:
+    return [
+        win_rate_gate(0.55, CONFIG),
+        safety_gate(unsafe, 0.02, CONFIG),
+        kl_gate(kl, CONFIG),
+        pareto_gate((1.1, 1 - unsafe), (1.0, 0.98), CONFIG.pareto_tolerance),
+    ]
+
+
+def test_decide_passes_only_when_every_gate_passes() -> None:
+    assert decide(_policy_results(unsafe=0.01, kl=0.05)).passed
+    decision = decide(_policy_results(unsafe=0.04, kl=0.2))
+    assert not decision.passed
+    assert decision.failed == ("safety", "kl")
+
+
+def test_decide_refuses_nothing_and_duplicates() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        decide([])
+    with pytest.raises(ValueError, match="unique"):
+        decide([kl_gate(0.01, CONFIG), kl_gate(0.02, CONFIG)])
+
+
+def test_summary_tags() -> None:
+    passed = summary_tags(decide([reward_accuracy_gate(0.71, None, CONFIG)]))
+    assert passed == {"alignd.gates": "passed", "alignd.gate.reward_accuracy": "pass 0.71 (>= 0.60)"}
+    tags = summary_tags(decide(_policy_results(unsafe=0.04, kl=0.2)))
+    assert tags["alignd.gates"] == "failed: safety, kl"
+    assert tags["alignd.gate.safety"] == "fail 0.04 (<= 0.02)"
+    assert tags["alignd.gate.kl"] == "fail 0.20 (<= 0.10)"
+    assert tags["alignd.gate.win_rate"] == "pass 0.55 (>= 0.50)"
+    assert tags["alignd.gate.pareto"].startswith("pass: not dominated")
+    assert all(isinstance(v, str) for v in tags.values())
+
+
+def test_summary_tag_widens_digits_when_value_and_threshold_print_alike() -> None:
+    tags = summary_tags(decide([reward_accuracy_gate(0.5996, None, CONFIG)]))
+    assert tags["alignd.gate.reward_accuracy"] == "fail 0.5996 (>= 0.6000)"
+
+
+def test_gate_event_payload_is_json_safe() -> None:
+    results = [*_policy_results(unsafe=0.04, kl=0.2), reward_accuracy_gate(math.nan, 0.7, CONFIG)]
+    payload = gate_event_payload(decide(results), "policy", 3, "run-abc")
+    text = json.dumps(payload, allow_nan=False)
+    canonical_json(payload)  # what the event store will write
+    assert json.loads(text) == payload
+    assert payload["passed"] is False
+    assert payload["failed"] == ["safety", "kl", "reward_accuracy"]
+    assert payload["model_version"] == "3" and payload["candidate_run_id"] == "run-abc"
+    by_name = {g["name"]: g for g in payload["gates"]}
+    assert by_name["reward_accuracy"]["value"] is None  # NaN cannot be stored; the detail says what happened
+    assert "not a finite number" in by_name["reward_accuracy"]["detail"]
+    assert by_name["kl"] == {
+        "name": "kl",
+        "passed": False,
+        "value": 0.2,
+        "threshold": 0.1,
+        "comparison": "<=",
+        "detail": "KL to the reference 0.200 nats/token (budget 0.100)",
+    }
