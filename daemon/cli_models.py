@@ -1,0 +1,150 @@
+"""``alignd models list|show``: the registered reward and policy versions (DESIGN.md §5).
+
+``trainers.registry`` (and with it MLflow, about two seconds of imports) is imported inside the handlers, so
+that every other command and ``alignd --help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from daemon.settings import Settings
+
+if TYPE_CHECKING:
+    from trainers.registry import ModelRegistry, RegisteredVersion
+
+# The keys of trainers.registry.MODEL_NAMES, spelled out so that building the parser never imports MLflow.
+KINDS = ("reward", "policy")
+
+
+def add_models_commands(commands: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add ``models list`` and ``models show`` to the top-level subparsers, through cli.py's ``add`` helper."""
+    models = commands.add_parser("models", help="registered model versions").add_subparsers(
+        dest="models_command", required=True, metavar="ACTION"
+    )
+    p = add(models, "list", cmd_models_list, "registered versions, newest first: aliases, dataset range, gates")
+    p.add_argument("--kind", choices=KINDS, help="only this model (default: both)")
+    p = add(models, "show", cmd_models_show, "one version: its tags, its run's metrics and params, its source")
+    p.add_argument("kind", choices=KINDS, metavar="KIND", help="reward or policy")
+    p.add_argument("version", metavar="VERSION_OR_ALIAS", help="a version number, or an alias such as champion")
+
+
+def cmd_models_list(settings: Settings, args: argparse.Namespace) -> int:
+    versions = _registry(settings).list_versions(args.kind)
+    rows = [version_dict(v) for v in versions]
+    if args.json:
+        _print_json(rows)
+    else:
+        _columns(
+            ["kind", "version", "aliases", "created (UTC)", "dataset seq", "gates", "objective"],
+            [
+                (
+                    r["kind"],
+                    r["version"],
+                    ", ".join(r["aliases"]),
+                    r["created_at"][:16].replace("T", " "),
+                    _seq_range(r["dataset"]),
+                    r["gates"],
+                    r["objective"],
+                )
+                for r in rows
+            ],
+        )
+    return 0
+
+
+def cmd_models_show(settings: Settings, args: argparse.Namespace) -> int:
+    from trainers.registry import MODEL_NAMES, VersionNotFoundError
+
+    registry = _registry(settings)
+    if args.version.isdigit():
+        version = registry.get(args.kind, args.version)
+    else:
+        found = registry.get_by_alias(args.kind, args.version)
+        if found is None:
+            raise VersionNotFoundError(
+                f"{MODEL_NAMES[args.kind]} has no alias {args.version!r}; `alignd models list` shows the versions "
+                "and their aliases"
+            )
+        version = found
+    data = version_dict(version)
+    data["metrics"] = registry.run_metrics(version.run_id) if version.run_id else {}
+    data["params"] = registry.run_params(version.run_id) if version.run_id else {}
+    if args.json:
+        _print_json(data)
+        return 0
+    aliases = f" ({', '.join(version.aliases)})" if version.aliases else ""
+    print(f"{version.name} version {version.version}{aliases}")
+    _pairs(
+        {
+            "created": version.created_at.isoformat(timespec="seconds"),
+            "run": version.run_id or "",
+            "source": version.source,
+            "dataset seq": _seq_range(data["dataset"]),
+            "gates": data["gates"],
+            "objective": data["objective"],
+        }
+    )
+    for title in ("tags", "metrics", "params"):
+        print(f"\n{title}:")
+        _pairs(dict(sorted(data[title].items())), indent="  ")
+    return 0
+
+
+def version_dict(version: RegisteredVersion) -> dict[str, Any]:
+    tags = version.tags
+    dataset = {
+        key: tags.get(f"alignd.dataset.{key}") for key in ("name", "kind", "from_seq", "to_seq", "sha256", "rows")
+    }
+    return {
+        "kind": version.kind,
+        "name": version.name,
+        "version": version.version,
+        "aliases": list(version.aliases),
+        "created_at": version.created_at.isoformat(),
+        "run_id": version.run_id,
+        "source": version.source,
+        "dataset": dataset,
+        # trainers.gates writes it ready to read: "passed" or "failed: safety, kl".
+        "gates": tags.get("alignd.gates", ""),
+        "objective": tags.get("alignd.objective", ""),
+        "tags": tags,
+    }
+
+
+def _registry(settings: Settings) -> ModelRegistry:
+    from daemon import bootstrap
+
+    registry: ModelRegistry = bootstrap.model_registry(settings)
+    return registry
+
+
+def _seq_range(dataset: dict[str, Any]) -> str:
+    if dataset.get("from_seq") is None or dataset.get("to_seq") is None:
+        return ""
+    return f"{dataset['from_seq']}..{dataset['to_seq']}"
+
+
+def _pairs(values: dict[str, Any], indent: str = "") -> None:
+    width = max((len(k) for k in values), default=0)
+    for key, value in values.items():
+        print(f"{indent}{key:<{width}}  {value}")
+    if not values:
+        print(f"{indent}(none)")
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _columns(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    # Plain aligned text rather than a rich table: rich wraps cells at 80 columns when piped, and a line
+    # per version is what `| grep champion` needs.
+    cells = [[c.upper() for c in columns], *[["" if v is None else str(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for row in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
