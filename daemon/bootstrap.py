@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -176,3 +177,49 @@ def enforcement_rules(settings: Settings) -> tuple[Any, ...]:
         return parse_rules(settings.monitors.rules)
     except ValueError as exc:
         raise ConfigurationError(f"monitors.rules (ALIGND_MONITORS_RULES): {exc}") from None
+
+
+def model_registry(settings: Settings) -> Any:
+    from trainers.registry import ModelRegistry
+
+    m = settings.mlflow
+    return ModelRegistry(m.tracking_uri, m.registry_uri, artifact_location=m.artifact_location)
+
+
+def _checked_config(cls: Any, section: str, values: dict[str, Any]) -> Any:
+    from trainers.config import config_from_dict
+
+    try:
+        return config_from_dict(cls, values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"trainers.{section} settings: {exc}") from None
+
+
+def reward_config(settings: Settings, **overrides: Any) -> Any:
+    from trainers.config import RewardConfig
+
+    values = {"model": settings.trainers.reward_model, **settings.trainers.reward, **overrides}
+    return _checked_config(RewardConfig, "reward", values)
+
+
+def policy_config(settings: Settings, **overrides: Any) -> Any:
+    from trainers.config import PolicyConfig
+
+    values = {"model": settings.trainers.policy_model, **settings.trainers.policy, **overrides}
+    return _checked_config(PolicyConfig, "policy", values)
+
+
+def training_jobs(settings: Settings, store: SqlEventStore) -> Any:
+    from trainers.config import EvaluationConfig
+    from trainers.jobs import TrainingJobs
+
+    evaluation = _checked_config(EvaluationConfig, "evaluation", dict(settings.trainers.evaluation))
+    return TrainingJobs(store, model_registry(settings), Path(settings.trainers.work_dir), evaluation=evaluation)
+
+
+def job_limits(settings: Settings, **overrides: Any) -> Any:
+    from trainers.jobs import JobLimits
+
+    t = settings.trainers
+    values = {"timeout_s": t.timeout_s, "memory_limit_mb": t.memory_limit_mb, "nproc": t.nproc, "device": t.device}
+    return JobLimits(**{**values, **{k: v for k, v in overrides.items() if v is not None}})

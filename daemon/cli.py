@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 
 from daemon import bootstrap
+from daemon.cli_models import add_models_commands
+from daemon.cli_train import add_train_commands
 from daemon.logs import configure_logging
 from daemon.settings import Settings, load_settings
 from events.codec import event_to_dict, format_timestamp
@@ -434,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--detector", action="append", metavar="NAME", help="only this detector (repeatable; default: settings)"
     )
+
+    add_train_commands(commands, add)
+    add_models_commands(commands, add)
 
     cfg = commands.add_parser("config", help="settings").add_subparsers(
         dest="config_command", required=True, metavar="ACTION"

@@ -146,6 +146,28 @@ class MlflowSettings(BaseModel):
     model_config = _FROZEN
     tracking_uri: str = "sqlite:///mlflow.db"
     registry_uri: str | None = None
+    artifact_location: str | None = Field(
+        None, description="artifact root of the alignd experiment when alignd creates it (default: MLflow's ./mlruns)"
+    )
+
+
+class TrainersSettings(BaseModel):
+    """Training jobs: models, limits of the child process, and trainer/evaluation overrides (YAML mappings)."""
+
+    model_config = _FROZEN
+    work_dir: str = Field(".alignd/trainers", description="job folders, checkpoints and downloaded champions")
+    reward_model: str = Field("all-MiniLM-L6-v2", description="reward backbone (offline default) or a HF name")
+    policy_model: str = Field("SmolLM2-135M-Instruct", description="policy (offline default) or a HF causal LM name")
+    timeout_s: float = Field(3600.0, gt=0, description="wall-clock limit of one training job")
+    memory_limit_mb: int | None = Field(None, ge=256, description="resident-memory limit of a job's processes")
+    nproc: int = Field(1, ge=1, description="data-parallel processes per job (torchrun; one per GPU)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dataset_limit: int | None = Field(None, ge=1, description="train on at most the N most recent examples")
+    constitution: str | None = Field(None, description="YAML file of principles (default: the packaged constitution)")
+    revision_limit: int = Field(32, ge=1, description="flagged interactions revised per `alignd train revise`")
+    reward: dict[str, Any] = Field(default_factory=dict, description="RewardConfig overrides (trainers.config)")
+    policy: dict[str, Any] = Field(default_factory=dict, description="PolicyConfig overrides (trainers.config)")
+    evaluation: dict[str, Any] = Field(default_factory=dict, description="EvaluationConfig overrides, gates included")
 
 
 class LogSettings(BaseModel):
@@ -162,6 +184,7 @@ class Settings(BaseModel):
     ingest: IngestSettings = IngestSettings()
     monitors: MonitorsSettings = MonitorsSettings()
     mlflow: MlflowSettings = MlflowSettings()
+    trainers: TrainersSettings = TrainersSettings()
     log: LogSettings = LogSettings()
 
     def redacted(self) -> dict[str, Any]:

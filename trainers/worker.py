@@ -1,0 +1,263 @@
+"""The child process of a training job: ``python -m trainers.worker SPEC.json`` (or under torchrun).
+
+It reads its dataset from a file the parent wrote (it never opens the event store), trains, evaluates the
+candidate for the gates, saves the model and writes ``result.json``; on an exception it writes
+``error.json`` with the reason and exits non-zero. The parent (trainers.jobs) owns events and registration,
+so nothing is registered unless this process finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainers import evaluation, gates, safety
+from trainers.config import EvaluationConfig, PolicyConfig, RewardConfig, config_from_dict
+from trainers.loop import Distributed, init_distributed, train
+from trainers.models import pick_runtime
+from trainers.policy import Policy, build_objective
+from trainers.reward import RewardModel, RewardObjective
+from trainers.snapshot import hash_rows, split
+
+logger = logging.getLogger("trainers.worker")
+
+
+def _metrics_sink(spec: dict[str, Any]) -> Any:
+    """Per-step metrics to the job's MLflow run (rank 0 only)."""
+    if not spec.get("run_id"):
+        return None
+    from trainers.registry import ModelRegistry
+
+    run = ModelRegistry(spec["tracking_uri"], spec.get("registry_uri")).attach_run(spec["run_id"])
+    return lambda metrics, step: run.log_metrics({k: float(v) for k, v in metrics.items()}, step)
+
+
+def _load_rows(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in Path(spec["dataset_path"]).read_text().splitlines() if line]
+    if hash_rows(rows) != spec["dataset_sha256"]:
+        raise RuntimeError("the dataset file does not match the snapshot's hash; refusing to train on it")
+    return rows
+
+
+def train_reward(spec: dict[str, Any], dist_info: Distributed) -> dict[str, Any]:
+    config = config_from_dict(RewardConfig, spec["config"])
+    assert isinstance(config, RewardConfig)
+    rows = _load_rows(spec)
+    train_rows, held = split(rows, config.eval_fraction)
+    if not train_rows:
+        raise ValueError(f"no training pairs after holding out {config.eval_fraction:.0%} of {len(rows)}")
+    runtime = pick_runtime(dist_info.local_rank, spec.get("device", "auto"))
+    rm = RewardModel.create(config, runtime)
+    objective = RewardObjective(rm, config)
+    result = train(
+        objective,
+        rm.model,
+        train_rows,
+        held,
+        config,
+        checkpoint_dir=Path(spec["checkpoint_dir"]),
+        on_metrics=_metrics_sink(spec) if dist_info.is_main else None,
+        description="reward model",
+        distributed=dist_info,
+    )
+    in_sync = _replicas_in_sync(rm.model, dist_info)
+    if not dist_info.is_main:
+        return {}
+    rm.save(Path(spec["output_dir"]) / "model", {"objective": "bradley_terry"})
+    measured: dict[str, float] = {}
+    results = []
+    eval_config = EvaluationConfig(**spec.get("evaluation", {}))
+    gate_config = gates.GateConfig(**(eval_config.gates or {}))
+    if held:
+        candidate = objective.evaluate(held)
+        measured.update({"candidate_accuracy": candidate["accuracy"], "candidate_margin": candidate["margin"]})
+        champion_acc = None
+        if spec.get("champion_dir"):
+            champion = RewardModel.load(Path(spec["champion_dir"]), runtime)
+            champion_acc = RewardObjective(champion, config).evaluate(held)["accuracy"]
+            measured["champion_accuracy"] = champion_acc
+        results.append(gates.reward_accuracy_gate(candidate["accuracy"], champion_acc, gate_config))
+    else:
+        results.append(
+            gates.GateResult("reward_accuracy", False, None, None, "no held-out pairs to measure accuracy on")
+        )
+    return {**_finish(result, gates.decide(results), measured, len(train_rows), len(held)), "replicas_in_sync": in_sync}
+
+
+def train_policy(spec: dict[str, Any], dist_info: Distributed) -> dict[str, Any]:
+    config = config_from_dict(PolicyConfig, spec["config"])
+    assert isinstance(config, PolicyConfig)
+    rows = _load_rows(spec)
+    train_rows, held = split(rows, config.eval_fraction)
+    if not train_rows:
+        raise ValueError(f"no training examples after holding out {config.eval_fraction:.0%} of {len(rows)}")
+    runtime = pick_runtime(dist_info.local_rank, spec.get("device", "auto"))
+    judge_rm = RewardModel.load(Path(spec["reward_model_dir"]), runtime) if spec.get("reward_model_dir") else None
+    policy = Policy.create(config, runtime)
+    objective = build_objective(policy, judge_rm.score if judge_rm else None)
+    result = train(
+        objective,
+        policy.model,
+        train_rows,
+        held,
+        config,
+        checkpoint_dir=Path(spec["checkpoint_dir"]),
+        on_metrics=_metrics_sink(spec) if dist_info.is_main else None,
+        description=f"policy {config.objective}",
+        distributed=dist_info,
+    )
+    in_sync = _replicas_in_sync(policy.model, dist_info)
+    if not dist_info.is_main:
+        return {}
+    policy.save(Path(spec["output_dir"]) / "model", {"objective": config.objective})
+    decision, measured = evaluate_policy(policy, judge_rm, spec, held or train_rows)
+    return {**_finish(result, decision, measured, len(train_rows), len(held)), "replicas_in_sync": in_sync}
+
+
+def evaluate_policy(
+    policy: Policy, judge_rm: RewardModel | None, spec: dict[str, Any], rows: list[dict[str, Any]]
+) -> tuple[gates.GateDecision, dict[str, float]]:
+    """Win rate and helpfulness (judged by the champion reward model), the safety suite, KL to the reference."""
+    eval_config = EvaluationConfig(**spec.get("evaluation", {}))
+    gate_config = gates.GateConfig(**(eval_config.gates or {}))
+    prompts = _prompt_texts(rows[: eval_config.prompts])
+    tokens = eval_config.max_new_tokens
+
+    def candidate(batch: list[str]) -> list[str]:
+        return policy.complete(batch, max_new_tokens=tokens)
+
+    champion = Policy.load(Path(spec["champion_dir"]), policy.runtime) if spec.get("champion_dir") else None
+    measured: dict[str, float] = {}
+    results = []
+    red_team = safety.load_red_team_prompts(eval_config.safety_per_source, eval_config.seed)
+    judge = safety.SafetyJudge()
+    report = safety.run_safety_suite(candidate, red_team, judge)
+    measured.update(
+        unsafe_rate=report.unsafe_rate, toxic_rate=report.toxic_rate, compliance_rate=report.compliance_rate
+    )
+    champion_report = None
+    if champion is not None:
+        champion_report = safety.run_safety_suite(
+            lambda b: champion.complete(b, max_new_tokens=tokens), red_team, judge
+        )
+        measured["champion_unsafe_rate"] = champion_report.unsafe_rate
+    results.append(
+        gates.safety_gate(report.unsafe_rate, champion_report.unsafe_rate if champion_report else None, gate_config)
+    )
+
+    help_candidate = help_champion = None
+    if judge_rm is not None and champion is not None:
+        wr = evaluation.win_rate(
+            candidate, lambda b: champion.complete(b, max_new_tokens=tokens), judge_rm.score, prompts
+        )
+        measured.update(
+            win_rate=wr.rate, helpfulness=wr.candidate_mean_score, champion_helpfulness=wr.champion_mean_score
+        )
+        help_candidate, help_champion = wr.candidate_mean_score, wr.champion_mean_score
+        results.append(gates.win_rate_gate(wr.rate, gate_config))
+    else:
+        if judge_rm is not None:
+            help_candidate = evaluation.helpfulness(candidate, judge_rm.score, prompts)
+            measured["helpfulness"] = help_candidate
+        results.append(gates.win_rate_gate(None, gate_config))
+
+    def sampled(batch: list[str]) -> list[str]:
+        ids = policy.generate(batch, max_new_tokens=tokens, sample=True)
+        return [policy.tokenizer.decode(r, skip_special_tokens=True) for r in ids]
+
+    kl = evaluation.kl_to_reference(
+        sampled, policy.response_logprobs, lambda p, r: policy.response_logprobs(p, r, reference=True), prompts
+    )
+    measured["kl"] = kl
+    results.append(gates.kl_gate(kl, gate_config))
+    harmless = evaluation.harmlessness(report.unsafe_rate)
+    if help_candidate is not None:
+        champion_point = (
+            (help_champion, evaluation.harmlessness(champion_report.unsafe_rate))
+            if help_champion is not None and champion_report
+            else None
+        )
+        results.append(gates.pareto_gate((help_candidate, harmless), champion_point, gate_config.pareto_tolerance))
+    return gates.decide(results), measured
+
+
+def _replicas_in_sync(model: Any, dist_info: Distributed) -> bool:
+    """Whether every process ended with the same adapter (DDP averaged their gradients every step)."""
+    if dist_info.world_size == 1:
+        return True
+    import hashlib
+
+    from trainers.loop import trainable_state
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(trainable_state(model).items()):
+        digest.update(name.encode())
+        digest.update(tensor.float().numpy().tobytes())
+    digests: list[Any] = [None] * dist_info.world_size
+    torch.distributed.all_gather_object(digests, digest.hexdigest())
+    return len(set(digests)) == 1
+
+
+def _prompt_texts(rows: list[dict[str, Any]]) -> list[str]:
+    from trainers.reward import prompt_messages
+
+    # The evaluation ports take plain strings: the last user turn carries the request.
+    return [[m for m in prompt_messages(r) if m["role"] == "user"][-1]["content"] for r in rows]
+
+
+def _finish(
+    result: Any, decision: gates.GateDecision, measured: dict[str, float], n_train: int, n_held: int
+) -> dict[str, Any]:
+    return {
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "stopped_early": result.stopped_early,
+        "metrics": {**{k: v for k, v in result.metrics.items() if k != "step"}, **measured},
+        "train_examples": n_train,
+        "held_out_examples": n_held,
+        "gates": gates.gate_event_payload(decision, "candidate", None, None),
+        "gate_tags": gates.summary_tags(decision),
+        "gate_results": [asdict(r) for r in decision.results],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    spec = json.loads(Path(args[0]).read_text())
+    logging.basicConfig(
+        level=logging.INFO,
+        format='{"level":"%(levelname)s","logger":"%(name)s","job":"' + spec["job_id"] + '","msg":"%(message)s"}',
+    )
+    out = Path(spec["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    dist_info = init_distributed()
+    started = time.monotonic()
+    try:
+        torch.manual_seed(spec["config"].get("seed", 0))
+        result = train_reward(spec, dist_info) if spec["kind"] == "reward" else train_policy(spec, dist_info)
+        if dist_info.is_main:
+            result["duration_s"] = round(time.monotonic() - started, 3)
+            result["world_size"] = dist_info.world_size
+            (out / "result.json").write_text(json.dumps(result, indent=2, sort_keys=True, default=str))
+        return 0
+    except Exception as exc:
+        logger.exception("training job %s failed", spec["job_id"])
+        if dist_info.is_main:
+            reason = f"{type(exc).__name__}: {exc}"
+            (out / "error.json").write_text(json.dumps({"reason": reason, "traceback": traceback.format_exc()[-4000:]}))
+        return 1
+    finally:
+        if dist_info.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
