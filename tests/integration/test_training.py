@@ -130,3 +130,56 @@ def test_the_real_smollm2_loads_offline_and_takes_a_dpo_step() -> None:
     result = train(DPOObjective(policy), policy.model, synthetic_pairs(2), [], config)
     assert result.steps == 1
     assert any(not torch.equal(p, before[n]) for n, p in policy.model.named_parameters() if n in before)
+
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name a primary colour.",
+    "What is 2 plus 2?",
+    "Which planet is closest to the sun?",
+    "What do bees make?",
+    "What colour is the sky?",
+    "How many legs does a spider have?",
+    "What is frozen water called?",
+]
+
+
+def brevity(prompts: Any, responses: list[str]) -> list[float]:
+    """A reward the real model can learn in a few steps: fewer words is better."""
+    return [-len(r.split()) / 10 for r in responses]
+
+
+@pytest.mark.slow
+def test_rloo_raises_the_mean_reward_while_the_kl_stays_under_budget() -> None:
+    from trainers.gates import GateConfig
+    from trainers.policy import RLOOObjective
+
+    config = PolicyConfig(
+        model="SmolLM2-135M-Instruct",
+        objective="rloo",
+        batch_size=4,
+        rloo_k=4,
+        epochs=3,
+        max_steps=6,
+        checkpoint_every=0,
+        max_new_tokens=20,
+        max_length=80,
+        max_prompt_length=48,
+        learning_rate=1e-3,
+        kl_coef=0.1,
+        seed=0,
+    )
+    policy = Policy.create(config)
+    rows = [{"id": str(i), "prompt_kind": "text", "prompt": q} for i, q in enumerate(QUESTIONS)]
+
+    def mean_sampled_reward() -> float:
+        torch.manual_seed(123)
+        ids = policy.generate(rows, sample=True, num_samples=4)
+        return sum(brevity(None, [policy.tokenizer.decode(r, skip_special_tokens=True) for r in ids])) / len(ids)
+
+    before = mean_sampled_reward()
+    objective = RLOOObjective(policy, brevity)
+    result = train(objective, policy.model, rows, rows, config)
+    after = mean_sampled_reward()
+    assert after > before, (before, after, result.metrics)
+    assert 0 <= result.metrics["eval_kl"] <= GateConfig().kl_budget, result.metrics
