@@ -129,12 +129,7 @@ def build_detectors(settings: Settings, names: Sequence[str] | None = None) -> l
         raise ConfigurationError(
             f"unknown detector {', '.join(unknown)} (ALIGND_MONITORS_DETECTORS); known: {', '.join(detector_names())}"
         )
-    blocked = [n for n in wanted if n in NEEDS_REWARD_MODEL]
-    if blocked:
-        raise ConfigurationError(
-            f"{', '.join(blocked)} score responses with the champion reward model, which this alignd cannot load yet; "
-            "leave them out of ALIGND_MONITORS_DETECTORS"
-        )
+    reward_scorer = champion_reward_scorer(settings) if set(NEEDS_REWARD_MODEL) & set(wanted) else None
     jailbreak_scorer = None
     if {"jailbreak_attempt", "jailbreak_success"} & set(wanted):
         from monitors.detectors.jailbreak import JailbreakScorer, MiniLMEmbedder
@@ -151,8 +146,38 @@ def build_detectors(settings: Settings, names: Sequence[str] | None = None) -> l
         "toxicity": lambda: _toxicity(settings),
         "jailbreak_attempt": lambda: _jailbreak("attempt", jailbreak_scorer),
         "jailbreak_success": lambda: _jailbreak("success", jailbreak_scorer),
+        "reward_drift": lambda: _reward_detector("reward_drift", reward_scorer),
+        "over_optimisation": lambda: _reward_detector("over_optimisation", reward_scorer),
     }
     return [factories[name]() for name in wanted]
+
+
+def champion_reward_scorer(settings: Settings) -> Any:
+    """The champion reward model from MLflow, loaded for scoring (the reward-drift monitors' port).
+
+    Raises:
+        ConfigurationError: no reward model is the champion yet.
+    """
+    from trainers.reward import RewardModel
+
+    registry = model_registry(settings)
+    champion = registry.get_by_alias("reward", "champion")
+    if champion is None:
+        raise ConfigurationError(
+            "reward_drift and over_optimisation score responses with the champion reward model and none is promoted: "
+            "run `alignd train reward`, then `alignd models promote reward challenger --reason ...`, or leave them "
+            "out of ALIGND_MONITORS_DETECTORS"
+        )
+    folder = Path(settings.trainers.work_dir) / "monitors" / f"reward-{champion.version}"
+    model = RewardModel.load(registry.download("reward", champion.version, folder))
+    logger.info("monitors score rewards with alignd-reward version %s", champion.version)
+    return model
+
+
+def _reward_detector(name: str, scorer: Any) -> Any:
+    from monitors.detectors.drift import OverOptimisationDetector, RewardDriftDetector
+
+    return (RewardDriftDetector if name == "reward_drift" else OverOptimisationDetector)(scorer)
 
 
 def _toxicity(settings: Settings) -> Any:

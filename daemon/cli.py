@@ -299,7 +299,7 @@ def cmd_monitors_list(settings: Settings, args: argparse.Namespace) -> int:
         {
             "detector": name,
             "enabled": name in enabled,
-            "needs": "the champion reward model (not available yet)" if name in bootstrap.NEEDS_REWARD_MODEL else "",
+            "needs": "the champion reward model (alias champion of alignd-reward)" if name in bootstrap.NEEDS_REWARD_MODEL else "",
             "state_bytes": len(json.dumps(states[name])) if name in states else 0,
         }
         for name in bootstrap.detector_names()
