@@ -17,7 +17,7 @@ from trainers.jobs import JobLimits, TrainingJobs
 from trainers.registry import ModelRegistry
 
 from ..helpers import REPO
-from .test_training_jobs import EVALUATION, events_of, mlflow_template, registry, seed_preferences, store  # noqa: F401
+from .test_training_jobs import EVALUATION, events_of, mlflow_template, registry, seed_preferences, store  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -32,7 +32,7 @@ def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 
 def test_train_reward_then_list_and_show_the_version(
     store: SqlEventStore, registry: ModelRegistry, tmp_path: Path
-) -> None:  # noqa: F811
+) -> None:
     upto = seed_preferences(store, 30)
     env = {
         "ALIGND_DATABASE_URL": str(store.engine.url),
@@ -66,7 +66,7 @@ def test_train_reward_then_list_and_show_the_version(
 
 def test_a_job_over_its_memory_limit_is_killed_and_recorded(
     store: SqlEventStore, registry: ModelRegistry, tmp_path: Path
-) -> None:  # noqa: F811
+) -> None:
     seed_preferences(store, 12)
     jobs = TrainingJobs(store, registry, tmp_path / "work", evaluation=EVALUATION)
     # Importing torch and loading the backbone alone takes more than 200 MiB.
@@ -79,7 +79,7 @@ def test_a_job_over_its_memory_limit_is_killed_and_recorded(
 
 def test_reward_monitors_score_with_the_champion_reward_model(
     store: SqlEventStore, registry: ModelRegistry, tmp_path: Path
-) -> None:  # noqa: F811
+) -> None:
     from daemon.bootstrap import build_detectors
     from daemon.settings import load_settings
     from events.errors import ConfigurationError
