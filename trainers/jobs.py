@@ -238,13 +238,14 @@ class TrainingJobs:
         )
         if on_started:
             on_started(outcome)
+        checkpoint_dir = self.work_dir / "checkpoints" / job_id
         spec = {
             "job_id": job_id,
             "kind": kind,
             "config": config_dict(config),
             "dataset_path": str(dataset_path),
             "dataset_sha256": snapshot.sha256,
-            "checkpoint_dir": str(self.work_dir / "checkpoints" / job_id),
+            "checkpoint_dir": str(checkpoint_dir),
             "output_dir": str(folder / "output"),
             "run_id": run.run_id,
             "tracking_uri": self.registry.tracking_uri,
@@ -286,7 +287,7 @@ class TrainingJobs:
                         "run_id": run.run_id,
                         "reason": reason,
                         "exit_code": code,
-                        "resumable": (Path(spec["checkpoint_dir"]) / "checkpoint.pt").exists(),
+                        "resumable": (checkpoint_dir / "checkpoint.pt").exists(),
                     },
                 )
             ]

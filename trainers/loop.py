@@ -139,8 +139,10 @@ def train(
         device_ids = [dist_info.local_rank] if next(model.parameters()).is_cuda else None
         objective.train_model = DistributedDataParallel(model, device_ids=device_ids)
 
-    sampler = DistributedSampler(
-        range(len(train_rows)), num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=config.seed
+    # The sampler only needs len(); indices into the rows are what it shards and shuffles.
+    indices: Any = range(len(train_rows))
+    sampler: DistributedSampler[int] = DistributedSampler(
+        indices, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=config.seed
     )
     per_epoch = max(1, math.ceil(len(sampler) / config.batch_size))
     total = per_epoch * config.epochs
