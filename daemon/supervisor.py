@@ -1,0 +1,148 @@
+"""Runs the daemon's parts side by side, restarts a part that dies, and stops them in order.
+
+Each part is a loop in its own thread. A part that raises is restarted after a backoff that doubles up to
+a ceiling; one that keeps dying (``alert_after`` crashes within ``alert_window_s``) is reported through
+``on_crash_loop`` — the daemon appends an ``anomaly.detected`` for it, so operators see it like any alert.
+Stopping goes in the order the parts were added, each given what is left of the timeout: the scheduler
+first (no new jobs; the running one is cancelled and resumes later from its checkpoint), then ingestion (a
+final commit), then the rest (arq's order: stop taking work, finish what is running, release resources).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+
+
+class Part(Protocol):
+    name: str
+
+    def run(self, stop: threading.Event) -> None:
+        """Work until ``stop`` is set; return then (or raise, and be restarted)."""
+        ...
+
+    def close(self) -> None:
+        """Release what ``run`` held (consumers, producers, servers); called once, after the last run."""
+        ...
+
+
+@dataclass
+class LoopPart:
+    """A part made of a step function called every ``interval_s`` (a monitor step, an outbox publish...)."""
+
+    name: str
+    step: Callable[[], object]
+    interval_s: float = 1.0
+    on_close: Callable[[], None] | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.step()
+            stop.wait(self.interval_s)
+
+    def close(self) -> None:
+        if self.on_close is not None:
+            self.on_close()
+
+
+@dataclass
+class _Slot:
+    part: Part
+    thread: threading.Thread | None = None
+    crashes: list[float] = field(default_factory=list)
+    restarts: int = 0
+    alive: bool = False
+    last_error: str | None = None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        alert_after: int = 3,
+        alert_window_s: float = 300.0,
+        on_crash_loop: Callable[[str, int, str], None] | None = None,
+    ) -> None:
+        self.slots: list[_Slot] = []
+        self.stop_event = threading.Event()
+        self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
+        self.alert_after, self.alert_window_s = alert_after, alert_window_s
+        self.on_crash_loop = on_crash_loop
+
+    def add(self, part: Part) -> None:
+        self.slots.append(_Slot(part))
+
+    def start(self) -> None:
+        for slot in self.slots:
+            slot.thread = threading.Thread(
+                target=self._keep_running, args=(slot,), name=f"alignd-{slot.part.name}", daemon=True
+            )
+            slot.thread.start()
+        logger.info("supervising %s", ", ".join(s.part.name for s in self.slots))
+
+    def _keep_running(self, slot: _Slot) -> None:
+        backoff = self.backoff_initial_s
+        while not self.stop_event.is_set():
+            slot.alive = True
+            started = time.monotonic()
+            try:
+                slot.part.run(self.stop_event)
+                if self.stop_event.is_set():
+                    break
+                raise RuntimeError("returned before the daemon stopped")
+            except Exception as exc:  # noqa: BLE001 - a part's failure must not stop the others
+                slot.alive = False
+                slot.last_error = f"{type(exc).__name__}: {exc}"
+                now = time.monotonic()
+                if now - started > backoff * 10:
+                    backoff = self.backoff_initial_s  # it ran a good while: a fresh failure, not a loop
+                slot.crashes = [t for t in slot.crashes if now - t < self.alert_window_s] + [now]
+                logger.exception(
+                    "part %s died (%d in %.0f s); restarting in %.1f s",
+                    slot.part.name,
+                    len(slot.crashes),
+                    self.alert_window_s,
+                    backoff,
+                )
+                if len(slot.crashes) == self.alert_after and self.on_crash_loop is not None:
+                    try:
+                        self.on_crash_loop(slot.part.name, len(slot.crashes), slot.last_error)
+                    except Exception:  # noqa: BLE001 - reporting must not kill the supervisor
+                        logger.exception("could not report the crash loop of %s", slot.part.name)
+                if self.stop_event.wait(backoff):
+                    break
+                backoff = min(backoff * 2, self.backoff_max_s)
+                slot.restarts += 1
+        slot.alive = False
+
+    def status(self) -> dict[str, dict[str, object]]:
+        return {s.part.name: {"alive": s.alive, "restarts": s.restarts, "last_error": s.last_error} for s in self.slots}
+
+    def stop(self, timeout_s: float = 60.0) -> bool:
+        """Stop every part in order within ``timeout_s``; True when all of them finished in time."""
+        deadline = time.monotonic() + timeout_s
+        self.stop_event.set()
+        clean = True
+        for slot in self.slots:
+            stopper = getattr(slot.part, "request_stop", None)
+            if stopper is not None:
+                stopper()
+            if slot.thread is not None:
+                slot.thread.join(max(0.0, deadline - time.monotonic()))
+                if slot.thread.is_alive():
+                    clean = False
+                    logger.error("part %s did not stop within the shutdown timeout", slot.part.name)
+            try:
+                slot.part.close()
+            except Exception:  # noqa: BLE001 - close the others anyway
+                logger.exception("closing %s failed", slot.part.name)
+        logger.info("stopped %s", "cleanly" if clean else "with parts still running")
+        return clean
