@@ -201,3 +201,40 @@ proj_feedback_stats = Table(
     Column("signals", Integer, nullable=False),
     Column("last_seq", BigInteger, nullable=False),
 )
+
+# --- audit trail (events/audit.py) ---
+# Not a projection: `alignd replay` never rebuilds it, because a rebuild would paper over tampering. Records
+# are appended in chain order, each hashing its predecessor's hash and its own fields (position included, so
+# a reordering breaks the chain). No wall-clock column: every field comes from the event it records.
+audit_records = Table(
+    "audit_records",
+    metadata,
+    # Assigned by the writer (1, 2, 3...), never drawn from a sequence: a gap means a record was deleted.
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("event_seq", BigInteger, nullable=False, unique=True),
+    Column("event_id", String(128), nullable=False),
+    Column("occurred_at", String(40), nullable=False),
+    Column("actor", String(256), nullable=False, index=True),
+    Column("action", String(64), nullable=False, index=True),
+    Column("subject", String(512), nullable=False),
+    Column("model", String(300), nullable=True, index=True),
+    Column("reason", Text, nullable=False),
+    # The event's payload as canonical JSON, exactly as hashed.
+    Column("evidence", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# --- leader lease (daemon/leader.py) ---
+# One row per lease name: the replica that may schedule training. Taken over only once expired (database
+# time on PostgreSQL); fencing_token grows by one at every change of holder, so work can be tagged with the
+# term it was started in.
+leader_leases = Table(
+    "leader_leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(256), nullable=False),
+    Column("expires_at", Timestamp, nullable=False),
+    Column("acquired_at", Timestamp, nullable=False),
+    Column("fencing_token", BigInteger, nullable=False),
+)
