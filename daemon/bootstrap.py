@@ -248,3 +248,27 @@ def job_limits(settings: Settings, **overrides: Any) -> Any:
     t = settings.trainers
     values = {"timeout_s": t.timeout_s, "memory_limit_mb": t.memory_limit_mb, "nproc": t.nproc, "device": t.device}
     return JobLimits(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+# --- governance: promotion, rollback, alias audit, enforcement ------------------------------------------
+
+
+def governance(settings: Settings, store: SqlEventStore) -> Any:
+    from daemon.governance import Governance
+
+    return Governance(store, model_registry(settings))
+
+
+def models_outbox(settings: Settings, store: SqlEventStore, producer: Any) -> Any:
+    """Publishes ``model.promoted`` / ``model.rolled_back`` on the models topic, where serving hot-swaps."""
+    from daemon.governance import MODEL_EVENT_TYPES
+    from daemon.outbox import OutboxPublisher
+
+    return OutboxPublisher(store, producer, settings.topics.models, MODEL_EVENT_TYPES)
+
+
+def enforcement_executor(settings: Settings, store: SqlEventStore, **overrides: Any) -> Any:
+    """Carries out ``enforcement.requested`` (``step()`` from the daemon's loop; defaults: 3 attempts, 1 s)."""
+    from daemon.governance import EnforcementExecutor
+
+    return EnforcementExecutor(store, governance(settings, store), **overrides)

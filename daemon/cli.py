@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from daemon import bootstrap
+from daemon.cli_audit import add_audit_commands
 from daemon.cli_models import add_models_commands
 from daemon.cli_train import add_train_commands
 from daemon.logs import configure_logging
@@ -439,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_commands(commands, add)
     add_models_commands(commands, add)
+    add_audit_commands(commands, add)
 
     cfg = commands.add_parser("config", help="settings").add_subparsers(
         dest="config_command", required=True, metavar="ACTION"

@@ -1,4 +1,8 @@
-"""``alignd models list|show``: the registered reward and policy versions (DESIGN.md §5).
+"""``alignd models list|show|promote|rollback``: the registered reward and policy versions (DESIGN.md §5).
+
+``promote`` and ``rollback`` move the ``champion`` alias through :class:`daemon.governance.Governance`, which
+checks the gates and appends ``model.promoted`` / ``model.rolled_back``; the daemon's outbox publishes those on
+the models topic, where serving hears of the new champion.
 
 ``trainers.registry`` (and with it MLflow, about two seconds of imports) is imported inside the handlers, so
 that every other command and ``alignd --help`` stay fast.
@@ -7,6 +11,7 @@ that every other command and ``alignd --help`` stay fast.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -15,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from daemon.settings import Settings
 
 if TYPE_CHECKING:
+    from daemon.governance import ModelChange
     from trainers.registry import ModelRegistry, RegisteredVersion
 
 # The keys of trainers.registry.MODEL_NAMES, spelled out so that building the parser never imports MLflow.
@@ -22,7 +28,7 @@ KINDS = ("reward", "policy")
 
 
 def add_models_commands(commands: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add ``models list`` and ``models show`` to the top-level subparsers, through cli.py's ``add`` helper."""
+    """Add ``models list|show|promote|rollback`` to the top-level subparsers, through cli.py's ``add`` helper."""
     models = commands.add_parser("models", help="registered model versions").add_subparsers(
         dest="models_command", required=True, metavar="ACTION"
     )
@@ -31,6 +37,20 @@ def add_models_commands(commands: Any, add: Callable[..., argparse.ArgumentParse
     p = add(models, "show", cmd_models_show, "one version: its tags, its run's metrics and params, its source")
     p.add_argument("kind", choices=KINDS, metavar="KIND", help="reward or policy")
     p.add_argument("version", metavar="VERSION_OR_ALIAS", help="a version number, or an alias such as champion")
+    p = add(models, "promote", cmd_models_promote, "make a version the champion, if its evaluation gates passed")
+    p.add_argument("kind", choices=KINDS, metavar="KIND", help="reward or policy")
+    p.add_argument("version", metavar="VERSION_OR_ALIAS", help="a version number, or an alias such as challenger")
+    _governance_arguments(p)
+    p.add_argument("--force", action="store_true", help="promote past failed or missing gates (recorded as forced)")
+    p = add(models, "rollback", cmd_models_rollback, "restore the previous champion (or --to VERSION)")
+    p.add_argument("kind", choices=KINDS, metavar="KIND", help="reward or policy")
+    _governance_arguments(p)
+    p.add_argument("--to", metavar="VERSION", help="the version to restore (default: the champion before this one)")
+
+
+def _governance_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reason", required=True, help="why, in a sentence; it goes in the audit trail")
+    p.add_argument("--actor", default=None, help="who decided (default: your OS user name)")
 
 
 def cmd_models_list(settings: Settings, args: argparse.Namespace) -> int:
@@ -92,6 +112,67 @@ def cmd_models_show(settings: Settings, args: argparse.Namespace) -> int:
     for title in ("tags", "metrics", "params"):
         print(f"\n{title}:")
         _pairs(dict(sorted(data[title].items())), indent="  ")
+    return 0
+
+
+def cmd_models_promote(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.governance import PromotionRefusedError
+
+    try:
+        change = _with_governance(
+            settings,
+            lambda g: g.promote(args.kind, args.version, reason=args.reason, actor=_actor(args), force=args.force),
+        )
+    except PromotionRefusedError as exc:
+        print(
+            f"alignd: {exc}. Nothing changed; `alignd models show {args.kind} {exc.version}` shows the gate results. "
+            "Train or evaluate again, or add --force to promote anyway: the promotion is then recorded as forced, "
+            "with the failing gates.",
+            file=sys.stderr,
+        )
+        return 2
+    return _report(change, args)
+
+
+def cmd_models_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    change = _with_governance(
+        settings, lambda g: g.rollback(args.kind, reason=args.reason, actor=_actor(args), to_version=args.to)
+    )
+    return _report(change, args)
+
+
+def _actor(args: argparse.Namespace) -> str:
+    return str(args.actor) if args.actor else getpass.getuser()
+
+
+def _with_governance(settings: Settings, action: Callable[[Any], ModelChange]) -> ModelChange:
+    from daemon import bootstrap
+
+    store = bootstrap.open_store(settings)
+    try:
+        return action(bootstrap.governance(settings, store))
+    finally:
+        store.dispose()
+
+
+def _report(change: ModelChange, args: argparse.Namespace) -> int:
+    p = change.payload
+    if args.json:
+        _print_json({"event_id": change.event_id, "type": change.type, "changed": change.appended, **p})
+        return 0
+    verb = "promoted" if change.type == "model.promoted" else "rolled back"
+    if not change.appended:
+        print(
+            f"{p['name']}@{p['alias']} is already version {p['version']} ({verb} by {p['actor']}: {p['reason']}; "
+            f"event {change.event_id}); nothing changed"
+        )
+        return 0
+    forced = f" (FORCED: {p['gates'].removeprefix('forced: ')})" if p["forced"] else ""
+    print(
+        f"{p['name']}@champion: version {p['previous_version'] or '(none)'} -> {p['version']}, {verb} by "
+        f"{p['actor']}{forced}: {p['reason']}\nrecorded as {change.event_id}; serving hears of it on the models "
+        "topic once the daemon's outbox publishes it"
+    )
     return 0
 
 

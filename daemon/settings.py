@@ -170,6 +170,16 @@ class TrainersSettings(BaseModel):
     evaluation: dict[str, Any] = Field(default_factory=dict, description="EvaluationConfig overrides, gates included")
 
 
+class HttpSettings(BaseModel):
+    """The daemon's HTTP server: health, readiness, metrics and the read-only audit review page."""
+
+    model_config = _FROZEN
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in a container)")
+    port: int = Field(8080, ge=0, le=65535)
+    token: SecretStr | None = Field(None, description="bearer token for requests that change state; none: refused")
+    mlflow_ui_url: str | None = Field(None, description="links from audit records to MLflow runs and versions")
+
+
 class LogSettings(BaseModel):
     model_config = _FROZEN
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -185,6 +195,7 @@ class Settings(BaseModel):
     monitors: MonitorsSettings = MonitorsSettings()
     mlflow: MlflowSettings = MlflowSettings()
     trainers: TrainersSettings = TrainersSettings()
+    http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
 
     def redacted(self) -> dict[str, Any]:
