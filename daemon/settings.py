@@ -170,6 +170,23 @@ class TrainersSettings(BaseModel):
     evaluation: dict[str, Any] = Field(default_factory=dict, description="EvaluationConfig overrides, gates included")
 
 
+class ScheduleSettings(BaseModel):
+    """When training runs (daemon/scheduler.py): cron, data volume, and the leader lease between replicas."""
+
+    model_config = _FROZEN
+    reward_cron: str | None = Field("0 3 * * *", description="cron for the reward model (empty: off)")
+    policy_cron: str | None = Field("0 4 * * *", description="cron for the policy (empty: off)")
+    evaluation_cron: str | None = Field(None, description="cron for re-evaluating the champions (empty: off)")
+    reward_after_pairs: int = Field(200, ge=0, description="retrain the reward model after N new pairs (0: off)")
+    policy_after_examples: int = Field(500, ge=0, description="retrain the policy after N new examples (0: off)")
+    policy_objective: Literal["sft", "dpo", "rloo"] = "dpo"
+    check_interval_s: float = Field(60.0, gt=0)
+    lease_s: float = Field(15.0, gt=0, description="leader lease; another replica takes over after it expires")
+    failure_backoff_s: float = Field(1800.0, ge=0)
+    orphan_after_s: float = Field(7200.0, gt=0)
+    timezone: str = "UTC"
+
+
 class HttpSettings(BaseModel):
     """The daemon's HTTP server: health, readiness, metrics and the read-only audit review page."""
 
@@ -195,6 +212,7 @@ class Settings(BaseModel):
     monitors: MonitorsSettings = MonitorsSettings()
     mlflow: MlflowSettings = MlflowSettings()
     trainers: TrainersSettings = TrainersSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
 

@@ -11,6 +11,15 @@ from events.tables import metadata
 config = context.config
 
 
+#: Tables other libraries create and own in our database: APScheduler's job store (daemon/scheduler.py).
+FOREIGN_TABLES = frozenset({"apscheduler_jobs"})
+
+
+def _include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    # Autogenerate would otherwise propose dropping a table we never declared.
+    return not (type_ == "table" and name in FOREIGN_TABLES)
+
+
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
@@ -18,6 +27,7 @@ def _run(connection: Connection) -> None:
         # SQLite cannot ALTER most things in place; batch mode rebuilds tables for later migrations.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=_include_object,
     )
     with context.begin_transaction():
         context.run_migrations()

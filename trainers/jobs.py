@@ -114,6 +114,20 @@ def _rss_mb(pgid: int) -> float:
     return total / 2**20
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: be killed if the daemon dies (SIGKILL, OOM) instead of training on unseen.
+
+    Its own session keeps terminal signals away; PR_SET_PDEATHSIG brings the daemon's death to it. The job
+    is then resumed from its checkpoint by the next leader (a ``training.started`` without an outcome).
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass  # not Linux: the child outlives a killed daemon, and its result is never recorded
+
+
 def run_child(
     command: list[str], limits: JobLimits, *, poll_s: float = 0.5, cancel: Callable[[], str | None] | None = None
 ) -> tuple[int | None, str | None]:
@@ -121,7 +135,7 @@ def run_child(
 
     ``cancel`` is polled: a reason it returns stops the job like a timeout does (the daemon stopping).
     """
-    proc = subprocess.Popen(command, start_new_session=True)
+    proc = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
     deadline = time.monotonic() + limits.timeout_s
     reason = None
     try:

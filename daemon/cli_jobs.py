@@ -1,0 +1,204 @@
+"""``alignd jobs list``: the training schedule as the leader stored it, who leads, the pause, and the history.
+
+The schedule is read from APScheduler's job table (``apscheduler_jobs``), which only the replica holding the
+leader lease writes; before any replica has led, the configured jobs are shown with the next run times their
+triggers would give. The volume section says, per kind, how many examples arrived since the last successful
+training and whether the next check would train (and why not, when it would not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, column, inspect, select, table
+
+from daemon import bootstrap
+from daemon.leader import read_lease
+from daemon.scheduler import (
+    DATASETS,
+    JOBSTORE_TABLE,
+    ScheduleConfig,
+    baseline_seq,
+    count_new_examples,
+    decide_training,
+    history,
+    pause_blocks,
+    planned_jobs,
+    read_attempts,
+)
+from daemon.settings import Settings
+from events.sql_store import SqlEventStore
+
+
+def add_jobs_commands(commands: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add ``jobs list`` to the top-level subparsers, through cli.py's ``add`` helper."""
+    jobs = commands.add_parser("jobs", help="scheduled training jobs").add_subparsers(
+        dest="jobs_command", required=True, metavar="ACTION"
+    )
+    p = add(jobs, "list", cmd_jobs_list, "the schedule, the leader, whether training is paused, and past attempts")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="how many past attempts to show (default 20)")
+
+
+def stored_jobs(engine: Engine, config: ScheduleConfig) -> tuple[list[dict[str, Any]], bool]:
+    """(jobs with their trigger and next run time, whether they come from the job store)."""
+    from apscheduler.util import utc_timestamp_to_datetime
+
+    if inspect(engine).has_table(JOBSTORE_TABLE):
+        t = table(JOBSTORE_TABLE, column("id"), column("next_run_time"), column("job_state"))
+        with engine.connect() as conn:
+            rows = conn.execute(select(t).order_by(t.c.id)).all()
+        if rows:
+            jobs = []
+            for row in rows:
+                # Written by our own scheduler in our own database: the same trust APScheduler gives it.
+                state = pickle.loads(row.job_state)
+                nxt = utc_timestamp_to_datetime(row.next_run_time)
+                jobs.append({"id": row.id, "trigger": str(state["trigger"]), "next_run_time": _iso(nxt)})
+            return jobs, True
+    now = datetime.now(UTC)
+    planned = planned_jobs(config)
+    return [
+        {"id": job_id, "trigger": str(trigger), "next_run_time": _iso(trigger.get_next_fire_time(None, now))}
+        for job_id, trigger in planned
+    ], False
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat(timespec="seconds") if moment else None
+
+
+def volume_status(
+    store: SqlEventStore, config: ScheduleConfig, paused: tuple[bool, str | None] = (False, None)
+) -> list[dict[str, Any]]:
+    """Per kind: examples since the last successful training, the threshold, and what a check would do."""
+    attempts = read_attempts(store)
+    now = datetime.now(UTC)
+    rows = []
+    for kind, threshold in (("reward", config.reward_after_pairs), ("policy", config.policy_after_examples)):
+        objective = config.policy_objective if kind == "policy" else None
+        dataset = DATASETS[objective or kind]
+        since = baseline_seq(attempts, kind)
+        new = count_new_examples(store, dataset, since)
+        decision = decide_training(
+            kind,
+            attempts,
+            new,
+            threshold,
+            now,
+            objective=objective,
+            failure_backoff_s=config.failure_backoff_s,
+            orphan_after_s=config.orphan_after_s,
+        )
+        blocked = pause_blocks(kind, paused)
+        rows.append(
+            {
+                "kind": kind,
+                "dataset": dataset,
+                "since_seq": since,
+                "new_examples": new,
+                "threshold": threshold,
+                "next_check": "paused" if blocked else "train" if decision.run else "wait",
+                "why": blocked or decision.reason,
+            }
+        )
+    return rows
+
+
+def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.governance import training_paused
+
+    config = ScheduleConfig.from_settings(settings)
+    store = bootstrap.open_store(settings)
+    try:
+        jobs, from_store = stored_jobs(store.engine, config)
+        lease = read_lease(store.engine, config.lease_name)
+        paused, pause_reason = training_paused(store)
+        volume = volume_status(store, config, (paused, pause_reason))
+        past = history(store, args.limit)
+    finally:
+        store.dispose()
+    leader = (
+        {
+            "holder": lease.holder,
+            "until": _iso(lease.expires_at),
+            "since": _iso(lease.acquired_at),
+            "fencing_token": lease.fencing_token,
+            "expired": lease.expired,
+        }
+        if lease
+        else None
+    )
+    if args.json:
+        _print_json(
+            {
+                "schedule": jobs,
+                "schedule_stored": from_store,
+                "leader": leader,
+                "paused": {"paused": paused, "reason": pause_reason},
+                "volume": volume,
+                "history": past,
+            }
+        )
+        return 0
+    if leader is None:
+        print("leader: none yet (no replica has run the scheduler)")
+    elif leader["expired"]:
+        print(f"leader: none (last {leader['holder']}, lease expired {leader['until']})")
+    else:
+        print(
+            f"leader: {leader['holder']} until {leader['until']} (since {leader['since']}, term {leader['fencing_token']})"
+        )
+    print(
+        f"training: paused ({pause_reason or 'by enforcement'}); apply resume_training to resume"
+        if paused
+        else "training: not paused"
+    )
+    print()
+    print("schedule" + ("" if from_store else " (configured; no replica has stored it yet)"))
+    _columns(["job", "trigger", "next run"], [(j["id"], j["trigger"], j["next_run_time"] or "paused") for j in jobs])
+    print()
+    print("volume triggers")
+    _columns(
+        ["kind", "dataset", "since seq", "new", "threshold", "next check"],
+        [
+            (
+                v["kind"],
+                v["dataset"],
+                v["since_seq"],
+                v["new_examples"],
+                v["threshold"] or "off",
+                f"{v['next_check']}: {v['why']}",
+            )
+            for v in volume
+        ],
+    )
+    print()
+    print(f"history (last {args.limit} attempts, newest first)")
+    _columns(
+        ["started", "kind", "objective", "outcome", "version", "to seq", "reason"],
+        [
+            (h["started_at"], h["kind"], h["objective"], h["outcome"], h["version"], h["to_seq"], h["reason"])
+            for h in past
+        ],
+    )
+    return 0
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def _columns(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    # Plain aligned text (as `alignd models list`): a line per job or attempt, for grep.
+    cells = [[c.upper() for c in columns], *[["" if v is None else str(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for row in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    if not rows:
+        print("(none)")
