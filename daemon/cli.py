@@ -14,6 +14,7 @@ import yaml
 
 from daemon import bootstrap
 from daemon.cli_audit import add_audit_commands
+from daemon.cli_jobs import add_jobs_commands
 from daemon.cli_models import add_models_commands
 from daemon.cli_train import add_train_commands
 from daemon.logs import configure_logging
@@ -300,7 +301,9 @@ def cmd_monitors_list(settings: Settings, args: argparse.Namespace) -> int:
         {
             "detector": name,
             "enabled": name in enabled,
-            "needs": "the champion reward model (alias champion of alignd-reward)" if name in bootstrap.NEEDS_REWARD_MODEL else "",
+            "needs": "the champion reward model (alias champion of alignd-reward)"
+            if name in bootstrap.NEEDS_REWARD_MODEL
+            else "",
             "state_bytes": len(json.dumps(states[name])) if name in states else 0,
         }
         for name in bootstrap.detector_names()
@@ -342,6 +345,12 @@ def cmd_monitors_backtest(settings: Settings, args: argparse.Namespace) -> int:
             [(r["trigger_seq"], r["detector"], r["severity"], r["subject"], r["summary"]) for r in rows],
         )
     return 0
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.run import run
+
+    return run(settings, args.role or [], shutdown_timeout_s=args.shutdown_timeout)
 
 
 def cmd_config_show(settings: Settings, args: argparse.Namespace) -> int:
@@ -438,9 +447,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--detector", action="append", metavar="NAME", help="only this detector (repeatable; default: settings)"
     )
 
+    from daemon.run import ROLES
+
+    p = add(
+        commands,
+        "run",
+        cmd_run,
+        "the long-running daemon: ingestion, monitors, enforcement, scheduler, HTTP",
+        json_flag=False,
+    )
+    p.add_argument("--role", action="append", choices=ROLES, help="run only these parts (repeatable; default: all)")
+    p.add_argument("--shutdown-timeout", type=float, default=120.0, metavar="SECONDS", help="how long SIGTERM may take")
     add_train_commands(commands, add)
     add_models_commands(commands, add)
     add_audit_commands(commands, add)
+    add_jobs_commands(commands, add)
 
     cfg = commands.add_parser("config", help="settings").add_subparsers(
         dest="config_command", required=True, metavar="ACTION"

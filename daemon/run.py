@@ -1,0 +1,218 @@
+"""``alignd run``: the long-running service, its parts grouped by role, under the supervisor.
+
+Roles (``--role``, repeatable; all of them when none is given), so replicas can split the work:
+
+* ``schedule`` — training by cron and data volume, on the replica that holds the leader lease;
+* ``ingest`` — Kafka into the store (and the projections after each batch);
+* ``project`` — the projections and the audit chain, for replicas that ingest with ``--no-project`` or not at all;
+* ``monitor`` — the detectors, the enforcement executor, MLflow alias watching, and the alerts and models outboxes;
+* ``http`` — health, readiness, metrics and the audit review page.
+
+Parts stop in that order on SIGTERM/SIGINT (the scheduler first: no new jobs, the running one is cancelled
+and resumes later from its checkpoint; then ingestion, with a final commit), and the engines are disposed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from daemon import bootstrap
+from daemon.settings import Settings
+from daemon.supervisor import LoopPart, Supervisor
+from events.model import Event
+from events.sql_store import SqlEventStore
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("schedule", "ingest", "project", "monitor", "http")
+
+
+class IngestPart:
+    name = "ingest"
+
+    def __init__(self, settings: Settings, store: SqlEventStore) -> None:
+        self.settings, self.store = settings, store
+        self.ingestor: Any = None
+
+    def run(self, stop: threading.Event) -> None:
+        self.ingestor = bootstrap.build_ingestor(self.settings, self.store)
+        try:
+            if not stop.is_set():
+                self.ingestor.run()
+        finally:
+            self.ingestor.publisher.producer.close(timeout=10)
+
+    def request_stop(self) -> None:
+        if self.ingestor is not None:
+            self.ingestor.stop()  # finishes the batch in hand and commits
+
+    def close(self) -> None:
+        pass
+
+
+class HttpPart:
+    name = "http"
+
+    def __init__(self, settings: Settings, store: SqlEventStore) -> None:
+        from daemon.http import ReviewServer
+
+        h = settings.http
+        self.server = ReviewServer(
+            store,
+            host=h.host,
+            port=h.port,
+            token=h.token.get_secret_value() if h.token else None,
+            mlflow_ui_url=h.mlflow_ui_url,
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        self.server.start()
+        logger.info("review page at %s/audit", self.server.url)
+        stop.wait()
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+def _run_training(settings: Settings, store: SqlEventStore, request: Any, cancel: Any) -> Any:
+    """The scheduler's job: one training run in a child process (trainers.jobs)."""
+    from trainers.jobs import NothingToTrainError
+
+    if request.kind == "evaluation":
+        logger.info("scheduled evaluation of the champions: runs with the next training job's gates")
+        return None
+    overrides = {"objective": request.objective} if request.kind == "policy" and request.objective else {}
+    config = (
+        bootstrap.reward_config(settings)
+        if request.kind == "reward"
+        else bootstrap.policy_config(settings, **overrides)
+    )
+    try:
+        return bootstrap.training_jobs(settings, store).train(
+            config,
+            bootstrap.job_limits(settings),
+            upto_seq=request.upto_seq,
+            dataset_limit=settings.trainers.dataset_limit,
+            cancel=cancel,
+        )
+    except NothingToTrainError as exc:
+        logger.info("scheduled %s training skipped: %s", request.kind, exc)
+        return None
+
+
+def _crash_alert(store: SqlEventStore) -> Any:
+    def report(part: str, crashes: int, error: str) -> None:
+        now = datetime.now(UTC)
+        window = now.strftime("%Y-%m-%dT%H")
+        store.append(
+            [
+                Event(
+                    event_id=f"anomaly:supervisor:{part}:{window}",
+                    type="anomaly.detected",
+                    occurred_at=now,
+                    source="alignd.daemon",
+                    payload={
+                        "detector": "supervisor",
+                        "subject": f"part:{part}",
+                        "severity": "critical",
+                        "summary": f"the {part} part keeps dying ({crashes} crashes in a few minutes): {error}",
+                        "evidence": [],
+                        "statistics": {"crashes": crashes},
+                    },
+                )
+            ]
+        )
+
+    return report
+
+
+def build(settings: Settings, roles: Sequence[str], store: SqlEventStore, *, shutdown_timeout_s: float = 120.0) -> Supervisor:
+    supervisor = Supervisor(on_crash_loop=_crash_alert(store))
+    if "schedule" in roles:
+        from daemon.scheduler import ScheduleConfig, TrainingScheduler
+
+        # A training.started without an outcome is only an orphan once no job could still be running it.
+        orphan_after_s = max(settings.schedule.orphan_after_s, settings.trainers.timeout_s + 60)
+        supervisor.add(
+            TrainingScheduler(
+                ScheduleConfig.from_settings(settings, orphan_after_s=orphan_after_s),
+                store,
+                lambda request, cancel: _run_training(settings, store, request, cancel),
+                stop_timeout_s=shutdown_timeout_s / 2,
+            )
+        )
+    if "ingest" in roles:
+        supervisor.add(IngestPart(settings, store))
+    if "project" in roles:
+        from events.projections import ProjectionRunner
+
+        supervisor.add(LoopPart("projections", ProjectionRunner(store).catch_up, 1.0))
+    if {"project", "monitor"} & set(roles):
+        from events.audit import AuditTrail
+
+        # Both roles append decisions; chaining them is cheap and idempotent (a lock orders concurrent writers).
+        supervisor.add(LoopPart("audit", AuditTrail(store).catch_up, 1.0))
+    if "monitor" in roles:
+        _add_monitor_parts(supervisor, settings, store)
+    if "http" in roles:
+        supervisor.add(HttpPart(settings, store))
+    return supervisor
+
+
+def _add_monitor_parts(supervisor: Supervisor, settings: Settings, store: SqlEventStore) -> None:
+    from daemon.outbox import OutboxPublisher
+    from monitors.runner import MonitorRunner
+
+    runner = MonitorRunner(
+        store,
+        bootstrap.build_detectors(settings),
+        batch_size=settings.monitors.batch_size,
+        rules=bootstrap.enforcement_rules(settings),
+    )
+    supervisor.add(LoopPart("monitors", runner.step, 0.2))
+    producer = bootstrap.kafka_producer(settings)
+    # Guard rules and alerts both go to the alerts topic: serving applies the rules, people read the alerts.
+    alerts = OutboxPublisher(store, producer, settings.topics.alerts, ["anomaly.detected", "enforcement.requested"])
+    supervisor.add(LoopPart("alerts-outbox", alerts.publish, 0.2))
+    supervisor.add(
+        LoopPart(
+            "models-outbox",
+            bootstrap.models_outbox(settings, store, producer).publish,
+            0.5,
+            on_close=lambda: producer.close(timeout=10),
+        )
+    )
+    governance = bootstrap.governance(settings, store)
+    supervisor.add(LoopPart("enforcement", bootstrap.enforcement_executor(settings, store).step, 1.0))
+    supervisor.add(LoopPart("mlflow-aliases", governance.sync_aliases, 30.0))
+
+
+def run(settings: Settings, roles: Sequence[str], *, shutdown_timeout_s: float = 120.0) -> int:
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise ValueError(f"unknown role {', '.join(unknown)}; roles: {', '.join(ROLES)}")
+    roles = list(roles) or list(ROLES)
+    store = bootstrap.open_store(settings)
+    supervisor = build(settings, roles, store, shutdown_timeout_s=shutdown_timeout_s)
+    stopping = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        logger.info("received %s; draining %s", signal.Signals(signum).name, ", ".join(roles))
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    supervisor.start()
+    logger.info("alignd running with roles %s", ", ".join(roles))
+    try:
+        while not stopping.wait(1.0):
+            pass
+    finally:
+        clean = supervisor.stop(shutdown_timeout_s)
+        store.dispose()
+    return 0 if clean else 1
