@@ -353,6 +353,12 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     return run(settings, args.role or [], shutdown_timeout_s=args.shutdown_timeout)
 
 
+def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.demo import cmd_demo
+
+    return cmd_demo(settings, args)
+
+
 def cmd_config_show(settings: Settings, args: argparse.Namespace) -> int:
     data = settings.redacted()
     if args.json:
@@ -458,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--role", action="append", choices=ROLES, help="run only these parts (repeatable; default: all)")
     p.add_argument("--shutdown-timeout", type=float, default=120.0, metavar="SECONDS", help="how long SIGTERM may take")
+    p = add(commands, "demo", _cmd_demo, "the whole loop on this machine: local Kafka, SQLite, MLflow, an incident")
+    p.add_argument("--dir", default="alignd-demo", help="where the demo keeps its databases, broker and models")
+    p.add_argument("--quick", action="store_true", help="the tiny test policy and a few steps (as CI runs it)")
     add_train_commands(commands, add)
     add_models_commands(commands, add)
     add_audit_commands(commands, add)
