@@ -84,8 +84,8 @@ def _run_training(settings: Settings, store: SqlEventStore, request: Any, cancel
     from trainers.jobs import NothingToTrainError
 
     if request.kind == "evaluation":
-        logger.info("scheduled evaluation of the champions: runs with the next training job's gates")
-        return None
+        # Settings refuse evaluation_cron until continuous evaluation exists, so this is never scheduled.
+        raise ValueError("scheduled evaluation of the champions is not built yet")
     overrides = {"objective": request.objective} if request.kind == "policy" and request.objective else {}
     config = (
         bootstrap.reward_config(settings)
@@ -131,7 +131,9 @@ def _crash_alert(store: SqlEventStore) -> Any:
     return report
 
 
-def build(settings: Settings, roles: Sequence[str], store: SqlEventStore, *, shutdown_timeout_s: float = 120.0) -> Supervisor:
+def build(
+    settings: Settings, roles: Sequence[str], store: SqlEventStore, *, shutdown_timeout_s: float = 120.0
+) -> Supervisor:
     supervisor = Supervisor(on_crash_loop=_crash_alert(store))
     if "schedule" in roles:
         from daemon.scheduler import ScheduleConfig, TrainingScheduler
