@@ -246,6 +246,14 @@ class _Handler(BaseHTTPRequestHandler):
             status, ctype, extra = (503 if unavailable else 500), "text/html; charset=utf-8", {}
             message = f"the store does not answer ({type(exc).__name__})" if unavailable else "internal error"
             body = self.app.render("error.html", status=status, message=message)
+        # Counted and logged before the answer is written: a client that reads /metrics right after its
+        # response must find the request counted (the handler thread may otherwise still be running).
+        elapsed = time.perf_counter() - started
+        _REQUESTS.labels(name, str(status)).inc()
+        _LATENCY.labels(name).observe(elapsed)
+        level = logging.DEBUG if name in ("healthz", "readyz", "metrics") else logging.INFO
+        fields = {"method": self.command, "path": parts.path, "status": status, "ms": round(elapsed * 1000, 1)}
+        logger.log(level, "%s %s %d %.1fms", self.command, parts.path, status, fields["ms"], extra=fields)
         self.send_response(status)
         for key, value in {**SECURITY_HEADERS, "Content-Type": ctype, **extra}.items():
             self.send_header(key, value)
@@ -255,12 +263,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body if self.command != "HEAD" else b"")
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client went away; nothing to answer
-        elapsed = time.perf_counter() - started
-        _REQUESTS.labels(name, str(status)).inc()
-        _LATENCY.labels(name).observe(elapsed)
-        level = logging.DEBUG if name in ("healthz", "readyz", "metrics") else logging.INFO
-        fields = {"method": self.command, "path": parts.path, "status": status, "ms": round(elapsed * 1000, 1)}
-        logger.log(level, "%s %s %d %.1fms", self.command, parts.path, status, fields["ms"], extra=fields)
 
     def _html(self, route: str, code: int, template: str, **context: Any) -> tuple[Any, ...]:
         return route, code, "text/html; charset=utf-8", self.app.render(template, **context), {}
