@@ -1,7 +1,7 @@
 """Reward model: alignd's trainer against TRL's ``RewardTrainer`` on HH-RLHF harmless-base, same model and data.
 
     python -m bench.reward_bench                            # 1,156 train / 1,156 held-out pairs, 2 repeats
-    python -m bench.reward_bench --threads 1 --max-length 128   # the README figures (2 shared cores, ~35 min)
+    python -m bench.reward_bench --threads 1 --max-length 128   # the README figures (2 shared cores, ~20 min)
     python -m bench.reward_bench --train-pairs 64 --held-pairs 128 --repeats 1   # quick (a few minutes)
     python -m bench.reward_bench --device cuda --bf16       # on a GPU machine
     python -m bench.reward_bench --profile                  # plus a cProfile of alignd's loop
@@ -109,9 +109,13 @@ def make_runtime(device: str, bf16: bool) -> Any:
 
 
 def quiet_libraries() -> None:
+    import warnings
+
     import datasets
     import transformers
 
+    # transformers 5 warns on every training step that a name it reads itself is deprecated.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     datasets.disable_progress_bars()
