@@ -105,3 +105,32 @@ def store(db_url: str) -> Iterator[SqlEventStore]:
         yield store
     finally:
         store.dispose()
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite database with its tables made once; creating them takes seconds, copying doesn't."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    client = MlflowClient(tracking_uri=f"sqlite:///{path}", registry_uri=f"sqlite:///{path}")
+    client.search_experiments()  # creates the tracking tables
+    client.search_registered_models()  # and the registry's
+    return path
+
+
+@pytest.fixture
+def tracking_uri(mlflow_template: Path, tmp_path: Path) -> str:
+    """A real MLflow backend of this test's own (a copy of the template)."""
+    import shutil
+
+    shutil.copyfile(mlflow_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def registry(tracking_uri: str, tmp_path: Path) -> object:
+    from trainers.registry import ModelRegistry
+
+    # An explicit artifact root: MLflow's default for a database URI is ./mlruns in the current directory.
+    return ModelRegistry(tracking_uri, artifact_location=(tmp_path / "artifacts").as_uri())

@@ -17,7 +17,7 @@ from trainers.jobs import JobLimits, TrainingJobs
 from trainers.registry import ModelRegistry
 
 from ..helpers import REPO
-from .test_training_jobs import EVALUATION, events_of, mlflow_template, registry, seed_preferences, store  # noqa: F401 (fixtures)
+from .test_training_jobs import EVALUATION, events_of, seed_preferences, store  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import shutil
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -45,21 +44,6 @@ PASSED = {
     "alignd.gate.kl": "pass 0.03 (<= 0.10)",
 }
 UNSAFE = {"alignd.gates": "failed: safety", "alignd.gate.safety": "fail 0.12 (<= 0.05)", "alignd.gate.kl": "pass 0.03"}
-
-
-@pytest.fixture(scope="module")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    client = MlflowClient(tracking_uri=f"sqlite:///{path}", registry_uri=f"sqlite:///{path}")
-    client.search_experiments()
-    client.search_registered_models()
-    return path
-
-
-@pytest.fixture
-def tracking_uri(mlflow_template: Path, tmp_path: Path) -> str:
-    shutil.copyfile(mlflow_template, tmp_path / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 @pytest.fixture

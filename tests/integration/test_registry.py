@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -36,28 +35,6 @@ pytestmark = pytest.mark.integration
 SNAPSHOT = DatasetInfo(
     name="preference_pairs@120", kind="preference_pairs", from_seq=0, to_seq=120, sha256="ab" * 32, rows=42
 )
-
-
-@pytest.fixture(scope="module")
-def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    uri = f"sqlite:///{path}"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.search_experiments()  # creates the tracking tables
-    client.search_registered_models()  # and the registry's
-    return path
-
-
-@pytest.fixture
-def tracking_uri(empty_db: Path, tmp_path: Path) -> str:
-    shutil.copyfile(empty_db, tmp_path / "mlflow.db")
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-
-@pytest.fixture
-def registry(tracking_uri: str, tmp_path: Path) -> ModelRegistry:
-    # An explicit artifact root: MLflow's default for a database URI is ./mlruns in the current directory.
-    return ModelRegistry(tracking_uri, artifact_location=(tmp_path / "artifacts").as_uri())
 
 
 @pytest.fixture

@@ -9,12 +9,10 @@ data-parallel processes (torchrun, gloo) that stay in sync.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
-from mlflow import MlflowClient
 
 from events.codec import decode_inbound
 from events.projections.runner import ProjectionRunner
@@ -32,21 +30,6 @@ from .test_training import synthetic_pairs
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EVALUATION = EvaluationConfig(prompts=4, safety_per_source=2, max_new_tokens=8)
-
-
-@pytest.fixture(scope="module")
-def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
-    client = MlflowClient(tracking_uri=f"sqlite:///{path}", registry_uri=f"sqlite:///{path}")
-    client.search_experiments()
-    client.search_registered_models()
-    return path
-
-
-@pytest.fixture
-def registry(mlflow_template: Path, tmp_path: Path) -> ModelRegistry:
-    shutil.copyfile(mlflow_template, tmp_path / "mlflow.db")
-    return ModelRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=(tmp_path / "artifacts").as_uri())
 
 
 @pytest.fixture
