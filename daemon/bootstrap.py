@@ -269,6 +269,6 @@ def models_outbox(settings: Settings, store: SqlEventStore, producer: Any) -> An
 
 def enforcement_executor(settings: Settings, store: SqlEventStore, **overrides: Any) -> Any:
     """Carries out ``enforcement.requested`` (``step()`` from the daemon's loop; defaults: 3 attempts, 1 s)."""
-    from daemon.governance import EnforcementExecutor
+    from daemon.enforcement import EnforcementExecutor
 
     return EnforcementExecutor(store, governance(settings, store), **overrides)

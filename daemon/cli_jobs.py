@@ -111,7 +111,7 @@ def volume_status(
 
 
 def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.governance import training_paused
+    from daemon.enforcement import training_paused
 
     config = ScheduleConfig.from_settings(settings)
     store = bootstrap.open_store(settings)

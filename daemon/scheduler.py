@@ -300,7 +300,7 @@ def count_new_examples(store: SqlEventStore, dataset: str, after_seq: int) -> in
 
 def governance_training_paused(store: SqlEventStore) -> tuple[bool, str | None]:
     # Imported here: daemon.governance loads MLflow (seconds), which `python -m daemon.scheduler` need not.
-    from daemon.governance import training_paused
+    from daemon.enforcement import training_paused
 
     return training_paused(store)
 
@@ -356,7 +356,7 @@ class TrainingScheduler:
         store: the event store; the job store and the lease live in its database.
         run_job: runs a :class:`TrainingRequest`, polling ``cancel()`` and stopping when it returns a reason.
         holder: this replica's lease holder id (default: host, pid and a random suffix).
-        paused: ``store -> (paused, reason)``, default :func:`daemon.governance.training_paused`.
+        paused: ``store -> (paused, reason)``, default :func:`daemon.enforcement.training_paused`.
         clock: wall clock for the rules (UTC).
     """
 

@@ -21,13 +21,8 @@ from mlflow import MlflowClient
 
 from daemon import bootstrap
 from daemon.cli_models import add_models_commands
-from daemon.governance import (
-    EnforcementExecutor,
-    Governance,
-    NothingToRollBackError,
-    PromotionRefusedError,
-    training_paused,
-)
+from daemon.enforcement import EnforcementExecutor, training_paused
+from daemon.governance import Governance, NothingToRollBackError, PromotionRefusedError
 from daemon.settings import DatabaseSettings, MlflowSettings, Settings, TopicsSettings
 from events.model import Event
 from events.sql_store import SqlEventStore, create_store_engine

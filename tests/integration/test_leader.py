@@ -207,7 +207,7 @@ def test_only_the_leader_runs_jobs_and_a_release_hands_them_over(
 def test_a_pause_holds_training_until_resumed(
     store: SqlEventStore, schedulers: Callable[..., TrainingScheduler]
 ) -> None:
-    from daemon.governance import training_paused
+    from daemon.enforcement import training_paused
 
     def applied(n: int, action: str) -> Event:
         payload = {"request_event_id": f"req-{n}", "action": action, "outcome": "applied", "reason": "toxicity spike"}

@@ -84,7 +84,7 @@ def decision_events(start: int = 0) -> list[Event]:
             "enforcement.applied",
             _at(n + 1),
             "alignd.enforcement",
-            {  # the shape daemon/governance.py appends
+            {  # the shape daemon/enforcement.py appends
                 "request_event_id": "enforcement:rollback_champion:1",
                 "action": "rollback_champion",
                 "target": {"model": "alignd-policy", "version": "3"},
