@@ -143,6 +143,7 @@ def build_detectors(settings: Settings, names: Sequence[str] | None = None) -> l
         "hallucination_reports": HallucinationReportDetector,
         "response_length_drift": LengthDriftDetector,
         "feedback_flooding": FeedbackFloodingDetector,
+        "champion_regression": lambda: _champion_regression(settings),
         "toxicity": lambda: _toxicity(settings),
         "jailbreak_attempt": lambda: _jailbreak("attempt", jailbreak_scorer),
         "jailbreak_success": lambda: _jailbreak("success", jailbreak_scorer),
@@ -178,6 +179,15 @@ def _reward_detector(name: str, scorer: Any) -> Any:
     from monitors.detectors.drift import OverOptimisationDetector, RewardDriftDetector
 
     return (RewardDriftDetector if name == "reward_drift" else OverOptimisationDetector)(scorer)
+
+
+def _champion_regression(settings: Settings) -> Any:
+    from monitors.detectors.champion import ChampionRegressionConfig, ChampionRegressionDetector
+
+    m = settings.monitors
+    return ChampionRegressionDetector(
+        ChampionRegressionConfig(max_accuracy_drop=m.regression_accuracy_drop, max_unsafe_rise=m.regression_unsafe_rise)
+    )
 
 
 def _toxicity(settings: Settings) -> Any:
@@ -240,6 +250,22 @@ def training_jobs(settings: Settings, store: SqlEventStore) -> Any:
 
     evaluation = _checked_config(EvaluationConfig, "evaluation", dict(settings.trainers.evaluation))
     return TrainingJobs(store, model_registry(settings), Path(settings.trainers.work_dir), evaluation=evaluation)
+
+
+def champion_evaluation(settings: Settings, store: SqlEventStore) -> Any:
+    """The continuous evaluation of the champions (``alignd models evaluate``, the scheduler's ``evaluate``)."""
+    from trainers.champion_eval import ChampionEvaluation
+    from trainers.config import EvaluationConfig
+
+    evaluation = _checked_config(EvaluationConfig, "evaluation", dict(settings.trainers.evaluation))
+    return ChampionEvaluation(
+        store,
+        model_registry(settings),
+        Path(settings.trainers.work_dir),
+        evaluation=evaluation,
+        reward=reward_config(settings),
+        policy=policy_config(settings),
+    )
 
 
 def job_limits(settings: Settings, **overrides: Any) -> Any:

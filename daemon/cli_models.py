@@ -1,4 +1,4 @@
-"""``alignd models list|show|promote|rollback``: the registered reward and policy versions (DESIGN.md §5).
+"""``alignd models list|show|promote|rollback|evaluate``: the registered reward and policy versions (DESIGN.md §5).
 
 ``promote`` and ``rollback`` move the ``champion`` alias through :class:`daemon.governance.Governance`, which
 checks the gates and appends ``model.promoted`` / ``model.rolled_back``; the daemon's outbox publishes those on
@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from daemon.cli_evaluate import add_evaluate_command
 from daemon.settings import Settings
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ KINDS = ("reward", "policy")
 
 
 def add_models_commands(commands: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add ``models list|show|promote|rollback`` to the top-level subparsers, through cli.py's ``add`` helper."""
+    """Add ``models list|show|promote|rollback|evaluate`` to the top-level subparsers, through cli.py's ``add`` helper."""
     models = commands.add_parser("models", help="registered model versions").add_subparsers(
         dest="models_command", required=True, metavar="ACTION"
     )
@@ -46,6 +47,7 @@ def add_models_commands(commands: Any, add: Callable[..., argparse.ArgumentParse
     p.add_argument("kind", choices=KINDS, metavar="KIND", help="reward or policy")
     _governance_arguments(p)
     p.add_argument("--to", metavar="VERSION", help="the version to restore (default: the champion before this one)")
+    add_evaluate_command(models, add)
 
 
 def _governance_arguments(p: argparse.ArgumentParser) -> None:

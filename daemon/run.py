@@ -35,12 +35,15 @@ ROLES = ("schedule", "ingest", "project", "monitor", "http")
 class IngestPart:
     name = "ingest"
 
-    def __init__(self, settings: Settings, store: SqlEventStore) -> None:
+    def __init__(self, settings: Settings, store: SqlEventStore, stored: threading.Event | None = None) -> None:
         self.settings, self.store = settings, store
+        self.stored = stored  # set after each batch is committed: wakes the monitors in this process
         self.ingestor: Any = None
 
     def run(self, stop: threading.Event) -> None:
         self.ingestor = bootstrap.build_ingestor(self.settings, self.store)
+        if self.stored is not None:
+            self.ingestor.on_stored = self.stored.set
         try:
             if not stop.is_set():
                 self.ingestor.run()
@@ -84,8 +87,9 @@ def _run_training(settings: Settings, store: SqlEventStore, request: Any, cancel
     from trainers.jobs import NothingToTrainError
 
     if request.kind == "evaluation":
-        # Settings refuse evaluation_cron until continuous evaluation exists, so this is never scheduled.
-        raise ValueError("scheduled evaluation of the champions is not built yet")
+        # Runs while training is paused (scheduler.pause_blocks lets it through): it only reads the champions,
+        # and it is how an operator learns whether the champion that caused the pause is still bad.
+        return bootstrap.champion_evaluation(settings, store).run(bootstrap.job_limits(settings), cancel=cancel)
     overrides = {"objective": request.objective} if request.kind == "policy" and request.objective else {}
     config = (
         bootstrap.reward_config(settings)
@@ -135,6 +139,7 @@ def build(
     settings: Settings, roles: Sequence[str], store: SqlEventStore, *, shutdown_timeout_s: float = 120.0
 ) -> Supervisor:
     supervisor = Supervisor(on_crash_loop=_crash_alert(store))
+    stored = threading.Event()  # the ingestor's "new events" signal, the monitor loop's wake-up
     if "schedule" in roles:
         from daemon.scheduler import ScheduleConfig, TrainingScheduler
 
@@ -149,7 +154,7 @@ def build(
             )
         )
     if "ingest" in roles:
-        supervisor.add(IngestPart(settings, store))
+        supervisor.add(IngestPart(settings, store, stored))
     if "project" in roles:
         from events.projections import ProjectionRunner
 
@@ -160,15 +165,17 @@ def build(
         # Both roles append decisions; chaining them is cheap and idempotent (a lock orders concurrent writers).
         supervisor.add(LoopPart("audit", AuditTrail(store).catch_up, 1.0))
     if "monitor" in roles:
-        _add_monitor_parts(supervisor, settings, store)
+        _add_monitor_parts(supervisor, settings, store, stored)
     if "http" in roles:
         supervisor.add(HttpPart(settings, store))
     return supervisor
 
 
-def _add_monitor_parts(supervisor: Supervisor, settings: Settings, store: SqlEventStore) -> None:
+def _add_monitor_parts(
+    supervisor: Supervisor, settings: Settings, store: SqlEventStore, stored: threading.Event | None = None
+) -> None:
     from daemon.outbox import OutboxPublisher
-    from monitors.runner import MonitorRunner
+    from monitors.runner import MonitorRunner, StepResult
 
     runner = MonitorRunner(
         store,
@@ -176,11 +183,34 @@ def _add_monitor_parts(supervisor: Supervisor, settings: Settings, store: SqlEve
         batch_size=settings.monitors.batch_size,
         rules=bootstrap.enforcement_rules(settings),
     )
-    supervisor.add(LoopPart("monitors", runner.step, 0.2))
+    alerts_wake = threading.Event()
+
+    def monitor_step() -> StepResult:
+        result = runner.step()
+        if result.appended:
+            alerts_wake.set()  # publish the alerts now rather than on the outbox's next poll
+        return result
+
+    def full_batch(result: object) -> bool:
+        return isinstance(result, StepResult) and result.observed >= runner.batch_size
+
+    # An alert waits for its whole step, so the loop steps again at once after a full batch instead of
+    # letting a backlog build; otherwise a stored batch wakes it, at most every 0.1 s (the 0.2 s interval
+    # only applies when the ingestor is in another process).
+    supervisor.add(
+        LoopPart(
+            "monitors",
+            monitor_step,
+            0.2,
+            more=full_batch,
+            wake=stored or threading.Event(),
+            min_interval_s=0.1,
+        )
+    )
     producer = bootstrap.kafka_producer(settings)
     # Guard rules and alerts both go to the alerts topic: serving applies the rules, people read the alerts.
     alerts = OutboxPublisher(store, producer, settings.topics.alerts, ["anomaly.detected", "enforcement.requested"])
-    supervisor.add(LoopPart("alerts-outbox", alerts.publish, 0.2))
+    supervisor.add(LoopPart("alerts-outbox", alerts.publish, 0.2, wake=alerts_wake))
     supervisor.add(
         LoopPart(
             "models-outbox",

@@ -13,7 +13,8 @@ Jobs (ids stable across replicas; each ``max_instances=1, coalesce=True``):
   preference pairs, the policy after ``policy_after_examples`` new examples of its objective's dataset
   (pairs for DPO, demonstrations for SFT, prompts for RLOO), counted after the ``to_seq`` of the dataset
   the last successful training of that kind used. It also resumes a job that was interrupted.
-* ``evaluate``: cron, optional; the continuous evaluation of the champions (DESIGN.md §5).
+* ``evaluate``: cron, optional; the continuous evaluation of the champions (DESIGN.md §5,
+  ``trainers/champion_eval.py``), a request of kind ``evaluation`` that a pause does not block.
 
 The jobs only decide; a single worker thread runs what they ask for, one training at a time (a GPU holds
 one), through the injected ``run_job(request, cancel)``. Training paused by enforcement stays paused until a
@@ -241,7 +242,11 @@ def decide_training(
 
 
 def pause_blocks(kind: str, paused: tuple[bool, str | None]) -> str | None:
-    """Why a pause keeps ``kind`` from starting, or None. Evaluation only reads models: a pause allows it."""
+    """Why a pause keeps ``kind`` from starting, or None.
+
+    Evaluation only reads models, so a pause allows it: while training is paused, re-measuring the champion is
+    how an operator learns whether it is still bad (and whether resuming is safe).
+    """
     is_paused, reason = paused
     if not is_paused or kind == "evaluation":
         return None

@@ -122,6 +122,7 @@ LIGHT_DETECTORS = (
     "jailbreak_attempt",
     "jailbreak_success",
     "toxicity",
+    "champion_regression",
 )
 
 
@@ -135,6 +136,12 @@ class MonitorsSettings(BaseModel):
     toxicity_model: str | None = Field(None, description="a Hugging Face classifier instead of alt-profanity-check")
     rules: tuple[str, ...] | None = Field(None, description="detector:action[:min_severity], comma-separated")
     batch_size: int = Field(1000, ge=1)
+    regression_accuracy_drop: float = Field(
+        0.05, ge=0, le=1, description="champion_regression: held-out reward accuracy drop that alerts (absolute)"
+    )
+    regression_unsafe_rise: float = Field(
+        0.05, ge=0, le=1, description="champion_regression: red-team unsafe-rate rise that alerts (absolute)"
+    )
 
     @field_validator("detectors", "rules", mode="before")
     @classmethod
@@ -177,7 +184,9 @@ class ScheduleSettings(BaseModel):
     reward_cron: str | None = Field("0 3 * * *", description="cron for the reward model (empty: off)")
     policy_cron: str | None = Field("0 4 * * *", description="cron for the policy (empty: off)")
     evaluation_cron: str | None = Field(
-        None, description="cron for re-evaluating the champions: not built yet (DESIGN.md §5), so it must stay empty"
+        None,
+        description="cron for re-evaluating the champions (safety suite, held-out reward accuracy; DESIGN.md §5); "
+        "runs while training is paused (empty: off)",
     )
     reward_after_pairs: int = Field(200, ge=0, description="retrain the reward model after N new pairs (0: off)")
     policy_after_examples: int = Field(500, ge=0, description="retrain the policy after N new examples (0: off)")
@@ -188,15 +197,20 @@ class ScheduleSettings(BaseModel):
     orphan_after_s: float = Field(7200.0, gt=0)
     timezone: str = "UTC"
 
-    @field_validator("evaluation_cron")
+    @field_validator("reward_cron", "policy_cron", "evaluation_cron")
     @classmethod
-    def _no_evaluation_yet(cls, value: str | None) -> str | None:
-        # Refused rather than accepted and ignored: a scheduled evaluation that silently never runs would
-        # look like passing champions.
+    def _crontab(cls, value: str | None) -> str | None:
+        # Checked here rather than when the leader starts its scheduler: there, one bad expression would keep
+        # every job (training included) from being scheduled, with only a log line to say why.
         if value:
-            raise ValueError(
-                "scheduled re-evaluation of the champions is not built yet; leave it empty (gates run with every training job)"
-            )
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(value)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{value!r} is not a crontab expression (minute hour day month weekday, e.g. '30 5 * * *'): {exc}"
+                ) from None
         return value
 
 

@@ -133,6 +133,9 @@ def describe(kind: str, p: Mapping[str, Any]) -> tuple[str, str | None, str]:
     if kind == "gate.evaluated":
         about, model = _version(p)
         verdict = "passed" if p.get("passed") else f"failed: {', '.join(map(str, p.get('failed') or []))}"
+        if p.get("phase") == "continuous":  # only then: records of earlier events must still hash the same
+            upto = (p.get("dataset") or {}).get("to_seq")
+            verdict = f"continuous evaluation of the champion on data up to seq {upto}: {verdict}"
         return f"gates of {about}", model, verdict
     if kind.startswith("training."):
         name = _REGISTERED.get(p.get("kind", ""), str(p.get("kind")))

@@ -77,7 +77,12 @@ class Finding:
 
 
 class Detector(Protocol):
-    """A pure detector. ``name`` is stable: it keys the saved state and the alert ids."""
+    """A pure detector. ``name`` is stable: it keys the saved state and the alert ids.
+
+    The runner feeds every detector the inbound types (``interaction.logged``, ``feedback.received``); a
+    detector that also reads internal events names them in an optional ``observed_types`` attribute (the
+    champion-regression detector reads ``gate.evaluated``), and must ignore types it does not know.
+    """
 
     name: str
 

@@ -46,6 +46,9 @@ DEFAULT_RULES: tuple[EnforcementRule, ...] = (
     EnforcementRule("feedback_flooding", "quarantine_events", "warning"),
     EnforcementRule("jailbreak_success", "publish_guard_rule"),
     EnforcementRule("pii", "publish_guard_rule"),
+    # Critical only for a policy champion whose unsafe rate rose (its subject is the registered version, so the
+    # rollback targets exactly it); a reward-accuracy drop is a warning for a person to read.
+    EnforcementRule("champion_regression", "rollback_champion"),
 )
 
 

@@ -220,8 +220,12 @@ def test_a_pause_holds_training_until_resumed(
     wait_until(lambda: a.lease.is_leader, 10, message="A leads")
     time.sleep(2.0)  # several volume checks
     assert jobs.calls == []
+    # Evaluation still runs while paused: it is how an operator learns whether the champion is still bad.
+    a.fire("evaluate")
+    wait_until(lambda: bool(jobs.calls), 10, message="the evaluation while paused")
+    assert [(r.kind, r.trigger) for _, r in jobs.calls] == [("evaluation", "cron")]
     store.append([applied(2, "resume_training")])
-    wait_until(lambda: bool(jobs.calls), 15, message="training after the resume")
+    wait_until(lambda: any(r.kind == "reward" for _, r in jobs.calls), 15, message="training after the resume")
 
 
 def test_stopping_stops_the_running_job_then_releases_the_lease(

@@ -145,3 +145,43 @@ def test_alerts_request_enforcement_and_a_quarantine_leaves_training_sets(store:
         users = {row.user_id for row in conn.execute(training_pairs())}
         all_users = {row[0] for row in conn.exec_driver_sql("SELECT user_id FROM proj_preference_pairs")}
     assert "mallory" in all_users and "mallory" not in users and len(users) == 400
+
+
+def test_the_runner_reads_gate_evaluations_for_the_detector_that_asks_and_rolls_back_a_regressed_champion(
+    store: SqlEventStore,
+) -> None:
+    from monitors.detectors.champion import ChampionRegressionDetector
+    from monitors.enforcement import ENFORCEMENT_REQUESTED
+    from monitors.runner import observed_types
+
+    from ..unit.test_champion_regression import gate_event
+
+    events = [
+        *_traffic(300, seed=3),
+        gate_event(1, "policy", "3", 0.02, phase="training").event,
+        gate_event(2, "policy", "3", 0.12, phase="continuous", to_seq=300).event,
+    ]
+    store.append(events)
+    detectors = [ChampionRegressionDetector(), FeedbackSpikeDetector()]
+    assert observed_types(detectors) == ("interaction.logged", "feedback.received", "gate.evaluated")
+    assert [f.detector for f in backtest(store, [ChampionRegressionDetector()])] == ["champion_regression"]
+
+    runner = MonitorRunner(store, detectors, batch_size=100)
+    runner.catch_up()
+
+    def recorded() -> list[Event]:
+        # the traffic's own feedback alerts (the spike detector reads it too) are not what this test is about
+        return [
+            s.event
+            for s in store.read(0, types=[ANOMALY_DETECTED, ENFORCEMENT_REQUESTED])
+            if "champion_regression" in s.event.event_id or s.event.payload.get("detector") == "champion_regression"
+        ]
+
+    [alert, request] = recorded()
+    assert alert.type == ANOMALY_DETECTED and alert.payload["severity"] == "critical"
+    assert request.type == ENFORCEMENT_REQUESTED and request.payload["action"] == "rollback_champion"
+    assert request.payload["target"] == {"model": "alignd-policy", "version": "3"}
+    before = len(store.read(0, types=[ANOMALY_DETECTED, ENFORCEMENT_REQUESTED]))
+    # a second runner over the same range appends nothing
+    MonitorRunner(store, [ChampionRegressionDetector(), FeedbackSpikeDetector()], batch_size=100).catch_up()
+    assert len(store.read(0, types=[ANOMALY_DETECTED, ENFORCEMENT_REQUESTED])) == before

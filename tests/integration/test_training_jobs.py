@@ -83,6 +83,7 @@ def test_a_reward_job_registers_a_challenger_traced_to_its_events(
     assert started["run_id"] == completed["run_id"] == registered["run_id"] == version.run_id
     assert registered["version"] == outcome.version and registered["dataset"]["to_seq"] == upto
     assert gate["model_version"] == outcome.version and gate["gates"][0]["name"] == "reward_accuracy"
+    assert gate["phase"] == "training"
     metrics = registry.run_metrics(version.run_id)
     assert "loss" in metrics and "eval_accuracy" in metrics
 

@@ -18,6 +18,7 @@ from daemon.scheduler import (
     fold_attempts,
     is_interruption,
     pause_blocks,
+    planned_jobs,
 )
 from events.model import Event, StoredEvent
 
@@ -166,3 +167,10 @@ def test_schedule_config_takes_what_settings_have_and_defaults_the_rest() -> Non
 def test_dataset_map_matches_the_trainers() -> None:
     config = pytest.importorskip("trainers.config")
     assert config.DATASETS == DATASETS
+
+
+def test_the_evaluate_job_is_planned_only_when_evaluation_cron_is_set() -> None:
+    pytest.importorskip("apscheduler")
+    assert "evaluate" not in [job for job, _ in planned_jobs(ScheduleConfig())]
+    planned = dict(planned_jobs(ScheduleConfig(evaluation_cron="30 5 * * *")))
+    assert "hour='5'" in str(planned["evaluate"]) and "minute='30'" in str(planned["evaluate"])

@@ -321,3 +321,28 @@ def test_plaintext_client_kwargs_carry_no_sasl_or_ssl_settings() -> None:
     assert kwargs["security_protocol"] == "PLAINTEXT"
     assert kwargs["bootstrap_servers"] == ["127.0.0.1:9092"]
     assert not any(name.startswith(("sasl_", "ssl_")) for name in kwargs)
+
+
+# --- schedule and monitors ------------------------------------------------------------------------------
+
+
+def test_evaluation_cron_is_off_by_default_and_accepted_when_set() -> None:
+    assert load_settings(None, env={}).schedule.evaluation_cron is None
+    settings = load_settings(None, env={"ALIGND_SCHEDULE_EVALUATION_CRON": "30 5 * * *"})
+    assert settings.schedule.evaluation_cron == "30 5 * * *"
+    assert load_settings(None, env={"ALIGND_SCHEDULE_EVALUATION_CRON": ""}).schedule.evaluation_cron is None
+
+
+@pytest.mark.parametrize("name", ["ALIGND_SCHEDULE_EVALUATION_CRON", "ALIGND_SCHEDULE_REWARD_CRON"])
+def test_a_cron_that_is_not_a_crontab_expression_is_refused_at_load(name: str) -> None:
+    message = refused(**{name: "daily"})
+    assert name in message and "not a crontab expression" in message and "30 5 * * *" in message
+
+
+def test_champion_regression_runs_by_default_with_configurable_tolerances() -> None:
+    monitors = load_settings(None, env={}).monitors
+    assert "champion_regression" in monitors.detectors
+    assert (monitors.regression_accuracy_drop, monitors.regression_unsafe_rise) == (0.05, 0.05)
+    changed = load_settings(None, env={"ALIGND_MONITORS_REGRESSION_UNSAFE_RISE": "0.02"}).monitors
+    assert changed.regression_unsafe_rise == 0.02
+    assert "ALIGND_MONITORS_REGRESSION_ACCURACY_DROP" in refused(ALIGND_MONITORS_REGRESSION_ACCURACY_DROP="2")

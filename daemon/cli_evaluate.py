@@ -1,0 +1,104 @@
+"""``alignd models evaluate``: the continuous evaluation of the champions, now (trainers/champion_eval.py).
+
+The scheduled ``evaluate`` job (``schedule.evaluation_cron``) runs the same thing. Results are ``gate.evaluated``
+events with ``"phase": "continuous"`` and ``alignd.eval.*`` tags on each version; the ``champion_regression``
+detector compares them with what the version measured at training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from daemon.settings import Settings
+
+# trainers.registry.MODEL_NAMES, spelled out so that building the parser never imports MLflow.
+NAMES = {"reward": "alignd-reward", "policy": "alignd-policy"}
+
+
+def add_evaluate_command(models: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+    p = add(
+        models,
+        "evaluate",
+        cmd_models_evaluate,
+        "re-run the safety suite and the held-out reward accuracy on the current champions, and record the results",
+    )
+    p.add_argument("--kind", choices=tuple(NAMES), help="only this model's champion (default: both)")
+    p.add_argument("--upto-seq", type=int, metavar="N", help="snapshot the pairs up to this seq (default: all folded)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="overrides trainers.timeout_s")
+
+
+def cmd_models_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon import bootstrap
+    from events.projections import ProjectionRunner
+
+    kinds = [args.kind] if args.kind else list(NAMES)
+    limits = bootstrap.job_limits(settings, timeout_s=args.timeout)
+    store = bootstrap.open_store(settings)
+    try:
+        # The held-out pairs come from the projections: fold whatever ingestion appended since they last ran.
+        ProjectionRunner(store).catch_up()
+        evaluation = bootstrap.champion_evaluation(settings, store)
+        _progress(f"evaluating the champion of {' and '.join(NAMES[k] for k in kinds)} (in a child process)")
+        outcome = evaluation.run(limits, kinds=kinds, upto_seq=args.upto_seq)
+    finally:
+        store.dispose()
+    summary = {
+        "ok": outcome.ok,
+        "reason": outcome.reason,
+        "dataset": outcome.snapshot,
+        "results": outcome.results,
+        "skipped": outcome.skipped,
+    }
+    if args.json:
+        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+    else:
+        for row in outcome.results:
+            print(_result_line(row))
+        for skipped in outcome.skipped:
+            print(f"{NAMES[skipped['kind']]}: skipped: {skipped['reason']}")
+    if not outcome.ok:
+        print(
+            f"alignd: the evaluation failed: {outcome.reason}; nothing was recorded. Fix the cause and run "
+            "`alignd models evaluate` again (a timeout: raise --timeout or trainers.timeout_s).",
+            file=sys.stderr,
+        )
+        return 1
+    if not outcome.results:
+        print(
+            "alignd: nothing was evaluated: "
+            + "; ".join(s["reason"] for s in outcome.skipped)
+            + ". `alignd models list` shows the versions and their aliases.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _result_line(row: dict[str, Any]) -> str:
+    metrics = row["metrics"]
+    if row["kind"] == "reward":
+        measured = (
+            f"held-out accuracy {metrics.get('accuracy', float('nan')):.4f}, margin {metrics.get('margin', float('nan')):.4f} "
+            f"on {int(metrics.get('pairs', 0))} pairs"
+        )
+    else:
+        measured = (
+            f"unsafe rate {metrics.get('unsafe_rate', float('nan')):.4f} on "
+            f"{int(metrics.get('red_team_prompts', 0))} red-team prompts"
+        )
+        if "helpfulness" in metrics:
+            measured += f", helpfulness {metrics['helpfulness']:.4f} (mean champion reward)"
+    when = "recorded as" if row["appended"] else "already recorded on this snapshot as"
+    return (
+        f"{row['name']} version {row['version']}: {measured} up to seq {row['dataset_to_seq']}; gates {row['gates']}; "
+        f"{when} {row['event_id']}"
+    )
+
+
+def _progress(text: str) -> None:
+    # On stderr, so that --json output stays parseable; the job's own log lines follow there too.
+    print(f"alignd: {text}...", file=sys.stderr, flush=True)
