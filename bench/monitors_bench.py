@@ -5,7 +5,7 @@
     python -m bench.monitors_bench --db postgres               # the latency phase on a local PostgreSQL
     python -m bench.monitors_bench --skip-latency --profile    # throughput only, plus a cProfile of the light set
 
-What it does, in one process:
+What it does (in one process, but for the latency phase's traffic client):
 
 1. **Throughput** (pinned to CPU 0 with ``os.sched_setaffinity(0, {0})``, torch limited to one thread; the
    affinity is restored afterwards). ``--events`` realistic stored events, made by ``bench.ingest_bench``'s
@@ -25,15 +25,17 @@ What it does, in one process:
    loaded from its cache) before timing.
 2. **Latency** (all CPUs): a local Kafka broker (``daemon.local.kafka``) and a fresh SQLite file, or a local
    PostgreSQL (``daemon.local.postgres``) with ``--db postgres``; ``$KAFKA_BOOTSTRAP_SERVERS`` and
-   ``$ALIGND_TEST_POSTGRES_URL`` point at running ones instead. In this process, threads run the ``Ingestor``
-   (``build_ingestor(project=False)``), a monitor loop (``MonitorRunner.step()`` over the light detectors and
-   toxicity, no embeddings, or ``--latency-detectors``; 20 ms sleep when it observed nothing), an outbox loop
-   (``OutboxPublisher(..., ["anomaly.detected"]).publish()``; 20 ms sleep when it sent nothing) and a consumer of
-   the alerts topic. A producer sends ``--rate`` events/s for ``--seconds`` (interactions to the interactions
-   topic, feedback to the feedback topic); about 1 % of responses hold an e-mail address at a non-reserved
-   domain, so ``pii`` fires on them. Latency = the time the alert is read from the alerts topic - the time just
-   before ``producer.send`` of the event named in the alert's ``evidence[0]``. A warm-up (one PII event every
-   200 ms until its alert comes back: group join, first fetch, first step) is left out.
+   ``$ALIGND_TEST_POSTGRES_URL`` point at running ones instead. This process runs the daemon itself: the parts
+   ``daemon.run.build`` makes for ``alignd run --role ingest --role monitor`` under its supervisor (the
+   ingestor with ``project=False``; the monitor loop over the light detectors and toxicity, no embeddings, or
+   ``--latency-detectors``; the alerts and models outboxes, the audit chain, the enforcement executor and
+   MLflow alias watching on an empty local registry), with the daemon's loop intervals and wake-ups. A child
+   process (``--client thread`` keeps it in this one) sends ``--rate`` events/s for ``--seconds``
+   (interactions to the interactions topic, feedback to the feedback topic) and reads the alerts topic; about
+   1 % of responses hold an e-mail address at a non-reserved domain, so ``pii`` fires on them. Latency = the
+   time the alert is read from the alerts topic - the time just before ``producer.send`` of the event named in
+   the alert's ``evidence[0]``, both taken in the client. A warm-up (one PII event every 200 ms until its alert
+   comes back: group join, first fetch, first step) is left out.
 3. Prints a table and writes ``bench/results/monitors.json``.
 
 This is a benchmark, not a test: nothing is asserted on timings.
@@ -382,87 +384,29 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-class _Loop(threading.Thread):
-    """Calls ``work`` until stopped; sleeps ``idle_s`` after a call that did nothing. Records errors."""
+def _client(conf: dict[str, Any], results: Any) -> None:
+    """The traffic side of the latency phase: sends events, reads alerts back, puts what it saw on ``results``.
 
-    def __init__(self, name: str, work: Callable[[], int], idle_s: float = 0.02) -> None:
-        super().__init__(name=name, daemon=True)
-        self.work, self.idle_s = work, idle_s
-        self.stopping = threading.Event()
-        self.calls = self.busy = 0
-        self.errors: list[str] = []
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                done = self.work()
-            except Exception as exc:  # noqa: BLE001 - reported in the results; the loop goes on
-                logger.exception("%s failed", self.name)
-                self.errors.append(f"{type(exc).__name__}: {exc}")
-                done = 0
-                time.sleep(0.2)
-            self.calls += 1
-            if done:
-                self.busy += 1
-            else:
-                self.stopping.wait(self.idle_s)
-
-
-def run_latency(args: argparse.Namespace, services: Services) -> dict[str, Any]:
+    Run in a child process by default, so the daemon's threads do not share a GIL with the load generator
+    (which costs about as much CPU as the monitors do); ``--client thread`` runs it in the daemon's process.
+    Send and receive times are both taken here, so one clock measures every latency.
+    """
     from kafka import KafkaConsumer
     from kafka.structs import TopicPartition
 
-    from daemon.bootstrap import build_detectors, build_ingestor, kafka_producer, open_store
-    from daemon.outbox import OutboxPublisher
+    from daemon.bootstrap import kafka_producer
     from daemon.settings import load_settings
-    from events.sql_store import create_store_engine
-    from migrations.runner import upgrade
-    from monitors.runner import ANOMALY_DETECTED, MonitorRunner
 
-    tag = uuid.uuid4().hex[:8]
-    prefix = f"alignd.bench.monitors.{tag}"
-    topics = {n: f"{prefix}.{n}" for n in ("interactions", "feedback", "alerts")}
-    for name, topic in topics.items():
-        create_topic(services, topic, 1 if name == "alerts" else args.partitions)
-    dbname = None
-    if args.db == "sqlite":
-        url = f"sqlite:///{services.tmp / f'monitors-{tag}.db'}"
-    else:
-        dbname = f"bench_monitors_{tag}"
-        url = services.new_database(dbname)
-    env = {
-        "ALIGND_DATABASE_URL": url,
-        "ALIGND_KAFKA_BOOTSTRAP_SERVERS": services.bootstrap,
-        "ALIGND_KAFKA_GROUP_ID": f"bench-monitors-{tag}",
-        "ALIGND_KAFKA_CLIENT_ID": "alignd-bench-monitors",
-        "ALIGND_TOPICS_INTERACTIONS": topics["interactions"],
-        "ALIGND_TOPICS_FEEDBACK": topics["feedback"],
-        "ALIGND_TOPICS_ALERTS": topics["alerts"],
-        "ALIGND_TOPICS_DLQ": f"{prefix}.dlq",
-        "ALIGND_INGEST_POLL_TIMEOUT_MS": str(args.poll_timeout_ms),
-        "ALIGND_INGEST_PROJECT": "false",
-        "ALIGND_MONITORS_EMBEDDINGS": "false",
-        "ALIGND_MONITORS_DETECTORS": args.latency_detectors,
-    }
-    settings = load_settings(env=env)
-    engine = create_store_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    store = open_store(settings)
-    detectors = build_detectors(settings)
-    ingestor = build_ingestor(settings, store, project=False)
-    runner = MonitorRunner(store, detectors, batch_size=settings.monitors.batch_size)
-    out_producer = kafka_producer(settings, client_id="alignd-bench-outbox")
-    outbox = OutboxPublisher(store, out_producer, settings.topics.alerts, [ANOMALY_DETECTED])
+    topics, rate, seconds = conf["topics"], conf["rate"], conf["seconds"]
+    settings = load_settings(env={"ALIGND_KAFKA_BOOTSTRAP_SERVERS": conf["bootstrap"]})
     producer = kafka_producer(settings, client_id="alignd-bench-sender")
-
     sent_at: dict[str, float] = {}
     received: dict[str, dict[str, Any]] = {}  # alert event_id -> what we saw
     stop_consumer = threading.Event()
     consumer_ready = threading.Event()
 
     def consume_alerts() -> None:
-        consumer = KafkaConsumer(bootstrap_servers=services.bootstrap.split(","), client_id="alignd-bench-alerts")
+        consumer = KafkaConsumer(bootstrap_servers=conf["bootstrap"].split(","), client_id="alignd-bench-alerts")
         try:
             tps = [
                 TopicPartition(topics["alerts"], p)
@@ -481,20 +425,13 @@ def run_latency(args: argparse.Namespace, services: Services) -> dict[str, Any]:
                         if body["event_id"] not in received:
                             received[body["event_id"]] = {
                                 "detector": payload.get("detector"),
-                                "evidence": evidence[0],
+                                "evidence": evidence[0] if isinstance(evidence[0], str) else None,
                                 "received": now,
                             }
         finally:
             consumer.close()
 
-    def step() -> int:
-        return runner.step().observed
-
-    ingest_thread = threading.Thread(target=ingestor.run, name="ingestor", daemon=True)
-    monitor_loop = _Loop("monitor", step, args.idle_s)
-    outbox_loop = _Loop("outbox", outbox.publish, args.idle_s)
-    alert_thread = threading.Thread(target=consume_alerts, name="alerts-consumer", daemon=True)
-    factory = MonitorEventFactory(args.seed + 1, 10**9, email_only=True, jailbreak_rate=0.0, toxic_rate=0.0)
+    factory = MonitorEventFactory(conf["seed"], 10**9, email_only=True, jailbreak_rate=0.0, toxic_rate=0.0)
     counter = [0]
 
     def send(doc: dict[str, Any]) -> None:
@@ -504,14 +441,11 @@ def run_latency(args: argparse.Namespace, services: Services) -> dict[str, Any]:
         sent_at[doc["event_id"]] = time.perf_counter()
         producer.send(topic, key=key, value=value)
 
-    cpu0 = time.process_time()
-    threads_started = time.perf_counter()
-    ingest_thread.start()
-    monitor_loop.start()
-    outbox_loop.start()
+    alert_thread = threading.Thread(target=consume_alerts, name="alerts-consumer", daemon=True)
+    started = time.perf_counter()
     alert_thread.start()
     consumer_ready.wait(30)
-    figures: dict[str, Any] = {}
+    out: dict[str, Any] = {}
     try:
         # warm-up: until one PII alert has made the whole trip
         print("latency: warming up (group join, first fetch) ...", flush=True)
@@ -528,17 +462,17 @@ def run_latency(args: argparse.Namespace, services: Services) -> dict[str, Any]:
                 break
         else:
             raise RuntimeError("no alert came back within 60 s of warm-up; see the log")
-        warmup_s = time.perf_counter() - threads_started
+        out["warmup_s"] = time.perf_counter() - started
         time.sleep(0.5)
         planted_before = factory.planted["pii"]
         measured_ids: set[str] = set()
         pii_ids: set[str] = set()
-        n = int(args.rate * args.seconds)
-        print(f"latency: sending {n:,} events at {args.rate:,.0f}/s for {args.seconds:.0f}s ...", flush=True)
+        n = int(rate * seconds)
+        print(f"latency: sending {n:,} events at {rate:,.0f}/s for {seconds:.0f}s ...", flush=True)
         t0 = time.perf_counter()
         behind_max = 0.0
         for i in range(n):
-            due = t0 + i / args.rate
+            due = t0 + i / rate
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
@@ -553,35 +487,141 @@ def run_latency(args: argparse.Namespace, services: Services) -> dict[str, Any]:
         producer.flush()
         send_s = time.perf_counter() - t0
         # drain: until every planted PII event has its alert, or a timeout
-        drain_deadline = time.perf_counter() + args.drain_s
+        drain_deadline = time.perf_counter() + conf["drain_s"]
         while time.perf_counter() < drain_deadline:
             got = {r["evidence"] for r in list(received.values()) if r["detector"] == "pii"}
             if pii_ids <= got:
                 break
             time.sleep(0.05)
         latencies: list[float] = []
+        timeline: list[tuple[str, float, float]] = []  # (event id, sent, alert read), for drilling down
         other: dict[str, int] = {}
         for r in list(received.values()):
             ev = r["evidence"]
             if ev in measured_ids and ev in sent_at:
                 if r["detector"] == "pii":
                     latencies.append(r["received"] - sent_at[ev])
+                    timeline.append((ev, sent_at[ev], r["received"]))
                 else:
                     other[r["detector"]] = other.get(r["detector"], 0) + 1
         got_pii = {r["evidence"] for r in list(received.values()) if r["detector"] == "pii"} & pii_ids
+        out.update(
+            events_sent=n,
+            send_s=send_s,
+            behind_max=behind_max,
+            latencies=latencies,
+            timeline=timeline,
+            other=other,
+            pii_planted=len(pii_ids),
+            pii_received=len(got_pii),
+            planted_in_phase=factory.planted["pii"] - planted_before,
+            cpu_s=time.process_time(),
+        )
+    except Exception as exc:  # noqa: BLE001 - reported by the parent
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        stop_consumer.set()
+        alert_thread.join(timeout=10)
+        with contextlib.suppress(Exception):
+            producer.close(timeout=10)
+        results.put(out)
+
+
+def _part(supervisor: Any, name: str) -> Any:
+    return next((slot.part for slot in supervisor.slots if slot.part.name == name), None)
+
+
+def run_latency(args: argparse.Namespace, services: Services) -> dict[str, Any]:
+    import multiprocessing
+    import queue
+
+    from daemon import run as daemon_run
+    from daemon.bootstrap import open_store
+    from daemon.settings import load_settings
+    from events.sql_store import create_store_engine
+    from migrations.runner import upgrade
+
+    tag = uuid.uuid4().hex[:8]
+    prefix = f"alignd.bench.monitors.{tag}"
+    topics = {n: f"{prefix}.{n}" for n in ("interactions", "feedback", "alerts", "models")}
+    for name, topic in topics.items():
+        create_topic(services, topic, args.partitions if name in ("interactions", "feedback") else 1)
+    dbname = None
+    if args.db == "sqlite":
+        url = f"sqlite:///{services.tmp / f'monitors-{tag}.db'}"
+    else:
+        dbname = f"bench_monitors_{tag}"
+        url = services.new_database(dbname)
+    env = {
+        "ALIGND_DATABASE_URL": url,
+        "ALIGND_KAFKA_BOOTSTRAP_SERVERS": services.bootstrap,
+        "ALIGND_KAFKA_GROUP_ID": f"bench-monitors-{tag}",
+        "ALIGND_KAFKA_CLIENT_ID": "alignd-bench-monitors",
+        "ALIGND_TOPICS_INTERACTIONS": topics["interactions"],
+        "ALIGND_TOPICS_FEEDBACK": topics["feedback"],
+        "ALIGND_TOPICS_ALERTS": topics["alerts"],
+        "ALIGND_TOPICS_MODELS": topics["models"],
+        "ALIGND_TOPICS_DLQ": f"{prefix}.dlq",
+        "ALIGND_INGEST_POLL_TIMEOUT_MS": str(args.poll_timeout_ms),
+        "ALIGND_INGEST_PROJECT": "false",
+        "ALIGND_MONITORS_EMBEDDINGS": "false",
+        "ALIGND_MONITORS_DETECTORS": args.latency_detectors,
+        **({"ALIGND_MONITORS_BATCH_SIZE": str(args.monitor_batch)} if args.monitor_batch else {}),
+        # the monitor role watches MLflow aliases: an empty local registry, so nothing is ever promoted
+        "ALIGND_MLFLOW_TRACKING_URI": f"sqlite:///{services.tmp / f'mlflow-{tag}.db'}",
+        "ALIGND_MLFLOW_ARTIFACT_LOCATION": str(services.tmp / "mlruns"),
+    }
+    settings = load_settings(env=env)
+    engine = create_store_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    store = open_store(settings)
+    # The daemon's own parts and loops, as ``alignd run --role ingest --role monitor`` builds them.
+    supervisor = daemon_run.build(settings, ["ingest", "monitor"], store)
+    conf = {
+        "bootstrap": services.bootstrap,
+        "topics": topics,
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "seed": args.seed + 1,
+        "drain_s": args.drain_s,
+    }
+    results: Any
+    if args.client == "process":
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
+        client: Any = ctx.Process(target=_client, args=(conf, results), name="bench-client", daemon=True)
+    else:
+        results = queue.Queue()
+        client = threading.Thread(target=_client, args=(conf, results), name="bench-client", daemon=True)
+    cpu0 = time.process_time()
+    supervisor.start()
+    figures: dict[str, Any] = {}
+    try:
+        client.start()
+        try:
+            out = results.get(timeout=120 + args.seconds + args.drain_s)
+        except queue.Empty:
+            out = {"error": "the client did not report back in time"}
+        client.join(timeout=30)
+        if "error" in out:
+            raise RuntimeError(f"latency client: {out['error']}")
+        latencies = out["latencies"]
         figures = {
             "db": args.db,
-            "events_sent": n,
+            "client": args.client,
+            "events_sent": out["events_sent"],
             "rate_target": args.rate,
-            "rate_achieved": round(n / send_s, 1),
-            "sender_max_behind_s": round(behind_max, 4),
+            "rate_achieved": round(out["events_sent"] / out["send_s"], 1),
+            "sender_max_behind_s": round(out["behind_max"], 4),
             "seconds": args.seconds,
-            "warmup_s": round(warmup_s, 2),
-            "pii_planted": len(pii_ids),
-            "pii_alerts_received": len(got_pii),
-            "pii_alerts_missing": len(pii_ids - got_pii),
-            "other_alerts_received": dict(sorted(other.items())),
-            "planted_in_phase": factory.planted["pii"] - planted_before,
+            "warmup_s": round(out["warmup_s"], 2),
+            "pii_planted": out["pii_planted"],
+            "pii_alerts_received": out["pii_received"],
+            "pii_alerts_missing": out["pii_planted"] - out["pii_received"],
+            "other_alerts_received": dict(sorted(out["other"].items())),
+            "planted_in_phase": out["planted_in_phase"],
+            "client_cpu_s": round(out["cpu_s"], 2),
         }
         if latencies:
             figures.update(
@@ -597,40 +637,32 @@ def run_latency(args: argparse.Namespace, services: Services) -> dict[str, Any]:
         else:
             figures.update(count=0, meets_target=False)
     finally:
-        ingestor.stop()
-        monitor_loop.stopping.set()
-        outbox_loop.stopping.set()
-        stop_consumer.set()
-        for t in (ingest_thread, monitor_loop, outbox_loop, alert_thread):
-            t.join(timeout=30)
-        for p in (producer, out_producer, getattr(getattr(ingestor, "publisher", None), "producer", None)):
-            if p is not None:
-                with contextlib.suppress(Exception):
-                    p.close(timeout=10)
+        supervisor.stop(60)
         stored = None
         with contextlib.suppress(Exception):
             stored = store.count()
         store.dispose()
         if dbname is not None:
             services.drop_database(dbname)
+    ingest, monitors, outbox = (_part(supervisor, n) for n in ("ingest", "monitors", "alerts-outbox"))
+    ingestor = getattr(ingest, "ingestor", None)
     figures.update(
-        cpu_s_python=round(time.process_time() - cpu0, 2),
+        cpu_s_daemon=round(time.process_time() - cpu0, 2),
         stored_events=stored,
-        ingest_stats={k: v for k, v in vars(ingestor.stats).items() if isinstance(v, int | float)},
-        monitor_steps=monitor_loop.calls,
-        monitor_steps_busy=monitor_loop.busy,
-        outbox_calls=outbox_loop.calls,
-        outbox_calls_busy=outbox_loop.busy,
-        errors={"monitor": monitor_loop.errors[:5], "outbox": outbox_loop.errors[:5]},
-        detectors=[d.name for d in detectors],
+        ingest_stats={k: v for k, v in vars(ingestor.stats).items() if isinstance(v, int | float)} if ingestor else {},
+        monitor_steps=getattr(monitors, "steps", None),
+        monitor_steps_full=getattr(monitors, "busy_steps", None),
+        outbox_calls=getattr(outbox, "steps", None),
+        supervisor=supervisor.status(),
+        detectors=list(settings.monitors.detectors),
         knobs={
             "ALIGND_INGEST_POLL_TIMEOUT_MS": settings.ingest.poll_timeout_ms,
             "ALIGND_INGEST_KAFKA_COMMIT_INTERVAL_S": settings.ingest.kafka_commit_interval_s,
             "ALIGND_INGEST_MAX_POLL_RECORDS": settings.ingest.max_poll_records,
             "ALIGND_MONITORS_BATCH_SIZE": settings.monitors.batch_size,
-            "monitor_idle_sleep_s": args.idle_s,
-            "outbox_idle_sleep_s": args.idle_s,
-            "outbox_batch_size": outbox.batch_size,
+            "loops": "daemon.run.build(roles ingest, monitor): monitors and alerts-outbox LoopParts",
+            "monitor_interval_s": getattr(monitors, "interval_s", None),
+            "outbox_interval_s": getattr(outbox, "interval_s", None),
             "producer": "daemon.bootstrap.kafka_producer (acks=all, linger_ms default 0)",
             "alerts_consumer_poll_timeout_ms": 20,
             "partitions": {"interactions": args.partitions, "feedback": args.partitions, "alerts": 1},
@@ -693,7 +725,8 @@ def print_tables(throughput: dict[str, Any] | None, latency: dict[str, Any] | No
             f"knobs: poll_timeout_ms={knobs['ALIGND_INGEST_POLL_TIMEOUT_MS']}, "
             f"kafka_commit_interval_s={knobs['ALIGND_INGEST_KAFKA_COMMIT_INTERVAL_S']} (default), "
             f"max_poll_records={knobs['ALIGND_INGEST_MAX_POLL_RECORDS']}, monitor batch "
-            f"{knobs['ALIGND_MONITORS_BATCH_SIZE']}, idle sleeps {knobs['monitor_idle_sleep_s'] * 1000:.0f} ms; "
+            f"{knobs['ALIGND_MONITORS_BATCH_SIZE']}, loop intervals {knobs['monitor_interval_s']} s / "
+            f"{knobs['outbox_interval_s']} s (monitors / alerts outbox, when not woken), client in a {latency['client']}; "
             f"detectors {', '.join(latency['detectors'])}; other alerts {latency['other_alerts_received']}"
         )
     elif latency is not None:
@@ -713,7 +746,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite", help="store for the latency phase")
     parser.add_argument("--partitions", type=int, default=3, help="partitions of the inbound topics (default 3)")
     parser.add_argument("--poll-timeout-ms", type=int, default=50, help="ALIGND_INGEST_POLL_TIMEOUT_MS (default 50)")
-    parser.add_argument("--idle-s", type=float, default=0.02, help="monitor/outbox sleep when idle (default 0.02)")
+    parser.add_argument(
+        "--monitor-batch",
+        type=int,
+        default=None,
+        help="ALIGND_MONITORS_BATCH_SIZE of the latency phase (default 1,000)",
+    )
+    parser.add_argument(
+        "--client",
+        choices=("process", "thread"),
+        default="process",
+        help="where the latency phase's sender and alerts reader run (default: a child process)",
+    )
     parser.add_argument("--drain-s", type=float, default=15.0, help="wait for late alerts after sending (default 15)")
     parser.add_argument(
         "--latency-detectors",

@@ -109,6 +109,9 @@ class Ingestor:
         publisher: publishes dead letters to the DLQ topic.
         config: topics, group and limits.
         after_batch: called after each stored batch (the daemon folds projections there).
+        on_stored: called from the writer thread as soon as a batch has committed, before the loop gets
+            to ``after_batch`` (which waits for the next poll); must be quick and must not raise. The
+            daemon wakes its monitor loop with it.
     """
 
     def __init__(
@@ -119,12 +122,14 @@ class Ingestor:
         config: IngestConfig,
         *,
         after_batch: Callable[[AppendResult], None] | None = None,
+        on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.consumer = consumer
         self.publisher = publisher
         self.config = config
         self.after_batch = after_batch
+        self.on_stored = on_stored
         self._stopping = False
         self._needs_seek: set[TopicPartition] = set()
         self._store_down = False
@@ -298,7 +303,10 @@ class Ingestor:
         offsets = [
             ConsumerOffset(self.config.group_id, tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()
         ]
-        return self.store.append(batch.events, origins=batch.origins, offsets=offsets, dead_letters=batch.letters)
+        result = self.store.append(batch.events, origins=batch.origins, offsets=offsets, dead_letters=batch.letters)
+        if self.on_stored is not None and result.appended:
+            self.on_stored()
+        return result
 
     def _submit(self, batch: _Batch) -> None:
         assert self._writer is not None, "only while run() is running"

@@ -165,3 +165,19 @@ def _rows(store, table: str) -> list[dict]:
 
     with store.engine.connect() as conn:
         return [dict(r) for r in conn.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2")).mappings()]
+
+
+def test_on_stored_is_called_once_a_batch_has_committed(db_url: str, kafka_bootstrap: str) -> None:
+    topics = unique_topics(kafka_bootstrap)
+    produce(kafka_bootstrap, topics["interactions"], [interaction(f"r{i}", i=i) for i in range(30)])
+    store = open_store(settings_for(db_url, kafka_bootstrap, topics))
+    ingestor = build_ingestor(settings_for(db_url, kafka_bootstrap, topics), store, project=False)
+    seen: list[int] = []
+    ingestor.on_stored = lambda: seen.append(store.count())  # the monitors' wake-up in the daemon
+    try:
+        ingestor.run(until_idle=3.0)
+    finally:
+        ingestor.publisher.producer.close(5)
+    assert seen and all(n > 0 for n in seen) and seen[-1] == 30
+    assert len(seen) == ingestor.stats.batches
+    store.dispose()

@@ -77,3 +77,91 @@ def test_a_loop_part_steps_until_stopped_and_a_stuck_part_is_reported() -> None:
     stuck.add(Stuck("stuck", 0))
     stuck.start()
     assert stuck.stop(timeout_s=0.1) is False
+
+
+def test_a_busy_loop_steps_again_at_once_and_an_idle_one_waits_its_interval() -> None:
+    backlog = [3]  # three full batches, then nothing
+
+    def step() -> int:
+        done = 1 if backlog[0] > 0 else 0
+        backlog[0] -= done
+        return done
+
+    part = LoopPart("monitors", step, interval_s=30.0, more=lambda done: done == 1)
+    stop = threading.Event()
+    thread = threading.Thread(target=part.run, args=(stop,), daemon=True)
+    thread.start()
+    # the three busy steps and the idle one that finds nothing run back to back; then it waits 30 s
+    wait_for(lambda: part.steps == 4)
+    time.sleep(0.3)
+    assert part.steps == 4 and part.busy_steps == 3
+    stop.set()
+    part.request_stop()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_a_wake_up_cuts_an_idle_loops_wait_short() -> None:
+    steps: list[float] = []
+    wake = threading.Event()
+    part = LoopPart("alerts-outbox", lambda: steps.append(time.monotonic()), interval_s=30.0, wake=wake)
+    supervisor = Supervisor()
+    supervisor.add(part)
+    supervisor.start()
+    wait_for(lambda: len(steps) == 1)
+    wake.set()  # e.g. the monitors appended alerts
+    wait_for(lambda: len(steps) == 2)
+    started = time.monotonic()
+    assert supervisor.stop(timeout_s=5)  # a 30 s wait does not hold up the stop
+    assert time.monotonic() - started < 5 and len(steps) == 2
+
+
+def test_a_wake_up_during_a_step_is_not_lost() -> None:
+    wake = threading.Event()
+    steps = [0]
+
+    def step() -> None:
+        steps[0] += 1
+        if steps[0] == 1:
+            wake.set()  # new work arrives while the first step runs, after it read its batch
+
+    part = LoopPart("monitors", step, interval_s=30.0, wake=wake)
+    stop = threading.Event()
+    thread = threading.Thread(target=part.run, args=(stop,), daemon=True)
+    thread.start()
+    wait_for(lambda: steps[0] == 2)
+    stop.set()
+    part.request_stop()
+    thread.join(5)
+    assert steps[0] == 2
+
+
+def test_wake_ups_start_steps_at_most_every_min_interval_but_a_full_batch_goes_again_at_once() -> None:
+    steps: list[float] = []
+    part = LoopPart("monitors", lambda: steps.append(time.monotonic()), interval_s=30.0, min_interval_s=0.2)
+    supervisor = Supervisor()
+    supervisor.add(part)
+    supervisor.start()
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        part.wake.set()  # an ingest batch every 10 ms
+        time.sleep(0.01)
+    assert supervisor.stop(timeout_s=5)
+    assert 2 <= len(steps) <= 7
+    assert all(b - a >= 0.19 for a, b in zip(steps, steps[1:], strict=False))
+
+    backlog = [5]
+
+    def drain() -> bool:
+        backlog[0] -= 1
+        return backlog[0] > 0
+
+    busy = LoopPart("monitors", drain, interval_s=30.0, min_interval_s=10.0, more=bool)
+    stop = threading.Event()
+    thread = threading.Thread(target=busy.run, args=(stop,), daemon=True)
+    thread.start()
+    wait_for(lambda: backlog[0] == 0, timeout=2.0)
+    stop.set()
+    busy.request_stop()
+    thread.join(5)
+    assert busy.steps == 5 and busy.busy_steps == 4
