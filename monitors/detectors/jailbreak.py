@@ -17,12 +17,13 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import operator
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -192,12 +193,14 @@ class JailbreakConfig:
     """Thresholds. A prompt is an attempt when its pattern score reaches ``pattern_threshold``, or when its
     similarity to the nearest known jailbreak plus ``pattern_boost`` times its pattern score reaches
     ``similarity_threshold``. The last two were chosen on the dev split of bench/jailbreak_bench.py (the
-    smallest threshold with at most 1% false positives there; the boost from 0, 0.1, 0.2, 0.3 by dev recall)
-    and are reported on its test split."""
+    smallest threshold with at most 1% false positives there; the boost from 0, 0.1, ..., 1 by dev recall: 0.3,
+    the best of 0-0.3 and the edge of that grid, gave 0.963, 0.6 gives 0.975) and are reported on its test split.
+    The bench's benign prompts hold no role-play, which the boost makes likelier to fire: on 20 handwritten benign
+    persona prompts ("act as a travel guide...") 4 fire at 0.3, 9 at 0.6."""
 
     pattern_threshold: float = 0.5
     similarity_threshold: float = 0.5275
-    pattern_boost: float = 0.3  # the embedding score is similarity + pattern_boost * pattern score
+    pattern_boost: float = 0.6  # the embedding score is similarity + pattern_boost * pattern score
     preview_chars: int = 60
     cache_size: int = 4096  # prompts whose assessment is remembered (shared by both detectors)
 
@@ -223,6 +226,10 @@ class Assessment:
             "similarity_threshold": config.similarity_threshold,
             "nearest_known": self.nearest,
         }
+
+
+_NOTHING_FIELDS = (0.0, (), (), (), None, None, False)
+_NOTHING = Assessment(*_NOTHING_FIELDS)
 
 
 def prompt_text(payload: Mapping[str, Any]) -> str | None:
@@ -251,7 +258,8 @@ class JailbreakScorer:
         self.config = config or JailbreakConfig()
         self.embedder = embedder
         self._reference = reference
-        self._cache: OrderedDict[str, Assessment] = OrderedDict()
+        self._cache: OrderedDict[str | bytes, Assessment] = OrderedDict()
+        self._last: tuple[tuple[Observation, ...], list[Assessed]] | None = None
 
     @property
     def reference(self) -> JailbreakReference | None:
@@ -261,11 +269,11 @@ class JailbreakScorer:
 
     def assess_many(self, prompts: Sequence[str]) -> list[Assessment]:
         """Assess prompts, embedding the ones not seen recently in one batch."""
-        keys = [hashlib.sha1(p.encode("utf-8", "surrogatepass")).hexdigest() for p in prompts]
+        keys = [_cache_key(p) for p in prompts]
         todo = {k: p for k, p in zip(keys, prompts, strict=True) if k not in self._cache}
         if todo:
             norms = {k: normalise(p) for k, p in todo.items()}
-            sims: dict[str, tuple[float, str]] = {}
+            sims: dict[str | bytes, tuple[float, str]] = {}
             reference = self.reference
             if self.embedder is not None and reference is not None:
                 # the de-obfuscated reading, decoded payloads included, is what gets compared
@@ -274,21 +282,55 @@ class JailbreakScorer:
                 for k, s, i in zip(norms, best, idx, strict=True):
                     sims[k] = (float(s), reference.known[int(i)].source if i >= 0 else "")
             for k, norm in norms.items():
-                patterns = score_patterns(norm)
+                pat = score_patterns(norm)
                 sim, nearest = sims.get(k, (None, None))
-                attempt = patterns.score >= self.config.pattern_threshold or (
-                    sim is not None
-                    and sim + self.config.pattern_boost * patterns.score >= self.config.similarity_threshold
+                attempt = pat.score >= self.config.pattern_threshold or (
+                    sim is not None and sim + self.config.pattern_boost * pat.score >= self.config.similarity_threshold
                 )
-                self._cache[k] = Assessment(
-                    patterns.score, patterns.hits, patterns.hidden_hits, patterns.obfuscations, sim, nearest, attempt
-                )
+                found = (pat.score, pat.hits, pat.hidden_hits, pat.obfuscations, sim, nearest, attempt)
+                # most prompts: nothing found and no embedder, one shared (frozen) answer instead of a new dataclass
+                self._cache[k] = _NOTHING if found == _NOTHING_FIELDS else Assessment(*found)
                 while len(self._cache) > self.config.cache_size:
                     self._cache.popitem(last=False)
         return [self._cache[k] for k in keys]
 
     def assess(self, prompt: str) -> Assessment:
         return self.assess_many([prompt])[0]
+
+    def assess_observations(self, observations: Iterable[Observation]) -> list[Assessed]:
+        """The logged interactions among ``observations`` with their prompt, response and assessment. The
+        detectors that share this scorer are handed the same batch one after the other, so the answer for the
+        last batch is kept and given again for the same observations."""
+        batch = tuple(observations)
+        last = self._last
+        if last is not None and len(last[0]) == len(batch) and all(map(operator.is_, last[0], batch)):
+            return last[1]
+        items = []
+        for observation in batch:
+            event = observation.event.event
+            if event.type != "interaction.logged":
+                continue
+            prompt = prompt_text(event.payload)
+            if prompt:
+                response = event.payload.get("response")
+                items.append((observation, prompt, response if isinstance(response, str) else ""))
+        assessments = self.assess_many([prompt for _, prompt, _ in items])
+        assessed = [Assessed(*item, a) for item, a in zip(items, assessments, strict=True)]
+        self._last = (batch, assessed)
+        return assessed
+
+
+def _cache_key(prompt: str) -> str | bytes:
+    # a short prompt is its own key (str caches its hash); a long one is hashed, so the cache stays small. A digest
+    # is bytes, so no prompt can pose as another's key.
+    return prompt if len(prompt) <= 1024 else hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).digest()
+
+
+class Assessed(NamedTuple):
+    observation: Observation
+    prompt: str
+    response: str
+    assessment: Assessment
 
 
 # --- detectors ----------------------------------------------------------------------------------------
@@ -344,18 +386,8 @@ class _Base:
 
     def observe_many(self, observations: Iterable[Observation]) -> list[Finding]:
         """Like :meth:`observe` over each observation in turn, with the prompts embedded as one batch."""
-        items = []
-        for observation in observations:
-            event = observation.event.event
-            if event.type != "interaction.logged":
-                continue
-            prompt = prompt_text(event.payload)
-            if prompt:
-                response = event.payload.get("response")
-                items.append((observation, prompt, response if isinstance(response, str) else ""))
-        assessments = self.scorer.assess_many([prompt for _, prompt, _ in items])
         findings = []
-        for (observation, prompt, response), assessment in zip(items, assessments, strict=True):
+        for observation, prompt, response, assessment in self.scorer.assess_observations(observations):
             self._seen += 1
             finding = self._judge(observation, assessment, response) if assessment.attempt else None
             if finding is not None:

