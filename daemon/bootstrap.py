@@ -132,11 +132,12 @@ def build_detectors(settings: Settings, names: Sequence[str] | None = None) -> l
     reward_scorer = champion_reward_scorer(settings) if set(NEEDS_REWARD_MODEL) & set(wanted) else None
     jailbreak_scorer = None
     if {"jailbreak_attempt", "jailbreak_success"} & set(wanted):
-        from monitors.detectors.jailbreak import JailbreakScorer, MiniLMEmbedder
+        from monitors.detectors.jailbreak import JailbreakConfig, JailbreakScorer, MiniLMEmbedder
 
         embedder = MiniLMEmbedder(settings.monitors.embedding_model) if settings.monitors.embeddings else None
+        config = JailbreakConfig(pattern_boost=settings.monitors.jailbreak_pattern_boost)
         # One scorer for both detectors: it remembers recent prompts, so each is analysed (and embedded) once.
-        jailbreak_scorer = JailbreakScorer(embedder)
+        jailbreak_scorer = JailbreakScorer(embedder, config=config)
     factories: dict[str, Callable[[], Any]] = {
         "pii": PiiDetector,
         "negative_feedback_spike": FeedbackSpikeDetector,

@@ -132,6 +132,13 @@ class MonitorsSettings(BaseModel):
     model_config = _FROZEN
     detectors: tuple[str, ...] = Field(LIGHT_DETECTORS, description="comma-separated in ALIGND_MONITORS_DETECTORS")
     embeddings: bool = Field(True, description="jailbreak similarity with all-MiniLM-L6-v2 (offline)")
+    jailbreak_pattern_boost: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="weight of the pattern score added to jailbreak similarity (0.6 chosen on the benchmark's dev "
+        "split; 0.3-0.4 flags fewer benign role-play prompts, at some recall)",
+    )
     embedding_model: str | None = Field(None, description="a Hugging Face model name instead of the packaged MiniLM")
     toxicity_model: str | None = Field(None, description="a Hugging Face classifier instead of alt-profanity-check")
     rules: tuple[str, ...] | None = Field(None, description="detector:action[:min_severity], comma-separated")

@@ -346,3 +346,15 @@ def test_champion_regression_runs_by_default_with_configurable_tolerances() -> N
     changed = load_settings(None, env={"ALIGND_MONITORS_REGRESSION_UNSAFE_RISE": "0.02"}).monitors
     assert changed.regression_unsafe_rise == 0.02
     assert "ALIGND_MONITORS_REGRESSION_ACCURACY_DROP" in refused(ALIGND_MONITORS_REGRESSION_ACCURACY_DROP="2")
+
+
+def test_the_jailbreak_pattern_boost_is_a_setting_that_reaches_the_shared_scorer() -> None:
+    from daemon.bootstrap import build_detectors
+
+    settings = load_settings(
+        None, env={"ALIGND_MONITORS_JAILBREAK_PATTERN_BOOST": "0.3", "ALIGND_MONITORS_EMBEDDINGS": "false"}
+    )
+    attempt, success = build_detectors(settings, ["jailbreak_attempt", "jailbreak_success"])
+    assert attempt.scorer is success.scorer and attempt.scorer.config.pattern_boost == 0.3
+    assert load_settings(None, env={}).monitors.jailbreak_pattern_boost == 0.6
+    assert "ALIGND_MONITORS_JAILBREAK_PATTERN_BOOST" in refused(ALIGND_MONITORS_JAILBREAK_PATTERN_BOOST="1.5")
