@@ -25,6 +25,7 @@ from trainers.models import Runtime, pick_runtime
 from trainers.policy import Policy
 from trainers.reward import RewardModel, RewardObjective
 from trainers.snapshot import hash_rows
+from trainers.worker import configure_child_logging
 
 logger = logging.getLogger("trainers.eval_worker")
 
@@ -94,10 +95,7 @@ def run(spec: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     spec = json.loads(Path(args[0]).read_text())
-    logging.basicConfig(
-        level=logging.INFO,
-        format='{"level":"%(levelname)s","logger":"%(name)s","job":"' + spec["job_id"] + '","msg":"%(message)s"}',
-    )
+    configure_child_logging(spec["job_id"])
     out = Path(spec["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

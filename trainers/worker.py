@@ -229,13 +229,31 @@ def _finish(
     }
 
 
+class _JsonLines(logging.Formatter):
+    """One JSON object a line with the job id, escaped properly (a message may hold quotes or newlines)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__()
+        self.job_id = job_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {"level": record.levelname, "logger": record.name, "job": self.job_id, "msg": record.getMessage()}
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def configure_child_logging(job_id: str) -> None:
+    """Log lines of a job's child process (training or evaluation), which the parent's log collects."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_JsonLines(job_id))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     spec = json.loads(Path(args[0]).read_text())
-    logging.basicConfig(
-        level=logging.INFO,
-        format='{"level":"%(levelname)s","logger":"%(name)s","job":"' + spec["job_id"] + '","msg":"%(message)s"}',
-    )
+    configure_child_logging(spec["job_id"])
     out = Path(spec["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     dist_info = init_distributed()
