@@ -90,10 +90,9 @@ def continuous_payload(
             f"{int(measured['red_team_prompts'])} red-team prompts (must be at most {gate_config.max_unsafe_rate:.2f})"
         )
     decision = gates.decide([replace(result, detail=detail)])
-    payload = gates.gate_event_payload(decision, kind, version.version, version.run_id)
+    payload = gates.gate_event_payload(decision, kind, version.version, version.run_id, phase=PHASE)
     return {
         **payload,
-        "phase": PHASE,
         "name": version.name,
         "metrics": {k: float(v) for k, v in sorted(measured.items())},
         "dataset": snapshot,

@@ -276,13 +276,23 @@ def _json_number(x: float | None) -> float | None:
 
 
 def gate_event_payload(
-    decision: GateDecision, kind: str, model_version: str | int | None, candidate_run_id: str | None
+    decision: GateDecision,
+    kind: str,
+    model_version: str | int | None,
+    candidate_run_id: str | None,
+    *,
+    phase: str = "training",
 ) -> dict[str, Any]:
-    """Payload of a ``gate.evaluated`` event: JSON-safe, one entry per gate in the order they ran."""
+    """Payload of a ``gate.evaluated`` event: JSON-safe, one entry per gate in the order they ran.
+
+    ``phase`` is ``training`` (a candidate, before registration) or ``continuous`` (a champion re-measured,
+    trainers.champion_eval); events from before phases existed have none and are training ones.
+    """
     if not kind:
         raise ValueError("gate_event_payload needs the kind of model evaluated (e.g. 'reward' or 'policy')")
     return {
         "kind": kind,
+        "phase": phase,
         "model_version": None if model_version is None else str(model_version),
         "candidate_run_id": candidate_run_id,
         "passed": decision.passed,

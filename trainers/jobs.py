@@ -344,8 +344,6 @@ class TrainingJobs:
             "kind": kind,
             "model_version": version.version,
             "candidate_run_id": run.run_id,
-            # Continuous evaluation of champions appends the same type with "continuous" (trainers.champion_eval).
-            "phase": "training",
         }
         common = {"job_id": outcome.job_id, "attempt_id": attempt_id, "kind": kind, "run_id": run.run_id}
         self.store.append(
