@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from events.model import StoredEvent
+from events.model import StoredEvent, once_property
 
 Severity = Literal["info", "warning", "critical"]
 
@@ -24,7 +24,7 @@ class Observation:
     event: StoredEvent
     interaction: StoredEvent | None = None
 
-    @property
+    @once_property  # most detectors read it for each event
     def model(self) -> tuple[str, str] | None:
         """(name, version) of the model that produced the interaction, if known."""
         source = self.interaction or (self.event if self.event.event.type == "interaction.logged" else None)
