@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from monitors.base import Finding, Observation
-from monitors.detectors.jailbreak_text import normalise, score_patterns
+from monitors.detectors.jailbreak_text import normalise, prepare_patterns, score_patterns
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO / ".cache" / "jailbreak"  # ignored by git
@@ -258,6 +258,7 @@ class JailbreakScorer:
         self.config = config or JailbreakConfig()
         self.embedder = embedder
         self._reference = reference
+        prepare_patterns()
         self._cache: OrderedDict[str | bytes, Assessment] = OrderedDict()
         self._last: tuple[tuple[Observation, ...], list[Assessed]] | None = None
 

@@ -6,7 +6,8 @@ tag characters, which smuggle ASCII, decoded), Cyrillic/Greek/IPA homoglyphs map
 look Latin, leetspeak undone inside mixed letter/digit words, and base64/hex runs decoded when they decode to
 text. :func:`score_patterns` matches the families of in-the-wild jailbreaks (Shen et al., 2024, "Do Anything
 Now", CCS; Liu et al., 2023, "Jailbreaking ChatGPT via prompt engineering") against every variant and
-combines their weights as a noisy-or. Everything here is pure and deterministic.
+combines their weights as a noisy-or. Everything here is pure and deterministic. The families are searched in
+one pass with Hyperscan where it is installed (:mod:`pattern_prefilter`), else with the word gates below.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import functools
 import re
 import re._constants as _C
 import re._parser as _parser
 import unicodedata
 from dataclasses import dataclass
+
+from monitors.detectors import pattern_prefilter
 
 MAX_CHARS = 50_000  # longer prompts are analysed on their first MAX_CHARS characters
 _MAX_RUN = 20_000  # longest base64/hex run decoded
@@ -740,8 +744,36 @@ def _possible(anchor: tuple[_Anchor, ...], haystack: str) -> bool:
     return False
 
 
+_HARMFUL = "<harmful topic>"  # the prefilter's name for _HARMFUL_TOPIC
+_REGEXES = {**{name: rx for name, _, rx in _PATTERNS}, _HARMFUL: _HARMFUL_TOPIC}
+
+
+@functools.cache
+def _prefilter() -> pattern_prefilter.Prefilter | None:
+    """Built once, on first use, not at import: most commands that import this never scan a prompt."""
+    return pattern_prefilter.build(tuple(_REGEXES.items()))
+
+
+def prepare_patterns() -> None:
+    """Compile the one-pass pattern search now (~0.5 s with Hyperscan), so that the first prompt is not slow."""
+    _prefilter()
+
+
 def _families(text: str, skip: set[str]) -> set[str]:
     """The families (not in ``skip``) whose regex matches ``text``, and framed_harm."""
+    prefilter = _prefilter()
+    candidates = prefilter.candidates(text) if prefilter is not None else None
+    if candidates is not None:
+        found = {name for name in candidates - skip if name != _HARMFUL and _REGEXES[name].search(text)}
+        if found & _FRAMINGS and _HARMFUL in candidates and _HARMFUL_TOPIC.search(text):
+            found.add("framed_harm")
+        return found
+    return _gated_families(text, skip)
+
+
+def _gated_families(text: str, skip: set[str]) -> set[str]:
+    """:func:`_families` in pure Python, where Hyperscan is not installed: the word gates, anchors and opening
+    literals above."""
     folded = _fold(text)
     gated, tokens = _gate(folded)
     if not gated:

@@ -268,18 +268,31 @@ def _fuzz_texts(n: int = 1500) -> list[str]:
     words += re.findall(r"[A-Za-z']{2,}", jt._HARMFUL_TOPIC.pattern)
     odd = ["[", "]", "<|", "|>", "{{", "}}", "(", ")", "###", ":", ".", "\n", "!", "\U0001f512", "\U0001f513", '"',
            "\u201c", "*", "2", "\u0130", "\u0131", "\u212a", "\u017f", "\u03a9mega", "X-9", "I", "you're", "I'm", "_",
-           "caf\u00e9", "\u6771\u4eac", "data", "9"]  # fmt: skip
+           "caf\u00e9", "\u6771\u4eac", "data", "9", "\u00a0", "\x1c", "\u00e9", "\u0301"]  # fmt: skip
     rng = random.Random(7)
     texts = []
     for _ in range(n):
         picked = [rng.choice(words if rng.random() < 0.75 else odd) for _ in range(rng.randint(2, 30))]
         picked = [w.upper() if rng.random() < 0.1 else w.capitalize() if rng.random() < 0.2 else w for w in picked]
-        texts.append(rng.choice([" ", "  ", "-", ", ", "_"]).join(picked) if rng.random() < 0.2 else " ".join(picked))
+        texts.append(rng.choice([" ", "  ", "-", ", ", "_", ""]).join(picked) if rng.random() < 0.2 else " ".join(picked))
     return texts
 
 
-def test_pattern_search_equals_plain_regex_search() -> None:
-    # the gate, the derived opening literals and the word-boundary skip must never lose a match
+@pytest.fixture(params=["hyperscan", "pure python"])
+def search_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each pattern search in turn: Hyperscan's one pass, and the word gates used where it is not installed."""
+    import monitors.detectors.jailbreak_text as jt
+
+    if request.param == "hyperscan":
+        pytest.importorskip("hyperscan")
+        assert jt._prefilter() is not None
+    else:
+        monkeypatch.setattr(jt, "_prefilter", lambda: None)
+    return str(request.param)
+
+
+def test_pattern_search_equals_plain_regex_search(search_path: str) -> None:
+    # the prefilter (or the gates, the derived opening literals and the word-boundary skip) must never lose a match
     import monitors.detectors.jailbreak_text as jt
 
     hits = 0
