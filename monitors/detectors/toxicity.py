@@ -20,9 +20,11 @@ the time of one); the pending ones are part of the state, so a restart loses non
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import numpy as np
 
 from monitors.base import Finding, Observation
 from monitors.detectors.rates import binomial_sf, normal_sf, two_proportion_z
@@ -35,15 +37,55 @@ class ToxicityScorer(Protocol):
 
 
 class ProfanityCheckScorer:
-    """alt-profanity-check (a linear SVM on TF-IDF features, calibrated; offline, CPU, ~10 ms a call)."""
+    """alt-profanity-check (a linear SVM on TF-IDF features, calibrated; offline, CPU).
+
+    Its ``predict_prob`` spends ~7-10 ms a call in scikit-learn's checks around five small linear models, whatever
+    the number of texts: with the daemon's monitor loop stepping several times a second that was the largest
+    fixed cost of a step. The same probabilities are computed here as one sparse product (the package's own
+    vectorizer, then each model's ``coef_`` and sigmoid calibration, averaged as ``CalibratedClassifierCV``
+    does); the result is compared with ``predict_prob`` on probe texts when constructed, and ``predict_prob``
+    itself is used if the model is not of that shape or the two disagree (another scikit-learn or package
+    version)."""
+
+    PROBES = ("you are a complete idiot", "thanks, that was helpful", "what the hell is this shit", "hello")
 
     def __init__(self) -> None:
-        from profanity_check import predict_prob  # imported when constructed: loading the model takes seconds
+        import profanity_check  # imported when constructed: loading the model takes seconds
 
-        self._predict_prob = predict_prob
+        self._predict_prob = profanity_check.predict_prob
+        self._fast = _linear_probability(profanity_check)
+        if self._fast is not None:
+            expected = np.asarray(self._predict_prob(list(self.PROBES)), dtype=float)
+            if not np.allclose(self._fast(list(self.PROBES)), expected, rtol=0, atol=1e-9):
+                self._fast = None
 
     def score(self, texts: Sequence[str]) -> list[float]:
-        return [float(p) for p in self._predict_prob(list(texts))] if texts else []
+        if not texts:
+            return []
+        return [float(p) for p in (self._fast or self._predict_prob)(list(texts))]
+
+
+def _linear_probability(package: Any) -> Callable[[list[str]], np.ndarray] | None:
+    """P(toxic) = mean over the calibrated models of expit(-(a (w . x + b) + c)), x the TF-IDF vector; or None
+    when the package's model is not sigmoid-calibrated binary linear models."""
+    module = getattr(package, "profanity_check", None)
+    vectorizer, model = getattr(module, "vectorizer", None), getattr(module, "model", None)
+    members = getattr(model, "calibrated_classifiers_", None)
+    if vectorizer is None or not members or len(getattr(model, "classes_", ())) != 2:
+        return None
+    try:
+        weights = np.stack([np.asarray(m.estimator.coef_, dtype=float).reshape(-1) for m in members], axis=1)
+        intercepts = np.array([float(np.ravel(m.estimator.intercept_)[0]) for m in members])
+        slopes = np.array([float(m.calibrators[0].a_) for m in members])
+        offsets = np.array([float(m.calibrators[0].b_) for m in members])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+
+    def probability(texts: list[str]) -> np.ndarray:
+        margins = np.asarray(vectorizer.transform(texts) @ weights) + intercepts
+        return (1.0 / (1.0 + np.exp(slopes * margins + offsets))).mean(axis=1)
+
+    return probability
 
 
 #: Label names of the benign class in common toxicity classifiers (unitary/toxic-bert has only toxic labels).

@@ -11,6 +11,7 @@ import random
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
 
 from events.model import Event, StoredEvent
@@ -143,6 +144,24 @@ def test_profanity_check_scores_a_toxic_sentence_above_a_clean_one() -> None:
     )
     assert toxic > 0.5 > clean
     assert ProfanityCheckScorer().score([]) == []
+
+
+def test_profanity_check_scores_are_the_packages_own_computed_in_one_product() -> None:
+    from profanity_check import predict_prob
+
+    scorer = ProfanityCheckScorer()
+    assert scorer._fast is not None  # the model is the shape the fast path reads; otherwise predict_prob is used
+    texts = [
+        "You are a fucking idiot, shut your stupid mouth.",
+        "Thank you, the weather is lovely today.",
+        "what the hell is this crap",
+        "Kafka partitions are ordered; topics are not. " * 40,
+        "",
+        "   ",
+        "caf\u00e9 \u6771\u4eac \U0001f600",
+        "idiot " * 3,
+    ]
+    assert np.allclose(scorer.score(texts), predict_prob(texts), rtol=0, atol=1e-12)
 
 
 def test_hugging_face_scorer_reads_the_toxic_labels_without_loading_at_import() -> None:
