@@ -763,12 +763,22 @@ def _families(text: str, skip: set[str]) -> set[str]:
     """The families (not in ``skip``) whose regex matches ``text``, and framed_harm."""
     prefilter = _prefilter()
     candidates = prefilter.candidates(text) if prefilter is not None else None
-    if candidates is not None:
-        found = {name for name in candidates - skip if name != _HARMFUL and _REGEXES[name].search(text)}
-        if found & _FRAMINGS and _HARMFUL in candidates and _HARMFUL_TOPIC.search(text):
+    if candidates is None:
+        return _gated_families(text, skip)
+    todo = candidates - skip
+    todo.discard(_HARMFUL)
+    if not todo:
+        return set()
+    # re decides, tried only where a match can start (on long jailbreak texts a plain search of each named
+    # family cost more than the scan saved)
+    folded = _fold(text)
+    aligned = len(folded) == len(text)  # always, see _fold; otherwise search everywhere
+    words = set(_utf8(folded).translate(_NOT_LETTER).split())
+    found = {name for name in todo if _search(_REGEXES[name], _PREFILTERED[name][2] if aligned else None, text, folded, words)}
+    if found & _FRAMINGS and _HARMFUL in candidates:
+        if _search(_HARMFUL_TOPIC, _HARMFUL_STARTS if aligned else None, text, folded, words):
             found.add("framed_harm")
-        return found
-    return _gated_families(text, skip)
+    return found
 
 
 def _gated_families(text: str, skip: set[str]) -> set[str]:
