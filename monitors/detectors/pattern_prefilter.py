@@ -1,13 +1,13 @@
 """All the jailbreak pattern families in one pass over a text, with Hyperscan (Intel's multi-regex engine).
 
-Python's ``re`` tries one regex at a time; even with the word gates of :mod:`jailbreak_text` a benign prompt
+Python's ``re`` tries one regex at a time; even with the word gates of :mod:`pattern_search` a benign prompt
 cost ~30 µs there, most of the light detectors' time. Hyperscan scans a text once for every family in C. It is
 used as a *prefilter*: each regex is compiled in a form whose matches include every match Python's ``re``
 would find (Hyperscan's ``HS_FLAG_PREFILTER``, plus :func:`widen`), so it names the families that *may* match;
 ``re`` then decides for those alone, and the answer is ``re``'s, unchanged.
 
 Hyperscan ships wheels for x86-64 (Linux, Windows, macOS) and Apple silicon, not for Linux on ARM; where it is
-missing, :func:`build` returns None and :mod:`jailbreak_text` uses its pure-Python gates.
+missing, :func:`build` returns None and :mod:`pattern_search` uses its pure-Python gates.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def widen(pattern: str) -> str:
     return "".join(out)
 
 
-# Python's IGNORECASE matches these non-ASCII characters to ASCII letters (see jailbreak_text._IGNORECASE_FOLD);
+# Python's IGNORECASE matches these non-ASCII characters to ASCII letters (see jailbreak_text.fold);
 # Hyperscan's caseless mode, without Unicode properties, does not, so they are spelled in ASCII before a scan.
 _IGNORECASE_ASCII = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
 _FOLD_CHARS = frozenset(_IGNORECASE_ASCII)

@@ -18,7 +18,7 @@ from monitors.detectors.jailbreak import (
     MiniLMEmbedder,
     load_known_jailbreaks,
 )
-from monitors.detectors.jailbreak_text import score_patterns
+from monitors.detectors.pattern_search import score_patterns
 from tests.unit._stored import interaction
 
 pytestmark = pytest.mark.slow

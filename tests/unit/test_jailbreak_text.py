@@ -18,7 +18,9 @@ from monitors.detectors.jailbreak import (
     complies,
     prompt_text,
 )
-from monitors.detectors.jailbreak_text import normalise, score_patterns
+from monitors.detectors.jailbreak_patterns import FRAMINGS, HARMFUL_TOPIC, PATTERNS
+from monitors.detectors.jailbreak_text import normalise
+from monitors.detectors.pattern_search import score_patterns
 from tests.unit._stored import interaction
 
 THRESHOLD = JailbreakConfig().pattern_threshold
@@ -262,10 +264,8 @@ def _fuzz_texts(n: int = 1500) -> list[str]:
     import random
     import re
 
-    import monitors.detectors.jailbreak_text as jt
-
-    words = sorted({w for _, _, rx in jt._PATTERNS for w in re.findall(r"[A-Za-z']{2,}", rx.pattern)})
-    words += re.findall(r"[A-Za-z']{2,}", jt._HARMFUL_TOPIC.pattern)
+    words = sorted({w for _, _, rx in PATTERNS for w in re.findall(r"[A-Za-z']{2,}", rx.pattern)})
+    words += re.findall(r"[A-Za-z']{2,}", HARMFUL_TOPIC.pattern)
     odd = ["[", "]", "<|", "|>", "{{", "}}", "(", ")", "###", ":", ".", "\n", "!", "\U0001f512", "\U0001f513", '"',
            "\u201c", "*", "2", "\u0130", "\u0131", "\u212a", "\u017f", "\u03a9mega", "X-9", "I", "you're", "I'm", "_",
            "caf\u00e9", "\u6771\u4eac", "data", "9", "\u00a0", "\x1c", "\u00e9", "\u0301"]  # fmt: skip
@@ -281,26 +281,26 @@ def _fuzz_texts(n: int = 1500) -> list[str]:
 @pytest.fixture(params=["hyperscan", "pure python"])
 def search_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each pattern search in turn: Hyperscan's one pass, and the word gates used where it is not installed."""
-    import monitors.detectors.jailbreak_text as jt
+    import monitors.detectors.pattern_search as ps
 
     if request.param == "hyperscan":
         pytest.importorskip("hyperscan")
-        assert jt._prefilter() is not None
+        assert ps._prefilter() is not None
     else:
-        monkeypatch.setattr(jt, "_prefilter", lambda: None)
+        monkeypatch.setattr(ps, "_prefilter", lambda: None)
     return str(request.param)
 
 
 def test_pattern_search_equals_plain_regex_search(search_path: str) -> None:
     # the prefilter (or the gates, the derived opening literals and the word-boundary skip) must never lose a match
-    import monitors.detectors.jailbreak_text as jt
+    import monitors.detectors.pattern_search as ps
 
     hits = 0
     for text in _fuzz_texts():
-        expected = {name for name, _, rx in jt._PATTERNS if rx.search(text)}
-        if expected & jt._FRAMINGS and jt._HARMFUL_TOPIC.search(text):
+        expected = {name for name, _, rx in PATTERNS if rx.search(text)}
+        if expected & FRAMINGS and HARMFUL_TOPIC.search(text):
             expected.add("framed_harm")
-        assert jt._families(text, set()) == expected, text
+        assert ps._families(text, set()) == expected, text
         hits += len(expected)
     assert hits > 500  # the fuzz reaches the patterns
 
@@ -308,12 +308,12 @@ def test_pattern_search_equals_plain_regex_search(search_path: str) -> None:
 def test_opening_literals_are_derived_from_the_regex() -> None:
     import re
 
-    import monitors.detectors.jailbreak_text as jt
+    import monitors.detectors.pattern_search as ps
 
-    starts = jt._starts(re.compile(r"\b(never|do not) (refuse|deny)\b|\[(system|admin)\]", re.IGNORECASE))
+    starts = ps._starts(re.compile(r"\b(never|do not) (refuse|deny)\b|\[(system|admin)\]", re.IGNORECASE))
     assert starts is not None
     assert set(starts.by_word) == {b"never", b"do"} and set(starts.other) == {"[system]", "[admin]"}
-    assert jt._starts(re.compile(r"\w+gpt")) is None  # may start anywhere: plain search
+    assert ps._starts(re.compile(r"\w+gpt")) is None  # may start anywhere: plain search
 
 
 def test_scorer_assesses_a_batch_once_for_both_detectors(monkeypatch: pytest.MonkeyPatch) -> None:
