@@ -21,18 +21,20 @@ from sqlalchemy import Engine, column, inspect, select, table
 from daemon import bootstrap
 from daemon.leader import read_lease
 from daemon.scheduler import (
-    DATASETS,
     JOBSTORE_TABLE,
     ScheduleConfig,
+    planned_jobs,
+)
+from daemon.settings import Settings
+from daemon.training_rules import (
+    DATASETS,
     baseline_seq,
     count_new_examples,
     decide_training,
     history,
     pause_blocks,
-    planned_jobs,
     read_attempts,
 )
-from daemon.settings import Settings
 from events.sql_store import SqlEventStore
 
 

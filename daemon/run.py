@@ -87,7 +87,7 @@ def _run_training(settings: Settings, store: SqlEventStore, request: Any, cancel
     from trainers.jobs import NothingToTrainError
 
     if request.kind == "evaluation":
-        # Runs while training is paused (scheduler.pause_blocks lets it through): it only reads the champions,
+        # Runs while training is paused (training_rules.pause_blocks lets it through): it only reads the champions,
         # and it is how an operator learns whether the champion that caused the pause is still bad.
         return bootstrap.champion_evaluation(settings, store).run(bootstrap.job_limits(settings), cancel=cancel)
     overrides = {"objective": request.objective} if request.kind == "policy" and request.objective else {}

@@ -16,7 +16,7 @@ Jobs (ids stable across replicas; each ``max_instances=1, coalesce=True``):
 * ``evaluate``: cron, optional; the continuous evaluation of the champions (DESIGN.md §5,
   ``trainers/champion_eval.py``), a request of kind ``evaluation`` that a pause does not block.
 
-The jobs only decide; a single worker thread runs what they ask for, one training at a time (a GPU holds
+The jobs only decide (by the pure rules of :mod:`daemon.training_rules`); a single worker thread runs what they ask for, one training at a time (a GPU holds
 one), through the injected ``run_job(request, cancel)``. Training paused by enforcement stays paused until a
 ``resume_training`` is applied: no training starts while paused (the decision is logged once), and a job
 running when the pause arrives is stopped. ``cancel`` is polled by the job (``TrainingJobs.train(cancel=)``):
@@ -34,31 +34,29 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
-
 from daemon.leader import SCHEDULER_LEASE, LeaderLease, read_lease
+from daemon.training_rules import (
+    DATASETS,
+    LOST_LEASE_REASON,
+    SHUTDOWN_REASON,
+    baseline_seq,
+    count_new_examples,
+    decide_training,
+    governance_training_paused,
+    pause_blocks,
+    read_attempts,
+)
 from events.errors import AlignmentError, StoreUnavailableError
-from events.model import StoredEvent
-from events.projections.quarantine import training_demonstrations, training_pairs
 from events.sql_store import SqlEventStore, create_store_engine
-from events.tables import proj_interactions, proj_quarantine
 
 logger = logging.getLogger(__name__)
 
 JOBSTORE_TABLE = "apscheduler_jobs"
-TRAINING_TYPES = ("training.started", "training.completed", "training.failed", "model.registered")
-#: Reasons ``cancel`` gives; an attempt stopped for one of them is resumed, not backed off from.
-SHUTDOWN_REASON = "daemon shutting down"
-LOST_LEASE_REASON = "lost the leader lease"
-PAUSED_PREFIX = "training paused"
-#: The dataset each objective trains on (trainers.config.DATASETS, without importing torch; a unit test
-#: keeps the two equal).
-DATASETS = {"reward": "preference_pairs", "sft": "demonstrations", "dpo": "preference_pairs", "rloo": "prompts"}
 
 
 @dataclass(frozen=True)
@@ -102,212 +100,6 @@ class TrainingRequest:
 
 
 RunJob = Callable[[TrainingRequest, Callable[[], str | None]], object]
-
-
-# --- rules (pure) -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One training attempt folded from its ``training.*`` events (and its ``model.registered``)."""
-
-    attempt_id: str
-    kind: str
-    objective: str | None
-    status: str  # running, completed, failed
-    started_at: datetime | None
-    finished_at: datetime | None = None
-    to_seq: int | None = None
-    rows: int | None = None
-    reason: str | None = None
-    version: str | None = None
-    run_id: str | None = None
-    resumable: bool | None = None
-
-
-def fold_attempts(events: Iterable[StoredEvent]) -> list[Attempt]:
-    """Attempts in the order they started, from ``training.*`` and ``model.registered`` events in seq order."""
-    attempts: dict[str, Attempt] = {}
-    for stored in events:
-        e, p = stored.event, stored.event.payload
-        key = str(p.get("attempt_id") or e.event_id)
-        if e.type == "training.started":
-            dataset = p.get("dataset") or {}
-            attempts[key] = Attempt(
-                key,
-                str(p.get("kind")),
-                p.get("objective"),
-                "running",
-                e.occurred_at,
-                to_seq=dataset.get("to_seq"),
-                rows=dataset.get("rows"),
-                run_id=p.get("run_id"),
-            )
-            continue
-        seen = attempts.get(key)
-        if seen is None:
-            if e.type == "model.registered":
-                continue  # registered by hand, not by a training job
-            seen = Attempt(key, str(p.get("kind")), p.get("objective"), "running", None, run_id=p.get("run_id"))
-        if e.type == "training.completed":
-            attempts[key] = replace(seen, status="completed", finished_at=e.occurred_at)
-        elif e.type == "training.failed":
-            attempts[key] = replace(
-                seen,
-                status="failed",
-                finished_at=e.occurred_at,
-                reason=p.get("reason"),
-                resumable=p.get("resumable"),
-            )
-        elif e.type == "model.registered":
-            attempts[key] = replace(seen, version=str(p.get("version")))
-    return list(attempts.values())
-
-
-def is_interruption(reason: str | None) -> bool:
-    """Whether a failure was the daemon stopping the job (resume it) rather than the job failing (back off)."""
-    return bool(reason) and (reason in (SHUTDOWN_REASON, LOST_LEASE_REASON) or str(reason).startswith(PAUSED_PREFIX))
-
-
-@dataclass(frozen=True)
-class Decision:
-    run: bool
-    reason: str
-    objective: str | None = None
-    upto_seq: int | None = None
-    trigger: str = "volume"
-
-
-def baseline_seq(attempts: Sequence[Attempt], kind: str) -> int:
-    """The dataset ``to_seq`` of the last successful training of ``kind`` (0 when there is none)."""
-    done = [a for a in attempts if a.kind == kind and a.status == "completed" and a.to_seq is not None]
-    return int(done[-1].to_seq or 0) if done else 0
-
-
-def decide_training(
-    kind: str,
-    attempts: Sequence[Attempt],
-    new_examples: int,
-    threshold: int,
-    now: datetime,
-    *,
-    objective: str | None,
-    trigger: str = "volume",
-    failure_backoff_s: float = 1800.0,
-    orphan_after_s: float = 7200.0,
-) -> Decision:
-    """Whether to train ``kind`` now, and why (or why not).
-
-    Args:
-        attempts: every attempt so far, in start order (:func:`fold_attempts`).
-        new_examples: examples of the kind's dataset after :func:`baseline_seq`.
-        threshold: how many new examples a run needs (a cron run passes 1); 0 or less: never on volume.
-    """
-    mine = [a for a in attempts if a.kind == kind]
-    last = mine[-1] if mine else None
-    if last is not None and last.status == "running":
-        age = (now - last.started_at).total_seconds() if last.started_at else float("inf")
-        if age < orphan_after_s:
-            return Decision(False, f"attempt {last.attempt_id} has been running for {age:.0f} s", trigger=trigger)
-        return Decision(
-            True,
-            f"resuming attempt {last.attempt_id}, started {age:.0f} s ago with no outcome (the daemon crashed?)",
-            last.objective,
-            last.to_seq,
-            "resume",
-        )
-    if last is not None and last.status == "failed":
-        if is_interruption(last.reason):
-            return Decision(
-                True, f"resuming attempt {last.attempt_id} ({last.reason})", last.objective, last.to_seq, "resume"
-            )
-        since = (now - last.finished_at).total_seconds() if last.finished_at else float("inf")
-        if since < failure_backoff_s:
-            return Decision(
-                False,
-                f"attempt {last.attempt_id} failed {since:.0f} s ago ({last.reason}); next try after "
-                f"{failure_backoff_s:.0f} s",
-                trigger=trigger,
-            )
-    if threshold <= 0:
-        return Decision(False, "the volume trigger is off", trigger=trigger)
-    since_seq = baseline_seq(attempts, kind)
-    if new_examples >= threshold:
-        return Decision(
-            True, f"{new_examples} new examples since seq {since_seq} (threshold {threshold})", objective, None, trigger
-        )
-    return Decision(
-        False, f"{new_examples} new examples since seq {since_seq}, fewer than {threshold}", trigger=trigger
-    )
-
-
-def pause_blocks(kind: str, paused: tuple[bool, str | None]) -> str | None:
-    """Why a pause keeps ``kind`` from starting, or None.
-
-    Evaluation only reads models, so a pause allows it: while training is paused, re-measuring the champion is
-    how an operator learns whether it is still bad (and whether resuming is safe).
-    """
-    is_paused, reason = paused
-    if not is_paused or kind == "evaluation":
-        return None
-    return f"{PAUSED_PREFIX}: {reason or 'by enforcement'} (apply resume_training to resume)"
-
-
-# --- reading the store ------------------------------------------------------------------------------------
-
-
-def read_attempts(store: SqlEventStore) -> list[Attempt]:
-    events: list[StoredEvent] = []
-    position = 0
-    while batch := store.read(position, limit=1000, types=TRAINING_TYPES):
-        events.extend(batch)
-        position = batch[-1].seq
-    return fold_attempts(events)
-
-
-def history(store: SqlEventStore, limit: int = 20) -> list[dict[str, Any]]:
-    """The last ``limit`` training attempts, newest first, as rows for ``alignd jobs list``."""
-    rows = []
-    for a in reversed(read_attempts(store)[-limit:] if limit else read_attempts(store)):
-        rows.append(
-            {
-                "started_at": a.started_at.isoformat() if a.started_at else None,
-                "finished_at": a.finished_at.isoformat() if a.finished_at else None,
-                "kind": a.kind,
-                "objective": a.objective,
-                "outcome": a.status,
-                "version": a.version,
-                "reason": a.reason,
-                "attempt_id": a.attempt_id,
-                "run_id": a.run_id,
-                "to_seq": a.to_seq,
-                "rows": a.rows,
-            }
-        )
-    return rows
-
-
-def count_new_examples(store: SqlEventStore, dataset: str, after_seq: int) -> int:
-    """Examples of ``dataset`` with ``seq > after_seq`` (quarantine left out, as snapshots do)."""
-    if dataset in ("preference_pairs", "demonstrations"):
-        query = training_pairs() if dataset == "preference_pairs" else training_demonstrations()
-        sub = query.where(query.selected_columns.seq > after_seq).order_by(None).subquery()
-        stmt = select(func.count()).select_from(sub)
-    else:  # prompts: interactions of users not quarantined
-        t = proj_interactions
-        users = select(proj_quarantine.c.subject_id).where(proj_quarantine.c.subject_kind == "user")
-        stmt = select(func.count()).where(
-            t.c.interaction_seq > after_seq, t.c.user_id.is_(None) | t.c.user_id.not_in(users)
-        )
-    with store.engine.connect() as conn:
-        return int(conn.execute(stmt).scalar_one())
-
-
-def governance_training_paused(store: SqlEventStore) -> tuple[bool, str | None]:
-    # Imported here: daemon.governance loads MLflow (seconds), which `python -m daemon.scheduler` need not.
-    from daemon.enforcement import training_paused
-
-    return training_paused(store)
 
 
 def planned_jobs(config: ScheduleConfig) -> list[tuple[str, Any]]:

@@ -21,11 +21,13 @@ from sqlalchemy import insert, update
 
 from daemon.leader import SCHEDULER_LEASE, LeaderLease, read_lease
 from daemon.scheduler import (
-    LOST_LEASE_REASON,
-    SHUTDOWN_REASON,
     ScheduleConfig,
     TrainingRequest,
     TrainingScheduler,
+)
+from daemon.training_rules import (
+    LOST_LEASE_REASON,
+    SHUTDOWN_REASON,
 )
 from events.model import Event
 from events.sql_store import SqlEventStore

@@ -8,17 +8,19 @@ from typing import Any
 import pytest
 
 from daemon.scheduler import (
+    ScheduleConfig,
+    planned_jobs,
+)
+from daemon.training_rules import (
     DATASETS,
     LOST_LEASE_REASON,
     SHUTDOWN_REASON,
     Attempt,
-    ScheduleConfig,
     baseline_seq,
     decide_training,
     fold_attempts,
     is_interruption,
     pause_blocks,
-    planned_jobs,
 )
 from events.model import Event, StoredEvent
 
