@@ -49,7 +49,7 @@ FLAG_CATEGORIES: tuple[str, ...] = ("toxic", "jailbreak", "hallucination", "pii"
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
 
 
-class once_property:  # noqa: N801 (named like the decorator it stands for)
+class once_property:  # lower case: it is used as a decorator, like property
     """A property computed on first read and kept in the instance's ``__dict__`` (later reads are plain attribute
     reads). Like ``functools.cached_property``, whose ``__get__`` takes a lock on Python 3.11 and cost more than
     the value it kept (3 µs a read in the monitors); it works on frozen dataclasses for the same reason (it never

@@ -79,3 +79,15 @@ def test_candidates_include_every_python_match_on_random_unicode_text() -> None:
         assert got is not None and expected <= got, text
         matched += len(expected)
     assert matched > 100  # the random texts do reach the patterns (180 with this seed)
+
+
+def test_a_hyperscan_that_cannot_run_here_leaves_the_pure_python_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    import monitors.detectors.pattern_prefilter as pp
+
+    hs = pytest.importorskip("hyperscan")
+
+    def refuse(self: object, patterns: object) -> None:
+        raise hs.ArchitectureError("no SSSE3")
+
+    monkeypatch.setattr(pp.Prefilter, "__init__", refuse)
+    assert pp.build([("x", re.compile("x"))]) is None
