@@ -25,7 +25,7 @@ from trainers.models import Runtime, pick_runtime
 from trainers.policy import Policy
 from trainers.reward import RewardModel, RewardObjective
 from trainers.snapshot import hash_rows
-from trainers.worker import configure_child_logging
+from trainers.worker import open_spec
 
 logger = logging.getLogger("trainers.eval_worker")
 
@@ -93,11 +93,7 @@ def run(spec: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = argv if argv is not None else sys.argv[1:]
-    spec = json.loads(Path(args[0]).read_text())
-    configure_child_logging(spec["job_id"])
-    out = Path(spec["output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
+    spec, out = open_spec(argv)
     started = time.monotonic()
     try:
         torch.manual_seed(spec.get("seed", 0))

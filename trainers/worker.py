@@ -250,12 +250,19 @@ def configure_child_logging(job_id: str) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 
-def main(argv: list[str] | None = None) -> int:
+def open_spec(argv: list[str] | None) -> tuple[dict[str, Any], Path]:
+    """A job child's start (training or evaluation): its spec (the file named by the first argument), its log
+    lines set up, and its output folder made."""
     args = argv if argv is not None else sys.argv[1:]
     spec = json.loads(Path(args[0]).read_text())
     configure_child_logging(spec["job_id"])
     out = Path(spec["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
+    return spec, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    spec, out = open_spec(argv)
     dist_info = init_distributed()
     started = time.monotonic()
     try:
