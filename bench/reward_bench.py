@@ -11,10 +11,12 @@ split 50/50 by line order: the first half trains, the second half is held out. `
 ``--held-pairs`` take the first N of each half. Both trainers read the same texts: each whole dialogue
 (``chosen`` / ``rejected``), stripped.
 
-Model: all-MiniLM-L6-v2 (the packaged copy, ``trainers.models.resolve_reward_backbone``) with a one-output head,
-loaded by ``trainers.models.load_reward_backbone`` for each run after the same seed (so both sides start from the
-same head), and the same LoRA (``trainers.config.LoraConfig``: r 8, alpha 16, dropout 0.05 on ``query`` and
-``value``; the head trained in full, peft's ``SEQ_CLS`` task).
+Model: all-MiniLM-L6-v2 (the packaged copy, ``trainers.models.resolve_reward_backbone``) with a one-output head
+on the mean of its token states (``--pooling mean``, ``trainers.reward_head``; ``--pooling head`` for BERT's own
+classifier over the pooler), loaded by ``trainers.models.load_reward_backbone`` for each run after the same seed
+(so both sides start from the same head), and the same LoRA (``RewardConfig``'s default: r 16, alpha 32, dropout
+0.05 on every linear layer of the six blocks; the head trained in full, peft's ``SEQ_CLS`` task). Epochs, learning
+rate and its schedule are ``RewardConfig``'s defaults unless given.
 
 * alignd: ``RewardModel`` + ``RewardObjective`` + ``trainers.loop.train`` (no held-out rows passed, so no
   evaluation inside the timed loop; no checkpoints). It tokenizes each batch as it goes, truncating from the
@@ -24,9 +26,10 @@ same head), and the same LoRA (``trainers.config.LoraConfig``: r 8, alpha 16, dr
   ``--max-length``). Left to itself TRL would *drop* pairs longer than ``max_length`` instead of truncating them,
   and append an EOS token the BERT tokenizer does not have; pre-tokenizing (TRL's documented ``chosen_ids`` /
   ``rejected_ids`` path) makes both sides see identical token ids, and TRL does that tokenization up front, outside
-  ``train()``, anyway. Settings matched to alignd's loop: same learning rate, batch size and epochs, constant
-  learning rate (no warm-up or decay), weight decay 0.01 (``torch.optim.AdamW``'s default, which alignd uses),
-  gradient clipping at 1.0, no gradient checkpointing (TRL's default is on), dropout left on as alignd trains with
+  ``train()``, anyway. Settings matched to alignd's loop: same learning rate, batch size and epochs, the same
+  schedule (``lr_scheduler_type`` and ``warmup_steps`` from ``RewardConfig``'s ``lr_schedule`` and ``warmup_ratio``;
+  transformers' warm-up starts its first step at 0, alignd's at 1/warm-up steps), weight decay 0.01
+  (``torch.optim.AdamW``'s default, which alignd uses), gradient clipping at 1.0, no gradient checkpointing (TRL's default is on), dropout left on as alignd trains with
   it (TRL's default ``disable_dropout=True`` turns it off; ``--dropout off`` turns it off on both sides, alignd's by
   zeroing the dropout modules of the model it built: what alignd would do with that change), no centering loss, no
   evaluation, logging or saving during training, ``report_to=[]``, no data-loader workers, fp32 on CPU (``--bf16``
@@ -54,6 +57,7 @@ import gzip
 import io
 import json
 import logging
+import math
 import os
 import platform
 import pstats
@@ -74,10 +78,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
+from trainers.config import RewardConfig  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 BACKBONE = "all-MiniLM-L6-v2"
+#: The reward trainer's own defaults (epochs, learning rate and its schedule, pooling) are the bench's.
+DEFAULTS = RewardConfig()
 TARGETS = {"accuracy_points_within": 1.0, "throughput_ratio_at_least": 1.0, "heldout_accuracy_at_least": 0.65}
 
 logger = logging.getLogger("bench.reward")
@@ -163,7 +171,7 @@ def peft_config(model: Any, lora: Any, task: str) -> Any:
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora_targets(model, lora.target_modules),
+        target_modules=lora_targets(model, lora.target_modules, task),
     )
 
 
@@ -276,14 +284,13 @@ def reward_rows(pairs: list[dict[str, str]], prefix: str) -> list[dict[str, Any]
 
 
 def reward_config(args: argparse.Namespace, seed: int) -> Any:
-    from trainers.config import RewardConfig
-
     return RewardConfig(
         model=BACKBONE,
         learning_rate=args.learning_rate,
         batch_size=args.batch_size,
         epochs=args.epochs,
         max_length=args.max_length,
+        pooling=args.pooling,
         seed=seed,
         eval_fraction=0.0,
         eval_batch_size=args.eval_batch_size,
@@ -380,12 +387,18 @@ def run_trl(
         train, held = train[: args.warmup_steps * args.batch_size], []
     config = reward_config(args, seed)
     torch.manual_seed(seed)  # as RewardModel.create: the same freshly initialised head as alignd's
-    backbone = load_reward_backbone(BACKBONE, runtime)
+    backbone = load_reward_backbone(BACKBONE, runtime, config.pooling)
     tokenizer = load_tokenizer(BACKBONE, kind="reward")
     dataset = Dataset.from_dict(tokenize_pairs(train, args.max_length))
+    steps = math.ceil(len(train) / args.batch_size) * args.epochs
     with tempfile.TemporaryDirectory(prefix="reward-bench-") as tmp:
         trl_args = TRLRewardConfig(
-            **trl_common_args(args, tmp, seed),
+            **{
+                **trl_common_args(args, tmp, seed),
+                # alignd's schedule (trainers.loop.lr_factor): the same warm-up steps, then linear decay or constant.
+                "lr_scheduler_type": config.lr_schedule,
+                "warmup_steps": math.ceil(config.warmup_ratio * steps),
+            },
             num_train_epochs=args.epochs,
             max_length=args.max_length,
             center_rewards_coefficient=None,
@@ -430,8 +443,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, default=256, help="tokens per sequence (left truncation)")
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
     parser.add_argument("--eval-batch-size", type=int, default=32, help="pairs per evaluation forward pass")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    parser.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
+    parser.add_argument(
+        "--pooling", choices=("mean", "head"), default=DEFAULTS.pooling, help="what the scalar head reads (both sides)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side (medians are reported)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first repeat (+1 each repeat)")
     parser.add_argument("--sides", default="alignd,trl", help="comma-separated subset of alignd,trl")
@@ -485,7 +501,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"HH-RLHF harmless-base: {len(pairs)} pairs; training on {len(train)}, held out {len(held)}; "
         f"{BACKBONE}, max_length {args.max_length}, batch {args.batch_size}, {args.epochs} epoch(s), "
-        f"lr {args.learning_rate:g}, {args.device}{' bf16' if args.bf16 else ''}, {torch.get_num_threads()} threads"
+        f"lr {args.learning_rate:g} ({DEFAULTS.lr_schedule}, warm-up {DEFAULTS.warmup_ratio:g}), "
+        f"{args.pooling} pooling, {args.device}{' bf16' if args.bf16 else ''}, {torch.get_num_threads()} threads"
     )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     sides = {

@@ -14,6 +14,10 @@ from typing import Any
 from trainers.losses import LOSSES
 
 OBJECTIVES = ("sft", "dpo", "rloo")
+LR_SCHEDULES = ("constant", "linear")
+#: Where the reward head reads the encoder: the mean of the token states, or the architecture's own
+#: sequence-classification head (BERT's pooler over [CLS], the last token of a decoder).
+REWARD_POOLING = ("mean", "head")
 #: The dataset each kind of training reads (trainers.snapshot kinds).
 DATASETS = {"reward": "preference_pairs", "sft": "demonstrations", "dpo": "preference_pairs", "rloo": "prompts"}
 
@@ -27,8 +31,9 @@ class LoraConfig:
     r: int = _help("LoRA rank", 8)
     alpha: int = _help("LoRA scaling numerator (scale = alpha / r)", 16)
     dropout: float = _help("dropout on the LoRA branch", 0.05)
-    #: None picks the attention projections of the architecture (see trainers.models.lora_targets).
-    target_modules: tuple[str, ...] | None = _help("module names to adapt; None: the attention projections", None)
+    #: None picks by architecture: the attention projections of a policy, every block's linear layers of a
+    #: reward encoder (see trainers.models.lora_targets).
+    target_modules: tuple[str, ...] | None = _help("module names to adapt; None: the architecture's defaults", None)
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class TrainConfig:
     """
 
     learning_rate: float = _help("AdamW learning rate", 5e-4)
+    lr_schedule: str = _help("learning rate after the warm-up: constant, or linear decay to 0", "constant")
+    warmup_ratio: float = _help("share of the steps over which the learning rate rises from 0", 0.0)
     batch_size: int = _help("examples (pairs, prompts) per optimizer step on each process", 8)
     epochs: int = _help("passes over the training split", 1)
     max_steps: int = _help("stop after this many optimizer steps (0: no limit)", 0)
@@ -56,6 +63,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("batch_size and eval_batch_size must be >= 1")
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -68,16 +79,28 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RewardConfig(TrainConfig):
-    """Reward model: a scalar head on an encoder, LoRA, Bradley–Terry loss."""
+    """Reward model: a scalar head on an encoder, LoRA, Bradley–Terry loss.
+
+    The defaults (mean pooling, LoRA r 16 on every linear layer of the blocks, 5e-4 with a 10% warm-up and
+    linear decay, two epochs) were chosen on HH-RLHF harmless-base with about a thousand training pairs; the
+    README's reward benchmark gives the held-out accuracy they reach and the settings tried beside them.
+    """
 
     model: str = _help(
         "backbone: all-MiniLM-L6-v2 (offline) or any Hugging Face model name or path", "all-MiniLM-L6-v2"
     )
-    learning_rate: float = _help("AdamW learning rate", 1e-3)
+    pooling: str = _help("what the scalar head reads: mean (of the token states) or head (the model's own)", "mean")
+    learning_rate: float = _help("AdamW learning rate", 5e-4)
+    lr_schedule: str = _help("learning rate after the warm-up: constant, or linear decay to 0", "linear")
+    warmup_ratio: float = _help("share of the steps over which the learning rate rises from 0", 0.1)
+    epochs: int = _help("passes over the training split", 2)
+    lora: LoraConfig = _help("adapter shape", LoraConfig(r=16, alpha=32))
     loss: str = _help("loss name in trainers.losses.LOSSES", "bradley_terry")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.pooling not in REWARD_POOLING:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(REWARD_POOLING)}")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
 

@@ -69,6 +69,20 @@ def init_distributed() -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def lr_factor(step: int, total: int, warmup_steps: int, schedule: str) -> float:
+    """The share of the base learning rate for optimizer step ``step`` (0-based) of ``total``.
+
+    ``constant``: 1 after the warm-up. ``linear``: down to 0 at the end, as transformers'
+    ``get_linear_schedule_with_warmup``. Warm-up rises linearly over the first ``warmup_steps``.
+    A pure function of the step, so a resumed job takes up the schedule where the checkpoint left it.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "linear":
+        return max(0.0, (total - step) / max(1, total - warmup_steps))
+    return 1.0
+
+
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
@@ -149,6 +163,7 @@ def train(
     if config.max_steps:
         total = min(total, config.max_steps)
 
+    warmup_steps = math.ceil(config.warmup_ratio * total)
     step, best_score, bad_evals, best_state = 0, -math.inf, 0, None
     history: list[dict[str, float]] = []
     checkpoint = checkpoint_dir / CHECKPOINT_FILE if checkpoint_dir else None
@@ -180,6 +195,8 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
+                for group in optimizer.param_groups:
+                    group["lr"] = config.learning_rate * lr_factor(step, total, warmup_steps, config.lr_schedule)
                 optimizer.step()
                 step += 1
                 last = {"loss": out.loss.item(), **{f"train_{k}": v for k, v in out.metrics.items()}}

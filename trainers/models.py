@@ -35,6 +35,12 @@ _LORA_TARGETS = {
     "qwen2": ("q_proj", "v_proj"),
     "gpt2": ("c_attn",),
 }
+#: The reward model adapts every linear layer of each encoder block (attention and feed-forward): with
+#: about a thousand preference pairs the attention projections alone stayed near 0.62 held-out accuracy on
+#: HH-RLHF harmless-base, every layer reached 0.65 (README, reward benchmark). BERT's pooler is left out:
+#: the mean-pooled head does not read it, and DDP refuses trainable parameters that get no gradient.
+#: peft matches names as suffixes, so ``output.dense`` is both the attention and the feed-forward output.
+_REWARD_LORA_TARGETS = {"bert": ("query", "key", "value", "intermediate.dense", "output.dense")}
 
 
 @dataclass(frozen=True)
@@ -106,13 +112,20 @@ def load_tokenizer(name: str, *, kind: str) -> Any:
     return tokenizer
 
 
-def load_reward_backbone(name: str, runtime: Runtime) -> Any:
-    """A sequence classifier with one output (the scalar reward head, new weights on the backbone)."""
-    from transformers import AutoModelForSequenceClassification
+def load_reward_backbone(name: str, runtime: Runtime, pooling: str = "mean") -> Any:
+    """An encoder with a one-output head, new weights: on the mean of its token states (``pooling="mean"``,
+    :class:`trainers.reward_head.MeanPooledReward`) or the architecture's own classification head (``"head"``,
+    ``AutoModelForSequenceClassification``: BERT's pooler over [CLS], a decoder's last token)."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    from trainers.reward_head import MeanPooledReward
 
     path = resolve_reward_backbone(name)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+        if pooling == "mean":
+            model = MeanPooledReward(AutoModel.from_pretrained(path, dtype=torch.float32))
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     except OSError as exc:
         raise ConfigurationError(
             f"cannot load reward backbone {name!r} ({exc}); use all-MiniLM-L6-v2 offline, a local path, "
@@ -169,10 +182,12 @@ def load_policy_model(name: str, runtime: Runtime) -> Any:
     return model.to(device=runtime.device, dtype=runtime.dtype)
 
 
-def lora_targets(model: Any, configured: tuple[str, ...] | None) -> list[str]:
+def lora_targets(model: Any, configured: tuple[str, ...] | None, task: str = "policy") -> list[str]:
     if configured:
         return list(configured)
     family = getattr(model.config, "model_type", "")
+    if task == "reward" and family in _REWARD_LORA_TARGETS:
+        return list(_REWARD_LORA_TARGETS[family])
     if family in _LORA_TARGETS:
         return list(_LORA_TARGETS[family])
     raise ConfigurationError(
@@ -192,6 +207,6 @@ def with_lora(model: Any, lora: Any, *, task: str, adapter_dir: Path | None = No
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora_targets(model, lora.target_modules),
+        target_modules=lora_targets(model, lora.target_modules, task),
     )
     return get_peft_model(model, config)

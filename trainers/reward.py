@@ -41,9 +41,11 @@ def prompt_messages(prompt: str | Sequence[dict[str, str]] | dict[str, Any]) -> 
 
 
 class RewardModel:
-    def __init__(self, model: Any, tokenizer: Any, runtime: Runtime, max_length: int, base_model: str) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, runtime: Runtime, max_length: int, base_model: str, pooling: str = "mean"
+    ) -> None:
         self.model, self.tokenizer, self.runtime = model, tokenizer, runtime
-        self.max_length, self.base_model = max_length, base_model
+        self.max_length, self.base_model, self.pooling = max_length, base_model, pooling
         # Long dialogues lose their oldest turns, not the response being judged.
         self.tokenizer.truncation_side = "left"
 
@@ -51,9 +53,10 @@ class RewardModel:
     def create(cls, config: RewardConfig, runtime: Runtime | None = None) -> RewardModel:
         runtime = runtime or pick_runtime()
         torch.manual_seed(config.seed)
-        backbone = load_reward_backbone(config.model, runtime)
+        backbone = load_reward_backbone(config.model, runtime, config.pooling)
         model = with_lora(backbone, config.lora, task="reward")
-        return cls(model, load_tokenizer(config.model, kind="reward"), runtime, config.max_length, config.model)
+        tokenizer = load_tokenizer(config.model, kind="reward")
+        return cls(model, tokenizer, runtime, config.max_length, config.model, config.pooling)
 
     @classmethod
     def load(cls, directory: Path, runtime: Runtime | None = None) -> RewardModel:
@@ -63,17 +66,25 @@ class RewardModel:
 
         runtime = runtime or pick_runtime()
         manifest = json.loads((directory / MANIFEST).read_text())
-        backbone = load_reward_backbone(manifest["base_model"], runtime)
+        # Versions saved before the mean-pooled head existed used the architecture's own head.
+        pooling = manifest.get("pooling", "head")
+        backbone = load_reward_backbone(manifest["base_model"], runtime, pooling)
         model = PeftModel.from_pretrained(backbone, str(directory / "adapter")).to(runtime.device)
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(str(directory / "tokenizer"))
-        return cls(model, tokenizer, runtime, manifest["max_length"], manifest["base_model"])
+        return cls(model, tokenizer, runtime, manifest["max_length"], manifest["base_model"], pooling)
 
     def save(self, directory: Path, extra: dict[str, Any] | None = None) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(directory / "adapter"))
         self.tokenizer.save_pretrained(str(directory / "tokenizer"))
-        manifest = {"kind": "reward", "base_model": self.base_model, "max_length": self.max_length, **(extra or {})}
+        manifest = {
+            "kind": "reward",
+            "base_model": self.base_model,
+            "max_length": self.max_length,
+            "pooling": self.pooling,
+            **(extra or {}),
+        }
         (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
         return directory
 

@@ -6,6 +6,7 @@ two-layer Llama from a config with SmolLM2's tokenizer), except where the real S
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from trainers.config import LoraConfig, PolicyConfig, RewardConfig
 from trainers.loop import train
 from trainers.policy import DPOObjective, Policy, SFTObjective
-from trainers.reward import RewardModel, RewardObjective
+from trainers.reward import MANIFEST, RewardModel, RewardObjective
 
 pytestmark = pytest.mark.integration
 
@@ -40,15 +41,36 @@ def synthetic_pairs(n: int, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-def test_reward_model_learns_a_learnable_preference() -> None:
+@pytest.mark.parametrize("pooling", ["mean", "head"])
+def test_reward_model_learns_a_learnable_preference(pooling: str) -> None:
     rows = synthetic_pairs(160)
-    config = RewardConfig(batch_size=16, epochs=2, checkpoint_every=0, learning_rate=2e-3, seed=1)
+    config = RewardConfig(batch_size=16, epochs=2, checkpoint_every=0, learning_rate=2e-3, seed=1, pooling=pooling)
     rm = RewardModel.create(config)
     objective = RewardObjective(rm, config)
     before = objective.evaluate(rows[120:])
     result = train(objective, rm.model, rows[:120], rows[120:], config)
     assert result.metrics["eval_accuracy"] > 0.9, result.metrics
     assert result.metrics["eval_margin"] > before["margin"]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "head"])
+def test_a_saved_reward_model_loads_back_with_its_head(tmp_path: Any, pooling: str) -> None:
+    rows = synthetic_pairs(24, seed=7)
+    config = RewardConfig(
+        batch_size=8, epochs=1, checkpoint_every=0, learning_rate=2e-3, max_length=64, pooling=pooling
+    )
+    rm = RewardModel.create(config)
+    train(RewardObjective(rm, config), rm.model, rows, [], config)
+    folder = rm.save(tmp_path / "reward")
+    if pooling == "head":
+        # A version saved before the manifest named its pooling: it was the architecture's own head.
+        manifest = json.loads((folder / MANIFEST).read_text())
+        del manifest["pooling"]
+        (folder / MANIFEST).write_text(json.dumps(manifest))
+    loaded = RewardModel.load(folder)
+    assert loaded.pooling == pooling
+    prompts, responses = [r["prompt"] for r in rows], [r["chosen"] for r in rows]
+    assert loaded.score(prompts, responses) == pytest.approx(rm.score(prompts, responses), abs=1e-5)
 
 
 def tiny(objective: str, **overrides: Any) -> PolicyConfig:
