@@ -29,10 +29,10 @@ rate and its schedule are ``RewardConfig``'s defaults unless given.
   ``train()``, anyway. Settings matched to alignd's loop: same learning rate, batch size and epochs, the same
   schedule (``lr_scheduler_type`` and ``warmup_steps`` from ``RewardConfig``'s ``lr_schedule`` and ``warmup_ratio``;
   transformers' warm-up starts its first step at 0, alignd's at 1/warm-up steps), weight decay 0.01
-  (``torch.optim.AdamW``'s default, which alignd uses), gradient clipping at 1.0, no gradient checkpointing (TRL's default is on), dropout left on as alignd trains with
-  it (TRL's default ``disable_dropout=True`` turns it off; ``--dropout off`` turns it off on both sides, alignd's by
-  zeroing the dropout modules of the model it built: what alignd would do with that change), no centering loss, no
-  evaluation, logging or saving during training, ``report_to=[]``, no data-loader workers, fp32 on CPU (``--bf16``
+  (``torch.optim.AdamW``'s default, which alignd uses), gradient clipping at 1.0, no gradient checkpointing
+  (TRL's default is on), dropout left on as alignd trains with it (TRL's default ``disable_dropout=True`` turns
+  it off; ``--dropout off`` turns it off on both sides, alignd's by zeroing the dropout modules of the model it
+  built: what alignd would do with that change), no centering loss, no evaluation, logging or saving during training, ``report_to=[]``, no data-loader workers, fp32 on CPU (``--bf16``
   for mixed precision on CUDA: TRL's ``bf16=True``, alignd's own autocast). TRL keeps its default optimizer
   (``adamw_torch_fused``).
 
