@@ -28,8 +28,8 @@ records how many of TRL's tokenized pairs are token-for-token identical to align
 
 Settings matched: learning rate, batch size, ``--steps`` optimizer steps, β, sigmoid DPO loss only, constant
 learning rate, weight decay 0.01 (torch's AdamW default, which alignd uses), clipping at 1.0, no gradient
-checkpointing (TRL's default is on), dropout on as in alignd (TRL's ``disable_dropout`` off; ``--dropout off`` for
-both off), reference log-probabilities computed in each step (``precompute_ref_log_probs=False``), no evaluation,
+checkpointing (TRL's default is on), dropout on as alignd's ``PolicyConfig`` keeps it (TRL's ``disable_dropout``
+off; ``--dropout off`` for both off), reference log-probabilities computed in each step (``precompute_ref_log_probs=False``), no evaluation,
 logging or saving, ``report_to=[]``, no data-loader workers, fp32 on CPU (``--bf16`` on CUDA). TRL keeps its default
 optimizer (``adamw_torch_fused``) and its fused LM head (log-probabilities of completion positions only, computed in
 tiles without the full logits); that is part of what is being compared.
@@ -68,11 +68,11 @@ from bench.reward_bench import (
     profile_summary,
     quiet_libraries,
     remove_printer,
+    resolve_dropout,
     run_repeats,
     split_half,
     timed,
     trl_common_args,
-    without_dropout,
 )
 
 POLICY = "SmolLM2-135M-Instruct"
@@ -119,6 +119,7 @@ def policy_config(args: argparse.Namespace, seed: int, **overrides: Any) -> Any:
         "seed": seed,
         "eval_fraction": 0.0,
         "checkpoint_every": 0,
+        "disable_dropout": args.dropout == "off",
         **overrides,
     }
     return PolicyConfig(**settings)
@@ -185,14 +186,14 @@ def same_tokens(trl_train: Any, rows: list[dict[str, Any]], policy: Any) -> int:
 def run_alignd(args: argparse.Namespace, base: Any, tokenizer: Any, runtime: Any, rows: list, seed: int,
                warmup: bool = False) -> dict[str, Any]:  # fmt: skip
     from trainers.loop import train as train_loop
-    from trainers.models import with_lora
+    from trainers.models import disable_dropout, with_lora
     from trainers.policy import DPOObjective, Policy
 
     config = policy_config(args, seed, max_steps=args.warmup_steps if warmup else args.steps)
     torch.manual_seed(seed)  # as Policy.create does before wrapping
     policy = Policy(with_lora(copy.deepcopy(base), config.lora, task="policy"), tokenizer, runtime, config)
-    if args.dropout == "off":
-        without_dropout(policy.model)
+    if config.disable_dropout:  # what Policy.create does
+        disable_dropout(policy.model)
     objective = DPOObjective(policy)
     losses: list[float] = []
 
@@ -289,9 +290,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from trainers.config import PolicyConfig
     from trainers.models import load_policy_model, load_tokenizer
 
     args = parse_args(argv)
+    resolve_dropout(args, PolicyConfig().disable_dropout)
     apply_threads(args.threads)
     quiet_libraries()
     runtime = make_runtime(args.device, args.bf16)

@@ -14,9 +14,9 @@ split 50/50 by line order: the first half trains, the second half is held out. `
 Model: all-MiniLM-L6-v2 (the packaged copy, ``trainers.models.resolve_reward_backbone``) with a one-output head
 on the mean of its token states (``--pooling mean``, ``trainers.reward_head``; ``--pooling head`` for BERT's own
 classifier over the pooler), loaded by ``trainers.models.load_reward_backbone`` for each run after the same seed
-(so both sides start from the same head), and the same LoRA (``RewardConfig``'s default: r 16, alpha 32, dropout
-0.05 on every linear layer of the six blocks; the head trained in full, peft's ``SEQ_CLS`` task). Epochs, learning
-rate and its schedule are ``RewardConfig``'s defaults unless given.
+(so both sides start from the same head), and the same LoRA (``RewardConfig``'s default: r 16, alpha 32 on every
+linear layer of the six blocks; the head trained in full, peft's ``SEQ_CLS`` task). Epochs, learning rate, its
+schedule and dropout are ``RewardConfig``'s defaults unless given.
 
 * alignd: ``RewardModel`` + ``RewardObjective`` + ``trainers.loop.train`` (no held-out rows passed, so no
   evaluation inside the timed loop; no checkpoints). It tokenizes each batch as it goes, truncating from the
@@ -30,10 +30,10 @@ rate and its schedule are ``RewardConfig``'s defaults unless given.
   schedule (``lr_scheduler_type`` and ``warmup_steps`` from ``RewardConfig``'s ``lr_schedule`` and ``warmup_ratio``;
   transformers' warm-up starts its first step at 0, alignd's at 1/warm-up steps), weight decay 0.01
   (``torch.optim.AdamW``'s default, which alignd uses), gradient clipping at 1.0, no gradient checkpointing
-  (TRL's default is on), dropout left on as alignd trains with it (TRL's default ``disable_dropout=True`` turns
-  it off; ``--dropout off`` turns it off on both sides, alignd's by zeroing the dropout modules of the model it
-  built: what alignd would do with that change), no centering loss, no evaluation, logging or saving during training, ``report_to=[]``, no data-loader workers, fp32 on CPU (``--bf16``
-  for mixed precision on CUDA: TRL's ``bf16=True``, alignd's own autocast). TRL keeps its default optimizer
+  (TRL's default is on), every dropout at 0 on both sides (alignd's ``RewardConfig.disable_dropout``, TRL's own
+  default ``disable_dropout=True``; ``--dropout on`` keeps it on both sides), no centering loss, no evaluation,
+  logging or saving during training, ``report_to=[]``, no data-loader workers, fp32 on CPU (``--bf16`` for mixed
+  precision on CUDA: TRL's ``bf16=True``, alignd's own autocast). TRL keeps its default optimizer
   (``adamw_torch_fused``).
 
 Measured: pairs/s = training pairs x epochs / seconds of the training call alone (``trainers.loop.train`` for
@@ -295,6 +295,7 @@ def reward_config(args: argparse.Namespace, seed: int) -> Any:
         eval_fraction=0.0,
         eval_batch_size=args.eval_batch_size,
         checkpoint_every=0,
+        disable_dropout=args.dropout == "off",
     )
 
 
@@ -324,8 +325,6 @@ def run_alignd(
         train, held = train[: args.warmup_steps * args.batch_size], []
     config = reward_config(args, seed)
     rm = RewardModel.create(config, runtime)
-    if args.dropout == "off":
-        without_dropout(rm.model)
     objective = RewardObjective(rm, config)
     losses: list[float] = []
 
@@ -470,18 +469,17 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dropout",
         choices=("on", "off"),
-        default="on",
-        help="on: as alignd trains (TRL's disable_dropout=False); off: every dropout at 0 on both sides (TRL's "
-        "default; for alignd the bench zeroes the dropout modules of the model it created, a what-if, not alignd)",
+        default=None,
+        help="dropout modules on or at 0 on both sides (alignd's disable_dropout, TRL's disable_dropout); "
+        "default: the alignd trainer config's default (off for the reward model, on for the policy)",
     )
     parser.add_argument("--profile", action="store_true", help="cProfile alignd's training loop (.prof in results)")
 
 
-def without_dropout(model: Any) -> None:
-    """What TRL's disable_dropout does (``--dropout off``)."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+def resolve_dropout(args: argparse.Namespace, disable_by_default: bool) -> None:
+    """``--dropout`` as given, or the trainer config's default."""
+    if args.dropout is None:
+        args.dropout = "off" if disable_by_default else "on"
 
 
 def apply_threads(threads: int) -> None:
@@ -491,6 +489,7 @@ def apply_threads(threads: int) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    resolve_dropout(args, DEFAULTS.disable_dropout)
     apply_threads(args.threads)
     quiet_libraries()
     runtime = make_runtime(args.device, args.bf16)

@@ -57,6 +57,7 @@ class TrainConfig:
     eval_batch_size: int = _help("examples per evaluation forward pass", 32)
     checkpoint_every: int = _help("optimizer steps between checkpoints (0: never)", 50)
     early_stopping_patience: int = _help("evaluations without improvement before stopping (0: off)", 0)
+    disable_dropout: bool = _help("train with every dropout module at 0, the adapter's too (TRL's disable_dropout)", False)
     eval_every: int = _help("optimizer steps between evaluations (0: at the end of each epoch)", 0)
     lora: LoraConfig = _help("adapter shape", LoraConfig())
 
@@ -95,6 +96,7 @@ class RewardConfig(TrainConfig):
     warmup_ratio: float = _help("share of the steps over which the learning rate rises from 0", 0.1)
     epochs: int = _help("passes over the training split", 2)
     lora: LoraConfig = _help("adapter shape", LoraConfig(r=16, alpha=32))
+    disable_dropout: bool = _help("train with every dropout module at 0, the adapter's too (TRL's disable_dropout)", True)
     loss: str = _help("loss name in trainers.losses.LOSSES", "bradley_terry")
 
     def __post_init__(self) -> None:

@@ -195,6 +195,16 @@ def lora_targets(model: Any, configured: tuple[str, ...] | None, task: str = "po
     )
 
 
+def disable_dropout(model: Any) -> Any:
+    """Every ``nn.Dropout`` at p = 0, as TRL's ``disable_dropout``: the LoRA branches' and, in BERT, attention's
+    (its SDPA call reads ``self.dropout.p``). Dropout given as a plain float in a model's config (Llama's
+    ``attention_dropout``, 0 by default) is not a module and stays as configured."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
 def with_lora(model: Any, lora: Any, *, task: str, adapter_dir: Path | None = None) -> Any:
     """Wrap ``model`` in a fresh LoRA adapter, or the saved one from ``adapter_dir`` (trainable)."""
     from peft import LoraConfig, PeftModel, TaskType, get_peft_model

@@ -26,7 +26,7 @@ from trainers.losses import (
     sft_loss,
     token_logps,
 )
-from trainers.models import Runtime, load_policy_model, load_tokenizer, pick_runtime, with_lora
+from trainers.models import Runtime, disable_dropout, load_policy_model, load_tokenizer, pick_runtime, with_lora
 from trainers.reward import prompt_messages
 
 logger = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class Policy:
         torch.manual_seed(config.seed)
         base = load_policy_model(config.model, runtime)
         model = with_lora(base, config.lora, task="policy", adapter_dir=adapter_dir)
+        if config.disable_dropout:
+            disable_dropout(model)
         return cls(model, load_tokenizer(config.model, kind="policy"), runtime, config)
 
     @classmethod

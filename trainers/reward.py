@@ -17,7 +17,7 @@ import torch
 
 from trainers.config import RewardConfig
 from trainers.losses import LOSSES, LossOutput
-from trainers.models import Runtime, load_reward_backbone, load_tokenizer, pick_runtime, with_lora
+from trainers.models import Runtime, disable_dropout, load_reward_backbone, load_tokenizer, pick_runtime, with_lora
 from trainers.snapshot import messages_of
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ class RewardModel:
         torch.manual_seed(config.seed)
         backbone = load_reward_backbone(config.model, runtime, config.pooling)
         model = with_lora(backbone, config.lora, task="reward")
+        if config.disable_dropout:
+            disable_dropout(model)
         tokenizer = load_tokenizer(config.model, kind="reward")
         return cls(model, tokenizer, runtime, config.max_length, config.model, config.pooling)
 

@@ -73,6 +73,19 @@ def test_a_saved_reward_model_loads_back_with_its_head(tmp_path: Any, pooling: s
     assert loaded.score(prompts, responses) == pytest.approx(rm.score(prompts, responses), abs=1e-5)
 
 
+@pytest.mark.parametrize("disable", [True, False])
+def test_the_reward_model_trains_without_dropout_unless_asked(disable: bool) -> None:
+    rm = RewardModel.create(RewardConfig(max_length=64, disable_dropout=disable))
+    rm.model.train()
+    texts = ["User: hi\n\nAssistant: hello, how can I help?"] * 4
+    with torch.no_grad():
+        first, second = rm.rewards(texts), rm.rewards(texts)
+    # Without dropout a training-mode forward pass is deterministic; with it two passes differ.
+    assert torch.equal(first, second) is disable
+    rates = {m.p for m in rm.model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == ({0.0} if disable else {0.05, 0.1})
+
+
 def tiny(objective: str, **overrides: Any) -> PolicyConfig:
     values: dict[str, Any] = {
         "model": "tiny-random-llama",

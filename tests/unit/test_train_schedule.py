@@ -41,6 +41,11 @@ def test_the_reward_trainer_decays_and_the_policy_stays_constant_by_default() ->
     assert (policy.lr_schedule, policy.warmup_ratio) == ("constant", 0.0)
 
 
+def test_the_reward_trainer_turns_dropout_off_and_the_policy_keeps_it_by_default() -> None:
+    assert RewardConfig().disable_dropout is True
+    assert PolicyConfig().disable_dropout is False
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
