@@ -29,10 +29,11 @@ records how many of TRL's tokenized pairs are token-for-token identical to align
 Settings matched: learning rate, batch size, ``--steps`` optimizer steps, β, sigmoid DPO loss only, constant
 learning rate, weight decay 0.01 (torch's AdamW default, which alignd uses), clipping at 1.0, no gradient
 checkpointing (TRL's default is on), dropout on as alignd's ``PolicyConfig`` keeps it (TRL's ``disable_dropout``
-off; ``--dropout off`` for both off), reference log-probabilities computed in each step (``precompute_ref_log_probs=False``), no evaluation,
-logging or saving, ``report_to=[]``, no data-loader workers, fp32 on CPU (``--bf16`` on CUDA). TRL keeps its default
-optimizer (``adamw_torch_fused``) and its fused LM head (log-probabilities of completion positions only, computed in
-tiles without the full logits); that is part of what is being compared.
+off; ``--dropout off`` for both off), reference log-probabilities computed in each step
+(``precompute_ref_log_probs=False``), no evaluation, logging or saving, ``report_to=[]``, no data-loader workers,
+fp32 on CPU (``--bf16`` on CUDA). TRL keeps its default optimizer (``adamw_torch_fused``) and its fused LM head
+(log-probabilities of completion positions only, computed in tiles without the full logits); that is part of what
+is being compared.
 
 Measured: steps/s = optimizer steps / seconds of ``trainers.loop.train`` for alignd and of ``trainer.train()`` for
 TRL (loading, copying, TRL's up-front tokenization are outside), and steps per CPU-second of this process (steadier

@@ -30,7 +30,7 @@ def _help(text: str, default: Any) -> Any:
 class LoraConfig:
     r: int = _help("LoRA rank", 8)
     alpha: int = _help("LoRA scaling numerator (scale = alpha / r)", 16)
-    dropout: float = _help("dropout on the LoRA branch", 0.05)
+    dropout: float = _help("dropout on the LoRA branch (0 in effect where disable_dropout is set)", 0.05)
     #: None picks by architecture: the attention projections of a policy, every block's linear layers of a
     #: reward encoder (see trainers.models.lora_targets).
     target_modules: tuple[str, ...] | None = _help("module names to adapt; None: the architecture's defaults", None)
@@ -57,7 +57,7 @@ class TrainConfig:
     eval_batch_size: int = _help("examples per evaluation forward pass", 32)
     checkpoint_every: int = _help("optimizer steps between checkpoints (0: never)", 50)
     early_stopping_patience: int = _help("evaluations without improvement before stopping (0: off)", 0)
-    disable_dropout: bool = _help("train with every dropout module at 0, the adapter's too (TRL's disable_dropout)", False)
+    disable_dropout: bool = _help("train with every dropout module at 0, LoRA's too (TRL's disable_dropout)", False)
     eval_every: int = _help("optimizer steps between evaluations (0: at the end of each epoch)", 0)
     lora: LoraConfig = _help("adapter shape", LoraConfig())
 
@@ -82,8 +82,8 @@ class TrainConfig:
 class RewardConfig(TrainConfig):
     """Reward model: a scalar head on an encoder, LoRA, Bradley–Terry loss.
 
-    The defaults (mean pooling, LoRA r 16 on every linear layer of the blocks, 5e-4 with a 10% warm-up and
-    linear decay, two epochs) were chosen on HH-RLHF harmless-base with about a thousand training pairs; the
+    The defaults (mean pooling, LoRA r 16 on every linear layer of the blocks, dropout off, 5e-4 with a 10%
+    warm-up and linear decay, two epochs) were chosen on HH-RLHF harmless-base with about a thousand training pairs; the
     README's reward benchmark gives the held-out accuracy they reach and the settings tried beside them.
     """
 
@@ -96,7 +96,7 @@ class RewardConfig(TrainConfig):
     warmup_ratio: float = _help("share of the steps over which the learning rate rises from 0", 0.1)
     epochs: int = _help("passes over the training split", 2)
     lora: LoraConfig = _help("adapter shape", LoraConfig(r=16, alpha=32))
-    disable_dropout: bool = _help("train with every dropout module at 0, the adapter's too (TRL's disable_dropout)", True)
+    disable_dropout: bool = _help("train with every dropout module at 0, LoRA's too (TRL's disable_dropout)", True)
     loss: str = _help("loss name in trainers.losses.LOSSES", "bradley_terry")
 
     def __post_init__(self) -> None:

@@ -119,6 +119,13 @@ def test_dpo_widens_the_held_out_margin_and_leaves_the_base_weights_alone() -> N
     assert any(not torch.equal(dict(policy.model.named_parameters())[n], v) for n, v in adapter.items())
 
 
+@pytest.mark.parametrize("disable", [True, False])
+def test_the_policy_keeps_its_dropout_unless_told(disable: bool) -> None:
+    policy = Policy.create(tiny("dpo", lora=LoraConfig(r=8, alpha=16, dropout=0.1), disable_dropout=disable))
+    rates = {m.p for m in policy.model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == ({0.0} if disable else {0.1})
+
+
 def test_sft_lowers_the_held_out_loss() -> None:
     rows = [{**r, "response": r["chosen"]} for r in synthetic_pairs(48, seed=4)]
     # A random two-layer model: the adapter on the output layer is what lets a few steps move the NLL.
