@@ -43,9 +43,10 @@ it); the same per CPU-second of this process (steadier than wall time where othe
 ``--threads 1`` it is the work each trainer does); held-out accuracy (share of pairs with r(chosen) > r(rejected))
 and mean margin, both sides scored by the same code (``RewardObjective.evaluate``, the model in eval mode, the same
 truncation). Each repeat runs both trainers one after the other in this process (after an untimed warm-up of each,
-``--warmup-steps``), the order alternating between repeats so that load from other processes falls on both alike;
-repeat ``i`` uses seed ``--seed + i`` on both sides, and medians over repeats are reported. Prints a table and
-writes ``bench/results/reward.json``. Nothing is asserted.
+``--warmup-steps``); repeat ``i`` uses seed ``--seed + i`` on both sides and runs alignd first where that seed is
+even, TRL first where it is odd, so that load from other processes falls on both alike (also across one-repeat
+processes of seeds 0 and 1). Medians over repeats are reported. Prints a table and writes
+``bench/results/reward.json``. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -244,7 +245,10 @@ def profile_summary(profiler: cProfile.Profile, path: Path, top: int = 30) -> st
 def run_repeats(
     sides: dict[str, Callable[[int, bool], dict[str, Any]]], repeats: int, seed: int, warmup: bool
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every side once per repeat, one after the other, the order reversed on odd repeats.
+    """Every side once per repeat, one after the other, the order reversed where the repeat's seed is odd.
+
+    By seed rather than by repeat so that one-repeat processes run side by side (``--seed 0`` and ``--seed 1``,
+    the README's recipe) are balanced too.
 
     ``side(seed, warmup)`` trains and returns figures; with ``warmup`` it takes a few steps that are not kept, so
     one-time costs (lazy imports, allocator growth, kernel selection) fall on neither measured run.
@@ -257,7 +261,7 @@ def run_repeats(
             free_memory()
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
     for repeat in range(repeats):
-        for name in names if repeat % 2 == 0 else names[::-1]:
+        for name in names if (seed + repeat) % 2 == 0 else names[::-1]:
             print(f"repeat {repeat + 1}/{repeats}: {name} ...", flush=True)
             result = sides[name](seed + repeat, False)
             result["repeat"] = repeat
