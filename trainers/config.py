@@ -83,8 +83,8 @@ class RewardConfig(TrainConfig):
     """Reward model: a scalar head on an encoder, LoRA, Bradley–Terry loss.
 
     The defaults (mean pooling, LoRA r 16 on every linear layer of the blocks, dropout off, 5e-4 with a 10%
-    warm-up and linear decay, two epochs) were chosen on HH-RLHF harmless-base with about a thousand training pairs; the
-    README's reward benchmark gives the held-out accuracy they reach and the settings tried beside them.
+    warm-up and linear decay, two epochs) were chosen on HH-RLHF harmless-base with about a thousand training
+    pairs; the README's reward benchmark gives the held-out accuracy they reach and the settings tried beside them.
     """
 
     model: str = _help(
