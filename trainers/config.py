@@ -98,9 +98,16 @@ class RewardConfig(TrainConfig):
     lora: LoraConfig = _help("adapter shape", LoraConfig(r=16, alpha=32))
     disable_dropout: bool = _help("train with every dropout module at 0, LoRA's too (TRL's disable_dropout)", True)
     loss: str = _help("loss name in trainers.losses.LOSSES", "bradley_terry")
+    sequences_per_forward: int | None = _help(
+        "sequences per forward pass, grouped by length so each pads only to its own longest (0: the whole batch in "
+        "one pass; None: 4 on the CPU, the whole batch on CUDA)",
+        None,
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.sequences_per_forward is not None and self.sequences_per_forward < 0:
+            raise ValueError(f"sequences_per_forward must be >= 0 or unset, got {self.sequences_per_forward}")
         if self.pooling not in REWARD_POOLING:
             raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {', '.join(REWARD_POOLING)}")
         if self.loss not in LOSSES:

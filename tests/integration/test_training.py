@@ -16,7 +16,7 @@ import torch
 from trainers.config import LoraConfig, PolicyConfig, RewardConfig
 from trainers.loop import train
 from trainers.policy import DPOObjective, Policy, SFTObjective
-from trainers.reward import MANIFEST, RewardModel, RewardObjective
+from trainers.reward import MANIFEST, RewardModel, RewardObjective, pair_texts
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +84,32 @@ def test_the_reward_model_trains_without_dropout_unless_asked(disable: bool) -> 
     assert torch.equal(first, second) is disable
     rates = {m.p for m in rm.model.modules() if isinstance(m, torch.nn.Dropout)}
     assert rates == ({0.0} if disable else {0.05, 0.1})
+
+
+def test_length_grouped_forward_passes_give_the_rewards_and_gradients_of_one_padded_pass() -> None:
+    config = RewardConfig(max_length=64, seed=3)
+    rm = RewardModel.create(config)
+    assert rm.sequences_per_forward == 4  # the CPU default
+    rm.model.train()
+    rows = synthetic_pairs(6, seed=5)
+    texts = [t for r in rows for t in pair_texts(r)]
+    assert len({len(rm.tokenizer(t)["input_ids"]) for t in texts}) > 3  # lengths differ: padding would matter
+
+    def rewards_and_grads(per_forward: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        rm.sequences_per_forward = per_forward
+        rm.model.zero_grad(set_to_none=True)
+        rewards = rm.rewards(texts)
+        rewards.pow(2).sum().backward()  # any scalar that weighs every text differently
+        return rewards.detach(), [p.grad.clone() for p in rm.model.parameters() if p.requires_grad]
+
+    padded, padded_grads = rewards_and_grads(0)
+    for per_forward in (1, 4, 5):
+        grouped, grouped_grads = rewards_and_grads(per_forward)
+        # Each text's reward lands at its own index, whatever group it went through.
+        torch.testing.assert_close(grouped, padded, rtol=1e-4, atol=1e-5)
+        for a, b in zip(grouped_grads, padded_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    assert rm.rewards([]).shape == (0,)
 
 
 def tiny(objective: str, **overrides: Any) -> PolicyConfig:

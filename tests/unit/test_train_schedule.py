@@ -52,6 +52,7 @@ def test_the_reward_trainer_turns_dropout_off_and_the_policy_keeps_it_by_default
         ({"lr_schedule": "cosine"}, "unknown lr_schedule 'cosine'; choose one of constant, linear"),
         ({"warmup_ratio": 1.0}, "warmup_ratio must be in [0, 1)"),
         ({"pooling": "cls"}, "unknown pooling 'cls'; choose one of mean, head"),
+        ({"sequences_per_forward": -1}, "sequences_per_forward must be >= 0 or unset, got -1"),
     ],
 )
 def test_bad_settings_say_what_is_allowed(settings: dict[str, object], message: str) -> None:
