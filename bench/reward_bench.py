@@ -21,7 +21,9 @@ schedule and dropout are ``RewardConfig``'s defaults unless given.
 
 * alignd: ``RewardModel`` + ``RewardObjective`` + ``trainers.loop.train`` (no held-out rows passed, so no
   evaluation inside the timed loop; no checkpoints). It tokenizes each batch as it goes, truncating from the
-  left to ``--max-length`` (the last turns are kept).
+  left to ``--max-length`` (the last turns are kept), and runs a batch's chosen and rejected texts through the
+  model in length-sorted groups (``RewardConfig.sequences_per_forward``: 4 on the CPU by default, each group
+  padded to its own longest; ``--sequences-per-forward 0`` pads the whole batch in one pass, as TRL does).
 * TRL: ``RewardTrainer`` with a backbone loaded by the same function (unwrapped) and the same ``peft_config``, the
   same tokenizer as ``processing_class``, and a dataset already tokenized exactly as alignd does (left truncation to
   ``--max-length``). Left to itself TRL would *drop* pairs longer than ``max_length`` instead of truncating them,
@@ -35,7 +37,8 @@ schedule and dropout are ``RewardConfig``'s defaults unless given.
   default ``disable_dropout=True``; ``--dropout on`` keeps it on both sides), no centering loss, no evaluation,
   logging or saving during training, ``report_to=[]``, no data-loader workers, fp32 on CPU (``--bf16`` for mixed
   precision on CUDA: TRL's ``bf16=True``, alignd's own autocast). TRL keeps its default optimizer
-  (``adamw_torch_fused``).
+  (``adamw_torch_fused``) and its collator, which pads each batch (chosen and rejected together) to its longest
+  sequence; its ``RewardTrainer`` has no padding-free mode.
 
 Measured: pairs/s = training pairs x epochs / seconds of the training call alone (``trainers.loop.train`` for
 alignd, ``trainer.train()`` for TRL; model loading, tokenization by TRL's constructor and evaluation are outside
@@ -301,6 +304,7 @@ def reward_config(args: argparse.Namespace, seed: int) -> Any:
         eval_batch_size=args.eval_batch_size,
         checkpoint_every=0,
         disable_dropout=args.dropout == "off",
+        sequences_per_forward=args.sequences_per_forward,
     )
 
 
@@ -444,13 +448,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="HH-RLHF jsonl(.gz) with chosen/rejected")
     parser.add_argument("--train-pairs", type=int, default=0, help="first N pairs of the train half (0: all)")
     parser.add_argument("--held-pairs", type=int, default=0, help="first N pairs of the held-out half (0: all)")
-    parser.add_argument("--max-length", type=int, default=256, help="tokens per sequence (left truncation)")
+    parser.add_argument(
+        "--max-length", type=int, default=DEFAULTS.max_length, help="tokens per sequence (left truncation)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
     parser.add_argument("--eval-batch-size", type=int, default=32, help="pairs per evaluation forward pass")
     parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
     parser.add_argument("--learning-rate", type=float, default=DEFAULTS.learning_rate)
     parser.add_argument(
         "--pooling", choices=("mean", "head"), default=DEFAULTS.pooling, help="what the scalar head reads (both sides)"
+    )
+    parser.add_argument(
+        "--sequences-per-forward",
+        type=int,
+        default=DEFAULTS.sequences_per_forward,
+        help="alignd: length-sorted sequences per forward pass (0: the whole batch, padded to its longest; "
+        "default: RewardConfig's, 4 on the CPU)",
     )
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side (medians are reported)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first repeat (+1 each repeat)")

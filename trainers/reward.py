@@ -83,9 +83,14 @@ class RewardModel:
         if config.disable_dropout:
             disable_dropout(model)
         tokenizer = load_tokenizer(config.model, kind="reward")
-        return cls(
-            model, tokenizer, runtime, config.max_length, config.model, config.pooling, config.sequences_per_forward
-        )
+        max_length = config.max_length
+        # A backbone with fewer positions than the configured limit (BERT-likes have 512) would fail on a long text.
+        positions = getattr(backbone.config, "max_position_embeddings", None)
+        if positions and max_length > positions:
+            logger.warning("reward max_length %d is beyond %s's %d positions; using %d", max_length, config.model,
+                           positions, positions)  # fmt: skip
+            max_length = positions
+        return cls(model, tokenizer, runtime, max_length, config.model, config.pooling, config.sequences_per_forward)
 
     @classmethod
     def load(cls, directory: Path, runtime: Runtime | None = None) -> RewardModel:

@@ -112,6 +112,14 @@ def test_length_grouped_forward_passes_give_the_rewards_and_gradients_of_one_pad
     assert rm.rewards([]).shape == (0,)
 
 
+def test_the_reward_model_reads_no_further_than_its_backbone_has_positions() -> None:
+    assert RewardConfig().max_length == 512
+    rm = RewardModel.create(RewardConfig(max_length=2048))
+    assert rm.max_length == 512  # MiniLM's position table
+    long_dialogue = "User: hello\n\nAssistant: " + "and so on " * 800
+    assert rm.rewards([long_dialogue]).shape == (1,)
+
+
 def tiny(objective: str, **overrides: Any) -> PolicyConfig:
     values: dict[str, Any] = {
         "model": "tiny-random-llama",
