@@ -83,8 +83,9 @@ class RewardConfig(TrainConfig):
     """Reward model: a scalar head on an encoder, LoRA, Bradley–Terry loss.
 
     The defaults (mean pooling, LoRA r 16 on every linear layer of the blocks, dropout off, 5e-4 with a 10%
-    warm-up and linear decay, two epochs, 512 tokens) were chosen on HH-RLHF harmless-base with about a thousand training
-    pairs; the README's reward benchmark gives the held-out accuracy they reach and the settings tried beside them.
+    warm-up and linear decay, two epochs, 256 tokens) were chosen on HH-RLHF harmless-base with about a thousand
+    training pairs; the README's reward benchmark gives the held-out accuracy they reach and the settings tried
+    beside them.
     """
 
     model: str = _help(
@@ -95,10 +96,9 @@ class RewardConfig(TrainConfig):
     lr_schedule: str = _help("learning rate after the warm-up: constant, or linear decay to 0", "linear")
     warmup_ratio: float = _help("share of the steps over which the learning rate rises from 0", 0.1)
     epochs: int = _help("passes over the training split", 2)
-    #: The whole dialogue where the backbone allows it (MiniLM's positions end at 512): truncation drops the
-    #: oldest turns, where a multi-turn jailbreak is set up. Length-grouped passes make the limit cost only the
-    #: tokens that are there (README, reward benchmark).
-    max_length: int = _help("tokens per sequence after truncation (from the left: the oldest turns go)", 512)
+    #: 256, not the 512 MiniLM can read: at 5e-4 one of three seeds stalled at 512 tokens (loss near 0.69) and none
+    #: at 256 (README, reward benchmark). Length-grouped passes make 512 cost only 1.2x; try it with a lower rate.
+    max_length: int = _help("tokens per sequence after truncation (from the left: the oldest turns go)", 256)
     lora: LoraConfig = _help("adapter shape", LoraConfig(r=16, alpha=32))
     disable_dropout: bool = _help("train with every dropout module at 0, LoRA's too (TRL's disable_dropout)", True)
     loss: str = _help("loss name in trainers.losses.LOSSES", "bradley_terry")

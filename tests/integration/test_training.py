@@ -113,7 +113,6 @@ def test_length_grouped_forward_passes_give_the_rewards_and_gradients_of_one_pad
 
 
 def test_the_reward_model_reads_no_further_than_its_backbone_has_positions() -> None:
-    assert RewardConfig().max_length == 512
     rm = RewardModel.create(RewardConfig(max_length=2048))
     assert rm.max_length == 512  # MiniLM's position table
     long_dialogue = "User: hello\n\nAssistant: " + "and so on " * 800
