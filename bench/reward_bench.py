@@ -2,7 +2,7 @@
 
     python -m bench.reward_bench                            # 1,156 train / 1,156 held-out pairs, 2 repeats
     python -m bench.reward_bench --threads 1 --repeats 1 --seed 0   # the README figures: seeds 0 and 1 as two
-                                                                    # processes side by side (2 cores, ~45 min)
+                                                                    # processes side by side (2 cores, ~40 min)
     python -m bench.reward_bench --train-pairs 64 --held-pairs 128 --repeats 1   # quick (a few minutes)
     python -m bench.reward_bench --device cuda --bf16       # on a GPU machine
     python -m bench.reward_bench --profile                  # plus a cProfile of alignd's loop
