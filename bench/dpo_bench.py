@@ -65,7 +65,6 @@ from bench.reward_bench import (
     load_hh,
     machine_info,
     make_runtime,
-    peft_config,
     profile_summary,
     quiet_libraries,
     remove_printer,
@@ -222,6 +221,7 @@ def run_trl(args: argparse.Namespace, base: Any, tokenizer: Any, runtime: Any, r
             warmup: bool = False) -> dict[str, Any]:  # fmt: skip
     from trl import DPOConfig, DPOTrainer
 
+    from trainers.models import peft_lora_config
     from trainers.policy import Policy
 
     config = policy_config(args, seed)
@@ -248,7 +248,7 @@ def run_trl(args: argparse.Namespace, base: Any, tokenizer: Any, runtime: Any, r
             args=trl_args,
             train_dataset=trl_dataset(rows, tokenizer),
             processing_class=tokenizer,
-            peft_config=peft_config(model, config.lora, "policy"),
+            peft_config=peft_lora_config(model, config.lora, task="policy"),
         )
         remove_printer(trainer)
         identical = same_tokens(trainer.train_dataset, rows, Policy(None, tokenizer, runtime, config))

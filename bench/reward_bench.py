@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import dataclasses
 import gc
 import gzip
 import io
@@ -84,6 +85,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from trainers.config import RewardConfig  # noqa: E402
+from trainers.models import peft_lora_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -163,21 +165,6 @@ def trl_common_args(args: argparse.Namespace, output_dir: str, seed: int) -> dic
         "dataloader_pin_memory": args.device == "cuda",
         "remove_unused_columns": True,
     }
-
-
-def peft_config(model: Any, lora: Any, task: str) -> Any:
-    """The peft LoraConfig ``trainers.models.with_lora`` builds, for TRL's ``peft_config``."""
-    from peft import LoraConfig, TaskType
-
-    from trainers.models import lora_targets
-
-    return LoraConfig(
-        task_type=TaskType.SEQ_CLS if task == "reward" else TaskType.CAUSAL_LM,
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora_targets(model, lora.target_modules, task),
-    )
 
 
 def sync(device: str) -> None:
@@ -305,6 +292,7 @@ def reward_config(args: argparse.Namespace, seed: int) -> Any:
         checkpoint_every=0,
         disable_dropout=args.dropout == "off",
         sequences_per_forward=args.sequences_per_forward,
+        lora=dataclasses.replace(DEFAULTS.lora, r=args.lora_r, alpha=2 * args.lora_r),
     )
 
 
@@ -416,7 +404,7 @@ def run_trl(
             args=trl_args,
             train_dataset=dataset,
             processing_class=tokenizer,
-            peft_config=peft_config(backbone, config.lora, "reward"),
+            peft_config=peft_lora_config(backbone, config.lora, task="reward"),
         )
         remove_printer(trainer)
         with timed(args.device) as t:
@@ -464,6 +452,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULTS.sequences_per_forward,
         help="alignd: length-sorted sequences per forward pass (0: the whole batch, padded to its longest; "
         "default: RewardConfig's, 4 on the CPU)",
+    )
+    parser.add_argument(
+        "--lora-r", type=int, default=DEFAULTS.lora.r, help="LoRA rank, alpha twice it (both sides; default: the config's)"
     )
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side (medians are reported)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first repeat (+1 each repeat)")

@@ -205,18 +205,23 @@ def disable_dropout(model: Any) -> Any:
     return model
 
 
-def with_lora(model: Any, lora: Any, *, task: str, adapter_dir: Path | None = None) -> Any:
-    """Wrap ``model`` in a fresh LoRA adapter, or the saved one from ``adapter_dir`` (trainable)."""
-    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+def peft_lora_config(model: Any, lora: Any, *, task: str) -> Any:
+    """The ``peft.LoraConfig`` for ``model`` (also what the benchmarks hand TRL, so both sides adapt alike)."""
+    from peft import LoraConfig, TaskType
 
-    if adapter_dir is not None:
-        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
-    task_type = TaskType.SEQ_CLS if task == "reward" else TaskType.CAUSAL_LM
-    config = LoraConfig(
-        task_type=task_type,
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS if task == "reward" else TaskType.CAUSAL_LM,
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora_targets(model, lora.target_modules, task),
     )
-    return get_peft_model(model, config)
+
+
+def with_lora(model: Any, lora: Any, *, task: str, adapter_dir: Path | None = None) -> Any:
+    """Wrap ``model`` in a fresh LoRA adapter, or the saved one from ``adapter_dir`` (trainable)."""
+    from peft import PeftModel, get_peft_model
+
+    if adapter_dir is not None:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    return get_peft_model(model, peft_lora_config(model, lora, task=task))
