@@ -25,9 +25,9 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from consumers.dead_letter import DeadLetterPublisher
-from consumers.decode import decode_record
+from consumers.decode import KafkaRecord, decode_record, record_headers
 from consumers.metrics import INGEST_METRICS
-from events.errors import StoreUnavailableError
+from events.errors import StoreError, StoreRefusedError, StoreUnavailableError
 from events.model import (
     DEFAULT_MAX_MESSAGE_BYTES,
     AppendResult,
@@ -295,6 +295,7 @@ class Ingestor:
                 else:
                     batch.events.append(decoded)
                     batch.origins.append(KafkaCoordinates(record.topic, record.partition, record.offset))
+                    batch.records.append(record)
             batch.count += len(records)
         batch.next_offsets = {tp: records[-1].offset + 1 for tp, records in polled.items()}
         return batch
@@ -303,7 +304,7 @@ class Ingestor:
         offsets = [
             ConsumerOffset(self.config.group_id, tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()
         ]
-        result = self.store.append(batch.events, origins=batch.origins, offsets=offsets, dead_letters=batch.letters)
+        result = append_isolating(self.store, batch.events, batch.origins, batch.records, batch.letters, offsets)
         if self.on_stored is not None and result.appended:
             self.on_stored()
         return result
@@ -339,14 +340,14 @@ class Ingestor:
         self.stats.records += batch.count
         self.stats.appended += result.appended
         self.stats.duplicates += result.duplicates
-        self.stats.dead_letters += len(batch.letters)
-        INGEST_METRICS.observe(batch.count, result.appended, result.duplicates, len(batch.letters))
+        self.stats.dead_letters += result.dead_letters
+        INGEST_METRICS.observe(batch.count, result.appended, result.duplicates, result.dead_letters)
         logger.debug(
             "batch stored: %d records, %d appended, %d duplicates, %d dead letters",
             batch.count,
             result.appended,
             result.duplicates,
-            len(batch.letters),
+            result.dead_letters,
         )
         self._completed.append((batch, result))
         if not in_callback:
@@ -429,6 +430,84 @@ class Ingestor:
             return result
 
 
+#: The error kind of an event that passed validation but that the database refused (its reason quotes it).
+STORE_REFUSED = "store_refused"
+
+
+def append_isolating(
+    store: SqlEventStore,
+    events: Sequence[Event],
+    origins: Sequence[KafkaCoordinates | None],
+    records: Sequence[KafkaRecord],
+    letters: Sequence[DeadLetter],
+    offsets: Sequence[ConsumerOffset],
+) -> AppendResult:
+    """Append one batch atomically; if the database refuses it for its data, dead-letter what it refuses.
+
+    Validation (events.codec) refuses what we know a database cannot hold, so this is the second line: a batch
+    refused for a reason that is the data's (:class:`StoreRefusedError`, or a value that cannot be serialised)
+    is searched for the events the database refuses (``SqlEventStore.refused_events``, a dry run); they become
+    dead letters with the database's message and the rest is appended with the offsets, in one transaction.
+    So one bad message can never stop ingestion. Only an unreachable store raises (``StoreUnavailableError``:
+    the loop pauses and retries); a refusal that no single event explains is raised as one too, so ingestion
+    pauses and logs it rather than skipping data.
+
+    Args:
+        records: the Kafka record each event came from, parallel to ``events`` (for its raw bytes).
+    """
+    try:
+        return store.append(events, origins=origins, offsets=offsets, dead_letters=letters)
+    except StoreUnavailableError:
+        raise
+    except (StoreRefusedError, TypeError, ValueError, UnicodeError) as exc:
+        failure: Exception = exc
+    except StoreError as exc:  # not the data's fault (e.g. a permission): pause and retry, loudly
+        raise StoreUnavailableError(f"the store failed: {exc}; retrying") from exc
+    refused = store.refused_events(events, origins)
+    if not refused:
+        raise StoreUnavailableError(
+            f"the store refused a batch of {len(events)} events and {len(letters)} dead letters, and no single "
+            f"event was to blame ({type(failure).__name__}: {str(failure)[:300]}); retrying"
+        ) from failure
+    dropped = {index for index, _ in refused}
+    set_aside: list[DeadLetter] = []
+    for index, message in refused:
+        origin = origins[index]
+        logger.error(
+            "the store refused event %s from %s: %s; dead-lettered",
+            events[index].event_id,
+            origin,
+            message,
+            extra={"event_id": events[index].event_id, "origin": str(origin), "error_kind": STORE_REFUSED},
+        )
+        set_aside.append(refused_letter(records[index], origin, events[index].event_id, message))
+    kept = [i for i in range(len(events)) if i not in dropped]
+    return store.append(
+        [events[i] for i in kept],
+        origins=[origins[i] for i in kept],
+        offsets=offsets,
+        dead_letters=[*letters, *set_aside],
+    )
+
+
+def refused_letter(record: KafkaRecord, origin: KafkaCoordinates | None, event_id: str, message: str) -> DeadLetter:
+    """The dead letter of a valid-looking event the database refused, with the database's own words."""
+    reason = (
+        f"the database refused this event ({message}); it passed validation, so tell the alignd developers, "
+        "then fix the producer and `alignd dlq requeue` it"
+    )
+    return DeadLetter(
+        source_key=str(origin) if origin is not None else f"event:{event_id}",
+        reason=reason,
+        error_kind=STORE_REFUSED,
+        value=record.value,
+        key=record.key,
+        headers=record_headers(record),
+        origin=origin,
+        event_id=event_id,
+    )
+
+
 @dataclass
 class _Batch:
     """Records of one poll, decoded: what one store transaction appends."""
@@ -437,6 +516,8 @@ class _Batch:
     events: list[Event] = field(default_factory=list)
     origins: list[KafkaCoordinates | None] = field(default_factory=list)
     letters: list[DeadLetter] = field(default_factory=list)
+    #: the Kafka record of each event (for a dead letter, should the database refuse the event)
+    records: list[Any] = field(default_factory=list)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     count: int = 0
 

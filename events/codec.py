@@ -10,7 +10,8 @@ deeper than 1,024) while parsing. Integers beyond 64 bits are read as floats, as
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,11 +95,20 @@ def parse_timestamp(value: str) -> datetime:
 
     Python 3.11's ``fromisoformat`` reads every RFC 3339 form but a lower-case ``t`` or ``z``; digits
     beyond microseconds are truncated.
+
+    Raises:
+        ValueError: not a real date and time, or one whose UTC form falls outside years 1-9999 (e.g.
+            ``0001-01-01T00:00:00+01:00``: ``astimezone`` raises OverflowError there, which is turned into
+            a ValueError so every caller's ``except ValueError`` holds).
     """
     try:
-        return datetime.fromisoformat(value).astimezone(UTC)
-    except ValueError:
-        return datetime.fromisoformat(value.upper()).astimezone(UTC)
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            moment = datetime.fromisoformat(value.upper())
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("in UTC it falls outside the years 1 to 9999") from None
 
 
 def _describe(error: Mapping[str, Any], prefix: str) -> str:
@@ -148,6 +158,8 @@ def _parse(raw: bytes) -> Any:
                 "invalid_utf8",
                 f"message is not valid UTF-8: byte 0x{raw[bad.start]:02x} at position {bad.start} ({bad.reason})",
             ) from None
+        if "surrogate" in exc.msg:
+            _check_storable_text(raw, _parse_lax(raw))  # names the field when the standard library can read it
         detail = exc.msg
         at = str(exc.doc)[max(exc.pos - 1, 0) : exc.pos + 9]
         for constant in ("-Infinity", "NaN", "Infinity"):
@@ -188,6 +200,9 @@ def decode_inbound(
     if type(document) is not dict:
         kind = _JSON_TYPE_NAMES.get(type(document), "value")
         raise EventValidationError("schema", f"message is a JSON {kind}, expected an object (the event envelope)")
+    _check_unique_keys(raw, document)
+    if b"\\u0000" in raw:  # JSON cannot hold a raw NUL byte, so an escaped one is the only way in
+        _check_storable_text(raw, document)
     declared_id = document.get("event_id")
     event_type: Any = document.get("type")
     version = document.get("schema_version", 1)
@@ -236,7 +251,10 @@ def _validator_for(event_type: Any, version: Any, payload: Any) -> Any:
 
 
 def _event_id_hint(declared_id: Any) -> str | None:
-    return declared_id if isinstance(declared_id, str) and 0 < len(declared_id) <= 128 else None
+    """The declared id, for a dead letter's ``event_id`` column, when that column can hold it."""
+    if not isinstance(declared_id, str) or not 0 < len(declared_id) <= 128 or "\x00" in declared_id:
+        return None
+    return None if any("\ud800" <= char <= "\udfff" for char in declared_id) else declared_id
 
 
 def _diagnose(document: dict[str, Any], declared_id: Any) -> EventValidationError:
@@ -292,3 +310,111 @@ def _check_prompt(payload: Mapping[str, Any], event_id: str | None) -> None:
     else:
         return
     raise EventValidationError("schema", reason, event_id=event_id)
+
+
+# --- text a database cannot store, and keys given twice ------------------------------------------------
+#
+# PostgreSQL's text types cannot hold NUL (it refuses the whole batch: UntranslatableCharacter) and no UTF-8
+# text can hold a lone surrogate; SQLite stores both. Refusing them here, naming the field, makes the two
+# databases behave alike and keeps a batch from failing in the store. Both checks cost nothing on the common
+# path: they only walk the document when a byte pattern in the raw message says they might find something.
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """An object as the standard library's parser saw it: every key, duplicates included, in order."""
+
+
+def _parse_lax(raw: bytes) -> Any:
+    """The standard library's reading of a message orjson refused or that needs its keys one by one
+    (it accepts lone surrogates and keeps duplicate keys); None when it cannot read it either."""
+    try:
+        return json.loads(raw, object_pairs_hook=_Pairs)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _walk(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every (path, key-or-string) in a parsed document, keys before their values."""
+    if isinstance(value, dict):
+        value = _Pairs(value.items())
+    if isinstance(value, _Pairs):
+        for key, item in value:
+            where = f"{path}.{key}" if path else str(key)
+            yield where, key
+            yield from _walk(item, where)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _walk(item, f"{path}.{index}" if path else str(index))
+    elif isinstance(value, str):
+        yield path, value
+
+
+def _shown(path: str) -> str:
+    return repr(path)[1:-1] if path else "message"
+
+
+def _check_storable_text(raw: bytes, document: Any) -> None:
+    """Refuse a NUL or a lone surrogate anywhere in the document (keys too), naming the first field."""
+    if document is None:
+        return
+    for path, text in _walk(document):
+        if "\x00" in text:
+            problem = "contains a NUL character (\\u0000)"
+        elif any("\ud800" <= char <= "\udfff" for char in text):
+            problem = "contains a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), which is not text"
+        else:
+            continue
+        raise EventValidationError(
+            "schema",
+            f"{_shown(path)}: {problem}; the store cannot hold it as text (PostgreSQL refuses it, so alignd refuses it "
+            "on every database): remove it or encode the value",
+            event_id=_event_id_hint(document.get("event_id") if isinstance(document, dict) else None),
+        )
+
+
+def _check_unique_keys(raw: bytes, document: dict[str, Any]) -> None:
+    """Refuse an object that gives a key twice (RFC 8259 leaves the meaning open; parsers keep the first or the
+    last, so the stored event might not be what the producer meant).
+
+    Fast path: orjson keeps the last of duplicate keys, so re-serialising the parsed document has one ``:``
+    fewer per duplicate than the message. Colons inside strings are counted on both sides alike, unless the
+    message escaped one (``\\u003a``), and then the standard library's parser decides. Re-serialising also
+    refuses nesting that orjson could parse (1,024 levels) but cannot write back (254), which the store would
+    otherwise fail on.
+    """
+    try:
+        written = orjson.dumps(document)
+    except orjson.JSONEncodeError:
+        raise EventValidationError(
+            "schema",
+            "message is nested too deeply: alignd stores at most 254 levels of objects and arrays",
+            event_id=_event_id_hint(document.get("event_id")),
+        ) from None
+    if raw.count(b":") == written.count(b":") and b"\\u003a" not in raw and b"\\u003A" not in raw:
+        return
+    found = _duplicate_key(_parse_lax(raw))
+    if found is not None:
+        path, key = found
+        raise EventValidationError(
+            "schema",
+            f"{_shown(path)}: key {key!r} appears more than once in the same object; send each key once",
+            event_id=_event_id_hint(document.get("event_id")),
+        )
+
+
+def _duplicate_key(value: Any, path: str = "") -> tuple[str, str] | None:
+    if isinstance(value, _Pairs):
+        seen: set[str] = set()
+        for key, item in value:
+            if key in seen:
+                return path, key
+            seen.add(key)
+            found = _duplicate_key(item, f"{path}.{key}" if path else key)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _duplicate_key(item, f"{path}.{index}" if path else str(index))
+            if found is not None:
+                return found
+    return None

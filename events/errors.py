@@ -31,6 +31,11 @@ class StoreUnavailableError(StoreError):
     """A transient failure (connection refused, server restarting): the same call may succeed later."""
 
 
+class StoreRefusedError(StoreError):
+    """The database refused the data itself (a value it cannot hold, a constraint): the same call fails again,
+    so the caller must find and set aside what was refused rather than retry."""
+
+
 class SchemaOutOfDateError(StoreError):
     """The database schema is behind the code."""
 

@@ -29,10 +29,10 @@ from sqlalchemy import Connection, Engine, create_engine, event, func, select, u
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from events.codec import canonical_json
-from events.errors import StoreError, StoreUnavailableError
+from events.errors import StoreError, StoreRefusedError, StoreUnavailableError
 from events.model import (
     AppendResult,
     ConsumerOffset,
@@ -127,7 +127,26 @@ def _translate(exc: Exception) -> StoreError:
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):
         return StoreUnavailableError(f"database unavailable: {str(exc.__cause__ or exc).splitlines()[0]}")
+    if isinstance(exc, DataError | IntegrityError):
+        return StoreRefusedError(_database_message(exc))
     return StoreError(str(exc).splitlines()[0])
+
+
+def _database_message(exc: BaseException) -> str:
+    """The database's own words for a refused statement, on one line, without the statement and its data."""
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    text = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())
+    return f"{type(cause).__name__}: {text[:500]}"
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what a database text column cannot hold (NUL, lone surrogates) written as escapes.
+
+    For the texts alignd writes about bad input (a dead letter's reason, the id it claimed), which must be
+    stored whatever the input was; events themselves are refused at validation instead (events.codec)."""
+    if "\x00" not in text and not any("\ud800" <= char <= "\udfff" for char in text):
+        return text
+    return text.replace("\x00", "\\u0000").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _origin(row: Row[Any]) -> KafkaCoordinates | None:
@@ -273,6 +292,48 @@ class SqlEventStore:
             dead_letter_ids=dl_ids,
         )
 
+    def refused_events(
+        self, new_events: Sequence[Event], origins: Sequence[KafkaCoordinates | None] | None = None
+    ) -> list[tuple[int, str]]:
+        """Which events of a batch the database refuses, each with its reason; nothing is written.
+
+        For a batch whose append failed with :class:`StoreRefusedError` (or a value that could not be
+        serialised): halves are inserted in savepoints of one transaction that is then rolled back, splitting
+        any half that fails, so ``k`` bad events in ``n`` cost about ``2k log n`` statements. The caller
+        dead-letters what is returned and appends the rest (consumers/ingest.py).
+
+        Returns:
+            ``(index in new_events, the database's message)`` for each refused event, in order.
+
+        Raises:
+            StoreUnavailableError: the database could not be reached.
+        """
+        if origins is None:
+            origins = [None] * len(new_events)
+        batch = list(zip(new_events, origins, strict=True))
+        refused: list[tuple[int, str]] = []
+        now = utcnow()
+
+        def bisect(conn: Connection, start: int, stop: int) -> None:
+            try:
+                with conn.begin_nested():
+                    self._insert_events(conn, batch[start:stop], now)
+            except (DataError, IntegrityError, TypeError, ValueError, UnicodeError) as exc:
+                if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                    raise _translate(exc) from exc
+                if stop - start == 1:
+                    refused.append((start, _database_message(exc)))
+                    return
+                middle = (start + stop) // 2
+                bisect(conn, start, middle)
+                bisect(conn, middle, stop)
+
+        with self.write_transaction() as conn:
+            if batch:
+                bisect(conn, 0, len(batch))
+            conn.rollback()  # a dry run: only the verdicts are wanted
+        return refused
+
     def _insert_events(
         self, conn: Connection, batch: list[tuple[Event, KafkaCoordinates | None]], now: datetime
     ) -> int:
@@ -326,8 +387,8 @@ class SqlEventStore:
             {
                 "source_key": d.source_key,
                 "error_kind": d.error_kind,
-                "reason": d.reason,
-                "event_id": d.event_id,
+                "reason": storable_text(d.reason),
+                "event_id": storable_text(d.event_id)[:128] if d.event_id is not None else None,
                 "kafka_topic": d.origin.topic if d.origin else None,
                 "kafka_partition": d.origin.partition if d.origin else None,
                 "kafka_offset": d.origin.offset if d.origin else None,
