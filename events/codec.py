@@ -246,7 +246,8 @@ def _validator_for(event_type: Any, version: Any, payload: Any) -> Any:
     if event_type == INTERACTION_LOGGED:
         return _INTERACTION_V1
     if event_type == FEEDBACK_RECEIVED and type(payload) is dict:
-        return _FEEDBACK_V1.get(payload.get("kind"))  # type: ignore[arg-type]
+        kind = payload.get("kind")  # type: ignore[union-attr]
+        return _FEEDBACK_V1.get(kind) if type(kind) is str else None  # a list or object as kind is unhashable
     return None
 
 
@@ -291,7 +292,8 @@ def _diagnose(document: dict[str, Any], declared_id: Any) -> EventValidationErro
     # Anything else (no type, a type or version of the wrong JSON type): let the schema name every problem.
     adapter = INTERACTION_V1
     if event_type == FEEDBACK_RECEIVED and isinstance(payload, dict):
-        adapter = FEEDBACK_V1.get(payload.get("kind"), adapter)  # type: ignore[arg-type]
+        kind = payload.get("kind")
+        adapter = FEEDBACK_V1.get(kind, adapter) if type(kind) is str else adapter
     try:
         adapter.validate_python(document)
     except ValidationError as exc:
