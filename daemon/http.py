@@ -1,36 +1,61 @@
 """The daemon's HTTP server: ``/healthz``, ``/readyz``, ``/metrics`` and the read-only audit review page.
 
-The standard library's ``ThreadingHTTPServer`` is enough for one read-only page and a few endpoints, so no
-web framework is added as a dependency. Every page is a Jinja2 template with ``autoescape=True``: the records
-show untrusted text (prompts, responses, summaries), so every value is escaped, and the Content-Security-Policy
-allows no script at all as a second line of defence. GET never changes state; a request that does (POST) needs
-``Authorization: Bearer <token>``, and with no token configured every such request is refused.
+An ASGI application (Starlette) served by uvicorn in a background thread: the serving edge planned next
+(OpenAI-compatible streaming, a guard endpoint) needs ASGI, and uvicorn brings what the standard library's
+server lacked under load (a real listen backlog instead of 5, keep-alive and header-size limits, one event
+loop instead of a thread per connection). What uvicorn 0.55 does not do is added here (see
+:class:`HeadTimeoutH11Protocol`): a connection must deliver a complete request head within ``header_timeout``
+seconds or is closed, and a request body is refused past ``max_body_bytes`` (413) or ``header_timeout``
+(408). No ``Server`` header is sent. Store reads and page rendering run on a small pool of threads of their
+own (``threads``), so /healthz and /metrics, answered on the event loop, never wait behind a slow page.
+
+Every page is a Jinja2 template with ``autoescape=True``: the records show untrusted text (prompts, responses,
+summaries), so every value is escaped, and the Content-Security-Policy allows no script at all as a second line
+of defence. GET never changes state; a request that does (POST) needs ``Authorization: Bearer <token>``, and
+with no token configured every such request is refused.
+
+Input is checked before it reaches the store, so that a bad request is the client's 400 or 404, never the
+server's 500 or the store's 503: control characters (NUL, which PostgreSQL refuses, included) in the path or a
+filter, a filter over 512 characters, a time outside years 1..9999 in UTC, a record position beyond the
+BIGINT column. 503 means the store does not answer; any other failure is a 500 without internals.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import json
 import logging
+import re
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
+import h11  # uvicorn's HTTP/1.1 parser (a dependency of uvicorn): HeadTimeoutH11Protocol reads its states
 import jinja2
+import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from events import audit
 from events.audit import AuditRecord, VerifyReport
-from events.errors import SchemaOutOfDateError, StoreError
+from events.errors import SchemaOutOfDateError, StoreUnavailableError
 from events.sql_store import SqlEventStore
 from migrations.runner import current_revision, ensure_current, head_revision
 
@@ -44,10 +69,48 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+_RAW_SECURITY_HEADERS = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in SECURITY_HEADERS.items()]
 MAX_LIMIT = 1000
+#: The longest filter value taken; longer ones are refused (400) before they reach the store.
+MAX_FILTER_CHARS = 512
+#: audit_records.position is a BIGINT (events/tables.py): no record sits beyond this.
+MAX_POSITION = 2**63 - 1
+#: events.event_id is a String(128): no record has a longer event id.
+MAX_EVENT_ID_CHARS = 128
+# C0 controls (NUL included), DEL and C1 controls: never in a filter, an id or a path.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_STATE_CHANGING = ("POST", "PUT", "DELETE", "PATCH")
+_METHODS = ["GET", "HEAD", *_STATE_CHANGING, "OPTIONS"]
+# How long stop() lets requests in progress finish before they are cancelled.
+_GRACE_SECONDS = 5
 _REPORT_FIELDS = ("ok", "records", "first_bad", "problem", "event_id", "last_hash", "pending")
 _REQUESTS = Counter("alignd_http_requests", "HTTP requests served", ["route", "status"])
 _LATENCY = Histogram("alignd_http_request_seconds", "HTTP request latency", ["route"])
+# (route label for the metrics, status, content type, body, extra headers)
+_Answer = tuple[str, int, str, bytes, dict[str, str]]
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """The server's limits under load and against hostile clients (``HttpSettings`` carries them from the
+    configuration).
+
+    Attributes:
+        backlog: connections the kernel queues before they are accepted (capped by ``net.core.somaxconn``).
+        keep_alive_timeout: seconds an idle keep-alive connection is kept after a response.
+        header_timeout: seconds a connection has to deliver a complete request head, from its opening or
+            from the first byte of the next head; then it is closed. A request body has as long (else 408).
+        max_header_bytes: request line and headers together; past it, 400 and the connection is closed.
+        max_body_bytes: a request body past it is refused with 413 and the connection closed.
+        threads: store reads and page renderings at a time; further requests wait their turn on the loop.
+    """
+
+    backlog: int = 2048
+    keep_alive_timeout: int = 5
+    header_timeout: float = 5.0
+    max_header_bytes: int = 16 * 1024
+    max_body_bytes: int = 64 * 1024
+    threads: int = 8
 
 
 class AuditReader(Protocol):
@@ -85,35 +148,86 @@ class BadRequestError(ValueError):
     """A filter the page cannot use; shown back to the user with a 400."""
 
 
-def parse_time(value: str) -> datetime:
-    """RFC 3339 ("2026-11-01T12:00:00Z", "+02:00") or a date; without an offset, UTC is meant."""
+def _shown(value: str) -> str:
+    """A value quoted for a message, cut short (the message is shown back, and logged)."""
+    return repr(value if len(value) <= 80 else value[:80] + "...")
+
+
+def parse_time(value: str, name: str = "time") -> datetime:
+    """RFC 3339 ("2026-11-01T12:00:00Z", "+02:00") or a date; without an offset, UTC is meant.
+
+    Raises:
+        BadRequestError: not such a time, or one outside years 1..9999 once in UTC (the store compares times
+            in UTC, and Python cannot even hold 0001-01-01T00:00:00+01:00 there).
+    """
     try:
         moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
-        raise BadRequestError(f"{value!r} is not an RFC 3339 time such as 2026-11-01T12:00:00Z") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        raise BadRequestError(f"{name} {_shown(value)} is not an RFC 3339 time such as 2026-11-01T12:00:00Z") from None
+    moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    try:
+        moment.astimezone(UTC)
+    except OverflowError:
+        raise BadRequestError(f"{name} {_shown(value)} is out of range: years 1 to 9999 in UTC") from None
+    return moment
+
+
+def _check_parameters(query: dict[str, str]) -> None:
+    for key, value in query.items():
+        if _CONTROL.search(key) or _CONTROL.search(value):
+            raise BadRequestError(f"parameter {_shown(key)} holds a control character (such as NUL): refused")
+        if len(key) > MAX_FILTER_CHARS or len(value) > MAX_FILTER_CHARS:
+            raise BadRequestError(f"parameter {_shown(key)} is longer than {MAX_FILTER_CHARS} characters")
 
 
 def parse_filters(query: dict[str, str]) -> dict[str, Any]:
-    """The keyword arguments of :meth:`AuditReader.list` from the page's query string."""
+    """The keyword arguments of :meth:`AuditReader.list` from the page's query string.
+
+    Raises:
+        BadRequestError: a value the store could not take or that cannot match, naming the parameter.
+    """
+    _check_parameters(query)
     action = query.get("type") or None
     if action is not None and action not in audit.DECISION_TYPES:
-        raise BadRequestError(f"type {action!r} is not a decision type; choose one of the list")
+        raise BadRequestError(f"type {_shown(action)} is not a decision type; choose one of the list")
     try:
         limit, after = int(query.get("limit") or 100), int(query.get("after") or 0)
     except ValueError:
         raise BadRequestError("limit and after are whole numbers") from None
-    if not 1 <= limit <= MAX_LIMIT or after < 0:
-        raise BadRequestError(f"limit is 1..{MAX_LIMIT} and after is 0 or more")
+    if not 1 <= limit <= MAX_LIMIT or not 0 <= after <= MAX_POSITION:
+        raise BadRequestError(f"limit is 1..{MAX_LIMIT} and after is 0..{MAX_POSITION}")
     return {
-        "since": parse_time(query["since"]) if query.get("since") else None,
-        "until": parse_time(query["until"]) if query.get("until") else None,
+        "since": parse_time(query["since"], "since") if query.get("since") else None,
+        "until": parse_time(query["until"], "until") if query.get("until") else None,
         "action": action,
         "model": query.get("model") or None,
         "actor": query.get("actor") or None,
         "limit": limit,
         "after_position": after,
     }
+
+
+def record_key(segment: str) -> str | None:
+    """The key ``events.audit.get_record`` takes for the path segment of ``/audit/<position or event id>``,
+    or None where no record can be: a number past the BIGINT position column (PostgreSQL would refuse to
+    compare it), digits of another script (``"²".isdigit()`` but ``int("²")`` fails), an id longer than the
+    event id column.
+
+    Raises:
+        BadRequestError: the segment holds a control character.
+    """
+    if _CONTROL.search(segment):
+        raise BadRequestError("a record id holds no control character (such as NUL)")
+    if segment.isdigit():
+        return segment if segment.isascii() and int(segment) <= MAX_POSITION else None
+    return segment if len(segment) <= MAX_EVENT_ID_CHARS else None
+
+
+def _store_unavailable(exc: BaseException) -> bool:
+    """Whether a failure is the store not answering (503), rather than a fault here or in the request (500)."""
+    if isinstance(exc, StoreUnavailableError | OperationalError | InterfaceError | PoolTimeoutError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 def mlflow_links(evidence: dict[str, Any], ui_url: str | None) -> list[dict[str, str | None]]:
@@ -148,19 +262,24 @@ class ReviewServer:
         token: str | None = None,
         mlflow_ui_url: str | None = None,
         reader: AuditReader | None = None,
+        limits: HttpLimits | None = None,
     ) -> None:
         self.store, self.host, self.port = store, host, port
         self.token = token.encode("utf-8") if token else None
         self.mlflow_ui_url = mlflow_ui_url
         self.reader: AuditReader = reader if reader is not None else StoreAuditReader(store)
+        self.limits = limits if limits is not None else HttpLimits()
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
         self._head = head_revision()
-        self._httpd: _Server | None = None
+        self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._probe_pool: ThreadPoolExecutor | None = None
+        self._slots: asyncio.Semaphore | None = None
 
     @property
     def url(self) -> str:
@@ -168,22 +287,62 @@ class ReviewServer:
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     def start(self) -> int:
-        self._httpd = (_Server6 if ":" in self.host else _Server)((self.host, self.port), _Handler)
-        self._httpd.review = self
-        self.port = int(self._httpd.server_address[1])
-        serve = functools.partial(self._httpd.serve_forever, poll_interval=0.1)  # stop() waits up to one poll
-        self._thread = threading.Thread(target=serve, name="alignd-http", daemon=True)
+        limits = self.limits
+        # Bound and listening here, not in the server's thread: an address in use raises in the caller, the
+        # port asked as 0 is known at once, and connections queue from now on.
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(limits.backlog)
+        except OSError:
+            sock.close()
+            raise
+        self.port = int(sock.getsockname()[1])
+        config = uvicorn.Config(
+            _SecurityHeaders(self.asgi_app()),
+            host=self.host,
+            port=self.port,
+            http=head_timeout_protocol(limits.header_timeout),
+            ws="none",
+            lifespan="off",
+            loop="asyncio",
+            interface="asgi3",
+            log_config=None,  # the daemon configures logging once; uvicorn must not reconfigure it
+            access_log=False,  # one structured line per request is logged by _endpoint instead
+            server_header=False,  # no "Server: uvicorn": the software and its version are nobody's business
+            proxy_headers=False,  # X-Forwarded-* from anyone is not trusted
+            backlog=limits.backlog,
+            timeout_keep_alive=limits.keep_alive_timeout,
+            h11_max_incomplete_event_size=limits.max_header_bytes,
+            timeout_graceful_shutdown=_GRACE_SECONDS,
+        )
+        self._pool = ThreadPoolExecutor(limits.threads, thread_name_prefix="alignd-http")
+        self._slots = asyncio.Semaphore(limits.threads)  # a new one per start: it belongs to one event loop
+        # /readyz on a thread of its own: a prober must not wait behind pages when the pool is busy.
+        self._probe_pool = ThreadPoolExecutor(1, thread_name_prefix="alignd-http-ready")
+        server = self._server = uvicorn.Server(config)
+        # uvicorn installs no signal handlers outside the main thread: the daemon's supervisor owns them.
+        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="alignd-http", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the HTTP server on {self.url} did not start (see the log)")
+            time.sleep(0.005)
         logger.info("HTTP server listening on %s", self.url, extra={"url": self.url})
         return self.port
 
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        if self._server is not None:
+            self._server.should_exit = True  # seen within 0.1 s; requests in progress get _GRACE_SECONDS
         if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._httpd = self._thread = None
+            self._thread.join(timeout=_GRACE_SECONDS + 10)
+        for pool in (self._pool, self._probe_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._server = self._thread = self._pool = self._probe_pool = None
 
     def readiness(self) -> tuple[bool, str]:
         """Ready when the store answers ``SELECT 1`` and its schema is this code's (else why not)."""
@@ -202,93 +361,101 @@ class ReviewServer:
     def render(self, name: str, **context: Any) -> bytes:
         return self.templates.get_template(name).render(**context).encode("utf-8")
 
+    def asgi_app(self) -> Starlette:
+        """The ASGI application (without the security headers, which :class:`_SecurityHeaders` adds)."""
+        return Starlette(routes=[Route("/{path:path}", self._endpoint, methods=_METHODS)])
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a slow client never holds up stop()
-    review: ReviewServer
+    # --- requests ------------------------------------------------------------------------------------------
 
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "alignd"
-    protocol_version = "HTTP/1.1"
-
-    server: _Server
-
-    @property
-    def app(self) -> ReviewServer:
-        return self.server.review
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        pass  # one structured line per request is logged by _serve instead
-
-    def do_GET(self) -> None:
-        self._serve(self._get)
-
-    do_HEAD = do_GET
-
-    def do_POST(self) -> None:
-        self._serve(self._post)
-
-    do_PUT = do_DELETE = do_PATCH = do_POST
-
-    def _serve(self, route: Any) -> None:
-        started, parts = time.perf_counter(), urlsplit(self.path)
+    async def _endpoint(self, request: Request) -> Response:
+        started, method = time.perf_counter(), request.method
+        # The path as sent (uvicorn's scope["path"] is already decoded, so "/audit/a%2Fb" would split in two).
+        raw_path = request.scope.get("raw_path") or request.scope["path"].encode("utf-8")
+        path = raw_path.decode("latin-1")  # h11 lets only visible ASCII through in a request target
         name, status = "other", 500
         try:
-            name, status, ctype, body, extra = route(parts.path, {k: v[-1] for k, v in parse_qs(parts.query).items()})
+            name, status, ctype, body, extra = await self._route(request, method, path)
         except Exception as exc:  # logged with its traceback; the client gets a page without internals
-            logger.exception("HTTP %s %s failed", self.command, parts.path)
-            unavailable = isinstance(exc, StoreError | SQLAlchemyError)
+            logger.exception("HTTP %s %s failed", method, path)
+            unavailable = _store_unavailable(exc)
             status, ctype, extra = (503 if unavailable else 500), "text/html; charset=utf-8", {}
             message = f"the store does not answer ({type(exc).__name__})" if unavailable else "internal error"
-            body = self.app.render("error.html", status=status, message=message)
+            body = self.render("error.html", status=status, message=message)
         # Counted and logged before the answer is written: a client that reads /metrics right after its
-        # response must find the request counted (the handler thread may otherwise still be running).
+        # response must find the request counted.
         elapsed = time.perf_counter() - started
         _REQUESTS.labels(name, str(status)).inc()
         _LATENCY.labels(name).observe(elapsed)
-        level = logging.DEBUG if name in ("healthz", "readyz", "metrics") else logging.INFO
-        fields = {"method": self.command, "path": parts.path, "status": status, "ms": round(elapsed * 1000, 1)}
-        logger.log(level, "%s %s %d %.1fms", self.command, parts.path, status, fields["ms"], extra=fields)
-        self.send_response(status)
-        for key, value in {**SECURITY_HEADERS, "Content-Type": ctype, **extra}.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        try:
-            self.wfile.write(body if self.command != "HEAD" else b"")
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client went away; nothing to answer
+        level = logging.DEBUG if name in ("healthz", "readyz", "metrics", "gone") else logging.INFO
+        fields = {"method": method, "path": path, "status": status, "ms": round(elapsed * 1000, 1)}
+        logger.log(level, "%s %s %d %.1fms", method, path, status, fields["ms"], extra=fields)
+        response = Response(body, status_code=status)
+        # Header names as written (Starlette would lower-case them; h11 sends them as given).
+        headers = {"Content-Type": ctype, "Content-Length": str(len(body)), **extra}
+        response.raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        return response
 
-    def _html(self, route: str, code: int, template: str, **context: Any) -> tuple[Any, ...]:
-        return route, code, "text/html; charset=utf-8", self.app.render(template, **context), {}
-
-    def _text(self, name: str, status: int, message: str) -> tuple[Any, ...]:
-        return name, status, "text/plain; charset=utf-8", (message + "\n").encode("utf-8"), {}
-
-    def _get(self, path: str, query: dict[str, str]) -> tuple[Any, ...]:
-        app = self.app
+    async def _route(self, request: Request, method: str, path: str) -> _Answer:
+        # h11 holds a head to max_header_bytes only while it arrives in pieces; one that came whole is
+        # measured here, and answered alike (400, the connection closed), however the packets fell.
+        scope = request.scope
+        head = len(path) + len(scope["query_string"]) + sum(len(k) + len(v) for k, v in scope["headers"])
+        if head > self.limits.max_header_bytes:
+            name, status, ctype, body, _ = _text(
+                "other", 400, f"the request head is over {self.limits.max_header_bytes} bytes"
+            )
+            return name, status, ctype, body, {"Connection": "close"}
+        length = request.headers.get("content-length")
+        if length is not None and int(length) > self.limits.max_body_bytes:  # h11 let only digits through
+            return _too_large(self.limits.max_body_bytes)
+        if _CONTROL.search(unquote(path)):
+            return self._html("other", 400, "error.html", status=400, message="the path holds a control character")
+        if method in _STATE_CHANGING:
+            return await self._changing(request, method, path)
+        if method not in ("GET", "HEAD"):
+            name, status, ctype, body, _ = _text("other", 405, "method not allowed")
+            return name, status, ctype, body, {"Allow": "GET, HEAD, POST"}
         if path == "/":
             return "root", 302, "text/plain; charset=utf-8", b"see /audit\n", {"Location": "/audit"}
-        if path == "/healthz":
-            return self._text("healthz", 200, "ok")
-        if path == "/readyz":
-            ready, reason = app.readiness()
-            return self._text("readyz", 200 if ready else 503, reason)
+        if path == "/healthz":  # on the event loop: never waits behind the store
+            return _text("healthz", 200, "ok")
         if path == "/metrics":
             return "metrics", 200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY), {}
+        try:
+            pairs = parse_qs(request.scope["query_string"].decode("latin-1"), max_num_fields=64)
+        except ValueError:  # more fields than any page of ours takes
+            pairs = {"": ["x" * (MAX_FILTER_CHARS + 1)]}
+        if path == "/readyz":
+            assert self._probe_pool is not None
+            ready, reason = await asyncio.get_running_loop().run_in_executor(self._probe_pool, self.readiness)
+            return _text("readyz", 200 if ready else 503, reason)
+        return await self._blocking(request, self._get, path, {k: v[-1] for k, v in pairs.items()})
+
+    async def _blocking(self, request: Request, function: Callable[..., _Answer], *args: Any) -> _Answer:
+        """Run store reads and rendering on the server's own threads, ``threads`` at a time; a request whose
+        client went away while it waited for its turn is dropped (counted as 499) instead of served to nobody."""
+        assert self._pool is not None and self._slots is not None
+        async with self._slots:
+            if await request.is_disconnected():
+                return "gone", 499, "text/plain; charset=utf-8", b"", {}
+            return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(function, *args))
+
+    def _html(self, route: str, code: int, template: str, **context: Any) -> _Answer:
+        return route, code, "text/html; charset=utf-8", self.render(template, **context), {}
+
+    def _get(self, path: str, query: dict[str, str]) -> _Answer:
         if path in ("/audit", "/audit/"):
             try:
                 filters = parse_filters(query)
             except BadRequestError as exc:
-                return self._audit(400, query, None, str(exc))
+                return self._audit(400, _echoable(query), None, str(exc))
             return self._audit(200, query, filters, None)
         if path.startswith("/audit/") and path.count("/") == 2:
-            record = app.reader.get(unquote(path.removeprefix("/audit/")))
+            try:
+                key = record_key(unquote(path.removeprefix("/audit/")))
+            except BadRequestError as exc:
+                return self._html("record", 400, "error.html", status=400, message=str(exc))
+            record = self.reader.get(key) if key is not None else None
             if record is None:
                 return self._html("record", 404, "error.html", status=404, message="no audit record there")
             try:
@@ -296,35 +463,147 @@ class _Handler(BaseHTTPRequestHandler):
                 pretty = json.dumps(evidence, indent=2, sort_keys=True, ensure_ascii=False)
             except ValueError:
                 evidence, pretty = {}, record.evidence
-            links = mlflow_links(evidence, app.mlflow_ui_url) if isinstance(evidence, dict) else []
+            links = mlflow_links(evidence, self.mlflow_ui_url) if isinstance(evidence, dict) else []
             return self._html("record", 200, "record.html", record=record, evidence=pretty, links=links)
         return self._html("other", 404, "error.html", status=404, message="no such page")
 
-    def _audit(self, status: int, query: dict[str, str], filters: dict[str, Any] | None, error: str | None) -> Any:
-        records = list(self.app.reader.list(**filters)) if filters else []
+    def _audit(self, status: int, query: dict[str, str], filters: dict[str, Any] | None, error: str | None) -> _Answer:
+        records = list(self.reader.list(**filters)) if filters else []
         more = None
         if filters and len(records) == filters["limit"]:
             more = "/audit?" + urlencode({**query, "after": records[-1].position})
-        report, types = self.app.reader.verify(), sorted(audit.DECISION_TYPES)
+        report, types = self.reader.verify(), sorted(audit.DECISION_TYPES)
         context = {"report": report, "records": records, "query": query, "error": error, "more": more, "types": types}
         return self._html("audit", status, "audit.html", **context)
 
-    def _post(self, path: str, query: dict[str, str]) -> tuple[Any, ...]:
-        length = self.headers.get("Content-Length") or "0"
-        if length.isdigit() and int(length) <= 65536:
-            self.rfile.read(int(length))  # drain, so the connection can be reused
-        else:
-            self.close_connection = True
-        if self.app.token is None:
-            return self._text("post", 403, "no token is configured: this server changes nothing over HTTP")
-        scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"), self.app.token):
-            name, status, ctype, body, _ = self._text("post", 401, "a valid 'Authorization: Bearer <token>' is needed")
+    async def _changing(self, request: Request, method: str, path: str) -> _Answer:
+        try:
+            async with asyncio.timeout(self.limits.header_timeout):
+                size = 0
+                async for chunk in request.stream():  # read to the end, so the connection can be reused
+                    size += len(chunk)
+                    if size > self.limits.max_body_bytes:  # chunked, so no Content-Length to refuse it by
+                        return _too_large(self.limits.max_body_bytes)
+        except TimeoutError:
+            name, status, ctype, body, _ = _text("post", 408, "the request body did not arrive in time")
+            return name, status, ctype, body, {"Connection": "close"}
+        except ClientDisconnect:
+            return _text("post", 400, "the client went away")  # nobody reads this answer
+        if self.token is None:
+            return _text("post", 403, "no token is configured: this server changes nothing over HTTP")
+        scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"), self.token):
+            name, status, ctype, body, _ = _text("post", 401, "a valid 'Authorization: Bearer <token>' is needed")
             return name, status, ctype, body, {"WWW-Authenticate": 'Bearer realm="alignd"'}
-        if self.command != "POST" or path != "/audit/verify":
-            return self._text("post", 404, "no such action")
-        chained = self.app.reader.catch_up()
-        report = self.app.reader.verify()
+        if method != "POST" or path != "/audit/verify":
+            return _text("post", 404, "no such action")
+        return await self._blocking(request, self._verify)
+
+    def _verify(self) -> _Answer:
+        chained = self.reader.catch_up()
+        report = self.reader.verify()
         logger.info("audit caught up over HTTP: %d records chained; chain ok=%s", chained, report.ok)
         body = {"chained": chained, **{k: getattr(report, k) for k in _REPORT_FIELDS}}
         return "verify", 200, "application/json", json.dumps(body).encode("utf-8"), {}
+
+
+def _text(name: str, status: int, message: str) -> _Answer:
+    return name, status, "text/plain; charset=utf-8", (message + "\n").encode("utf-8"), {}
+
+
+def _too_large(limit: int) -> _Answer:
+    # The body is not read: the connection is closed after the answer rather than drained.
+    name, status, ctype, body, _ = _text("post", 413, f"the request body is over {limit} bytes")
+    return name, status, ctype, body, {"Connection": "close"}
+
+
+def _echoable(query: dict[str, str]) -> dict[str, str]:
+    """The filters that may be shown back in the form: none with a control character or too long."""
+    return {
+        k: v
+        for k, v in query.items()
+        if len(k) + len(v) <= MAX_FILTER_CHARS and not _CONTROL.search(k) and not _CONTROL.search(v)
+    }
+
+
+class _SecurityHeaders:
+    """ASGI middleware: the security headers on every response, Starlette's own (405, 500) included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in _RAW_SECURITY_HEADERS if k.lower() not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class HeadTimeoutH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, plus a deadline for each request head.
+
+    uvicorn 0.55's ``H11Protocol`` arms a timer only after a response (``timeout_keep_alive``) and cancels it
+    at the next byte received: a connection that opens and sends nothing, or part of a request head, or that
+    after a response starts a head and never ends it, is never closed (slowloris). Here a connection waiting
+    for a head (h11's ``their_state`` is ``IDLE``) is closed ``header_timeout`` seconds after it opened or
+    after the first byte of that head; the timer stops once the head is complete.
+    """
+
+    header_timeout: ClassVar[float] = HttpLimits.header_timeout
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn decides per connection from whether its access logger has handlers, which another library's
+        # logging configuration can bring back: one structured line per request is logged by _endpoint.
+        self.access_log = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE:  # part of a head: the deadline runs from its first byte
+            if self._head_timer is None and not self.transport.is_closing():
+                self._arm_head_timer()
+        else:
+            self._cancel_head_timer()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:  # a head came in (also from a pipelined buffer)
+            self._cancel_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            logger.debug(
+                "HTTP connection from %s closed: no complete request head in %ss", self.client, self.header_timeout
+            )
+            self.transport.close()
+
+
+def head_timeout_protocol(header_timeout: float) -> type[HeadTimeoutH11Protocol]:
+    """:class:`HeadTimeoutH11Protocol` with a deadline of its own (uvicorn builds protocols from a class)."""
+    return type("HeadTimeoutH11Protocol", (HeadTimeoutH11Protocol,), {"header_timeout": header_timeout})

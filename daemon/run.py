@@ -62,7 +62,7 @@ class HttpPart:
     name = "http"
 
     def __init__(self, settings: Settings, store: SqlEventStore) -> None:
-        from daemon.http import ReviewServer
+        from daemon.http import HttpLimits, ReviewServer
 
         h = settings.http
         self.server = ReviewServer(
@@ -71,6 +71,14 @@ class HttpPart:
             port=h.port,
             token=h.token.get_secret_value() if h.token else None,
             mlflow_ui_url=h.mlflow_ui_url,
+            limits=HttpLimits(
+                backlog=h.backlog,
+                keep_alive_timeout=h.keep_alive_timeout,
+                header_timeout=h.header_timeout,
+                max_header_bytes=h.max_header_bytes,
+                max_body_bytes=h.max_body_bytes,
+                threads=h.threads,
+            ),
         )
 
     def run(self, stop: threading.Event) -> None:
