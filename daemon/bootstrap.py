@@ -14,15 +14,31 @@ from consumers.ingest import IngestConfig, Ingestor
 from daemon.settings import Settings
 from events.errors import ConfigurationError, StoreUnavailableError
 from events.projections import ProjectionRunner
+from events.redact import mask_secrets_in_text, mask_url, url_secrets
 from events.sql_store import SqlEventStore, create_store_engine
 from migrations.runner import ensure_current
 
 logger = logging.getLogger(__name__)
 
 
+def store_engine(settings: Settings) -> Any:
+    """The store's SQLAlchemy engine; a URL SQLAlchemy cannot read is a ConfigurationError that shows it masked
+    (SQLAlchemy's own message quotes the URL whole, password included)."""
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return create_store_engine(settings.database.url)
+    except (ArgumentError, ValueError) as exc:
+        url = settings.database.url
+        reason = mask_secrets_in_text(str(exc).strip().splitlines()[0], url_secrets(url))
+        raise ConfigurationError(
+            f"database.url (ALIGND_DATABASE_URL) {mask_url(url)} cannot be used: {reason}"
+        ) from None
+
+
 def open_store(settings: Settings, *, check_schema: bool = True) -> SqlEventStore:
     """The event store; refuses a database whose schema is behind (``alignd db upgrade``)."""
-    engine = create_store_engine(settings.database.url)
+    engine = store_engine(settings)
     if check_schema:
         try:
             ensure_current(engine)

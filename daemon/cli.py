@@ -17,11 +17,12 @@ from daemon.cli_audit import add_audit_commands
 from daemon.cli_jobs import add_jobs_commands
 from daemon.cli_models import add_models_commands
 from daemon.cli_train import add_train_commands
-from daemon.logs import configure_logging
+from daemon.logs import configure_logging, scrub
 from daemon.settings import Settings, load_settings
 from events.codec import event_to_dict, format_timestamp
 from events.errors import AlignmentError, ConfigurationError, StoreUnavailableError
 from events.model import ALL_TYPES
+from events.redact import mask_secrets_in_text, mask_url_list
 
 logger = logging.getLogger("alignd")
 
@@ -52,10 +53,9 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) ->
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     from sqlalchemy.exc import InterfaceError, OperationalError
 
-    from events.sql_store import create_store_engine
     from migrations.runner import current_revision, upgrade
 
-    engine = create_store_engine(settings.database.url)
+    engine = bootstrap.store_engine(settings)
     try:
         before = current_revision(engine)
         after = upgrade(engine)
@@ -479,41 +479,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(message: str) -> None:
+    """An error for the user, on stderr; every message goes through here, scrubbed of secrets (a driver's or
+    MLflow's error may echo the URL it was given, password and all)."""
+    print(f"alignd: {scrub(message)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         settings = load_settings(args.config)
     except ConfigurationError as exc:
-        print(f"alignd: {exc}", file=sys.stderr)
+        # The settings are not known yet: URL credentials and password=... pairs are masked, nothing more.
+        print(f"alignd: {mask_secrets_in_text(str(exc))}", file=sys.stderr)
         return 2
-    configure_logging(args.log_level or settings.log.level, args.log_format or settings.log.format)
+    configure_logging(
+        args.log_level or settings.log.level, args.log_format or settings.log.format, settings.known_secrets()
+    )
     try:
         return int(args.handler(settings, args))
     except (CliError, ConfigurationError) as exc:
-        print(f"alignd: {exc}", file=sys.stderr)
+        _fail(str(exc))
         return 2
     except StoreUnavailableError as exc:
         where = settings.redacted()["database"]["url"]
-        print(
-            f"alignd: cannot reach the database at {where} ({exc}); is it running? check ALIGND_DATABASE_URL",
-            file=sys.stderr,
-        )
+        _fail(f"cannot reach the database at {where} ({exc}); is it running? check ALIGND_DATABASE_URL")
         return 1
     except AlignmentError as exc:
-        print(f"alignd: {exc}", file=sys.stderr)
+        _fail(str(exc))
         return 1
     except Exception as exc:
         from kafka.errors import KafkaError
 
         if isinstance(exc, KafkaError):
-            print(
-                f"alignd: Kafka error: {exc}; check ALIGND_KAFKA_BOOTSTRAP_SERVERS ({settings.kafka.bootstrap_servers}) "
-                "and the security settings",
-                file=sys.stderr,
+            _fail(
+                f"Kafka error: {exc}; check ALIGND_KAFKA_BOOTSTRAP_SERVERS "
+                f"({mask_url_list(settings.kafka.bootstrap_servers)}) and the security settings"
             )
             return 1
-        raise
+        # A bug, or an error nobody translated (SQLAlchemy's for a URL it cannot parse quotes the URL): the
+        # traceback Python would print, scrubbed, and its exit status.
+        import traceback
+
+        sys.stderr.write(scrub("".join(traceback.format_exception(exc))))
+        return 1
 
 
 if __name__ == "__main__":

@@ -524,6 +524,7 @@ def dry_run_job(seconds: float, holder: str) -> RunJob:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m daemon.scheduler --db URL``: contend for the lease and schedule; jobs only log."""
     from daemon.logs import configure_logging
+    from events.redact import url_secrets
     from migrations.runner import ensure_current
 
     parser = argparse.ArgumentParser(prog="python -m daemon.scheduler", description=main.__doc__)
@@ -536,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--job-seconds", type=float, default=0.0, help="how long each dry-run job holds")
     parser.add_argument("--log-format", choices=["json", "text"], default="json")
     args = parser.parse_args(argv)
-    configure_logging("INFO", args.log_format)
+    configure_logging("INFO", args.log_format, url_secrets(args.db))
     store = SqlEventStore(create_store_engine(args.db))
     ensure_current(store.engine)
     config = ScheduleConfig(

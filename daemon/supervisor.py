@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from daemon.logs import scrub
+
 logger = logging.getLogger(__name__)
 
 
@@ -128,7 +130,8 @@ class Supervisor:
                 raise RuntimeError("returned before the daemon stopped")
             except Exception as exc:  # noqa: BLE001 - a part's failure must not stop the others
                 slot.alive = False
-                slot.last_error = f"{type(exc).__name__}: {exc}"
+                # Shown on /health and stored with a crash-loop alert: scrubbed, as a driver's error may hold a DSN.
+                slot.last_error = scrub(f"{type(exc).__name__}: {exc}")
                 now = time.monotonic()
                 if now - started > backoff * 10:
                     backoff = self.backoff_initial_s  # it ran a good while: a fresh failure, not a loop
