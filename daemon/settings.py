@@ -8,6 +8,7 @@ This is the only module that reads the environment. Variables map onto sections 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -17,25 +18,38 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from events.errors import ConfigurationError
 from events.model import DEFAULT_MAX_MESSAGE_BYTES
+from events.redact import MASK, Scrubber, mask_url, mask_url_list, url_secrets
 
 ENV_PREFIX = "ALIGND_"
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
 
-class DatabaseSettings(BaseModel):
+class _MaskedRepr(BaseModel):
+    """A settings section whose repr (in a log line, a traceback's locals) shows its URLs and secrets masked."""
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, _masked(name or "", value)
+
+
+class DatabaseSettings(_MaskedRepr):
     model_config = _FROZEN
     url: str = Field("sqlite:///alignd.db", description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://...")
 
-    @model_validator(mode="after")
-    def _scheme(self) -> DatabaseSettings:
-        if not (self.url.startswith("sqlite") or self.url.startswith("postgresql")):
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, url: str) -> str:
+        if not (url.startswith("sqlite") or url.startswith("postgresql")):
+            # Only the scheme is named: a value without one may be anything, a password pasted in the wrong place.
+            scheme = url.split("://", 1)[0] if re.fullmatch(r"[A-Za-z][\w+.-]*://.*", url, re.S) else None
             raise ValueError(
-                f"url: {self.url.split(':', 1)[0]!r} is not supported; use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB"
+                f"{'scheme ' + repr(scheme) if scheme else 'a value without a scheme'} is not supported; "
+                "use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB"
             )
-        return self
+        return url
 
 
-class KafkaSettings(BaseModel):
+class KafkaSettings(_MaskedRepr):
     """Client settings passed through to kafka-python; enough for managed clusters (SASL over SSL, mTLS)."""
 
     model_config = _FROZEN
@@ -156,7 +170,7 @@ class MonitorsSettings(BaseModel):
         return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
 
 
-class MlflowSettings(BaseModel):
+class MlflowSettings(_MaskedRepr):
     model_config = _FROZEN
     tracking_uri: str = "sqlite:///mlflow.db"
     registry_uri: str | None = None
@@ -165,7 +179,7 @@ class MlflowSettings(BaseModel):
     )
 
 
-class TrainersSettings(BaseModel):
+class TrainersSettings(_MaskedRepr):
     """Training jobs: models, limits of the child process, and trainer/evaluation overrides (YAML mappings)."""
 
     model_config = _FROZEN
@@ -258,19 +272,87 @@ class Settings(BaseModel):
     log: LogSettings = LogSettings()
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as plain data with secrets masked (for ``config show`` and logs)."""
-        from sqlalchemy.engine import make_url
+        """The settings as plain data with secrets masked (for ``config show`` and logs).
 
+        Secret settings show as ``**********``; every URL (database, MLflow, the MLflow UI, Kafka's servers, any
+        string value holding ``://``) goes through :func:`events.redact.mask_url`; a string under a name that
+        says secret (``hf_token`` in a trainer override) is masked whole.
+        """
         data = self.model_dump(mode="json")
         for section, values in data.items():
             for name, value in values.items():
                 if isinstance(getattr(getattr(self, section), name), SecretStr) and value is not None:
                     values[name] = "**********"
-        try:
-            data["database"]["url"] = make_url(self.database.url).render_as_string(hide_password=True)
-        except Exception:  # noqa: BLE001 - an unparsable URL is shown as the validator left it
-            pass
+                else:
+                    values[name] = _masked(name, value)
         return data
+
+    def __repr__(self) -> str:
+        # Every section's secrets, HttpSettings' mlflow_ui_url included, whatever the section's own repr shows.
+        return Scrubber(self.known_secrets(env={})).scrub(super().__repr__())
+
+    def __str__(self) -> str:
+        return Scrubber(self.known_secrets(env={})).scrub(super().__str__())
+
+    def known_secrets(self, env: Mapping[str, str] | None = None) -> list[str]:
+        """Every secret value these settings (and the clients' own variables in ``env``) hold: the secret settings,
+        the passwords and secret parameters of every URL, ``MLFLOW_TRACKING_PASSWORD`` and the like. Error
+        messages and log lines are searched for these (a driver may echo its DSN)."""
+        env = os.environ if env is None else env
+        found: list[str] = []
+
+        def walk(value: Any, name: str = "") -> None:
+            if isinstance(value, SecretStr):
+                found.append(value.get_secret_value())
+            elif isinstance(value, BaseModel):
+                for field in type(value).model_fields:
+                    walk(getattr(value, field), field)
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    walk(item, str(key))
+            elif isinstance(value, str):
+                if _SECRET_SETTING.search(name):
+                    found.append(value)
+                for item in value.split(",") if name == "bootstrap_servers" else (value,):
+                    found.extend(url_secrets(item.strip()))
+
+        walk(self)
+        found.extend(env[name] for name in CLIENT_SECRET_VARIABLES if env.get(name))
+        return list(dict.fromkeys(found))
+
+
+# Variables that MLflow, libpq, the cloud SDKs and Hugging Face read credentials from.
+CLIENT_SECRET_VARIABLES = (
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "DATABRICKS_TOKEN",
+    "DATABRICKS_CLIENT_SECRET",
+    "PGPASSWORD",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_CLIENT_SECRET",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+)
+# Names of free-form settings (trainer overrides) whose string value is a secret. Stricter than the URL rule:
+# max_tokens and tokenizer are not secrets.
+_SECRET_SETTING = re.compile(r"pass(word|wd|phrase)|secret|(^|_)token$|api_?key|credential|private_key", re.I)
+
+
+def _masked(name: str, value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _masked(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(name, v) for v in value]
+    if not isinstance(value, str):
+        return value
+    if _SECRET_SETTING.search(name):
+        return MASK
+    if name == "bootstrap_servers":
+        return mask_url_list(value)
+    return mask_url(value) if "://" in value or "@" in value else value
 
 
 _SECTIONS = tuple(Settings.model_fields)
