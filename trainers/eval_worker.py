@@ -13,7 +13,6 @@ import json
 import logging
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from trainers.models import Runtime, pick_runtime
 from trainers.policy import Policy
 from trainers.reward import RewardModel, RewardObjective
 from trainers.snapshot import hash_rows
-from trainers.worker import open_spec
+from trainers.worker import open_spec, write_error
 
 logger = logging.getLogger("trainers.eval_worker")
 
@@ -103,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as exc:
         logger.exception("evaluation job %s failed", spec["job_id"])
-        reason = f"{type(exc).__name__}: {exc}"
-        (out / "error.json").write_text(json.dumps({"reason": reason, "traceback": traceback.format_exc()[-4000:]}))
+        write_error(out, exc, spec)
         return 1
 
 

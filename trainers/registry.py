@@ -27,6 +27,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from events.errors import AlignmentError
+from events.redact import Scrubber, url_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -64,17 +65,25 @@ def _is_transient(exc: BaseException) -> bool:
     return False
 
 
+# Masks URL credentials and password=... pairs; a registry's own also knows the secrets of its URIs.
+_PLAIN = Scrubber()
+
+
 @contextmanager
-def _boundary(doing: str) -> Iterator[None]:
+def _boundary(doing: str, scrubber: Scrubber = _PLAIN) -> Iterator[None]:
     try:
         yield
     except RegistryError:
         raise
     except (MlflowException, SQLAlchemyError, requests.RequestException, OSError) as exc:
+        # MLflow's messages quote the tracking URI ("API request to http://user:pw@host/... failed"), and a
+        # database store's the DSN: the message is scrubbed here, before it reaches a log, the CLI or an event.
         reason = (exc.message if isinstance(exc, MlflowException) else str(exc)).strip().splitlines()[0][:500]
         if _is_transient(exc):
-            raise RegistryUnavailableError(f"MLflow is unavailable, could not {doing}: {reason}") from exc
-        raise RegistryError(f"MLflow could not {doing}: {reason}") from exc
+            raise RegistryUnavailableError(
+                scrubber.scrub(f"MLflow is unavailable, could not {doing}: {reason}")
+            ) from exc
+        raise RegistryError(scrubber.scrub(f"MLflow could not {doing}: {reason}")) from exc
 
 
 @dataclass(frozen=True)
@@ -110,19 +119,20 @@ class TrainingRun:
 
     client: MlflowClient
     run_id: str
+    scrubber: Scrubber = field(default=_PLAIN, repr=False)
     ended: bool = field(default=False, init=False)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(datetime.now(UTC).timestamp() * 1000)
-        with _boundary(f"log metrics to run {self.run_id}"):
+        with _boundary(f"log metrics to run {self.run_id}", self.scrubber):
             self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
     def log_params(self, params: dict[str, object]) -> None:
-        with _boundary(f"log params to run {self.run_id}"):
+        with _boundary(f"log params to run {self.run_id}", self.scrubber):
             self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        with _boundary(f"tag run {self.run_id}"):
+        with _boundary(f"tag run {self.run_id}", self.scrubber):
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_dataset(self, snapshot: DatasetInfo) -> None:
@@ -135,16 +145,16 @@ class TrainingRun:
             source=json.dumps(source),
             profile=json.dumps({"num_rows": snapshot.rows}),
         )
-        with _boundary(f"log dataset {snapshot.name} to run {self.run_id}"):
+        with _boundary(f"log dataset {snapshot.name} to run {self.run_id}", self.scrubber):
             self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
         self.set_tags(snapshot.tags())
 
     def log_artifacts(self, local_dir: Path, artifact_path: str) -> None:
-        with _boundary(f"upload {local_dir} to run {self.run_id}"):
+        with _boundary(f"upload {local_dir} to run {self.run_id}", self.scrubber):
             self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
     def end(self, status: RunStatus = "FINISHED") -> None:
-        with _boundary(f"end run {self.run_id}"):
+        with _boundary(f"end run {self.run_id}", self.scrubber):
             self.client.set_terminated(self.run_id, status)
         self.ended = True
         logger.info("MLflow run %s ended %s", self.run_id, status)
@@ -182,18 +192,23 @@ class ModelRegistry:
         self.registry_uri = registry_uri or tracking_uri
         self.experiment = experiment
         self.artifact_location = artifact_location
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
+        self.scrubber = Scrubber(
+            [*url_secrets(tracking_uri), *url_secrets(self.registry_uri), *url_secrets(artifact_location)]
+        )
+        # A database URI's store is opened here (MLflow retries a refused connection for about a minute first).
+        with _boundary("open the tracking and registry stores", self.scrubber):
+            self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=self.registry_uri)
         self._experiment_id: str | None = None
 
     # --- runs ---------------------------------------------------------------------------------------
 
     def start_run(self, kind: str, run_name: str, params: dict[str, object], tags: dict[str, str]) -> TrainingRun:
         name = _model_name(kind)
-        with _boundary(f"start a {name} run in experiment {self.experiment}"):
+        with _boundary(f"start a {name} run in experiment {self.experiment}", self.scrubber):
             run = self.client.create_run(
                 self._ensure_experiment(), run_name=run_name, tags={"alignd.kind": kind, **tags}
             )
-        training = TrainingRun(self.client, run.info.run_id)
+        training = TrainingRun(self.client, run.info.run_id, self.scrubber)
         logger.info("MLflow run %s started for %s (%s)", training.run_id, name, run_name)
         if params:
             training.log_params(params)
@@ -201,7 +216,7 @@ class ModelRegistry:
 
     def attach_run(self, run_id: str) -> TrainingRun:
         """A handle on a run another process started (the training child logs its per-step metrics here)."""
-        return TrainingRun(self.client, run_id)
+        return TrainingRun(self.client, run_id, self.scrubber)
 
     def _ensure_experiment(self) -> str:
         if self._experiment_id is None:
@@ -224,11 +239,11 @@ class ModelRegistry:
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         """The latest value of each metric the run logged."""
-        with _boundary(f"read run {run_id}"):
+        with _boundary(f"read run {run_id}", self.scrubber):
             return dict(self.client.get_run(run_id).data.metrics)
 
     def run_params(self, run_id: str) -> dict[str, str]:
-        with _boundary(f"read run {run_id}"):
+        with _boundary(f"read run {run_id}", self.scrubber):
             return dict(self.client.get_run(run_id).data.params)
 
     # --- versions -----------------------------------------------------------------------------------
@@ -246,7 +261,7 @@ class ModelRegistry:
                 or MLflow refused the call.
         """
         name = _model_name(kind)
-        with _boundary(f"register run {run_id} as a version of {name}"):
+        with _boundary(f"register run {run_id} as a version of {name}", self.scrubber):
             existing = self._find_by_event(name, tags.get(TRAINING_EVENT_TAG))
             if existing is not None:
                 logger.info("%s version %s already registered from run %s", name, existing.version, existing.run_id)
@@ -295,7 +310,7 @@ class ModelRegistry:
 
     def get(self, kind: str, version: str | int) -> RegisteredVersion:
         name = _model_name(kind)
-        with _boundary(f"read {name} version {version}"):
+        with _boundary(f"read {name} version {version}", self.scrubber):
             try:
                 return _to_version(kind, self.client.get_model_version(name, str(version)))
             except MlflowException as exc:
@@ -313,7 +328,7 @@ class ModelRegistry:
     def _aliases(self, name: str) -> dict[str, str]:
         # Read from the registered model: search results leave ModelVersion.aliases empty, and
         # get_model_version_by_alias reports a missing alias as INVALID_PARAMETER_VALUE, not "not found".
-        with _boundary(f"read the aliases of {name}"):
+        with _boundary(f"read the aliases of {name}", self.scrubber):
             try:
                 return {a: str(v) for a, v in self.client.get_registered_model(name).aliases.items()}
             except MlflowException as exc:
@@ -329,7 +344,7 @@ class ModelRegistry:
             by_version: dict[str, list[str]] = {}
             for alias, version in self._aliases(name).items():
                 by_version.setdefault(version, []).append(alias)
-            with _boundary(f"list the versions of {name}"):
+            with _boundary(f"list the versions of {name}", self.scrubber):
                 page = self.client.search_model_versions(f"name = '{name}'")
                 while True:
                     for mv in page:
@@ -342,7 +357,7 @@ class ModelRegistry:
     def set_alias(self, kind: str, alias: str, version: str | int) -> None:
         name = _model_name(kind)
         self.get(kind, version)  # a clear VersionNotFoundError rather than MLflow's message
-        with _boundary(f"point {name}@{alias} at version {version}"):
+        with _boundary(f"point {name}@{alias} at version {version}", self.scrubber):
             self.client.set_registered_model_alias(name, alias, str(version))
         logger.info("%s@%s now points at version %s", name, alias, version)
 
@@ -350,21 +365,21 @@ class ModelRegistry:
         """Remove the alias; doing so when it is not set is not an error."""
         name = _model_name(kind)
         if alias in self._aliases(name):
-            with _boundary(f"delete {name}@{alias}"):
+            with _boundary(f"delete {name}@{alias}", self.scrubber):
                 self.client.delete_registered_model_alias(name, alias)
             logger.info("%s@%s deleted", name, alias)
 
     def set_tags(self, kind: str, version: str | int, tags: dict[str, str]) -> None:
         name = _model_name(kind)
         self.get(kind, version)
-        with _boundary(f"tag {name} version {version}"):
+        with _boundary(f"tag {name} version {version}", self.scrubber):
             for key, value in tags.items():
                 self.client.set_model_version_tag(name, str(version), key, str(value))
 
     def download(self, kind: str, version: str | int, dst: Path) -> Path:
         """Copy the version's artifacts under ``dst``; returns the folder that holds them."""
         registered = self.get(kind, version)
-        with _boundary(f"download {registered.name} version {version} from {registered.source}"):
+        with _boundary(f"download {registered.name} version {version} from {registered.source}", self.scrubber):
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=registered.source,
                 dst_path=str(dst),

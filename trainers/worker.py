@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from events.redact import Scrubber, url_secrets
 from trainers import evaluation, gates, safety
 from trainers.config import EvaluationConfig, PolicyConfig, RewardConfig, config_from_dict
 from trainers.loop import Distributed, init_distributed, train
@@ -230,24 +231,45 @@ def _finish(
 
 
 class _JsonLines(logging.Formatter):
-    """One JSON object a line with the job id, escaped properly (a message may hold quotes or newlines)."""
+    """One JSON object a line with the job id, escaped properly (a message may hold quotes or newlines), scrubbed
+    of the secrets in the spec's MLflow URIs and of any URL's credentials."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, scrubber: Scrubber | None = None) -> None:
         super().__init__()
         self.job_id = job_id
+        self.scrubber = scrubber or Scrubber()
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {"level": record.levelname, "logger": record.name, "job": self.job_id, "msg": record.getMessage()}
+        line = {
+            "level": record.levelname,
+            "logger": record.name,
+            "job": self.job_id,
+            "msg": self.scrubber.scrub(record.getMessage()),
+        }
         if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
+            line["exc"] = self.scrubber.scrub(self.formatException(record.exc_info))
         return json.dumps(line)
 
 
-def configure_child_logging(job_id: str) -> None:
+def spec_scrubber(spec: dict[str, Any]) -> Scrubber:
+    """Masks the secrets of the spec's MLflow URIs (and any URL's credentials) in what the child reports."""
+    return Scrubber([*url_secrets(spec.get("tracking_uri")), *url_secrets(spec.get("registry_uri"))])
+
+
+def configure_child_logging(job_id: str, scrubber: Scrubber | None = None) -> None:
     """Log lines of a job's child process (training or evaluation), which the parent's log collects."""
     handler = logging.StreamHandler()
-    handler.setFormatter(_JsonLines(job_id))
+    handler.setFormatter(_JsonLines(job_id, scrubber))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+def write_error(out: Path, exc: BaseException, spec: dict[str, Any]) -> None:
+    """``error.json``: the reason (it becomes a stored event's and an MLflow tag's) and the traceback, scrubbed."""
+    scrubber = spec_scrubber(spec)
+    reason = scrubber.scrub(f"{type(exc).__name__}: {exc}")
+    (out / "error.json").write_text(
+        json.dumps({"reason": reason, "traceback": scrubber.scrub(traceback.format_exc()[-4000:])})
+    )
 
 
 def open_spec(argv: list[str] | None) -> tuple[dict[str, Any], Path]:
@@ -255,7 +277,7 @@ def open_spec(argv: list[str] | None) -> tuple[dict[str, Any], Path]:
     lines set up, and its output folder made."""
     args = argv if argv is not None else sys.argv[1:]
     spec = json.loads(Path(args[0]).read_text())
-    configure_child_logging(spec["job_id"])
+    configure_child_logging(spec["job_id"], spec_scrubber(spec))
     out = Path(spec["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     return spec, out
@@ -276,8 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         logger.exception("training job %s failed", spec["job_id"])
         if dist_info.is_main:
-            reason = f"{type(exc).__name__}: {exc}"
-            (out / "error.json").write_text(json.dumps({"reason": reason, "traceback": traceback.format_exc()[-4000:]}))
+            write_error(out, exc, spec)
         return 1
     finally:
         if dist_info.world_size > 1 and torch.distributed.is_initialized():
