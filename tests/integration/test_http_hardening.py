@@ -396,3 +396,36 @@ def test_an_address_in_use_raises_in_start(sqlite_store: SqlEventStore) -> None:
         assert fetch(first, "/healthz")[0] == 200
     finally:
         first.stop()
+
+
+def test_a_request_whose_client_left_while_it_waited_is_not_served(sqlite_store: SqlEventStore) -> None:
+    gate, asked = threading.Event(), []
+
+    class SlowReader(FakeReader):
+        def get(self, position_or_event_id: str) -> AuditRecord | None:
+            asked.append(position_or_event_id)
+            gate.wait(timeout=30)
+            return None
+
+    server = serve(sqlite_store, reader=SlowReader(RuntimeError("unused")), limits=HttpLimits(threads=1))
+    try:
+        first = threading.Thread(target=fetch, args=(server, "/audit/first"))
+        first.start()
+        deadline = time.monotonic() + 10
+        while not asked and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(b"GET /audit/second HTTP/1.1\r\nHost: x\r\n\r\n")  # waits for the one thread
+        time.sleep(0.2)
+        sock.close()  # and gives up
+        time.sleep(0.2)
+        gate.set()
+        first.join(timeout=30)
+        deadline = time.monotonic() + 10
+        while 'route="gone",status="499"' not in fetch(server, "/metrics")[2] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert asked == ["first"]  # the second was dropped before it reached the store
+        assert 'alignd_http_requests_total{route="gone",status="499"}' in fetch(server, "/metrics")[2]
+    finally:
+        gate.set()
+        server.stop()
