@@ -24,6 +24,7 @@ from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
+from consumers import unreadable
 from consumers.dead_letter import DeadLetterPublisher
 from consumers.decode import KafkaRecord, decode_record, record_headers
 from consumers.metrics import INGEST_METRICS
@@ -112,6 +113,9 @@ class Ingestor:
         on_stored: called from the writer thread as soon as a batch has committed, before the loop gets
             to ``after_batch`` (which waits for the next poll); must be quick and must not raise. The
             daemon wakes its monitor loop with it.
+        open_probe: builds a consumer outside the group (``group_id=None``) with the same connection settings;
+            used to find a record the Kafka client cannot read (consumers/unreadable.py). Without it such a
+            record stops the loop, as it would any Kafka consumer.
     """
 
     def __init__(
@@ -123,6 +127,7 @@ class Ingestor:
         *,
         after_batch: Callable[[AppendResult], None] | None = None,
         on_stored: Callable[[], None] | None = None,
+        open_probe: Callable[[], Any] | None = None,
     ) -> None:
         self.store = store
         self.consumer = consumer
@@ -130,6 +135,7 @@ class Ingestor:
         self.config = config
         self.after_batch = after_batch
         self.on_stored = on_stored
+        self.open_probe = open_probe
         self._stopping = False
         self._needs_seek: set[TopicPartition] = set()
         self._store_down = False
@@ -225,7 +231,7 @@ class Ingestor:
                 max_records = self.config.max_poll_records
                 if max_events is not None:
                     max_records = max(1, min(max_records, max_events - submitted))
-                fetched = self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=max_records)
+                fetched = self._poll(max_records)
                 polled = {tp: list(r) for tp, r in fetched.items()}
                 self._flush_completed()  # batches a rebalance callback finished during that poll
                 if self._needs_seek:
@@ -271,6 +277,57 @@ class Ingestor:
             logger.info("ingest finished: %s", self.stats.summary())
             self.consumer.close(autocommit=False)
         return self.stats
+
+    def _poll(self, max_records: int) -> Mapping[TopicPartition, Sequence[Any]]:
+        """One poll; a record the Kafka client cannot read is set aside instead of stopping the loop."""
+        try:
+            return self.consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=max_records)  # type: ignore[no-any-return]
+        except Exception as exc:
+            if not unreadable.is_record_error(exc):
+                raise
+            self._set_aside_unreadable(exc)
+            return {}
+
+    def _set_aside_unreadable(self, error: Exception) -> None:
+        """Find the record ``poll`` failed on, dead-letter it (and the rest of its batch, which the client cannot
+        read either) with the next offset in one store transaction, and seek past it (consumers/unreadable.py)."""
+        self._finish_in_flight()  # the positions of the batches before it are then final
+        if self.open_probe is None:
+            raise error
+        assignment = sorted(self.consumer.assignment())
+        positions = {tp: self.consumer.position(tp) for tp in assignment}
+        ends = self.consumer.end_offsets(assignment)
+        probe = self.open_probe()
+        try:
+            found = unreadable.locate(probe, positions, ends)
+            if found is None:
+                # Not reproducible alone (e.g. the partition moved): seeking every partition to its position drops
+                # the client's failed fetch (a poll at the failed position would spin; see consumers/unreadable.py).
+                logger.error("poll failed (%s: %s) but no partition fails alone; retrying", type(error).__name__, error)
+                for tp, position in positions.items():
+                    self.consumer.seek(tp, position)
+                return
+            tp, bad = found
+            readable = unreadable.readable_from(probe, tp, bad, ends.get(tp, bad + 1))
+        finally:
+            probe.close(autocommit=False)
+        letters = unreadable.unreadable_letters(tp, bad, readable, error)
+        offset = ConsumerOffset(self.config.group_id, tp.topic, tp.partition, readable)
+        result = self._with_store_retry(lambda: self.store.append([], offsets=[offset], dead_letters=letters))
+        self.consumer.seek(tp, readable)
+        self.stats.dead_letters += result.dead_letters
+        self._unpublished.extend(result.dead_letter_ids)
+        logger.error(
+            "%s[%d]@%d: the Kafka client cannot read it (%s: %s); %d offsets dead-lettered, resuming at %d",
+            tp.topic,
+            tp.partition,
+            bad,
+            type(error).__name__,
+            error,
+            len(letters),
+            readable,
+            extra={"topic": tp.topic, "partition": tp.partition, "offset": bad, "error_kind": unreadable.UNREADABLE},
+        )
 
     def _decode(self, polled: dict[TopicPartition, list[Any]]) -> _Batch:
         batch = _Batch(polled=polled)

@@ -111,7 +111,12 @@ def build_ingestor(settings: Settings, store: SqlEventStore, *, project: bool | 
             logger.exception("projections could not catch up; will retry after the next batch")
 
     return Ingestor(
-        store, kafka_consumer(settings), publisher, ingest_config(settings), after_batch=after_batch if fold else None
+        store,
+        kafka_consumer(settings),
+        publisher,
+        ingest_config(settings),
+        after_batch=after_batch if fold else None,
+        open_probe=lambda: kafka_consumer(settings, group_id=None),
     )
 
 

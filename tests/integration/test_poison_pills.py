@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -177,3 +178,87 @@ def test_alignd_run_ingest_stays_up_through_poison_pills_and_stores_every_valid_
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait(timeout=30)
+
+
+class _NotUtf8(str):
+    """A header name that a non-Java client (librdkafka takes any bytes) can write: kafka-python encodes it with
+    ``str.encode``, so this sends bytes that are not UTF-8, and kafka-python's consumer cannot read the record."""
+
+    def encode(self, *args: object, **kwargs: object) -> bytes:
+        return b"\xff\xfe"
+
+
+def test_a_record_the_kafka_client_cannot_read_is_dead_lettered_and_ingestion_goes_on(
+    db_url: str, kafka_bootstrap: str
+) -> None:
+    from kafka import KafkaProducer
+
+    topics = unique_topics(kafka_bootstrap, partitions=2)
+    topic = topics["interactions"]
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=50)
+    try:
+        for i in range(3):
+            producer.send(topic, partition=0, value=_raw(interaction(f"first-{i}", event_id=f"first-{i}")))
+        producer.flush()
+        batch = [producer.send(topic, partition=0, value=_raw(interaction("same-batch-0", event_id="same-batch-0")))]
+        batch.append(producer.send(topic, partition=0, value=_raw(interaction("bad")), headers=[(_NotUtf8("h"), b"v")]))
+        batch += [
+            producer.send(topic, partition=0, value=_raw(interaction(f"same-batch-{i}", event_id=f"same-batch-{i}")))
+            for i in range(1, 3)
+        ]
+        producer.flush()
+        for i in range(5):
+            producer.send(topic, partition=1, value=_raw(interaction(f"other-{i}", event_id=f"other-{i}")))
+            producer.send(topic, partition=0, value=_raw(interaction(f"later-{i}", event_id=f"later-{i}")))
+        producer.flush()
+    finally:
+        producer.close(5)
+    bad_offset = batch[1].get(timeout=10).offset
+    produced = 3 + 4 + 10
+
+    settings = settings_for(db_url, kafka_bootstrap, topics)
+    store = open_store(settings)
+    ingestor = build_ingestor(settings, store)
+    try:
+        stats = ingestor.run(until_idle=3.0)
+    finally:
+        ingestor.publisher.producer.close(5)
+
+    stored = {s.event.event_id for s in store.read(0, limit=100)}
+    assert {f"first-{i}" for i in range(3)} | {f"other-{i}" for i in range(5)} | {
+        f"later-{i}" for i in range(5)
+    } <= stored
+    letters = {x.dead_letter.origin.offset: x.dead_letter for x in store.list_dead_letters(limit=100)}
+    bad = letters[bad_offset]
+    assert bad.error_kind == "unreadable_record" and "CorruptRecordError" in bad.reason and bad.value is None
+    # The rest of the bad record's batch cannot be read by the client: each is dead-lettered, naming it.
+    for sent in (batch[2], batch[3]):
+        assert f"offset {bad_offset}" in letters[sent.get(timeout=10).offset].reason
+    assert len(stored) + len(letters) == produced and stats.dead_letters == len(letters)
+    assert store.load_offsets(settings.kafka.group_id, [(topic, 0)]) == {(topic, 0): bad_offset + 1 + 2 + 5}
+    store.dispose()
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_every_compression_codec_a_producer_may_use_is_read(
+    codec: str, kafka_bootstrap: str, new_db_url: Callable[[str], str]
+) -> None:
+    from kafka import KafkaProducer
+
+    topics = unique_topics(kafka_bootstrap, partitions=1)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, compression_type=codec, linger_ms=20)
+    try:
+        for i in range(20):
+            producer.send(topics["interactions"], value=_raw(interaction(f"z{i}", i=i)))
+        producer.flush()
+    finally:
+        producer.close(5)
+    settings = settings_for(new_db_url("sqlite"), kafka_bootstrap, topics)
+    store = open_store(settings)
+    ingestor = build_ingestor(settings, store)
+    try:
+        ingestor.run(until_idle=2.0)
+    finally:
+        ingestor.publisher.producer.close(5)
+    assert store.count() == 20 and store.count_dead_letters()["total"] == 0
+    store.dispose()
