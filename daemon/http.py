@@ -3,11 +3,11 @@
 An ASGI application (Starlette) served by uvicorn in a background thread: the serving edge planned next
 (OpenAI-compatible streaming, a guard endpoint) needs ASGI, and uvicorn brings what the standard library's
 server lacked under load (a real listen backlog instead of 5, keep-alive and header-size limits, one event
-loop instead of a thread per connection). What uvicorn 0.55 does not do is added here (see
-:class:`HeadTimeoutH11Protocol`): a connection must deliver a complete request head within ``header_timeout``
-seconds or is closed, and a request body is refused past ``max_body_bytes`` (413) or ``header_timeout``
-(408). No ``Server`` header is sent. Store reads and page rendering run on a small pool of threads of their
-own (``threads``), so /healthz and /metrics, answered on the event loop, never wait behind a slow page.
+loop instead of a thread per connection). What uvicorn 0.55 does not do is added in daemon/http_protocol.py:
+a connection must deliver a complete request head within ``header_timeout`` seconds or is closed; and here a
+request body is refused past ``max_body_bytes`` (413) or ``header_timeout`` (408). No ``Server`` header is
+sent. Store reads and page rendering run on a small pool of threads of their own (``threads``), so /healthz
+and /metrics, answered on the event loop, never wait behind a slow page.
 
 Every page is a Jinja2 template with ``autoescape=True``: the records show untrusted text (prompts, responses,
 summaries), so every value is escaped, and the Content-Security-Policy allows no script at all as a second line
@@ -36,10 +36,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-import h11  # uvicorn's HTTP/1.1 parser (a dependency of uvicorn): HeadTimeoutH11Protocol reads its states
 import jinja2
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
@@ -50,12 +49,12 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from daemon.http_protocol import DEFAULT_HEADER_TIMEOUT, SecurityHeaders, head_timeout_protocol
 from events import audit
 from events.audit import AuditRecord, VerifyReport
 from events.errors import SchemaOutOfDateError, StoreUnavailableError
+from events.redact import without_credentials
 from events.sql_store import SqlEventStore
 from migrations.runner import current_revision, ensure_current, head_revision
 
@@ -107,7 +106,7 @@ class HttpLimits:
 
     backlog: int = 2048
     keep_alive_timeout: int = 5
-    header_timeout: float = 5.0
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 64 * 1024
     threads: int = 8
@@ -234,7 +233,9 @@ def mlflow_links(evidence: dict[str, Any], ui_url: str | None) -> list[dict[str,
     """Links to the MLflow run and registered version an evidence names (MLflow 3's UI is a hash router:
     ``#/runs/<id>`` redirects to the run in its experiment, ``#/models/<name>/versions/<v>``); with no UI URL
     configured, the ids alone (``href`` None)."""
-    ui = ui_url.rstrip("/") if ui_url and urlsplit(ui_url).scheme in ("http", "https") else None
+    # A UI URL with credentials would hand them to every reader of the page: links carry it without them.
+    bare = without_credentials(ui_url) if ui_url and urlsplit(ui_url).scheme in ("http", "https") else None
+    ui = bare.rstrip("/") if bare else None
     links: list[dict[str, str | None]] = []
     for key in ("run_id", "candidate_run_id"):
         run = evidence.get(key)
@@ -300,7 +301,7 @@ class ReviewServer:
             raise
         self.port = int(sock.getsockname()[1])
         config = uvicorn.Config(
-            _SecurityHeaders(self.asgi_app()),
+            SecurityHeaders(self.asgi_app(), _RAW_SECURITY_HEADERS),
             host=self.host,
             port=self.port,
             http=head_timeout_protocol(limits.header_timeout),
@@ -362,7 +363,7 @@ class ReviewServer:
         return self.templates.get_template(name).render(**context).encode("utf-8")
 
     def asgi_app(self) -> Starlette:
-        """The ASGI application (without the security headers, which :class:`_SecurityHeaders` adds)."""
+        """The ASGI application (without the security headers, which :class:`SecurityHeaders` adds)."""
         return Starlette(routes=[Route("/{path:path}", self._endpoint, methods=_METHODS)])
 
     # --- requests ------------------------------------------------------------------------------------------
@@ -524,86 +525,3 @@ def _echoable(query: dict[str, str]) -> dict[str, str]:
         for k, v in query.items()
         if len(k) + len(v) <= MAX_FILTER_CHARS and not _CONTROL.search(k) and not _CONTROL.search(v)
     }
-
-
-class _SecurityHeaders:
-    """ASGI middleware: the security headers on every response, Starlette's own (405, 500) included."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in _RAW_SECURITY_HEADERS if k.lower() not in present]
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-class HeadTimeoutH11Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, plus a deadline for each request head.
-
-    uvicorn 0.55's ``H11Protocol`` arms a timer only after a response (``timeout_keep_alive``) and cancels it
-    at the next byte received: a connection that opens and sends nothing, or part of a request head, or that
-    after a response starts a head and never ends it, is never closed (slowloris). Here a connection waiting
-    for a head (h11's ``their_state`` is ``IDLE``) is closed ``header_timeout`` seconds after it opened or
-    after the first byte of that head; the timer stops once the head is complete.
-    """
-
-    header_timeout: ClassVar[float] = HttpLimits.header_timeout
-    _head_timer: asyncio.TimerHandle | None = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # uvicorn decides per connection from whether its access logger has handlers, which another library's
-        # logging configuration can bring back: one structured line per request is logged by _endpoint.
-        self.access_log = False
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_head_timer()
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        if self.conn.their_state is h11.IDLE:  # part of a head: the deadline runs from its first byte
-            if self._head_timer is None and not self.transport.is_closing():
-                self._arm_head_timer()
-        else:
-            self._cancel_head_timer()
-
-    def handle_events(self) -> None:
-        super().handle_events()
-        if self.conn.their_state is not h11.IDLE:  # a head came in (also from a pipelined buffer)
-            self._cancel_head_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
-        super().connection_lost(exc)
-
-    def _arm_head_timer(self) -> None:
-        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            logger.debug(
-                "HTTP connection from %s closed: no complete request head in %ss", self.client, self.header_timeout
-            )
-            self.transport.close()
-
-
-def head_timeout_protocol(header_timeout: float) -> type[HeadTimeoutH11Protocol]:
-    """:class:`HeadTimeoutH11Protocol` with a deadline of its own (uvicorn builds protocols from a class)."""
-    return type("HeadTimeoutH11Protocol", (HeadTimeoutH11Protocol,), {"header_timeout": header_timeout})

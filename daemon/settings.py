@@ -235,7 +235,7 @@ class ScheduleSettings(BaseModel):
         return value
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(_MaskedRepr):
     """The daemon's HTTP server: health, readiness, metrics and the read-only audit review page."""
 
     model_config = _FROZEN

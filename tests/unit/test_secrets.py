@@ -453,3 +453,17 @@ def test_a_training_child_s_error_and_log_lines_are_scrubbed(tmp_path: Path) -> 
 
     assert "RuntimeError: MLflow said no to http://alice:***@mlflow:5000/?token=***" in json.loads(written)["reason"]
     assert_nothing_planted(written + line)
+
+
+def test_review_page_links_never_carry_the_mlflow_ui_credentials() -> None:
+    from daemon.http import mlflow_links
+
+    links = mlflow_links(
+        {"run_id": "abc", "name": "alignd-policy", "version": 3}, "https://ops:PLANTED-ui@mlflow:5000/"
+    )
+
+    assert [link["href"] for link in links] == [
+        "https://mlflow:5000/#/runs/abc",
+        "https://mlflow:5000/#/models/alignd-policy/versions/3",
+    ]
+    assert mlflow_links({"run_id": "abc"}, "https://a@b@mlflow/") == [{"label": "MLflow run abc", "href": None}]
