@@ -200,9 +200,6 @@ def decode_inbound(
     if type(document) is not dict:
         kind = _JSON_TYPE_NAMES.get(type(document), "value")
         raise EventValidationError("schema", f"message is a JSON {kind}, expected an object (the event envelope)")
-    _check_unique_keys(raw, document)
-    if b"\\u0000" in raw:  # JSON cannot hold a raw NUL byte, so an escaped one is the only way in
-        _check_storable_text(raw, document)
     declared_id = document.get("event_id")
     event_type: Any = document.get("type")
     version = document.get("schema_version", 1)
@@ -215,7 +212,12 @@ def decode_inbound(
     except ValidationError as exc:
         raise _schema_error(exc, _event_id_hint(declared_id)) from None
     if event_type == INTERACTION_LOGGED:
-        _check_prompt(payload, _event_id_hint(declared_id))
+        _check_prompt(payload, declared_id)
+    payload_json = _canonical_payload(payload, declared_id)
+    escapes = b"\\u00" in raw  # one scan; the escapes of NUL and of ':' both start so
+    if escapes and b"\\u0000" in raw:  # JSON cannot hold a raw NUL byte, so an escaped one is the only way in
+        _check_storable_text(raw, document)
+    _check_unique_keys(raw, document, payload_json, escapes)
     try:
         occurred_at = parse_timestamp(document["occurred_at"])
     except ValueError as exc:
@@ -224,7 +226,7 @@ def decode_inbound(
             f"occurred_at: {document['occurred_at']!r} is not a valid date and time ({exc})",
             event_id=_event_id_hint(declared_id),
         ) from None
-    return Event(
+    event = Event(
         event_id=declared_id if declared_id is not None else fallback_event_id,
         type=event_type,
         schema_version=version,
@@ -232,6 +234,8 @@ def decode_inbound(
         source=document["source"],
         payload=payload,
     )
+    event.__dict__["payload_json"] = payload_json.decode("utf-8")  # Event.payload_json: serialised once
+    return event
 
 
 # The hot path calls pydantic-core's validators directly (TypeAdapter's wrapper costs ~1us a call).
@@ -255,7 +259,16 @@ def _event_id_hint(declared_id: Any) -> str | None:
     """The declared id, for a dead letter's ``event_id`` column, when that column can hold it."""
     if not isinstance(declared_id, str) or not 0 < len(declared_id) <= 128 or "\x00" in declared_id:
         return None
-    return None if any("\ud800" <= char <= "\udfff" for char in declared_id) else declared_id
+    return declared_id if _is_unicode(declared_id) else None
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether ``text`` is valid Unicode text, i.e. holds no lone surrogate (UTF-8 cannot encode one)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _diagnose(document: dict[str, Any], declared_id: Any) -> EventValidationError:
@@ -301,7 +314,7 @@ def _diagnose(document: dict[str, Any], declared_id: Any) -> EventValidationErro
     return EventValidationError("schema", "message does not match the event envelope", event_id=hint)
 
 
-def _check_prompt(payload: Mapping[str, Any], event_id: str | None) -> None:
+def _check_prompt(payload: Mapping[str, Any], declared_id: Any) -> None:
     prompt, messages = payload.get("prompt"), payload.get("messages")
     if prompt is None and messages is None:
         reason = "payload: either 'prompt' (a string) or 'messages' (a list of {role, content}) is required"
@@ -311,7 +324,7 @@ def _check_prompt(payload: Mapping[str, Any], event_id: str | None) -> None:
         reason = "payload.messages: 'messages' is empty; it needs at least one {role, content}"
     else:
         return
-    raise EventValidationError("schema", reason, event_id=event_id)
+    raise EventValidationError("schema", reason, event_id=_event_id_hint(declared_id))
 
 
 # --- text a database cannot store, and keys given twice ------------------------------------------------
@@ -362,7 +375,7 @@ def _check_storable_text(raw: bytes, document: Any) -> None:
     for path, text in _walk(document):
         if "\x00" in text:
             problem = "contains a NUL character (\\u0000)"
-        elif any("\ud800" <= char <= "\udfff" for char in text):
+        elif not _is_unicode(text):
             problem = "contains a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape), which is not text"
         else:
             continue
@@ -374,25 +387,34 @@ def _check_storable_text(raw: bytes, document: Any) -> None:
         )
 
 
-def _check_unique_keys(raw: bytes, document: dict[str, Any]) -> None:
-    """Refuse an object that gives a key twice (RFC 8259 leaves the meaning open; parsers keep the first or the
-    last, so the stored event might not be what the producer meant).
-
-    Fast path: orjson keeps the last of duplicate keys, so re-serialising the parsed document has one ``:``
-    fewer per duplicate than the message. Colons inside strings are counted on both sides alike, unless the
-    message escaped one (``\\u003a``), and then the standard library's parser decides. Re-serialising also
-    refuses nesting that orjson could parse (1,024 levels) but cannot write back (254), which the store would
-    otherwise fail on.
-    """
+def _canonical_payload(payload: dict[str, Any], declared_id: Any) -> bytes:
+    """The payload's canonical JSON, which the store writes (``Event.payload_json``). orjson parses 1,024 levels
+    of nesting but writes 254: deeper is refused here rather than failing the store's batch."""
     try:
-        written = orjson.dumps(document)
+        return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError:
         raise EventValidationError(
             "schema",
-            "message is nested too deeply: alignd stores at most 254 levels of objects and arrays",
-            event_id=_event_id_hint(document.get("event_id")),
+            "payload: nested too deeply: alignd stores at most 254 levels of objects and arrays",
+            event_id=_event_id_hint(declared_id),
         ) from None
-    if raw.count(b":") == written.count(b":") and b"\\u003a" not in raw and b"\\u003A" not in raw:
+
+
+def _check_unique_keys(raw: bytes, document: dict[str, Any], payload_json: bytes, escapes: bool) -> None:
+    """Refuse an object that gives a key twice (RFC 8259 leaves the meaning open; parsers keep the first or the
+    last, so the stored event might not be what the producer meant).
+
+    Fast path, on a message the schema accepted (the envelope's values are strings and numbers, but the payload):
+    orjson keeps the last of duplicate keys, so the message has one ``:`` more per duplicate than the envelope's
+    keys, the colons in its string values and those of the payload written back. Colons inside strings are
+    counted on both sides alike unless the message escaped one (``\\u003a``); then the standard library's
+    parser, which keeps every key, decides.
+    """
+    # The schema accepted the envelope: event_id (or None), type, schema_version, occurred_at, source, payload.
+    declared = document.get("event_id")
+    expected = len(document) + payload_json.count(b":") + document["occurred_at"].count(":")
+    expected += document["source"].count(":") + (declared.count(":") if declared is not None else 0)
+    if raw.count(b":") == expected and not (escapes and (b"\\u003a" in raw or b"\\u003A" in raw)):
         return
     found = _duplicate_key(_parse_lax(raw))
     if found is not None:

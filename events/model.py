@@ -85,6 +85,18 @@ class Event:
         value = self.payload.get("request_id")
         return value if isinstance(value, str) else None
 
+    @once_property
+    def payload_json(self) -> str:
+        """The payload's canonical JSON, the text the store writes. ``events.codec.decode_inbound`` sets it while
+        validating (it needs the text to check the keys), so an ingested payload is serialised once.
+
+        Raises:
+            ValueError: NaN or infinity; TypeError: a value JSON cannot hold (see ``canonical_json``).
+        """
+        from events.codec import canonical_json  # codec imports this module
+
+        return canonical_json(self.payload)
+
 
 @dataclass(frozen=True)
 class KafkaCoordinates:

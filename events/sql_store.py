@@ -144,8 +144,14 @@ def storable_text(text: str) -> str:
 
     For the texts alignd writes about bad input (a dead letter's reason, the id it claimed), which must be
     stored whatever the input was; events themselves are refused at validation instead (events.codec)."""
-    if "\x00" not in text and not any("\ud800" <= char <= "\udfff" for char in text):
+    if not isinstance(text, str):  # not ours to mend: the database judges it
         return text
+    if "\x00" not in text:
+        try:
+            text.encode("utf-8")  # fails on a lone surrogate
+            return text
+        except UnicodeEncodeError:
+            pass
     return text.replace("\x00", "\\u0000").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
@@ -346,7 +352,7 @@ class SqlEventStore:
                     "occurred_at": e.occurred_at.isoformat(),
                     "source": e.source,
                     "request_id": e.request_id,
-                    "payload": canonical_json(e.payload, checked=o is not None),
+                    "payload": e.payload_json,
                     "kafka_topic": o.topic if o else None,
                     "kafka_partition": o.partition if o else None,
                     "kafka_offset": o.offset if o else None,
@@ -367,7 +373,7 @@ class SqlEventStore:
                 recorded,
                 e.source,
                 e.request_id,
-                canonical_json(e.payload, checked=o is not None),
+                e.payload_json,
                 o.topic if o else None,
                 o.partition if o else None,
                 o.offset if o else None,
@@ -388,7 +394,7 @@ class SqlEventStore:
                 "source_key": d.source_key,
                 "error_kind": d.error_kind,
                 "reason": storable_text(d.reason),
-                "event_id": storable_text(d.event_id)[:128] if d.event_id is not None else None,
+                "event_id": storable_text(d.event_id)[:128] if isinstance(d.event_id, str) else d.event_id,
                 "kafka_topic": d.origin.topic if d.origin else None,
                 "kafka_partition": d.origin.partition if d.origin else None,
                 "kafka_offset": d.origin.offset if d.origin else None,

@@ -16,7 +16,8 @@ import pytest
 from consumers.ingest import STORE_REFUSED, append_isolating
 from daemon.bootstrap import build_ingestor, open_store
 from events.model import ConsumerOffset, Event, KafkaCoordinates
-from events.sql_store import SqlEventStore
+from events.sql_store import SqlEventStore, create_store_engine
+from migrations.runner import upgrade
 from tests.helpers import alignd, interaction, produce, settings_env, settings_for, unique_topics, wait_until
 from tests.unit.test_decode import FakeRecord
 
@@ -253,7 +254,11 @@ def test_every_compression_codec_a_producer_may_use_is_read(
         producer.flush()
     finally:
         producer.close(5)
-    settings = settings_for(new_db_url("sqlite"), kafka_bootstrap, topics)
+    url = new_db_url("sqlite")
+    engine = create_store_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    settings = settings_for(url, kafka_bootstrap, topics)
     store = open_store(settings)
     ingestor = build_ingestor(settings, store)
     try:
