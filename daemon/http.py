@@ -102,6 +102,9 @@ class HttpLimits:
         max_header_bytes: request line and headers together; past it, 400 and the connection is closed.
         max_body_bytes: a request body past it is refused with 413 and the connection closed.
         threads: store reads and page renderings at a time; further requests wait their turn on the loop.
+        chain_check_s: seconds one check of the whole audit chain serves the /audit pages (0: each page checks).
+            The check reads every record: per page, it made /audit a few dozen requests a second at most.
+            ``POST /audit/verify`` always checks afresh.
     """
 
     backlog: int = 2048
@@ -110,6 +113,7 @@ class HttpLimits:
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 64 * 1024
     threads: int = 8
+    chain_check_s: float = 2.0
 
 
 class AuditReader(Protocol):
@@ -281,6 +285,8 @@ class ReviewServer:
         self._pool: ThreadPoolExecutor | None = None
         self._probe_pool: ThreadPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._chain_lock = threading.Lock()
+        self._chain: tuple[float, VerifyReport] | None = None
 
     @property
     def url(self) -> str:
@@ -468,12 +474,23 @@ class ReviewServer:
             return self._html("record", 200, "record.html", record=record, evidence=pretty, links=links)
         return self._html("other", 404, "error.html", status=404, message="no such page")
 
+    def _chain_report(self, *, fresh: bool = False) -> VerifyReport:
+        """The audit chain's check, shared: one runs at a time, and its report serves every page for
+        ``chain_check_s`` seconds (pages that wait for a check in progress take its report)."""
+        with self._chain_lock:
+            cached = self._chain
+            if not fresh and cached is not None and time.monotonic() - cached[0] < self.limits.chain_check_s:
+                return cached[1]
+            report = self.reader.verify()
+            self._chain = (time.monotonic(), report)
+            return report
+
     def _audit(self, status: int, query: dict[str, str], filters: dict[str, Any] | None, error: str | None) -> _Answer:
         records = list(self.reader.list(**filters)) if filters else []
         more = None
         if filters and len(records) == filters["limit"]:
             more = "/audit?" + urlencode({**query, "after": records[-1].position})
-        report, types = self.reader.verify(), sorted(audit.DECISION_TYPES)
+        report, types = self._chain_report(), sorted(audit.DECISION_TYPES)
         context = {"report": report, "records": records, "query": query, "error": error, "more": more, "types": types}
         return self._html("audit", status, "audit.html", **context)
 
@@ -502,7 +519,7 @@ class ReviewServer:
 
     def _verify(self) -> _Answer:
         chained = self.reader.catch_up()
-        report = self.reader.verify()
+        report = self._chain_report(fresh=True)
         logger.info("audit caught up over HTTP: %d records chained; chain ok=%s", chained, report.ok)
         body = {"chained": chained, **{k: getattr(report, k) for k in _REPORT_FIELDS}}
         return "verify", 200, "application/json", json.dumps(body).encode("utf-8"), {}

@@ -78,6 +78,7 @@ class HttpPart:
                 max_header_bytes=h.max_header_bytes,
                 max_body_bytes=h.max_body_bytes,
                 threads=h.threads,
+                chain_check_s=h.chain_check_s,
             ),
         )
 

@@ -25,6 +25,7 @@ from daemon.http import (
     BadRequestError,
     HttpLimits,
     ReviewServer,
+    StoreAuditReader,
     parse_filters,
     parse_time,
     record_key,
@@ -429,3 +430,35 @@ def test_a_request_whose_client_left_while_it_waited_is_not_served(sqlite_store:
     finally:
         gate.set()
         server.stop()
+
+
+def test_pages_share_one_chain_check_for_a_while_and_a_post_checks_afresh(sqlite_store: SqlEventStore) -> None:
+    sqlite_store.append(decisions())
+    AuditTrail(sqlite_store).catch_up()
+    checks: list[float] = []
+
+    class CountingReader(StoreAuditReader):
+        def verify(self) -> VerifyReport:
+            checks.append(time.monotonic())
+            time.sleep(0.2)  # a long chain: pages arriving meanwhile wait for this check, not for one each
+            return super().verify()
+
+    server = serve(sqlite_store, token=TOKEN, reader=CountingReader(sqlite_store), limits=HttpLimits(chain_check_s=60))
+    try:
+        pages = [threading.Thread(target=fetch, args=(server, "/audit")) for _ in range(8)]
+        for page in pages:
+            page.start()
+        for page in pages:
+            page.join(timeout=30)
+        assert fetch(server, "/audit")[0] == 200 and len(checks) == 1
+        status, _, body = fetch(server, "/audit/verify", "POST", {"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and '"ok": true' in body and len(checks) == 2
+    finally:
+        server.stop()
+    unshared = serve(sqlite_store, reader=CountingReader(sqlite_store), limits=HttpLimits(chain_check_s=0))
+    try:
+        fetch(unshared, "/audit")
+        fetch(unshared, "/audit")
+        assert len(checks) == 4
+    finally:
+        unshared.stop()
