@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from consumers.decode import REQUEUED_FROM_HEADER
+from consumers.unreadable import UNREADABLE
 from events.model import StoredDeadLetter
 from events.sql_store import SqlEventStore
 
@@ -92,13 +93,17 @@ def requeue(
     """Send dead letters back to their original topics (after a fix upstream or an upgrade of alignd).
 
     The message keeps its key and headers and gains ``alignd-requeued-from`` with its first coordinates.
-    Returns the ids that were sent and marked requeued; letters without an original topic are skipped.
+    Returns the ids that were sent and marked requeued; letters without an original topic, or without the bytes
+    (the Kafka client could not read them), are skipped.
     """
     sent = []
     for letter in letters:
         dl = letter.dead_letter
         if dl.origin is None:
             logger.warning("dead letter %d has no original topic; not requeued", letter.id)
+            continue
+        if dl.error_kind == UNREADABLE:  # its bytes were never read: sending "nothing" would only come back
+            logger.warning("dead letter %d was never read (%s); ask its producer to resend it", letter.id, UNREADABLE)
             continue
         headers = [(n, v) for n, v in dl.headers if n != REQUEUED_FROM_HEADER]
         first = next((v for n, v in dl.headers if n == REQUEUED_FROM_HEADER), str(dl.origin).encode("utf-8"))

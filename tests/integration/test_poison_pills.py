@@ -267,3 +267,28 @@ def test_every_compression_codec_a_producer_may_use_is_read(
         ingestor.publisher.producer.close(5)
     assert store.count() == 20 and store.count_dead_letters()["total"] == 0
     store.dispose()
+
+
+def test_a_letter_whose_bytes_were_never_read_is_not_requeued(store: SqlEventStore) -> None:
+    from kafka.errors import CorruptRecordError
+    from kafka.structs import TopicPartition
+
+    from consumers.dead_letter import requeue
+    from consumers.unreadable import unreadable_letters
+
+    class FakeProducer:
+        def __init__(self) -> None:
+            self.sent: list[tuple[str, bytes | None]] = []
+
+        def send(self, topic: str, key: bytes | None, value: bytes | None, headers: object) -> None:
+            self.sent.append((topic, value))
+
+        def flush(self, timeout: float) -> None:
+            pass
+
+    letters = unreadable_letters(TopicPartition("t", 0), 4, 7, CorruptRecordError("bad header"))
+    store.append([], dead_letters=letters)
+    producer = FakeProducer()
+
+    assert requeue(store, producer, store.list_dead_letters()) == [] and producer.sent == []
+    assert [x.dead_letter.origin.offset for x in store.list_dead_letters(include_requeued=False)] == [4, 5, 6]
