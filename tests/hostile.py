@@ -156,3 +156,92 @@ def mutated_envelopes(draw: st.DrawFn) -> bytes:
 
 arbitrary_json = json_values.map(lambda value: json.dumps(value).encode("utf-8"))
 hostile_messages = st.one_of(st.binary(max_size=300), arbitrary_json, mutated_envelopes())
+
+
+# --- valid but odd: what the decoder must accept, and everything after it must take -------------------------
+
+printable_odd = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=0, max_size=60
+)
+nonempty_odd = printable_odd.filter(bool)
+odd_numbers = st.one_of(
+    st.integers(min_value=0, max_value=2**63 - 1),
+    st.floats(min_value=0, allow_nan=False, allow_infinity=False),
+    st.sampled_from([0, 0.0, 5e-324, 1.7976931348623157e308, 2**53 + 1]),
+)
+#: JSON the store keeps as sent: integers within 64 bits (orjson reads larger ones as floats, as JavaScript does).
+storable_json = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**64 - 1),
+        st.floats(allow_nan=False, allow_infinity=False),
+        printable_odd,
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(printable_odd, inner, max_size=4)),
+    max_leaves=20,
+)
+VALID_EDGE_DATES = [
+    "0001-01-01T00:00:00Z",
+    "0001-01-01T00:00:00-01:00",
+    "9999-12-31T23:59:59.999999Z",
+    "9999-12-31T23:59:59+01:00",
+    "2026-02-28T23:59:59.123456789+23:59",
+    "1970-01-01t00:00:00z",
+]
+
+
+@st.composite
+def odd_valid_envelopes(draw: st.DrawFn) -> bytes:
+    """Envelopes the schema accepts, with the oddest values each field allows."""
+    request_id = draw(nonempty_odd.map(lambda s: s[:256]))
+    envelope: dict[str, Any] = {
+        "type": "interaction.logged",
+        "occurred_at": draw(st.sampled_from(VALID_EDGE_DATES)),
+        "source": draw(nonempty_odd.map(lambda s: s[:256])),
+    }
+    if draw(st.booleans()):
+        envelope["event_id"] = draw(nonempty_odd.map(lambda s: s[:128]))
+    kind = draw(st.sampled_from(["interaction", "thumbs", "rating", "preference", "correction", "flag", "signal"]))
+    if kind == "interaction":
+        payload: dict[str, Any] = {
+            "request_id": request_id,
+            "model": {"name": draw(nonempty_odd), "version": draw(nonempty_odd.map(lambda s: s[:128]))},
+            "response": draw(printable_odd),
+        }
+        if draw(st.booleans()):
+            payload["prompt"] = draw(printable_odd)
+        else:
+            payload["messages"] = draw(
+                st.lists(
+                    st.fixed_dictionaries({"role": nonempty_odd, "content": printable_odd}), min_size=1, max_size=4
+                )
+            )
+        for name, strategy in (
+            ("latency_ms", odd_numbers),
+            ("user", printable_odd),
+            ("session_id", printable_odd),
+            ("metadata", st.dictionaries(printable_odd, storable_json, max_size=3)),
+        ):
+            if draw(st.booleans()):
+                payload[name] = draw(strategy)
+    else:
+        envelope["type"] = "feedback.received"
+        values = {
+            "thumbs": st.sampled_from(["up", "down"]),
+            "rating": st.integers(1, 5),
+            "preference": st.fixed_dictionaries({"chosen": printable_odd, "rejected": printable_odd}),
+            "correction": st.fixed_dictionaries({"response": printable_odd}),
+            "flag": st.fixed_dictionaries(
+                {"category": st.sampled_from(["toxic", "jailbreak", "hallucination", "pii", "other"])},
+                optional={"note": printable_odd},
+            ),
+            "signal": st.fixed_dictionaries({"name": nonempty_odd}, optional={"value": odd_numbers}),
+        }
+        payload = {"request_id": request_id, "kind": kind, "value": draw(values[kind])}
+        if draw(st.booleans()):
+            payload["user"] = draw(printable_odd.map(lambda s: s[:256]))
+        if draw(st.booleans()):
+            payload["comment"] = draw(printable_odd)
+    envelope["payload"] = payload
+    return json.dumps(envelope).encode("utf-8")

@@ -4,15 +4,17 @@ reason. The corpus of messages that once broke ingestion is replayed as regressi
 
 from __future__ import annotations
 
+import json
 from datetime import UTC
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from consumers.decode import DECODER_ERROR, decode_record
 from events.codec import canonical_json, decode_inbound, encode_event
 from events.model import DeadLetter, Event
-from tests.hostile import arbitrary_json, corpus, hostile_messages, mutated_envelopes
+from tests.hostile import arbitrary_json, corpus, hostile_messages, mutated_envelopes, odd_valid_envelopes
 from tests.unit.test_decode import FakeRecord
 
 KINDS = {"invalid_json", "invalid_utf8", "schema", "unknown_type", "unknown_schema_version", "oversized", "empty"}
@@ -85,3 +87,25 @@ def test_an_unforeseen_exception_in_the_decoder_becomes_a_decoder_error_letter()
     assert isinstance(decoded, DeadLetter) and decoded.error_kind == DECODER_ERROR
     assert "OverflowError: a bug in the decoder" in decoded.reason and "alignd dlq requeue" in decoded.reason
     assert decoded.value == b"{}" and decoded.headers == (("h", b"v"),) and decoded.source_key == "t:1:2"
+
+
+@PROPERTY
+@given(odd_valid_envelopes(), st.booleans())
+def test_envelopes_the_schema_allows_are_accepted_as_sent_however_odd(raw: bytes, ascii_only: bool) -> None:
+    document = json.loads(raw)
+    if not ascii_only:  # the same document with its text as UTF-8 instead of \u escapes
+        raw = json.dumps(document, ensure_ascii=False).encode("utf-8")
+    decoded = check_decoded(raw)
+    assert isinstance(decoded, Event), decoded.reason
+    assert decoded.payload == document["payload"] and decoded.source == document["source"]
+
+
+def test_an_escaped_colon_does_not_hide_a_duplicate_key_nor_make_one() -> None:
+    base = {"type": "feedback.received", "occurred_at": "2026-01-01T00:00:00Z", "source": "s", "payload": {}}
+    base["payload"] = {"request_id": "r", "kind": "rating", "value": 1}
+    raw = json.dumps(base).encode()
+    escaped = raw.replace(b'"r"', b'"a\\u003ab"')  # one colon fewer in the raw bytes than in the text
+    assert isinstance(check_decoded(escaped), Event)
+    both = escaped.replace(b'"value": 1', b'"value": 1, "value": 2')  # and a duplicate: counts would even out
+    letter = check_decoded(both)
+    assert isinstance(letter, DeadLetter) and "key 'value' appears more than once" in letter.reason
