@@ -80,6 +80,8 @@ MAX_EVENT_ID_CHARS = 128
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _STATE_CHANGING = ("POST", "PUT", "DELETE", "PATCH")
 _METHODS = ["GET", "HEAD", *_STATE_CHANGING, "OPTIONS"]
+#: How long one readiness answer serves the probes that ask meanwhile.
+_READY_REUSE_S = 1.0
 # How long stop() lets requests in progress finish before they are cancelled.
 _GRACE_SECONDS = 5
 _REPORT_FIELDS = ("ok", "records", "first_bad", "problem", "event_id", "last_hash", "pending")
@@ -286,6 +288,8 @@ class ReviewServer:
         self._probe_pool: ThreadPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
         self._chain_lock = threading.Lock()
+        self._ready_lock = threading.Lock()
+        self._ready: tuple[float, tuple[bool, str]] | None = None
         self._chain: tuple[float, VerifyReport] | None = None
 
     @property
@@ -365,6 +369,18 @@ class ReviewServer:
             return False, f"the store does not answer: {type(exc).__name__}: {reason}"
         return True, "ready"
 
+    def _shared_readiness(self) -> tuple[bool, str]:
+        """:meth:`readiness`, at most once a second: probes that queue behind one (a schema check costs tens of
+        milliseconds on PostgreSQL) take its answer instead of each waiting for its own (p99 5.6 s under 50
+        clients in the soak benchmark)."""
+        with self._ready_lock:
+            cached = self._ready
+            if cached is not None and time.monotonic() - cached[0] < _READY_REUSE_S:
+                return cached[1]
+            answer = self.readiness()
+            self._ready = (time.monotonic(), answer)
+            return answer
+
     def render(self, name: str, **context: Any) -> bytes:
         return self.templates.get_template(name).render(**context).encode("utf-8")
 
@@ -434,7 +450,7 @@ class ReviewServer:
             pairs = {"": ["x" * (MAX_FILTER_CHARS + 1)]}
         if path == "/readyz":
             assert self._probe_pool is not None
-            ready, reason = await asyncio.get_running_loop().run_in_executor(self._probe_pool, self.readiness)
+            ready, reason = await asyncio.get_running_loop().run_in_executor(self._probe_pool, self._shared_readiness)
             return _text("readyz", 200 if ready else 503, reason)
         return await self._blocking(request, self._get, path, {k: v[-1] for k, v in pairs.items()})
 

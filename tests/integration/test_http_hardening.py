@@ -462,3 +462,28 @@ def test_pages_share_one_chain_check_for_a_while_and_a_post_checks_afresh(sqlite
         assert len(checks) == 4
     finally:
         unshared.stop()
+
+
+def test_probes_asking_together_share_one_readiness_check(sqlite_store: SqlEventStore) -> None:
+    server = serve(sqlite_store)
+    checks: list[float] = []
+    real = server.readiness
+
+    def slow_readiness() -> tuple[bool, str]:
+        checks.append(time.monotonic())
+        time.sleep(0.3)  # a schema check on a busy PostgreSQL
+        return real()
+
+    server.readiness = slow_readiness  # type: ignore[method-assign]
+    try:
+        answers: list[int] = []
+        probes = [threading.Thread(target=lambda: answers.append(fetch(server, "/readyz")[0])) for _ in range(10)]
+        for probe in probes:
+            probe.start()
+        for probe in probes:
+            probe.join(timeout=30)
+        assert answers == [200] * 10 and len(checks) == 1
+        time.sleep(1.1)
+        assert fetch(server, "/readyz")[0] == 200 and len(checks) == 2  # asked again once the answer is old
+    finally:
+        server.stop()
