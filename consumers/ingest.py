@@ -301,12 +301,12 @@ class Ingestor:
         try:
             found = unreadable.locate(probe, positions, ends)
             if found is None:
-                # Not reproducible alone (e.g. the partition moved): seeking every partition to its position drops
-                # the client's failed fetch (a poll at the failed position would spin; see consumers/unreadable.py).
-                logger.error("poll failed (%s: %s) but no partition fails alone; retrying", type(error).__name__, error)
-                for tp, position in positions.items():
-                    self.consumer.seek(tp, position)
-                return
+                # Not reproduced by reading each partition alone (a probe that timed out, an error that is not a
+                # record's): this consumer cannot be trusted to poll again (it may spin at the failed position;
+                # see consumers/unreadable.py), so the error goes up: the supervisor restarts the role with a new
+                # consumer, which resumes at the stored offsets and tries again.
+                logger.error("poll failed (%s: %s) and no partition fails alone", type(error).__name__, error)
+                raise error
             tp, bad = found
             readable = unreadable.readable_from(probe, tp, bad, ends.get(tp, bad + 1))
         finally:
@@ -539,12 +539,19 @@ def append_isolating(
         )
         set_aside.append(refused_letter(records[index], origin, events[index].event_id, message))
     kept = [i for i in range(len(events)) if i not in dropped]
-    return store.append(
-        [events[i] for i in kept],
-        origins=[origins[i] for i in kept],
-        offsets=offsets,
-        dead_letters=[*letters, *set_aside],
-    )
+    try:
+        return store.append(
+            [events[i] for i in kept],
+            origins=[origins[i] for i in kept],
+            offsets=offsets,
+            dead_letters=[*letters, *set_aside],
+        )
+    except StoreUnavailableError:
+        raise
+    except (StoreError, TypeError, ValueError, UnicodeError) as exc:  # refused again: pause and retry, loudly
+        raise StoreUnavailableError(
+            f"the store refused a batch again after setting {len(set_aside)} aside: {exc}"
+        ) from exc
 
 
 def refused_letter(record: KafkaRecord, origin: KafkaCoordinates | None, event_id: str, message: str) -> DeadLetter:
