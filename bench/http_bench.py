@@ -198,7 +198,7 @@ class Appender(threading.Thread):
 
 
 def one_run(args: argparse.Namespace, index: int) -> dict[str, Any]:
-    from daemon.http import ReviewServer
+    from daemon.http import HttpLimits, ReviewServer
     from events.sql_store import SqlEventStore, create_store_engine
     from migrations.runner import upgrade
 
@@ -210,7 +210,8 @@ def one_run(args: argparse.Namespace, index: int) -> dict[str, Any]:
         store = SqlEventStore.from_url(url)
         _seed(store, args.records)
         threads = threading.active_count()
-        server = ReviewServer(store, host="127.0.0.1", port=0)
+        limits = HttpLimits(threads=args.threads) if args.threads else HttpLimits()
+        server = ReviewServer(store, host="127.0.0.1", port=0, limits=limits)
         port = server.start()
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
@@ -287,6 +288,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds before a request counts as failed")
     parser.add_argument("--rate", type=float, default=0.0, help="requests/s of all clients together (0: flat out)")
     parser.add_argument("--idle-seconds", type=float, default=3.0, help="append rate measured alone this long")
+    parser.add_argument("--threads", type=int, default=None, help="http.threads (default: the setting's default)")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "http.json", help="JSON results file")
     return parser.parse_args(argv)
 

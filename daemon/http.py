@@ -114,7 +114,11 @@ class HttpLimits:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     max_header_bytes: int = 16 * 1024
     max_body_bytes: int = 64 * 1024
-    threads: int = 8
+    #: Two, not more: rendering is CPU under the GIL, so more threads do not serve pages faster; they only take the
+    #: interpreter from the daemon's other roles. bench/http_bench.py, 200 clients on /audit (SQLite), 8 against
+    #: 2 threads in alternation: 62-75 against 81-100 pages/s, and an append loop in the same process kept 7%
+    #: against 22-25% of its rate.
+    threads: int = 2
     chain_check_s: float = 2.0
 
 

@@ -249,7 +249,7 @@ class HttpSettings(_MaskedRepr):
     header_timeout: float = Field(5.0, gt=0, description="seconds to send a complete request head (and a body)")
     max_header_bytes: int = Field(16384, ge=1024, description="request line and headers; beyond: 400, closed")
     max_body_bytes: int = Field(65536, ge=0, description="request body; beyond: 413, connection closed")
-    threads: int = Field(8, ge=1, description="store reads and page renderings at a time")
+    threads: int = Field(2, ge=1, description="store reads and page renderings at a time")
     chain_check_s: float = Field(2.0, ge=0, description="seconds one audit-chain check serves /audit (0: per page)")
 
 
