@@ -55,6 +55,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.ingest_bench import code_version
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -262,22 +264,6 @@ def server_kind() -> str:
     return "uvicorn" if "uvicorn" in sys.modules else "http.server.ThreadingHTTPServer"
 
 
-def code_version() -> dict[str, Any]:
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip()
-
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", "daemon/http.py")
-    return {"commit": git("rev-parse", "HEAD"), "daemon_http_modified": bool(changed)}
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.http_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -319,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": sys.version.split()[0],
             "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         },
-        "code": code_version(),
+        "code": code_version(),  # bench.ingest_bench's: the commit and the modified files
         "runs": runs,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

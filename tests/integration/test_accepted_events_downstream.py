@@ -16,11 +16,12 @@ from daemon.bootstrap import build_detectors
 from daemon.settings import load_settings
 from events.model import Event
 from events.projections import ProjectionRunner
-from events.sql_store import SqlEventStore, create_store_engine
-from migrations.runner import upgrade
+from events.sql_store import SqlEventStore
 from monitors.runner import MonitorRunner
 from tests.hostile import odd_valid_envelopes
 from tests.unit.test_decode import FakeRecord
+
+from .test_review_page import migrated_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,11 +30,7 @@ _offsets = itertools.count()
 
 @pytest.fixture
 def sqlite_store(tmp_path: Path) -> Iterator[SqlEventStore]:
-    url = f"sqlite:///{tmp_path / 'events.db'}"
-    engine = create_store_engine(url)
-    upgrade(engine)
-    engine.dispose()
-    store = SqlEventStore.from_url(url)
+    store = migrated_store(tmp_path / "events.db")
     yield store
     store.dispose()
 
