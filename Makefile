@@ -61,6 +61,7 @@ bench: services
 	$(BIN)/python -m bench.jailbreak_bench
 	$(BIN)/python -m bench.reward_bench
 	$(BIN)/python -m bench.dpo_bench
+	$(BIN)/python -m bench.http_bench
 	$(BIN)/python -m bench.soak_bench
 
 demo: services
