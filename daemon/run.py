@@ -14,6 +14,7 @@ and resumes later from its checkpoint; then ingestion, with a final commit), and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -71,15 +72,8 @@ class HttpPart:
             port=h.port,
             token=h.token.get_secret_value() if h.token else None,
             mlflow_ui_url=h.mlflow_ui_url,
-            limits=HttpLimits(
-                backlog=h.backlog,
-                keep_alive_timeout=h.keep_alive_timeout,
-                header_timeout=h.header_timeout,
-                max_header_bytes=h.max_header_bytes,
-                max_body_bytes=h.max_body_bytes,
-                threads=h.threads,
-                chain_check_s=h.chain_check_s,
-            ),
+            # Every limit is a setting of the same name (HttpSettings; a unit test keeps the defaults equal).
+            limits=HttpLimits(**{f.name: getattr(h, f.name) for f in dataclasses.fields(HttpLimits)}),
         )
 
     def run(self, stop: threading.Event) -> None:

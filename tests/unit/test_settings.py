@@ -358,3 +358,15 @@ def test_the_jailbreak_pattern_boost_is_a_setting_that_reaches_the_shared_scorer
     assert attempt.scorer is success.scorer and attempt.scorer.config.pattern_boost == 0.3
     assert load_settings(None, env={}).monitors.jailbreak_pattern_boost == 0.6
     assert "ALIGND_MONITORS_JAILBREAK_PATTERN_BOOST" in refused(ALIGND_MONITORS_JAILBREAK_PATTERN_BOOST="1.5")
+
+
+def test_every_http_limit_is_a_setting_with_the_same_default() -> None:
+    import dataclasses
+
+    from daemon.http import HttpLimits
+    from daemon.settings import HttpSettings
+
+    defaults = HttpSettings()
+    assert {f.name: f.default for f in dataclasses.fields(HttpLimits)} == {
+        f.name: getattr(defaults, f.name) for f in dataclasses.fields(HttpLimits)
+    }
