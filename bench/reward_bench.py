@@ -454,7 +454,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "default: RewardConfig's, 4 on the CPU)",
     )
     parser.add_argument(
-        "--lora-r", type=int, default=DEFAULTS.lora.r, help="LoRA rank, alpha twice it (both sides; default: the config's)"
+        "--lora-r",
+        type=int,
+        default=DEFAULTS.lora.r,
+        help="LoRA rank, alpha twice it (both sides; default: the config's)",
     )
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side (medians are reported)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first repeat (+1 each repeat)")

@@ -87,13 +87,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         # Finish the batch being written and commit it before the partitions go to another consumer, so
         # it starts where this one stopped (were it not finished, it would re-read and find duplicates).
-        self.ingestor._finish_in_flight(in_callback=True)
+        self.ingestor._finish_in_flight(in_callback=True)  # noqa: SLF001 - the listener is the ingestor's own part
         revoked = list(revoked)
         if revoked:
             logger.info("partitions revoked: %s", _names(revoked))
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self.ingestor._on_assigned(list(assigned))
+        self.ingestor._on_assigned(list(assigned))  # noqa: SLF001 - the listener is the ingestor's own part
 
 
 def _names(partitions: Iterable[TopicPartition]) -> str:

@@ -509,7 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AlignmentError as exc:
         _fail(str(exc))
         return 1
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - Kafka errors get advice; anything else its scrubbed traceback
         from kafka.errors import KafkaError
 
         if isinstance(exc, KafkaError):

@@ -368,7 +368,7 @@ class ReviewServer:
                 ensure_current(self.store.engine)  # raises, saying how the schema differs
         except SchemaOutOfDateError as exc:
             return False, str(exc)
-        except Exception as exc:  # any failure to answer means "not ready"; the reason goes to the prober
+        except Exception as exc:  # noqa: BLE001 - any failure to answer means "not ready"; the reason goes to the prober
             reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:300]
             return False, f"the store does not answer: {type(exc).__name__}: {reason}"
         return True, "ready"

@@ -55,7 +55,7 @@ def _scrubbing_record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record.exc_text = scrub(_plain_formatter.formatException(record.exc_info))
     if record.stack_info:
         record.stack_info = scrub(record.stack_info)
-    record._scrubbed = True  # the formatters need not scrub message and traceback again
+    record._scrubbed = True  # noqa: SLF001 - a mark on the record; the formatters need not scrub message and traceback again
     return record
 
 

@@ -16,14 +16,38 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 TOPICS = {
-    "bread": ("How do I bake a simple loaf of bread?", "Mix flour, water, salt and yeast, knead for ten minutes, let it rise, shape it, and bake at 230 °C for about 35 minutes."),
-    "budget": ("How can I start a monthly budget?", "List your income, track a month of spending, group it into needs and wants, and set a limit for each group."),
-    "python": ("How do I read a file line by line in Python?", "Open it with `with open(path) as f:` and loop `for line in f:`; the file closes itself when the block ends."),
-    "sleep": ("Any tips for sleeping better?", "Keep a regular schedule, avoid screens and caffeine late, keep the room cool and dark, and get daylight in the morning."),
-    "plants": ("Why are my basil leaves turning yellow?", "Usually too much water or too little light: let the soil dry between waterings and give it six hours of sun."),
-    "travel": ("What should I pack for a weekend hike?", "Water, snacks, a map, layers, rain gear, a first-aid kit, a headlamp and sun protection."),
-    "email": ("How do I write a polite follow-up email?", "Thank them, restate your request in one line, suggest a next step, and keep it short and friendly."),
-    "running": ("How do I start running as a beginner?", "Alternate one minute of running with two of walking, three times a week, and add a minute of running each week."),
+    "bread": (
+        "How do I bake a simple loaf of bread?",
+        "Mix flour, water, salt and yeast, knead for ten minutes, let it rise, shape it, and bake at 230 °C for about 35 minutes.",
+    ),
+    "budget": (
+        "How can I start a monthly budget?",
+        "List your income, track a month of spending, group it into needs and wants, and set a limit for each group.",
+    ),
+    "python": (
+        "How do I read a file line by line in Python?",
+        "Open it with `with open(path) as f:` and loop `for line in f:`; the file closes itself when the block ends.",
+    ),
+    "sleep": (
+        "Any tips for sleeping better?",
+        "Keep a regular schedule, avoid screens and caffeine late, keep the room cool and dark, and get daylight in the morning.",
+    ),
+    "plants": (
+        "Why are my basil leaves turning yellow?",
+        "Usually too much water or too little light: let the soil dry between waterings and give it six hours of sun.",
+    ),
+    "travel": (
+        "What should I pack for a weekend hike?",
+        "Water, snacks, a map, layers, rain gear, a first-aid kit, a headlamp and sun protection.",
+    ),
+    "email": (
+        "How do I write a polite follow-up email?",
+        "Thank them, restate your request in one line, suggest a next step, and keep it short and friendly.",
+    ),
+    "running": (
+        "How do I start running as a beginner?",
+        "Alternate one minute of running with two of walking, three times a week, and add a minute of running each week.",
+    ),
 }
 
 # Answers a version gone wrong gives: rude and insulting, which the toxicity model flags.
@@ -45,7 +69,9 @@ class Phase:
 
 
 class TrafficGenerator:
-    def __init__(self, *, model: str = "assistant", users: int = 40, seed: int = 0, start: datetime | None = None) -> None:
+    def __init__(
+        self, *, model: str = "assistant", users: int = 40, seed: int = 0, start: datetime | None = None
+    ) -> None:
         self.model, self.users = model, users
         self.rng = random.Random(seed)
         self.clock = start or datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
@@ -65,17 +91,20 @@ class TrafficGenerator:
             response = self.rng.choice(TOXIC) if toxic else good
             request_id = f"req-{uuid.UUID(int=self.rng.getrandbits(128)).hex[:16]}"
             user = f"user-{self.rng.randrange(self.users)}"
-            yield "interactions", self._envelope(
-                "interaction.logged",
-                {
-                    "request_id": request_id,
-                    "model": {"name": self.model, "version": phase.version},
-                    "prompt": prompt,
-                    "response": response,
-                    "user": user,
-                    "session_id": f"s-{user}-{self.count // 5}",
-                    "latency_ms": self.rng.randint(200, 1800),
-                },
+            yield (
+                "interactions",
+                self._envelope(
+                    "interaction.logged",
+                    {
+                        "request_id": request_id,
+                        "model": {"name": self.model, "version": phase.version},
+                        "prompt": prompt,
+                        "response": response,
+                        "user": user,
+                        "session_id": f"s-{user}-{self.count // 5}",
+                        "latency_ms": self.rng.randint(200, 1800),
+                    },
+                ),
             )
             yield from self._feedback(request_id, user, toxic, good)
 
@@ -102,7 +131,9 @@ class TrafficGenerator:
             yield "feedback", self._fb(request_id, user, "preference", {"chosen": good, "rejected": rejected})
 
     def _fb(self, request_id: str, user: str, kind: str, value: Any) -> dict[str, Any]:
-        return self._envelope("feedback.received", {"request_id": request_id, "kind": kind, "value": value, "user": user})
+        return self._envelope(
+            "feedback.received", {"request_id": request_id, "kind": kind, "value": value, "user": user}
+        )
 
     def _envelope(self, type_: str, payload: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -250,7 +250,7 @@ def _validator_for(event_type: Any, version: Any, payload: Any) -> Any:
     if event_type == INTERACTION_LOGGED:
         return _INTERACTION_V1
     if event_type == FEEDBACK_RECEIVED and type(payload) is dict:
-        kind = payload.get("kind")  # type: ignore[union-attr]
+        kind = payload.get("kind")
         return _FEEDBACK_V1.get(kind) if type(kind) is str else None  # a list or object as kind is unhashable
     return None
 

@@ -81,7 +81,7 @@ class Signal(TypedDict):
 
 def _strict(name: str, fields: dict[str, Any]) -> type:
     """A TypedDict built from ``fields`` that pydantic validates strictly, refusing unknown keys."""
-    typed = TypedDict(name, fields)  # type: ignore[operator,misc]
+    typed = TypedDict(name, fields)  # type: ignore[misc]
     typed.__pydantic_config__ = _STRICT  # type: ignore[attr-defined]
     return typed
 
@@ -92,7 +92,7 @@ def _feedback(kind: str, value: Any) -> type:
         f"Feedback_{kind}",
         {
             "request_id": RequestId,
-            "kind": Literal[kind],  # type: ignore[valid-type]
+            "kind": Literal[kind],
             "value": value,
             "user": NotRequired[Id | None],
             "comment": NotRequired[StrictStr | None],
@@ -115,7 +115,7 @@ def _envelope(payload: Any, event_type: str) -> type:
         f"Envelope_{event_type}",
         {
             "event_id": NotRequired[EventId | None],
-            "type": Literal[event_type],  # type: ignore[valid-type]
+            "type": Literal[event_type],
             "schema_version": NotRequired[StrictInt],
             "occurred_at": Timestamp,
             "source": Name,

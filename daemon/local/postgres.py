@@ -699,7 +699,7 @@ def _stop_all_at_exit() -> None:
             pg.stop("fast", timeout=30)
         except Exception:
             logger.exception("could not stop %r cleanly at exit; killing it", pg)
-            pg._kill_proc()
+            pg._kill_proc()  # noqa: SLF001 - testing.postgresql offers no public kill
 
 
 # ---------------------------------------------------------------------- CLI
