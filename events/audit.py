@@ -26,7 +26,9 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, or_, select
 
 from events.codec import canonical_json, format_timestamp
-from events.model import INTERNAL_TYPES, StoredEvent
+from events.messages import RECORDS
+from events.model import StoredEvent
+from events.names import INTERNAL_TYPES
 from events.sql_store import SqlEventStore, row_to_event
 from events.tables import audit_records, events, projection_checkpoints
 
@@ -57,107 +59,16 @@ AUDIT_LOCK_KEY = 0x616C69676E61
 
 # --- what each decision is about ------------------------------------------------------------------
 
-# The registered model of each trainer kind (trainers.registry.MODEL_NAMES; events cannot import trainers).
-_REGISTERED = {"reward": "alignd-reward", "policy": "alignd-policy"}
-
-
-def _v(version: Any) -> str:
-    return str(version) if str(version).startswith("v") else f"v{version}"
-
-
-def _about(subject: str) -> tuple[str, str | None]:
-    """A monitor's subject ("model:assistant@2", "user:u-17", "event:<id>") as words, and its model."""
-    kind, _, rest = subject.partition(":")
-    if kind == "model" and "@" in rest:
-        name, _, version = rest.rpartition("@")
-        return f"{name} {_v(version)}", f"{name}:{version}"
-    return (f"{kind} {rest}" if rest else subject), None
-
-
-def _version(payload: Mapping[str, Any]) -> tuple[str, str | None]:
-    """(subject, model) of a payload naming a registered version (``name``/``kind`` and ``version``)."""
-    name = payload.get("name") or _REGISTERED.get(payload.get("kind", ""), payload.get("kind") or "model")
-    version = payload.get("version", payload.get("model_version"))
-    if version is None:
-        return str(name), str(name)
-    was = f" (was {_v(payload['previous_version'])})" if payload.get("previous_version") is not None else ""
-    return f"{name} {_v(version)}{was}", f"{name}:{version}"
-
-
-def _target(action: str, target: Mapping[str, Any]) -> tuple[str, str | None]:
-    if "model" in target:
-        about, model = _version({"name": target["model"], "version": target.get("version")})
-    elif "user" in target:
-        about, model = f"user {target['user']}", None
-    elif action == "publish_guard_rule":
-        about, model = _about(str(target.get("subject", "")))
-        about = f"detector {target.get('detector')} / {about}"
-    elif "event_ids" in target:
-        about, model = f"{len(target['event_ids'])} events", None
-    else:
-        about, model = " ".join(f"{v} {k}" for k, v in sorted(target.items())), None
-    return f"{action} {about}".strip(), model
-
 
 def describe(kind: str, p: Mapping[str, Any]) -> tuple[str, str | None, str]:
-    """(subject, model, reason) of a decision event's payload, in words an auditor reads."""
-    if kind == "anomaly.detected":
-        about, model = _about(str(p.get("subject", "")))
-        severity = f"{p['severity']}: " if p.get("severity") else ""
-        return f"detector {p.get('detector')} / {about}", model, severity + str(p.get("summary", ""))
-    if kind in ("enforcement.requested", "enforcement.applied"):
-        if "version" in p and ("name" in p or "kind" in p):
-            about, model = _version(p)
-            subject = f"{p['action']} {about}" if p.get("action") else about
-        else:
-            subject, model = _target(str(p.get("action", "")), p.get("target") or {})
-        # What became of a request (applied, skipped, failed) is half of why it is in the trail.
-        outcome = f" [{p['outcome']}: {p.get('detail') or p.get('error') or ''}]" if p.get("outcome") else ""
-        return subject, model, str(p.get("reason", "")) + outcome
-    if kind in ("model.promoted", "model.rolled_back", "model.registered"):
-        subject, model = _version(p)
-        alias = p.get("alias")
-        if alias and p.get("version") is None:  # the alias was deleted, not moved
-            subject = f"{subject} {alias} removed" + (
-                f" (was {_v(p['previous_version'])})" if p.get("previous_version") else ""
-            )
-        elif alias and alias != "champion":
-            subject += f" as {alias}"
-        reason = str(p.get("reason") or "")
-        if kind == "model.registered":
-            dataset = (p.get("dataset") or {}).get("name", "?")
-            reason = f"registered from run {p.get('run_id')} on {dataset}; gates {p.get('gates') or 'not run'}"
-        if p.get("forced"):
-            reason += f" [forced past failed gates: {', '.join(map(str, p.get('failed_gates') or [])) or 'none named'}]"
-        return subject, model, reason
-    if kind == "gate.evaluated":
-        about, model = _version(p)
-        verdict = "passed" if p.get("passed") else f"failed: {', '.join(map(str, p.get('failed') or []))}"
-        if p.get("phase") == "continuous":  # only then: records of earlier events must still hash the same
-            upto = (p.get("dataset") or {}).get("to_seq")
-            verdict = f"continuous evaluation of the champion on data up to seq {upto}: {verdict}"
-        return f"gates of {about}", model, verdict
-    if kind.startswith("training."):
-        name = _REGISTERED.get(p.get("kind", ""), str(p.get("kind")))
-        subject = f"{name} training attempt {p.get('attempt_id')}"
-        if kind == "training.started":
-            dataset = p.get("dataset") or {}
-            reason = (
-                f"{p.get('objective')} on {dataset.get('name')} ({dataset.get('rows')} rows), run {p.get('run_id')}"
-            )
-        elif kind == "training.completed":
-            reason = f"{p.get('objective')}: {p.get('steps')} steps, run {p.get('run_id')}"
-        else:
-            reason = str(p.get("reason", ""))
-        return subject, name, reason
-    if kind == "dataset.snapshotted":
-        reason = f"{p.get('rows')} rows, seq {p.get('from_seq')}..{p.get('to_seq')}, sha256 {str(p.get('sha256'))[:16]}"
-        return f"dataset {p.get('name')}", None, reason
-    if kind == "demonstration.generated":
-        served = p.get("model") or {}
-        model = f"{served['name']}:{served['version']}" if "name" in served and "version" in served else None
-        reason = f"{p.get('origin')} revision under {', '.join(map(str, p.get('principles') or [])) or 'no principles'}"
-        return f"request {p.get('request_id')}", model, reason
+    """(subject, model, reason) of a decision event's payload, in words an auditor reads.
+
+    Each internal type's record describes its own payloads (events.messages); the words are part of the hashed
+    record, so they never change for a payload already chained.
+    """
+    record = RECORDS.get(kind)
+    if record is not None:
+        return record.describe_payload(p)
     return str(p.get("subject") or kind), None, str(p.get("reason", ""))
 
 

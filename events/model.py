@@ -10,29 +10,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-INTERACTION_LOGGED = "interaction.logged"
-FEEDBACK_RECEIVED = "feedback.received"
-
-#: Types producers may send on the inbound topics.
-INBOUND_TYPES: frozenset[str] = frozenset({INTERACTION_LOGGED, FEEDBACK_RECEIVED})
-
-#: Types only alignd itself appends (decisions, training, governance).
-INTERNAL_TYPES: frozenset[str] = frozenset(
-    {
-        "anomaly.detected",
-        "enforcement.requested",
-        "enforcement.applied",
-        "dataset.snapshotted",
-        "training.started",
-        "training.completed",
-        "training.failed",
-        "gate.evaluated",
-        "model.registered",
-        "model.promoted",
-        "model.rolled_back",
-        "demonstration.generated",
-    }
-)
+# The type names are defined once, in events.names; these are the ones every importer of the envelope uses.
+from events.names import FEEDBACK_RECEIVED as FEEDBACK_RECEIVED
+from events.names import INBOUND_TYPES as INBOUND_TYPES
+from events.names import INTERACTION_LOGGED as INTERACTION_LOGGED
+from events.names import INTERNAL_TYPES as INTERNAL_TYPES
 
 ALL_TYPES: frozenset[str] = INBOUND_TYPES | INTERNAL_TYPES
 

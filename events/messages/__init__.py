@@ -1,0 +1,90 @@
+"""One typed, frozen record per internal event type (DESIGN.md §2), each with its payload codec and its audit
+description. The type names themselves are in :mod:`events.names`.
+
+=========================  =================================================================
+``anomaly.detected``       :class:`AnomalyDetected`
+``enforcement.requested``  :class:`EnforcementRequested`
+``enforcement.applied``    :class:`EnforcementApplied`
+``dataset.snapshotted``    :class:`DatasetSnapshotted`
+``training.started``       :class:`TrainingStarted`
+``training.completed``     :class:`TrainingCompleted`
+``training.failed``        :class:`TrainingFailed`
+``gate.evaluated``         :class:`GateEvaluated` (one :class:`GateOutcome` per gate)
+``model.registered``       :class:`ModelRegistered`
+``model.promoted``         :class:`ModelPromoted` (an :class:`AliasMoved`)
+``model.rolled_back``      :class:`ModelRolledBack` (an :class:`AliasMoved`)
+``demonstration.generated`` :class:`DemonstrationGenerated`
+=========================  =================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from events.messages.alerts import AnomalyDetected, EnforcementApplied, EnforcementRequested
+from events.messages.base import Description, EventRecord
+from events.messages.training import (
+    CONTINUOUS,
+    DatasetSnapshotted,
+    DemonstrationGenerated,
+    GateEvaluated,
+    GateOutcome,
+    TrainingCompleted,
+    TrainingFailed,
+    TrainingStarted,
+)
+from events.messages.versions import AliasMoved, ModelPromoted, ModelRegistered, ModelRolledBack
+from events.model import Event
+
+__all__ = [
+    "CONTINUOUS",
+    "RECORDS",
+    "AliasMoved",
+    "AnomalyDetected",
+    "DatasetSnapshotted",
+    "DemonstrationGenerated",
+    "Description",
+    "EnforcementApplied",
+    "EnforcementRequested",
+    "EventRecord",
+    "GateEvaluated",
+    "GateOutcome",
+    "ModelPromoted",
+    "ModelRegistered",
+    "ModelRolledBack",
+    "TrainingCompleted",
+    "TrainingFailed",
+    "TrainingStarted",
+    "record_of",
+]
+
+#: The record class of each internal event type (events.names.INTERNAL_TYPES, all of them).
+RECORDS: Mapping[str, type[EventRecord]] = MappingProxyType(
+    {
+        record.event_type: record
+        for record in (
+            AnomalyDetected,
+            EnforcementRequested,
+            EnforcementApplied,
+            DatasetSnapshotted,
+            TrainingStarted,
+            TrainingCompleted,
+            TrainingFailed,
+            GateEvaluated,
+            ModelRegistered,
+            ModelPromoted,
+            ModelRolledBack,
+            DemonstrationGenerated,
+        )
+    }
+)
+
+
+def record_of(event: Event) -> EventRecord:
+    """The typed record of a stored internal event.
+
+    Raises:
+        KeyError: the event is not of an internal type, or its payload lacks a key the record needs.
+    """
+    return RECORDS[event.type].from_payload(event.payload)

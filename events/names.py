@@ -1,0 +1,79 @@
+"""The names every floor shares, defined once: event types, registered models, training datasets.
+
+Stored type names are stable strings (``"anomaly.detected"``), not import paths, so renaming a class never
+breaks a replay, an audit hash or a Kafka consumer (DESIGN.md §2). The floors above import these instead of
+spelling them out: a monitor and the daemon agree on ``enforcement.requested`` because both read it here.
+This module imports nothing, so that :mod:`events.model` and the lightest CLI parser can use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Literal
+
+# --- event types (DESIGN.md §2) -----------------------------------------------------------------------
+
+INTERACTION_LOGGED = "interaction.logged"
+FEEDBACK_RECEIVED = "feedback.received"
+
+ANOMALY_DETECTED = "anomaly.detected"
+ENFORCEMENT_REQUESTED = "enforcement.requested"
+ENFORCEMENT_APPLIED = "enforcement.applied"
+DATASET_SNAPSHOTTED = "dataset.snapshotted"
+TRAINING_STARTED = "training.started"
+TRAINING_COMPLETED = "training.completed"
+TRAINING_FAILED = "training.failed"
+GATE_EVALUATED = "gate.evaluated"
+MODEL_REGISTERED = "model.registered"
+MODEL_PROMOTED = "model.promoted"
+MODEL_ROLLED_BACK = "model.rolled_back"
+DEMONSTRATION_GENERATED = "demonstration.generated"
+
+#: Types producers may send on the inbound topics.
+INBOUND_TYPES: frozenset[str] = frozenset({INTERACTION_LOGGED, FEEDBACK_RECEIVED})
+
+#: Types only alignd itself appends (decisions, training, governance); each has a record in events.messages.
+INTERNAL_TYPES: frozenset[str] = frozenset(
+    {
+        ANOMALY_DETECTED,
+        ENFORCEMENT_REQUESTED,
+        ENFORCEMENT_APPLIED,
+        DATASET_SNAPSHOTTED,
+        TRAINING_STARTED,
+        TRAINING_COMPLETED,
+        TRAINING_FAILED,
+        GATE_EVALUATED,
+        MODEL_REGISTERED,
+        MODEL_PROMOTED,
+        MODEL_ROLLED_BACK,
+        DEMONSTRATION_GENERATED,
+    }
+)
+
+#: The outcomes of a training attempt, in the order they happen.
+TRAINING_TYPES: tuple[str, ...] = (TRAINING_STARTED, TRAINING_COMPLETED, TRAINING_FAILED)
+#: The moves of an alias (``champion``, ``challenger``), which the outbox publishes on the models topic.
+ALIAS_CHANGE_TYPES: tuple[str, ...] = (MODEL_PROMOTED, MODEL_ROLLED_BACK)
+
+#: How bad an alert is (``anomaly.detected``'s ``severity``), from least to most.
+Severity = Literal["info", "warning", "critical"]
+
+# --- registered models (DESIGN.md §5) -----------------------------------------------------------------
+
+#: The MLflow registered model of each kind of training.
+MODEL_NAMES: Mapping[str, str] = MappingProxyType({"reward": "alignd-reward", "policy": "alignd-policy"})
+#: The kinds of model alignd trains, the keys of :data:`MODEL_NAMES`.
+MODEL_KINDS: tuple[str, ...] = tuple(MODEL_NAMES)
+
+# --- training datasets (trainers.snapshot) ------------------------------------------------------------
+
+PREFERENCE_PAIRS = "preference_pairs"
+DEMONSTRATIONS = "demonstrations"
+PROMPTS = "prompts"
+#: The kinds of dataset snapshot (``dataset.snapshotted``'s ``kind``).
+DATASET_KINDS: tuple[str, ...] = (PREFERENCE_PAIRS, DEMONSTRATIONS, PROMPTS)
+#: The dataset each kind of training reads: the reward model and the policy objectives (sft, dpo, rloo).
+DATASETS: Mapping[str, str] = MappingProxyType(
+    {"reward": PREFERENCE_PAIRS, "sft": DEMONSTRATIONS, "dpo": PREFERENCE_PAIRS, "rloo": PROMPTS}
+)
