@@ -1,7 +1,7 @@
 """DPO: alignd's trainer against TRL's ``DPOTrainer``, steps/s on the same policy, LoRA and preference pairs.
 
     python -m bench.dpo_bench                                  # 20 steps of 2 pairs, max_length 256, 2 repeats
-    python -m bench.dpo_bench --threads 1 --repeats 3          # the README figures (2 shared cores, ~20 min)
+    python -m bench.dpo_bench --threads 1 --repeats 3          # docs/benchmarks.md's figures (2 shared cores, ~20 min)
     python -m bench.dpo_bench --steps 2 --repeats 1            # quick (a few minutes)
     python -m bench.dpo_bench --device cuda --bf16 --steps 200 --batch-size 8
     python -m bench.dpo_bench --profile                        # plus a cProfile of alignd's loop

@@ -1,7 +1,7 @@
 """Reward model: alignd's trainer against TRL's ``RewardTrainer`` on HH-RLHF harmless-base, same model and data.
 
     python -m bench.reward_bench                            # 1,156 train / 1,156 held-out pairs, 2 repeats
-    python -m bench.reward_bench --threads 1 --repeats 1 --seed 0   # the README figures: seeds 0 and 1 as two
+    python -m bench.reward_bench --threads 1 --repeats 1 --seed 0   # docs/benchmarks.md: seeds 0 and 1 as two
                                                                     # processes side by side (2 cores, ~40 min)
     python -m bench.reward_bench --train-pairs 64 --held-pairs 128 --repeats 1   # quick (a few minutes)
     python -m bench.reward_bench --device cuda --bf16       # on a GPU machine
@@ -238,7 +238,7 @@ def run_repeats(
     """Every side once per repeat, one after the other, the order reversed where the repeat's seed is odd.
 
     By seed rather than by repeat so that one-repeat processes run side by side (``--seed 0`` and ``--seed 1``,
-    the README's recipe) are balanced too.
+    the recipe in docs/benchmarks.md) are balanced too.
 
     ``side(seed, warmup)`` trains and returns figures; with ``warmup`` it takes a few steps that are not kept, so
     one-time costs (lazy imports, allocator growth, kernel selection) fall on neither measured run.

@@ -84,7 +84,7 @@ class RewardConfig(TrainConfig):
 
     The defaults (mean pooling, LoRA r 16 on every linear layer of the blocks, dropout off, 3e-4 with a 10%
     warm-up and linear decay, two epochs, 256 tokens) were chosen on HH-RLHF harmless-base with about a thousand
-    training pairs; the README's reward benchmark gives the held-out accuracy they reach and the settings tried
+    training pairs; docs/benchmarks.md (reward model) gives the held-out accuracy they reach and the settings tried
     beside them.
     """
 
@@ -93,13 +93,13 @@ class RewardConfig(TrainConfig):
     )
     pooling: str = _help("what the scalar head reads: mean (of the token states) or head (the model's own)", "mean")
     #: 3e-4, not 5e-4: training stalled (loss held near 0.69, the model ranking at chance) at 1e-3 on one seed of
-    #: two and at 5e-4 with 512 tokens on one of three; 3e-4 trained that seed (README, reward benchmark).
+    #: two and at 5e-4 with 512 tokens on one of three; 3e-4 trained that seed (docs/benchmarks.md, reward model).
     learning_rate: float = _help("AdamW learning rate", 3e-4)
     lr_schedule: str = _help("learning rate after the warm-up: constant, or linear decay to 0", "linear")
     warmup_ratio: float = _help("share of the steps over which the learning rate rises from 0", 0.1)
     epochs: int = _help("passes over the training split", 2)
     #: 256, not the 512 MiniLM can read: at 5e-4 one of three seeds stalled at 512 tokens and none at 256, and
-    #: 512 has not yet been run on three seeds at 3e-4 (README, reward benchmark). Grouped passes make it cost 1.2x.
+    #: 512 has not yet been run on three seeds at 3e-4 (docs/benchmarks.md, reward). Grouped passes make it cost 1.2x.
     max_length: int = _help("tokens per sequence after truncation (from the left: the oldest turns go)", 256)
     lora: LoraConfig = _help("adapter shape", LoraConfig(r=16, alpha=32))
     disable_dropout: bool = _help("train with every dropout module at 0, LoRA's too (TRL's disable_dropout)", True)

@@ -37,7 +37,7 @@ _LORA_TARGETS = {
 }
 #: The reward model adapts every linear layer of each encoder block (attention and feed-forward): with
 #: about a thousand preference pairs the attention projections alone stayed near 0.62 held-out accuracy on
-#: HH-RLHF harmless-base, every layer 0.64-0.655 (README, reward benchmark). BERT's pooler is left out:
+#: HH-RLHF harmless-base, every layer 0.64-0.655 (docs/benchmarks.md, reward model). BERT's pooler is left out:
 #: the mean-pooled head does not read it, and DDP refuses trainable parameters that get no gradient.
 #: peft matches names as suffixes, so ``output.dense`` is both the attention and the feed-forward output.
 _REWARD_LORA_TARGETS = {"bert": ("query", "key", "value", "intermediate.dense", "output.dense")}

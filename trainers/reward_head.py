@@ -4,7 +4,7 @@ Sentence encoders such as all-MiniLM-L6-v2 were trained so that the *mean* of th
 the text's meaning (Reimers & Gurevych 2019, Sentence-BERT, §3); the [CLS] state and BERT's pooler, which
 ``AutoModelForSequenceClassification`` puts its head on, were left untrained by that objective. On
 HH-RLHF harmless-base the head on the mean did better from the same LoRA and schedule (0.626 against 0.616
-after one epoch, one seed; README, reward benchmark). transformers has no mean-pooled sequence classifier,
+after one epoch, one seed; docs/benchmarks.md, reward model). transformers has no mean-pooled sequence classifier,
 hence this module.
 
 It answers like a Hugging Face sequence classifier (``.config`` with ``num_labels`` 1, an output with
