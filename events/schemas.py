@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal, NotRequired
 from pydantic import ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter
 from typing_extensions import TypedDict
 
+from events.names import FEEDBACK_RECEIVED, INTERACTION_LOGGED
+
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
 # Lengths match the SQL columns these values land in (events/tables.py).
@@ -125,7 +127,7 @@ def _envelope(payload: Any, event_type: str) -> type:
 
 
 #: Whole-message validators, by (type, schema_version) and, for feedback, by kind.
-INTERACTION_V1: TypeAdapter[Any] = TypeAdapter(_envelope(InteractionLoggedV1, "interaction.logged"))
+INTERACTION_V1: TypeAdapter[Any] = TypeAdapter(_envelope(InteractionLoggedV1, INTERACTION_LOGGED))
 FEEDBACK_V1: dict[str, TypeAdapter[Any]] = {
-    kind: TypeAdapter(_envelope(_feedback(kind, value), "feedback.received")) for kind, value in FEEDBACK_VALUES.items()
+    kind: TypeAdapter(_envelope(_feedback(kind, value), FEEDBACK_RECEIVED)) for kind, value in FEEDBACK_VALUES.items()
 }

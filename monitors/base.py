@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
+from events.messages import AnomalyDetected
 from events.model import StoredEvent, once_property
-
-Severity = Literal["info", "warning", "critical"]
+from events.names import INTERACTION_LOGGED, Severity
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,7 @@ class Observation:
     @once_property  # most detectors read it for each event
     def model(self) -> tuple[str, str] | None:
         """(name, version) of the model that produced the interaction, if known."""
-        source = self.interaction or (self.event if self.event.event.type == "interaction.logged" else None)
+        source = self.interaction or (self.event if self.event.event.type == INTERACTION_LOGGED else None)
         if source is None:
             return None
         model = source.event.payload.get("model") or {}
@@ -63,17 +63,21 @@ class Finding:
         digest = hashlib.sha256(f"{self.detector}\x1f{self.subject}\x1f{self.trigger_seq}".encode()).hexdigest()
         return f"anomaly:{self.detector}:{digest[:32]}"
 
+    def record(self) -> AnomalyDetected:
+        """The finding as the ``anomaly.detected`` record the runner appends."""
+        return AnomalyDetected(
+            self.detector,
+            self.subject,
+            self.severity,
+            self.summary,
+            self.trigger_seq,
+            self.window,
+            self.statistics,
+            self.evidence,
+        )
+
     def payload(self) -> dict[str, Any]:
-        return {
-            "detector": self.detector,
-            "subject": self.subject,
-            "severity": self.severity,
-            "summary": self.summary,
-            "trigger_seq": self.trigger_seq,
-            "window": dict(self.window),
-            "statistics": dict(self.statistics),
-            "evidence": list(self.evidence),
-        }
+        return self.record().to_payload()
 
 
 class Detector(Protocol):

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from events.messages import EnforcementRequested
 from monitors.base import Finding, Severity
 
-ENFORCEMENT_REQUESTED = "enforcement.requested"
 ACTIONS = ("rollback_champion", "pause_training", "quarantine_user", "quarantine_events", "publish_guard_rule")
 _RANK = {"info": 0, "warning": 1, "critical": 2}
 
@@ -64,16 +64,21 @@ class EnforcementRequest:
         digest = hashlib.sha256(f"{self.action}\x1f{self.finding.anomaly_id}".encode()).hexdigest()
         return f"enforcement:{self.action}:{digest[:32]}"
 
+    def record(self) -> EnforcementRequested:
+        """The request as the ``enforcement.requested`` record the runner appends."""
+        f = self.finding
+        return EnforcementRequested(
+            self.action,
+            self.target,
+            f.summary,
+            f.evidence,
+            anomaly_id=f.anomaly_id,
+            detector=f.detector,
+            severity=f.severity,
+        )
+
     def payload(self) -> dict[str, Any]:
-        return {
-            "action": self.action,
-            "target": self.target,
-            "reason": self.finding.summary,
-            "anomaly_id": self.finding.anomaly_id,
-            "detector": self.finding.detector,
-            "severity": self.finding.severity,
-            "evidence": list(self.finding.evidence),
-        }
+        return self.record().to_payload()
 
 
 def _target(action: str, finding: Finding) -> dict[str, Any] | None:

@@ -20,11 +20,10 @@ from events.model import FEEDBACK_RECEIVED, INTERACTION_LOGGED, Event, StoredEve
 from events.sql_store import SqlEventStore
 from events.tables import monitor_checkpoints
 from monitors.base import Detector, Finding, Observation
-from monitors.enforcement import DEFAULT_RULES, ENFORCEMENT_REQUESTED, EnforcementRule, decide_enforcement
+from monitors.enforcement import DEFAULT_RULES, EnforcementRule, decide_enforcement
 
 logger = logging.getLogger(__name__)
 
-ANOMALY_DETECTED = "anomaly.detected"
 OBSERVED_TYPES = (INTERACTION_LOGGED, FEEDBACK_RECEIVED)
 
 
@@ -84,7 +83,7 @@ def _interactions_for(store: SqlEventStore, batch: Sequence[StoredEvent]) -> lis
 def decision_events(finding: Finding, trigger: StoredEvent, rules: Sequence[EnforcementRule]) -> list[Event]:
     """The alert, and the enforcement it calls for, as events."""
     requests = [
-        Event(r.request_id, ENFORCEMENT_REQUESTED, trigger.event.occurred_at, "alignd.monitors", r.payload())
+        r.record().to_event(r.request_id, trigger.event.occurred_at, "alignd.monitors")
         for r in decide_enforcement(finding, rules)
     ]
     return [anomaly_event(finding, trigger), *requests]
@@ -92,13 +91,7 @@ def decision_events(finding: Finding, trigger: StoredEvent, rules: Sequence[Enfo
 
 def anomaly_event(finding: Finding, trigger: StoredEvent) -> Event:
     """The ``anomaly.detected`` event of a finding (occurred when its trigger did, so replays match)."""
-    return Event(
-        event_id=finding.anomaly_id,
-        type=ANOMALY_DETECTED,
-        occurred_at=trigger.event.occurred_at,
-        source="alignd.monitors",
-        payload=finding.payload(),
-    )
+    return finding.record().to_event(finding.anomaly_id, trigger.event.occurred_at, "alignd.monitors")
 
 
 class MonitorRunner:

@@ -15,6 +15,7 @@ from sqlalchemy import Table
 
 from events.codec import canonical_json, format_timestamp
 from events.model import FLAG_CATEGORIES, StoredEvent
+from events.names import DEMONSTRATION_GENERATED
 from events.projections.join import JOINED_TYPES, Joined, join_batch
 from events.tables import proj_demonstrations, proj_feedback_stats, proj_interactions, proj_preference_pairs
 
@@ -22,9 +23,6 @@ logger = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 Key = tuple[Any, ...]
-
-#: Demonstrations alignd wrote itself (e.g. constitutional revisions, trainers/constitution.py).
-DEMONSTRATION_GENERATED = "demonstration.generated"
 
 #: A rating at or above this makes the logged response a demonstration ("top-rated").
 TOP_RATING = 5

@@ -15,10 +15,9 @@ from typing import Any, ClassVar
 from sqlalchemy import Select, and_, select
 
 from events.model import StoredEvent
+from events.names import ENFORCEMENT_REQUESTED
 from events.projections.base import Key, Projection, Row
 from events.tables import proj_demonstrations, proj_preference_pairs, proj_quarantine
-
-ENFORCEMENT_REQUESTED = "enforcement.requested"
 
 
 def _subjects(stored: StoredEvent) -> list[tuple[str, str]]:

@@ -23,12 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from events.names import GATE_EVALUATED, MODEL_NAMES
 from monitors.base import Finding, Observation, Severity
 
-GATE_EVALUATED = "gate.evaluated"
-#: trainers.registry.MODEL_NAMES, repeated: monitors do not import trainers (DESIGN.md §1). Training-time
-#: payloads name the kind only; continuous ones also carry ``name``.
-_MODEL_NAMES = {"reward": "alignd-reward", "policy": "alignd-policy"}
 #: How many evaluation event ids per version are remembered to ignore a repeat of the same evaluation.
 _SEEN_LIMIT = 32
 
@@ -87,7 +84,8 @@ class ChampionRegressionDetector:
         if event.type != GATE_EVALUATED:
             return []
         payload = event.payload
-        name = payload.get("name") or _MODEL_NAMES.get(str(payload.get("kind")))
+        # Training-time payloads name the kind only; continuous ones also carry ``name``.
+        name = payload.get("name") or MODEL_NAMES.get(str(payload.get("kind")))
         version = payload.get("model_version")
         if not name or version is None:
             return []

@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from events.names import FEEDBACK_RECEIVED, INTERACTION_LOGGED
 from monitors.base import Finding, Observation
 
 
@@ -210,7 +211,7 @@ class _Scoring:
 
     def _scored(self, observation: Observation, batch_size: int) -> list[tuple[str, str, float]]:
         event, model = observation.event.event, observation.model
-        if event.type != "interaction.logged" or model is None or not isinstance(event.payload.get("response"), str):
+        if event.type != INTERACTION_LOGGED or model is None or not isinstance(event.payload.get("response"), str):
             return []
         key, text = f"{model[0]}@{model[1]}", event.payload["response"]
         self._pending.append(
@@ -254,7 +255,7 @@ class LengthDriftDetector(_DistributionDrift):
 
     def observe(self, observation: Observation) -> list[Finding]:
         event, model = observation.event.event, observation.model
-        if event.type != "interaction.logged" or model is None or not isinstance(event.payload.get("response"), str):
+        if event.type != INTERACTION_LOGGED or model is None or not isinstance(event.payload.get("response"), str):
             return []
         return self._record(
             f"{model[0]}@{model[1]}", event.event_id, float(len(event.payload["response"])), observation.event.seq
@@ -321,7 +322,7 @@ class OverOptimisationDetector(_Scoring):
 
     def observe(self, observation: Observation) -> list[Finding]:
         event = observation.event.event
-        if event.type == "feedback.received" and observation.model is not None:
+        if event.type == FEEDBACK_RECEIVED and observation.model is not None:
             approval = _approval(event.payload)
             if approval is not None:
                 bucket = self._version("{}@{}".format(*observation.model))["open"]

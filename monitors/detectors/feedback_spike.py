@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from events.names import FEEDBACK_RECEIVED
 from monitors.base import Finding, Observation
 
 
@@ -61,7 +62,7 @@ class FeedbackSpikeDetector:
         return min(max(rate, self.config.floor_rate), 0.9 / self.config.shift)
 
     def observe(self, observation: Observation) -> list[Finding]:
-        if observation.event.event.type != "feedback.received":
+        if observation.event.event.type != FEEDBACK_RECEIVED:
             return []
         negative = _negative(observation)
         model = observation.model

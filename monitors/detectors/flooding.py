@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from events.names import FEEDBACK_RECEIVED
 from monitors.base import Finding, Observation
 
 
@@ -60,7 +61,7 @@ class FeedbackFloodingDetector:
 
     def observe(self, observation: Observation) -> list[Finding]:
         stored = observation.event
-        if stored.event.type != "feedback.received":
+        if stored.event.type != FEEDBACK_RECEIVED:
             return []
         payload = stored.event.payload
         user = payload.get("user")

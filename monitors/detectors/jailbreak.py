@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from events.names import INTERACTION_LOGGED
 from monitors.base import Finding, Observation
 from monitors.detectors.jailbreak_text import normalise
 from monitors.detectors.pattern_search import prepare_patterns, score_patterns
@@ -311,7 +312,7 @@ class JailbreakScorer:
         items = []
         for observation in batch:
             event = observation.event.event
-            if event.type != "interaction.logged":
+            if event.type != INTERACTION_LOGGED:
                 continue
             prompt = prompt_text(event.payload)
             if prompt:

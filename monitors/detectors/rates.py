@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from events.names import FEEDBACK_RECEIVED, INTERACTION_LOGGED
 from monitors.base import Finding, Observation
 
 
@@ -111,7 +112,7 @@ class HallucinationReportDetector:
         if model is None or event.request_id is None:
             return []
         key = f"{model[0]}@{model[1]}"
-        if event.type == "interaction.logged":
+        if event.type == INTERACTION_LOGGED:
             v = self._version(key)
             window = self._windows[key]
             if event.request_id in window:
@@ -125,7 +126,7 @@ class HallucinationReportDetector:
                 v["flags"] -= int(flag is not None)
             return []
         if (
-            event.type != "feedback.received"
+            event.type != FEEDBACK_RECEIVED
             or observation.interaction is None
             or not _is_hallucination_flag(observation)
         ):

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from events.names import INTERACTION_LOGGED
 from monitors.base import Finding, Observation
 from monitors.detectors.rates import binomial_sf, normal_sf, two_proportion_z
 
@@ -161,7 +162,7 @@ class ToxicityDetector:
     def _queue(self, observation: Observation) -> bool:
         event = observation.event.event
         model = observation.model
-        if event.type != "interaction.logged" or model is None or not isinstance(event.payload.get("response"), str):
+        if event.type != INTERACTION_LOGGED or model is None or not isinstance(event.payload.get("response"), str):
             return False
         self._pending.append(
             {

@@ -9,10 +9,11 @@ import pytest
 from sqlalchemy import delete
 
 from events.model import Event
+from events.names import ANOMALY_DETECTED, ENFORCEMENT_REQUESTED
 from events.sql_store import SqlEventStore
 from events.tables import monitor_checkpoints
 from monitors.detectors.feedback_spike import FeedbackSpikeDetector
-from monitors.runner import ANOMALY_DETECTED, MonitorRunner, backtest
+from monitors.runner import MonitorRunner, backtest
 
 pytestmark = pytest.mark.integration
 
@@ -151,7 +152,6 @@ def test_the_runner_reads_gate_evaluations_for_the_detector_that_asks_and_rolls_
     store: SqlEventStore,
 ) -> None:
     from monitors.detectors.champion import ChampionRegressionDetector
-    from monitors.enforcement import ENFORCEMENT_REQUESTED
     from monitors.runner import observed_types
 
     from ..unit.test_champion_regression import gate_event
