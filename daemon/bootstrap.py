@@ -291,7 +291,7 @@ def champion_evaluation(settings: Settings, store: SqlEventStore) -> Any:
 
 
 def job_limits(settings: Settings, **overrides: Any) -> Any:
-    from trainers.jobs import JobLimits
+    from trainers.children import JobLimits
 
     t = settings.trainers
     values = {"timeout_s": t.timeout_s, "memory_limit_mb": t.memory_limit_mb, "nproc": t.nproc, "device": t.device}

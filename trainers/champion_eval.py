@@ -7,7 +7,7 @@ with them shows. For the ``champion`` of ``alignd-policy``: the red-team safety 
 is champion, the mean reward of its answers to held-out prompts (the judge may have changed since training).
 Both also catch a champion that was put in place without gates (forced, or moved in MLflow).
 
-The models run in a child process (:mod:`trainers.eval_worker`) under the same :class:`~trainers.jobs.JobLimits`
+The models run in a child process (:mod:`trainers.eval_worker`) under the same :class:`~trainers.children.JobLimits`
 as training (timeout, memory, cancel). The parent then appends, per evaluated version, a ``gate.evaluated``
 event: the existing internal type, rather than a new one, because it already means "a version measured against
 the gates" — the audit trail chains it, ``alignd audit`` describes it, and the ``champion_regression`` detector
@@ -34,8 +34,8 @@ from typing import Any
 from events.model import Event
 from events.sql_store import SqlEventStore
 from trainers import gates
+from trainers.children import JobLimits, run_child
 from trainers.config import EvaluationConfig, PolicyConfig, RewardConfig
-from trainers.jobs import JobLimits, run_child
 from trainers.registry import MODEL_NAMES, ModelRegistry, RegisteredVersion, RegistryError
 from trainers.snapshot import SOURCE, Snapshot, hash_rows, messages_of, split, take_snapshot
 

@@ -2,10 +2,10 @@
 
 The order is the lineage: ``dataset.snapshotted`` → ``training.started`` (with the MLflow run) → the child
 trains and evaluates → ``training.completed`` + ``gate.evaluated`` + ``model.registered`` in one append, or
-``training.failed`` with the reason and no version. The child has a wall-clock timeout and a memory limit
-(its resident memory, read from /proc, because RLIMIT_AS breaks CUDA's address-space reservations), so an
-out-of-memory or a hang in training never takes the daemon down. A job's checkpoint folder is named by
-what it trains (kind, config, dataset hash), so running the same job again resumes where a killed one was.
+``training.failed`` with the reason and no version. The child runs under :func:`trainers.children.run_child`
+(a wall-clock timeout and a memory limit), so an out-of-memory or a hang in training never takes the daemon
+down. A job's checkpoint folder is named by what it trains (kind, config, dataset hash), so running the same
+job again resumes where a killed one was.
 """
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,9 +25,10 @@ from typing import Any
 
 from events.errors import AlignmentError
 from events.model import Event
+from events.names import DATASETS
 from events.sql_store import SqlEventStore
+from trainers.children import JobLimits, run_child
 from trainers.config import (
-    DATASETS,
     EvaluationConfig,
     PolicyConfig,
     RewardConfig,
@@ -39,7 +37,7 @@ from trainers.config import (
     config_hash,
     flat_params,
 )
-from trainers.registry import ModelRegistry
+from trainers.registry import ModelRegistry, RegisteredVersion, TrainingRun
 from trainers.snapshot import SOURCE, Snapshot, take_snapshot
 
 logger = logging.getLogger(__name__)
@@ -47,15 +45,6 @@ logger = logging.getLogger(__name__)
 
 class NothingToTrainError(AlignmentError):
     """The snapshot has no examples; nothing was started."""
-
-
-@dataclass(frozen=True)
-class JobLimits:
-    timeout_s: float = 3600.0
-    memory_limit_mb: int | None = None
-    #: Processes for data-parallel training (torchrun); 1 trains in one child process.
-    nproc: int = 1
-    device: str = "auto"
 
 
 @dataclass
@@ -69,6 +58,29 @@ class JobOutcome:
     reason: str | None = None
     version: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """What :meth:`TrainingJobs.train` decided before starting anything, handed from one step to the next."""
+
+    config: TrainConfig
+    kind: str
+    objective: str
+    snapshot: Snapshot
+    job_id: str
+    attempt_id: str
+    champion: RegisteredVersion | None
+    #: The reward model that scores a policy's samples (for a reward model: its own champion).
+    judge: RegisteredVersion | None
+    #: This attempt's files: the dataset, the spec, the champion and judge, the child's output.
+    folder: Path
+    #: Shared by every attempt of the job, so a rerun resumes.
+    checkpoint_dir: Path
+
+    @property
+    def output(self) -> Path:
+        return self.folder / "output"
 
 
 def code_version() -> str:
@@ -98,68 +110,6 @@ def _event(event_id: str, type_: str, payload: dict[str, Any]) -> Event:
     return Event(event_id=event_id, type=type_, occurred_at=datetime.now(UTC), source=SOURCE, payload=payload)
 
 
-def _rss_mb(pgid: int) -> float:
-    """Resident memory of every process in the job's process group (torchrun's workers included)."""
-    total = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            if os.getpgid(int(pid)) != pgid:
-                continue
-            with open(f"/proc/{pid}/statm") as fh:
-                total += int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            continue
-    return total / 2**20
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: be killed if the daemon dies (SIGKILL, OOM) instead of training on unseen.
-
-    Its own session keeps terminal signals away; PR_SET_PDEATHSIG brings the daemon's death to it. The job
-    is then resumed from its checkpoint by the next leader (a ``training.started`` without an outcome).
-    """
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass  # not Linux: the child outlives a killed daemon, and its result is never recorded
-
-
-def run_child(
-    command: list[str], limits: JobLimits, *, poll_s: float = 0.5, cancel: Callable[[], str | None] | None = None
-) -> tuple[int | None, str | None]:
-    """Run ``command`` in its own process group; (exit code, reason it was stopped or None).
-
-    ``cancel`` is polled: a reason it returns stops the job like a timeout does (the daemon stopping).
-    """
-    proc = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
-    deadline = time.monotonic() + limits.timeout_s
-    reason = None
-    try:
-        while proc.poll() is None:
-            if time.monotonic() > deadline:
-                reason = f"timed out after {limits.timeout_s:g} s"
-            elif limits.memory_limit_mb is not None and (rss := _rss_mb(proc.pid)) > limits.memory_limit_mb:
-                reason = f"exceeded the memory limit of {limits.memory_limit_mb} MiB (resident {rss:.0f} MiB)"
-            elif cancel is not None:
-                reason = cancel()
-            if reason:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                break
-            time.sleep(poll_s)
-    except BaseException:
-        # The daemon is stopping: do not leave a trainer running without a parent.
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
-        raise
-    return proc.returncode, reason
-
-
 class TrainingJobs:
     """Runs reward-model and policy training against one event store and one MLflow registry."""
 
@@ -184,7 +134,26 @@ class TrainingJobs:
         on_started: Callable[[JobOutcome], None] | None = None,
         cancel: Callable[[], str | None] | None = None,
     ) -> JobOutcome:
+        """Snapshot, start, run the child, then record the completion or the failure.
+
+        Raises:
+            NothingToTrainError: the snapshot is empty, or RLOO has no reward model to score with.
+        """
         limits = limits or JobLimits()
+        attempt = self._plan(config, upto_seq, dataset_limit)
+        run, outcome = self._start(attempt, limits)
+        if on_started:
+            on_started(outcome)
+        spec = self._write_spec(attempt, run, limits)
+        code, stopped = run_child(_command(attempt.folder / "spec.json", limits), limits, cancel=cancel)
+        result_path = attempt.output / "result.json"
+        if code == 0 and result_path.exists():
+            result = json.loads(result_path.read_text())
+            return self._completed(outcome, run, result, attempt.output / "model", attempt.champion, spec)
+        return self._failed(attempt, outcome, run, code, stopped)
+
+    def _plan(self, config: TrainConfig, upto_seq: int | None, dataset_limit: int | None) -> _Attempt:
+        """Take the snapshot and name the job; nothing is written yet."""
         kind = "reward" if isinstance(config, RewardConfig) else "policy"
         objective = config.objective if isinstance(config, PolicyConfig) else "bradley_terry"
         dataset = DATASETS["reward" if kind == "reward" else objective]
@@ -206,81 +175,79 @@ class TrainingJobs:
             raise NothingToTrainError(
                 "RLOO scores samples with a reward model and none is registered; run `alignd train reward` first"
             )
-
         folder = self.work_dir / "jobs" / job_id / attempt_id
-        folder.mkdir(parents=True, exist_ok=True)
-        dataset_path = folder / "dataset.jsonl"
-        dataset_path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in snapshot.rows))
-        params = {**flat_params(config), "kind": kind, "objective": objective, "nproc": limits.nproc}
+        checkpoint_dir = self.work_dir / "checkpoints" / job_id
+        return _Attempt(config, kind, objective, snapshot, job_id, attempt_id, champion, judge, folder, checkpoint_dir)
+
+    def _start(self, attempt: _Attempt, limits: JobLimits) -> tuple[TrainingRun, JobOutcome]:
+        """Write the dataset, open the MLflow run, append ``dataset.snapshotted`` and ``training.started``."""
+        a, snapshot = attempt, attempt.snapshot
+        a.folder.mkdir(parents=True, exist_ok=True)
+        (a.folder / "dataset.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in snapshot.rows))
+        params = {**flat_params(a.config), "kind": a.kind, "objective": a.objective, "nproc": limits.nproc}
         tags = {
-            "alignd.job_id": job_id,
-            "alignd.attempt_id": attempt_id,
-            "alignd.kind": kind,
-            "alignd.objective": objective,
+            "alignd.job_id": a.job_id,
+            "alignd.attempt_id": a.attempt_id,
+            "alignd.kind": a.kind,
+            "alignd.objective": a.objective,
         }
-        run = self.registry.start_run(kind, f"{kind}-{objective}-{attempt_id}", params, tags)
+        run = self.registry.start_run(a.kind, f"{a.kind}-{a.objective}-{a.attempt_id}", params, tags)
         run.log_dataset(_dataset_info(snapshot))
-        outcome = JobOutcome(job_id, attempt_id, kind, False, run.run_id, snapshot.info())
-        self.store.append(
-            [
-                snapshot.event(),
-                _event(
-                    f"training.started:{attempt_id}",
-                    "training.started",
-                    {
-                        "job_id": job_id,
-                        "attempt_id": attempt_id,
-                        "kind": kind,
-                        "objective": objective,
-                        "run_id": run.run_id,
-                        "dataset": snapshot.info(),
-                        "config": config_dict(config),
-                        "parent_version": champion.version if champion else None,
-                    },
-                ),
-            ]
-        )
+        started = {
+            "job_id": a.job_id,
+            "attempt_id": a.attempt_id,
+            "kind": a.kind,
+            "objective": a.objective,
+            "run_id": run.run_id,
+            "dataset": snapshot.info(),
+            "config": config_dict(a.config),
+            "parent_version": a.champion.version if a.champion else None,
+        }
+        self.store.append([snapshot.event(), _event(f"training.started:{a.attempt_id}", "training.started", started)])
         logger.info(
             "training %s (%s) job %s attempt %s run %s on %d examples up to seq %d",
-            kind,
-            objective,
-            job_id,
-            attempt_id,
+            a.kind,
+            a.objective,
+            a.job_id,
+            a.attempt_id,
             run.run_id,
             len(snapshot.rows),
             snapshot.to_seq,
         )
-        if on_started:
-            on_started(outcome)
-        checkpoint_dir = self.work_dir / "checkpoints" / job_id
+        return run, JobOutcome(a.job_id, a.attempt_id, a.kind, False, run.run_id, snapshot.info())
+
+    def _write_spec(self, attempt: _Attempt, run: TrainingRun, limits: JobLimits) -> dict[str, Any]:
+        """The child's instructions (``spec.json``), with the champion and the judge downloaded beside them."""
+        a = attempt
         spec = {
-            "job_id": job_id,
-            "kind": kind,
-            "config": config_dict(config),
-            "dataset_path": str(dataset_path),
-            "dataset_sha256": snapshot.sha256,
-            "checkpoint_dir": str(checkpoint_dir),
-            "output_dir": str(folder / "output"),
+            "job_id": a.job_id,
+            "kind": a.kind,
+            "config": config_dict(a.config),
+            "dataset_path": str(a.folder / "dataset.jsonl"),
+            "dataset_sha256": a.snapshot.sha256,
+            "checkpoint_dir": str(a.checkpoint_dir),
+            "output_dir": str(a.output),
             "run_id": run.run_id,
             "tracking_uri": self.registry.tracking_uri,
             "registry_uri": self.registry.registry_uri,
             "device": limits.device,
             "evaluation": config_dict(self.evaluation),  # type: ignore[arg-type]
-            "champion_dir": str(self.registry.download(kind, champion.version, folder / "champion"))
-            if champion
+            "champion_dir": str(self.registry.download(a.kind, a.champion.version, a.folder / "champion"))
+            if a.champion
             else None,
-            "reward_model_dir": str(self.registry.download("reward", judge.version, folder / "reward"))
-            if kind == "policy" and judge
+            "reward_model_dir": str(self.registry.download("reward", a.judge.version, a.folder / "reward"))
+            if a.kind == "policy" and a.judge
             else None,
         }
-        spec_path = folder / "spec.json"
-        spec_path.write_text(json.dumps(spec, indent=2))
-        code, stopped = run_child(_command(spec_path, limits), limits, cancel=cancel)
-        result_path, error_path = folder / "output" / "result.json", folder / "output" / "error.json"
-        if code == 0 and result_path.exists():
-            return self._completed(
-                outcome, run, json.loads(result_path.read_text()), folder / "output" / "model", champion, spec
-            )
+        (a.folder / "spec.json").write_text(json.dumps(spec, indent=2))
+        return spec
+
+    def _failed(
+        self, attempt: _Attempt, outcome: JobOutcome, run: TrainingRun, code: int | None, stopped: str | None
+    ) -> JobOutcome:
+        """End the run as failed or killed and append ``training.failed`` with the reason; no version."""
+        a = attempt
+        error_path = a.output / "error.json"
         reason = stopped or (
             json.loads(error_path.read_text())["reason"]
             if error_path.exists()
@@ -288,25 +255,18 @@ class TrainingJobs:
         )
         run.set_tags({"alignd.failure": reason[:500]})
         run.end("KILLED" if stopped else "FAILED")
-        self.store.append(
-            [
-                _event(
-                    f"training.failed:{attempt_id}",
-                    "training.failed",
-                    {
-                        "job_id": job_id,
-                        "attempt_id": attempt_id,
-                        "kind": kind,
-                        "objective": objective,
-                        "run_id": run.run_id,
-                        "reason": reason,
-                        "exit_code": code,
-                        "resumable": (checkpoint_dir / "checkpoint.pt").exists(),
-                    },
-                )
-            ]
-        )
-        logger.error("training job %s attempt %s failed: %s", job_id, attempt_id, reason)
+        failed = {
+            "job_id": a.job_id,
+            "attempt_id": a.attempt_id,
+            "kind": a.kind,
+            "objective": a.objective,
+            "run_id": run.run_id,
+            "reason": reason,
+            "exit_code": code,
+            "resumable": (a.checkpoint_dir / "checkpoint.pt").exists(),
+        }
+        self.store.append([_event(f"training.failed:{a.attempt_id}", "training.failed", failed)])
+        logger.error("training job %s attempt %s failed: %s", a.job_id, a.attempt_id, reason)
         outcome.reason = reason
         return outcome
 
@@ -319,13 +279,12 @@ class TrainingJobs:
         champion: Any,
         spec: dict[str, Any],
     ) -> JobOutcome:
-        kind, attempt_id = outcome.kind, outcome.attempt_id
+        """Log the metrics and the model, register the version with its lineage tags, append what happened."""
         final = {k: float(v) for k, v in result["metrics"].items() if isinstance(v, int | float)}
         run.log_metrics(final, result["steps"])
         run.log_artifacts(model_dir, "model")
-        training_event = f"training.completed:{attempt_id}"
         tags = {
-            "alignd.training_event_id": training_event,
+            "alignd.training_event_id": f"training.completed:{outcome.attempt_id}",
             "alignd.objective": spec["config"].get("objective", "bradley_terry"),
             "alignd.parent_version": champion.version if champion else "none",
             "alignd.code_version": code_version(),
@@ -337,47 +296,9 @@ class TrainingJobs:
             **result["gate_tags"],
         }
         run.set_tags(tags)
-        version = self.registry.register(kind, run.run_id, "model", tags)
+        version = self.registry.register(outcome.kind, run.run_id, "model", tags)
         run.end("FINISHED")
-        gate_payload = {
-            **result["gates"],
-            "kind": kind,
-            "model_version": version.version,
-            "candidate_run_id": run.run_id,
-        }
-        common = {"job_id": outcome.job_id, "attempt_id": attempt_id, "kind": kind, "run_id": run.run_id}
-        self.store.append(
-            [
-                _event(
-                    training_event,
-                    "training.completed",
-                    {
-                        **common,
-                        "objective": tags["alignd.objective"],
-                        "steps": result["steps"],
-                        "resumed_from": result["resumed_from"],
-                        "metrics": final,
-                        "duration_s": result.get("duration_s"),
-                        "world_size": result.get("world_size", 1),
-                    },
-                ),
-                _event(f"gate.evaluated:{attempt_id}", "gate.evaluated", gate_payload),
-                _event(
-                    f"model.registered:{version.name}:{version.version}",
-                    "model.registered",
-                    {
-                        **common,
-                        "name": version.name,
-                        "version": version.version,
-                        "aliases": list(version.aliases),
-                        "dataset": outcome.snapshot,
-                        "parent_version": tags["alignd.parent_version"],
-                        "gates": tags["alignd.gates"],
-                        "code_version": tags["alignd.code_version"],
-                    },
-                ),
-            ]
-        )
+        self.store.append(_completion_events(outcome, run.run_id, result, final, tags, version))
         shutil.rmtree(spec["checkpoint_dir"], ignore_errors=True)
         logger.info(
             "registered %s version %s from run %s (gates: %s)",
@@ -388,6 +309,44 @@ class TrainingJobs:
         )
         outcome.ok, outcome.version, outcome.result = True, version.version, result
         return outcome
+
+
+def _completion_events(
+    outcome: JobOutcome,
+    run_id: str,
+    result: dict[str, Any],
+    final: dict[str, float],
+    tags: dict[str, str],
+    version: RegisteredVersion,
+) -> list[Event]:
+    """``training.completed``, ``gate.evaluated`` and ``model.registered``: one append, so all or none."""
+    kind, attempt_id = outcome.kind, outcome.attempt_id
+    common = {"job_id": outcome.job_id, "attempt_id": attempt_id, "kind": kind, "run_id": run_id}
+    completed = {
+        **common,
+        "objective": tags["alignd.objective"],
+        "steps": result["steps"],
+        "resumed_from": result["resumed_from"],
+        "metrics": final,
+        "duration_s": result.get("duration_s"),
+        "world_size": result.get("world_size", 1),
+    }
+    gate_payload = {**result["gates"], "kind": kind, "model_version": version.version, "candidate_run_id": run_id}
+    registered = {
+        **common,
+        "name": version.name,
+        "version": version.version,
+        "aliases": list(version.aliases),
+        "dataset": outcome.snapshot,
+        "parent_version": tags["alignd.parent_version"],
+        "gates": tags["alignd.gates"],
+        "code_version": tags["alignd.code_version"],
+    }
+    return [
+        _event(tags["alignd.training_event_id"], "training.completed", completed),
+        _event(f"gate.evaluated:{attempt_id}", "gate.evaluated", gate_payload),
+        _event(f"model.registered:{version.name}:{version.version}", "model.registered", registered),
+    ]
 
 
 def _latest(registry: ModelRegistry, kind: str) -> Any:

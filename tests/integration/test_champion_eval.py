@@ -20,8 +20,8 @@ from events.sql_store import SqlEventStore
 from monitors.detectors.champion import ChampionRegressionDetector
 from monitors.runner import observe_batch
 from trainers.champion_eval import ChampionEvaluation
+from trainers.children import JobLimits
 from trainers.config import RewardConfig
-from trainers.jobs import JobLimits
 from trainers.policy import Policy
 from trainers.registry import ModelRegistry
 from trainers.reward import RewardModel

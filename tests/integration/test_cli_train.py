@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from events.sql_store import SqlEventStore
+from trainers.children import JobLimits
 from trainers.config import RewardConfig
-from trainers.jobs import JobLimits, TrainingJobs
+from trainers.jobs import TrainingJobs
 from trainers.registry import ModelRegistry
 
 from ..helpers import REPO

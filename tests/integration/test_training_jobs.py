@@ -18,8 +18,9 @@ from events.codec import decode_inbound
 from events.projections.runner import ProjectionRunner
 from events.sql_store import SqlEventStore, create_store_engine
 from migrations.runner import upgrade
+from trainers.children import JobLimits
 from trainers.config import EvaluationConfig, LoraConfig, PolicyConfig, RewardConfig
-from trainers.jobs import JobLimits, JobOutcome, TrainingJobs
+from trainers.jobs import JobOutcome, TrainingJobs
 from trainers.loop import train
 from trainers.registry import ModelRegistry
 from trainers.reward import RewardModel, RewardObjective
