@@ -31,19 +31,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from events.messages import CONTINUOUS
 from events.model import Event
+from events.names import GATE_EVALUATED, MODEL_KINDS, MODEL_NAMES
 from events.sql_store import SqlEventStore
 from trainers import gates
 from trainers.children import JobLimits, run_child
 from trainers.config import EvaluationConfig, PolicyConfig, RewardConfig
-from trainers.registry import MODEL_NAMES, ModelRegistry, RegisteredVersion, RegistryError
+from trainers.registry import ModelRegistry, RegisteredVersion, RegistryError
 from trainers.snapshot import SOURCE, Snapshot, hash_rows, messages_of, split, take_snapshot
 
 logger = logging.getLogger(__name__)
 
-PHASE = "continuous"
-GATE_EVALUATED = "gate.evaluated"
-KINDS = ("reward", "policy")
+PHASE = CONTINUOUS
+KINDS = MODEL_KINDS
 TAG_PREFIX = "alignd.eval."
 
 
@@ -90,14 +91,14 @@ def continuous_payload(
             f"{int(measured['red_team_prompts'])} red-team prompts (must be at most {gate_config.max_unsafe_rate:.2f})"
         )
     decision = gates.decide([replace(result, detail=detail)])
-    payload = gates.gate_event_payload(decision, kind, version.version, version.run_id, phase=PHASE)
-    return {
-        **payload,
-        "name": version.name,
-        "metrics": {k: float(v) for k, v in sorted(measured.items())},
-        "dataset": snapshot,
-        "judge_version": judge_version,
-    }
+    record = gates.gate_record(decision, kind, version.version, version.run_id, phase=PHASE)
+    return replace(
+        record,
+        name=version.name,
+        metrics={k: float(v) for k, v in sorted(measured.items())},
+        dataset=snapshot,
+        judge_version=judge_version,
+    ).to_payload()
 
 
 def evaluation_tags(payload: dict[str, Any], event_id: str, at: datetime) -> dict[str, str]:

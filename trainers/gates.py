@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from events.messages import GateEvaluated, GateOutcome
+
 logger = logging.getLogger(__name__)
 
 #: Slack for comparisons at a threshold: 0.7 - 0.01 is 0.6899999999999999 in binary floating point, and a
@@ -275,37 +277,41 @@ def _json_number(x: float | None) -> float | None:
     return float(x) if x is not None and math.isfinite(x) else None
 
 
-def gate_event_payload(
+def gate_record(
     decision: GateDecision,
     kind: str,
     model_version: str | int | None,
     candidate_run_id: str | None,
     *,
     phase: str = "training",
-) -> dict[str, Any]:
-    """Payload of a ``gate.evaluated`` event: JSON-safe, one entry per gate in the order they ran.
+) -> GateEvaluated:
+    """The ``gate.evaluated`` record of a decision: JSON-safe, one entry per gate in the order they ran.
 
     ``phase`` is ``training`` (a candidate, before registration) or ``continuous`` (a champion re-measured,
-    trainers.champion_eval); events from before phases existed have none and are training ones.
+    trainers.champion_eval, which adds what it measured); events from before phases existed have none and are
+    training ones.
     """
     if not kind:
         raise ValueError("gate_event_payload needs the kind of model evaluated (e.g. 'reward' or 'policy')")
-    return {
-        "kind": kind,
-        "phase": phase,
-        "model_version": None if model_version is None else str(model_version),
-        "candidate_run_id": candidate_run_id,
-        "passed": decision.passed,
-        "failed": list(decision.failed),
-        "gates": [
-            {
-                "name": r.name,
-                "passed": r.passed,
-                "value": _json_number(r.value),
-                "threshold": _json_number(r.threshold),
-                "comparison": r.comparison,
-                "detail": r.detail,
-            }
+    return GateEvaluated(
+        kind=kind,
+        model_version=None if model_version is None else str(model_version),
+        candidate_run_id=candidate_run_id,
+        passed=decision.passed,
+        failed=tuple(decision.failed),
+        gates=tuple(
+            GateOutcome(r.name, r.passed, _json_number(r.value), _json_number(r.threshold), r.comparison, r.detail)
             for r in decision.results
-        ],
-    }
+        ),
+        phase=phase,
+    )
+
+
+def gate_event_payload(
+    decision: GateDecision,
+    kind: str,
+    model_version: str | int | None,
+    candidate_run_id: str | None,
+) -> dict[str, Any]:
+    """Payload of a training-time ``gate.evaluated`` event (:func:`gate_record`'s)."""
+    return gate_record(decision, kind, model_version, candidate_run_id).to_payload()

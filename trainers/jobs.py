@@ -18,14 +18,29 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from events.errors import AlignmentError
+from events.messages import (
+    EventRecord,
+    GateEvaluated,
+    ModelRegistered,
+    TrainingCompleted,
+    TrainingFailed,
+    TrainingStarted,
+)
 from events.model import Event
-from events.names import DATASETS
+from events.names import (
+    DATASETS,
+    GATE_EVALUATED,
+    MODEL_REGISTERED,
+    TRAINING_COMPLETED,
+    TRAINING_FAILED,
+    TRAINING_STARTED,
+)
 from events.sql_store import SqlEventStore
 from trainers.children import JobLimits, run_child
 from trainers.config import (
@@ -106,8 +121,8 @@ def code_version() -> str:
     return text
 
 
-def _event(event_id: str, type_: str, payload: dict[str, Any]) -> Event:
-    return Event(event_id=event_id, type=type_, occurred_at=datetime.now(UTC), source=SOURCE, payload=payload)
+def _event(event_id: str, record: EventRecord) -> Event:
+    return record.to_event(event_id, datetime.now(UTC), SOURCE)
 
 
 class TrainingJobs:
@@ -193,17 +208,17 @@ class TrainingJobs:
         }
         run = self.registry.start_run(a.kind, f"{a.kind}-{a.objective}-{a.attempt_id}", params, tags)
         run.log_dataset(_dataset_info(snapshot))
-        started = {
-            "job_id": a.job_id,
-            "attempt_id": a.attempt_id,
-            "kind": a.kind,
-            "objective": a.objective,
-            "run_id": run.run_id,
-            "dataset": snapshot.info(),
-            "config": config_dict(a.config),
-            "parent_version": a.champion.version if a.champion else None,
-        }
-        self.store.append([snapshot.event(), _event(f"training.started:{a.attempt_id}", "training.started", started)])
+        started = TrainingStarted(
+            job_id=a.job_id,
+            attempt_id=a.attempt_id,
+            kind=a.kind,
+            objective=a.objective,
+            run_id=run.run_id,
+            dataset=snapshot.info(),
+            config=config_dict(a.config),
+            parent_version=a.champion.version if a.champion else None,
+        )
+        self.store.append([snapshot.event(), _event(f"{TRAINING_STARTED}:{a.attempt_id}", started)])
         logger.info(
             "training %s (%s) job %s attempt %s run %s on %d examples up to seq %d",
             a.kind,
@@ -255,17 +270,17 @@ class TrainingJobs:
         )
         run.set_tags({"alignd.failure": reason[:500]})
         run.end("KILLED" if stopped else "FAILED")
-        failed = {
-            "job_id": a.job_id,
-            "attempt_id": a.attempt_id,
-            "kind": a.kind,
-            "objective": a.objective,
-            "run_id": run.run_id,
-            "reason": reason,
-            "exit_code": code,
-            "resumable": (a.checkpoint_dir / "checkpoint.pt").exists(),
-        }
-        self.store.append([_event(f"training.failed:{a.attempt_id}", "training.failed", failed)])
+        failed = TrainingFailed(
+            job_id=a.job_id,
+            attempt_id=a.attempt_id,
+            kind=a.kind,
+            objective=a.objective,
+            run_id=run.run_id,
+            reason=reason,
+            exit_code=code,
+            resumable=(a.checkpoint_dir / "checkpoint.pt").exists(),
+        )
+        self.store.append([_event(f"{TRAINING_FAILED}:{a.attempt_id}", failed)])
         logger.error("training job %s attempt %s failed: %s", a.job_id, a.attempt_id, reason)
         outcome.reason = reason
         return outcome
@@ -284,7 +299,7 @@ class TrainingJobs:
         run.log_metrics(final, result["steps"])
         run.log_artifacts(model_dir, "model")
         tags = {
-            "alignd.training_event_id": f"training.completed:{outcome.attempt_id}",
+            "alignd.training_event_id": f"{TRAINING_COMPLETED}:{outcome.attempt_id}",
             "alignd.objective": spec["config"].get("objective", "bradley_terry"),
             "alignd.parent_version": champion.version if champion else "none",
             "alignd.code_version": code_version(),
@@ -322,30 +337,33 @@ def _completion_events(
     """``training.completed``, ``gate.evaluated`` and ``model.registered``: one append, so all or none."""
     kind, attempt_id = outcome.kind, outcome.attempt_id
     common = {"job_id": outcome.job_id, "attempt_id": attempt_id, "kind": kind, "run_id": run_id}
-    completed = {
+    completed = TrainingCompleted(
         **common,
-        "objective": tags["alignd.objective"],
-        "steps": result["steps"],
-        "resumed_from": result["resumed_from"],
-        "metrics": final,
-        "duration_s": result.get("duration_s"),
-        "world_size": result.get("world_size", 1),
-    }
-    gate_payload = {**result["gates"], "kind": kind, "model_version": version.version, "candidate_run_id": run_id}
-    registered = {
+        objective=tags["alignd.objective"],
+        steps=result["steps"],
+        resumed_from=result["resumed_from"],
+        metrics=final,
+        duration_s=result.get("duration_s"),
+        world_size=result.get("world_size", 1),
+    )
+    # The child evaluated a candidate with no version yet: the gates are the registered version's now.
+    gates = replace(
+        GateEvaluated.from_payload(result["gates"]), kind=kind, model_version=version.version, candidate_run_id=run_id
+    )
+    registered = ModelRegistered(
         **common,
-        "name": version.name,
-        "version": version.version,
-        "aliases": list(version.aliases),
-        "dataset": outcome.snapshot,
-        "parent_version": tags["alignd.parent_version"],
-        "gates": tags["alignd.gates"],
-        "code_version": tags["alignd.code_version"],
-    }
+        name=version.name,
+        version=version.version,
+        aliases=tuple(version.aliases),
+        dataset=outcome.snapshot,
+        parent_version=tags["alignd.parent_version"],
+        gates=tags["alignd.gates"],
+        code_version=tags["alignd.code_version"],
+    )
     return [
-        _event(tags["alignd.training_event_id"], "training.completed", completed),
-        _event(f"gate.evaluated:{attempt_id}", "gate.evaluated", gate_payload),
-        _event(f"model.registered:{version.name}:{version.version}", "model.registered", registered),
+        _event(tags["alignd.training_event_id"], completed),
+        _event(f"{GATE_EVALUATED}:{attempt_id}", gates),
+        _event(f"{MODEL_REGISTERED}:{version.name}:{version.version}", registered),
     ]
 
 

@@ -12,11 +12,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from events.messages import AliasMoved
+from events.names import MODEL_PROMOTED, MODEL_REGISTERED, MODEL_ROLLED_BACK
+
 GATES_TAG = "alignd.gates"
 GATE_TAG_PREFIX = "alignd.gate."
-PROMOTED = "model.promoted"
-ROLLED_BACK = "model.rolled_back"
-REGISTERED = "model.registered"
+PROMOTED, ROLLED_BACK, REGISTERED = MODEL_PROMOTED, MODEL_ROLLED_BACK, MODEL_REGISTERED
 
 
 @dataclass(frozen=True)
@@ -178,22 +179,20 @@ def change_payload(
     request_event_id: str | None = None,
 ) -> dict[str, Any]:
     """The payload of a ``model.promoted`` / ``model.rolled_back`` event (``version`` None: alias deleted)."""
-    return {
-        "kind": kind,
-        "name": name,
-        "alias": alias,
-        "version": version,
-        "previous_version": previous_version,
-        "actor": actor,
-        "reason": reason,
-        "forced": decision.forced,
-        "failed_gates": list(decision.failed_gates),
-        "gates": decision.message,
-        "via": via,
-        "request_event_id": request_event_id,
-        # The outbox keys messages by subject: one model's changes stay in one partition, in order.
-        "subject": f"model:{name}",
-    }
+    return AliasMoved(
+        kind=kind,
+        name=name,
+        alias=alias,
+        version=version,
+        previous_version=previous_version,
+        actor=actor,
+        reason=reason,
+        forced=decision.forced,
+        failed_gates=decision.failed_gates,
+        gates=decision.message,
+        via=via,
+        request_event_id=request_event_id,
+    ).to_payload()
 
 
 def change_event_id(type_: str, payload: Mapping[str, Any], n: int) -> str:

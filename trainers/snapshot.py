@@ -19,21 +19,22 @@ from sqlalchemy import func, select
 
 from events.codec import canonical_json
 from events.errors import ConfigurationError
+from events.messages import DatasetSnapshotted
 from events.model import Event
+from events.names import DEMONSTRATIONS, PREFERENCE_PAIRS, PROMPTS
 from events.projections import PROJECTIONS, QuarantineProjection
 from events.projections.quarantine import training_demonstrations, training_pairs
 from events.sql_store import SqlEventStore
 from events.tables import events, proj_interactions, proj_quarantine, projection_checkpoints
 
-DATASET_SNAPSHOTTED = "dataset.snapshotted"
 SOURCE = "alignd.trainers"
 
 #: The projections each dataset kind reads; the snapshot stops at the lowest of their checkpoints so
 #: every event up to ``to_seq`` has been folded into all of them.
 _NEEDS = {
-    "preference_pairs": ("preference_pairs", "quarantine"),
-    "demonstrations": ("demonstrations", "quarantine"),
-    "prompts": ("interactions", "quarantine"),
+    PREFERENCE_PAIRS: ("preference_pairs", "quarantine"),
+    DEMONSTRATIONS: ("demonstrations", "quarantine"),
+    PROMPTS: ("interactions", "quarantine"),
 }
 
 
@@ -49,24 +50,22 @@ class Snapshot:
     def event_id(self) -> str:
         return f"dataset:{self.kind}:{self.to_seq}:{self.sha256[:16]}"
 
+    def record(self) -> DatasetSnapshotted:
+        return DatasetSnapshotted(
+            name=f"{self.kind}@{self.to_seq}",
+            kind=self.kind,
+            from_seq=self.from_seq,
+            to_seq=self.to_seq,
+            sha256=self.sha256,
+            rows=len(self.rows),
+        )
+
     def info(self) -> dict[str, Any]:
-        return {
-            "name": f"{self.kind}@{self.to_seq}",
-            "kind": self.kind,
-            "from_seq": self.from_seq,
-            "to_seq": self.to_seq,
-            "sha256": self.sha256,
-            "rows": len(self.rows),
-        }
+        """The ``dataset.snapshotted`` payload, which ``training.started`` and ``model.registered`` carry too."""
+        return self.record().to_payload()
 
     def event(self) -> Event:
-        return Event(
-            event_id=self.event_id,
-            type=DATASET_SNAPSHOTTED,
-            occurred_at=datetime.now(UTC),
-            source=SOURCE,
-            payload=self.info(),
-        )
+        return self.record().to_event(self.event_id, datetime.now(UTC), SOURCE)
 
 
 def hash_rows(rows: Sequence[dict[str, Any]]) -> str:
@@ -131,7 +130,7 @@ def take_snapshot(
             "run `alignd replay` (or let ingestion catch up) first"
         )
     with store.engine.connect() as conn:
-        if kind == "preference_pairs":
+        if kind == PREFERENCE_PAIRS:
             query = training_pairs()
             query = query.where(query.selected_columns.seq <= upto_seq)
             rows = [
@@ -145,7 +144,7 @@ def take_snapshot(
                 }
                 for r in conn.execute(query)
             ]
-        elif kind == "demonstrations":
+        elif kind == DEMONSTRATIONS:
             query = training_demonstrations()
             query = query.where(query.selected_columns.seq <= upto_seq)
             rows = [
