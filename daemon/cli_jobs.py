@@ -27,7 +27,6 @@ from daemon.scheduler import (
 )
 from daemon.settings import Settings
 from daemon.training_rules import (
-    DATASETS,
     baseline_seq,
     count_new_examples,
     decide_training,
@@ -35,6 +34,7 @@ from daemon.training_rules import (
     pause_blocks,
     read_attempts,
 )
+from events.names import DATASETS
 from events.sql_store import SqlEventStore
 
 

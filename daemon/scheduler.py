@@ -41,7 +41,6 @@ from typing import Any
 
 from daemon.leader import SCHEDULER_LEASE, LeaderLease, read_lease
 from daemon.training_rules import (
-    DATASETS,
     LOST_LEASE_REASON,
     SHUTDOWN_REASON,
     baseline_seq,
@@ -52,6 +51,7 @@ from daemon.training_rules import (
     read_attempts,
 )
 from events.errors import AlignmentError, StoreUnavailableError
+from events.names import DATASETS
 from events.sql_store import SqlEventStore, create_store_engine
 
 logger = logging.getLogger(__name__)

@@ -16,18 +16,16 @@ from typing import Any
 from sqlalchemy import func, select
 
 from events.model import StoredEvent
+from events.names import MODEL_REGISTERED, TRAINING_COMPLETED, TRAINING_FAILED, TRAINING_STARTED
 from events.projections.quarantine import training_demonstrations, training_pairs
 from events.sql_store import SqlEventStore
 from events.tables import proj_interactions, proj_quarantine
 
-TRAINING_TYPES = ("training.started", "training.completed", "training.failed", "model.registered")
+TRAINING_TYPES = (TRAINING_STARTED, TRAINING_COMPLETED, TRAINING_FAILED, MODEL_REGISTERED)
 #: Reasons ``cancel`` gives; an attempt stopped for one of them is resumed, not backed off from.
 SHUTDOWN_REASON = "daemon shutting down"
 LOST_LEASE_REASON = "lost the leader lease"
 PAUSED_PREFIX = "training paused"
-#: The dataset each objective trains on (trainers.config.DATASETS, without importing torch; a unit test
-#: keeps the two equal).
-DATASETS = {"reward": "preference_pairs", "sft": "demonstrations", "dpo": "preference_pairs", "rloo": "prompts"}
 
 
 # --- rules (pure) -----------------------------------------------------------------------------------------
@@ -57,7 +55,7 @@ def fold_attempts(events: Iterable[StoredEvent]) -> list[Attempt]:
     for stored in events:
         e, p = stored.event, stored.event.payload
         key = str(p.get("attempt_id") or e.event_id)
-        if e.type == "training.started":
+        if e.type == TRAINING_STARTED:
             dataset = p.get("dataset") or {}
             attempts[key] = Attempt(
                 key,
@@ -72,12 +70,12 @@ def fold_attempts(events: Iterable[StoredEvent]) -> list[Attempt]:
             continue
         seen = attempts.get(key)
         if seen is None:
-            if e.type == "model.registered":
+            if e.type == MODEL_REGISTERED:
                 continue  # registered by hand, not by a training job
             seen = Attempt(key, str(p.get("kind")), p.get("objective"), "running", None, run_id=p.get("run_id"))
-        if e.type == "training.completed":
+        if e.type == TRAINING_COMPLETED:
             attempts[key] = replace(seen, status="completed", finished_at=e.occurred_at)
-        elif e.type == "training.failed":
+        elif e.type == TRAINING_FAILED:
             attempts[key] = replace(
                 seen,
                 status="failed",
@@ -85,7 +83,7 @@ def fold_attempts(events: Iterable[StoredEvent]) -> list[Attempt]:
                 reason=p.get("reason"),
                 resumable=p.get("resumable"),
             )
-        elif e.type == "model.registered":
+        elif e.type == MODEL_REGISTERED:
             attempts[key] = replace(seen, version=str(p.get("version")))
     return list(attempts.values())
 

@@ -18,8 +18,6 @@ LR_SCHEDULES = ("constant", "linear")
 #: Where the reward head reads the encoder: the mean of the token states, or the architecture's own
 #: sequence-classification head (BERT's pooler over [CLS], the last token of a decoder).
 REWARD_POOLING = ("mean", "head")
-#: The dataset each kind of training reads (trainers.snapshot kinds).
-DATASETS = {"reward": "preference_pairs", "sft": "demonstrations", "dpo": "preference_pairs", "rloo": "prompts"}
 
 
 def _help(text: str, default: Any) -> Any:

@@ -27,11 +27,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from events.errors import AlignmentError
+from events.names import MODEL_NAMES
 from events.redact import Scrubber, url_secrets
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAMES = {"reward": "alignd-reward", "policy": "alignd-policy"}
 TRAINING_EVENT_TAG = "alignd.training_event_id"
 DATASET_TAG_PREFIX = "alignd.dataset."
 # MLflow's dataset table holds at most 36 characters of digest; the full hash goes in a run tag.

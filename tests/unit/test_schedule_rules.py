@@ -12,7 +12,6 @@ from daemon.scheduler import (
     planned_jobs,
 )
 from daemon.training_rules import (
-    DATASETS,
     LOST_LEASE_REASON,
     SHUTDOWN_REASON,
     Attempt,
@@ -164,11 +163,6 @@ def test_schedule_config_takes_what_settings_have_and_defaults_the_rest() -> Non
     assert (config.reward_after_pairs, config.lease_s, config.check_interval_s) == (7, 5.0, 2.0)
     assert config.reward_cron == ScheduleConfig.reward_cron
     assert ScheduleConfig.from_settings(object()) == ScheduleConfig()
-
-
-def test_dataset_map_matches_the_trainers() -> None:
-    config = pytest.importorskip("trainers.config")
-    assert config.DATASETS == DATASETS
 
 
 def test_the_evaluate_job_is_planned_only_when_evaluation_cron_is_set() -> None:
