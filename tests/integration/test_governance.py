@@ -22,12 +22,12 @@ from mlflow import MlflowClient
 from daemon import bootstrap
 from daemon.cli_models import add_models_commands
 from daemon.enforcement import EnforcementExecutor, training_paused
-from daemon.governance import Governance, NothingToRollBackError, PromotionRefusedError
 from daemon.settings import DatabaseSettings, MlflowSettings, Settings, TopicsSettings
 from events.model import Event
 from events.sql_store import SqlEventStore, create_store_engine
 from migrations.runner import upgrade
 from tests.helpers import consume_all, create_topics
+from trainers.governance import Governance, NothingToRollBackError, PromotionRefusedError
 from trainers.registry import ModelRegistry, RegistryUnavailableError
 
 pytestmark = pytest.mark.integration
