@@ -55,7 +55,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.ingest_bench import code_version
+from bench.harness import code_version
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": sys.version.split()[0],
             "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         },
-        "code": code_version(),  # bench.ingest_bench's: the commit and the modified files
+        "code": code_version(),  # bench.harness's: the commit and the modified files
         "runs": runs,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,9 @@ What it does, in one process:
 
 1. Starts a local Kafka broker (``daemon.local.kafka``) unless ``$KAFKA_BOOTSTRAP_SERVERS`` names one, and a
    local PostgreSQL (``daemon.local.postgres``) unless ``$ALIGND_TEST_POSTGRES_URL`` names a server (a fresh
-   database is created on it for each run and dropped afterwards).
-2. Creates one topic (3 partitions by default) and produces ``--events`` realistic envelopes (DESIGN.md §2):
+   database is created on it for each run and dropped afterwards): :mod:`bench.harness`.
+2. Creates one topic (3 partitions by default) and produces ``--events`` realistic envelopes (DESIGN.md §2,
+   :mod:`bench.workload`):
    ``interaction.logged`` with prompts of 200-500 and responses of 300-800 characters, ``feedback.received``
    of every kind, and about 0.5 % invalid messages (bad JSON, invalid UTF-8, missing or mistyped fields,
    unknown type or schema version) that must become dead letters. Production is not timed.
@@ -39,24 +40,29 @@ import cProfile
 import io
 import json
 import logging
-import os
-import platform
 import pstats
-import random
-import re
-import resource
 import shutil
-import sqlite3
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from bench.harness import (
+    PhaseMeter,
+    Services,
+    code_version,
+    create_topic,
+    machine_info,
+    produce,
+    start_services,
+    write_results,
+)
+from bench.workload import EventFactory
 
 logger = logging.getLogger("bench.ingest")
 
@@ -73,466 +79,7 @@ MIN_RATIO = 0.8
 MIN_POSTGRES_EPS = 20_000
 
 
-# ============================================================================================ data
-
-
-_WORDS = (
-    "the model answer question user context policy reward feedback training data system prompt response "
-    "should would could because however therefore example explain describe summary detail step first second "
-    "then finally result error value function class method database table query index transaction commit "
-    "kafka partition offset consumer producer event stream batch latency throughput memory cpu network "
-    "python rust java go typescript request service deploy container cluster node version release rollback "
-    "safety alignment preference human rating correction flag signal dataset evaluation metric accuracy "
-    "please thanks help issue problem solution approach option tradeoff cost benefit risk small large fast "
-    "slow simple complex clear careful good better best worse recipe travel weather history science math "
-    "physics chemistry biology music film book article email letter report meeting schedule plan budget "
-    "a an and or but if when while with without for from into onto over under between about around "
-    "is are was were be been being have has had do does did can may might must will shall not no yes "
-    "this that these those it its they them their we our you your he she his her i me my"
-).split()
-_UNICODE_BITS = ("naïve café", "“quoted”", "— em dash", "Zürich", "東京", "🙂", "résumé", "½ cup", "Ωmega")
-_PROMPT_OPENERS = (
-    "Can you explain",
-    "Write a short summary of",
-    "What is the difference between",
-    "Help me debug",
-    "Give me three ideas for",
-    "Translate into plain English:",
-    "Is it safe to",
-    "Draft an email about",
-    "Compare",
-    "Why does",
-)
-_SOURCES = ("chat-gateway", "api-gateway", "mobile-app", "batch-eval")
-_MODELS = (("smollm2-135m-instruct", "7"), ("smollm2-135m-instruct", "8"), ("alignd-policy", "12"))
-_OFFSETS = (
-    UTC,
-    UTC,
-    timezone(timedelta(hours=2)),
-    timezone(timedelta(hours=-5)),
-    timezone(timedelta(hours=5, minutes=30)),
-)
-_SIGNALS = ("regenerated", "copied", "edited", "abandoned", "escalated_to_human", "dwell_time_ms")
-_FLAGS = ("toxic", "jailbreak", "hallucination", "pii", "other")
-# kind -> weight among feedback
-_FEEDBACK_MIX = (
-    ("thumbs", 35),
-    ("signal", 25),
-    ("rating", 15),
-    ("preference", 10),
-    ("correction", 8),
-    ("flag", 7),
-)
-_INVALID_KINDS = (
-    "invalid_json",
-    "missing_response",
-    "missing_request_id",
-    "invalid_utf8",
-    "mistyped_rating",
-    "unknown_type",
-    "unknown_schema_version",
-)
-INTERACTION_SHARE = 0.6
-
-
-class EventFactory:
-    """Deterministic stream of (key, value) Kafka messages; see the module docstring for the mix."""
-
-    def __init__(self, seed: int, n: int, invalid_rate: float) -> None:
-        self.rng = random.Random(seed)
-        self.n = n
-        n_invalid = round(n * invalid_rate) if invalid_rate > 0 else 0
-        self.invalid_at = set(self.rng.sample(range(n), n_invalid)) if n_invalid else set()
-        self.start = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
-        self.recent: list[str] = []
-        self.counts: dict[str, int] = {}
-        self.value_bytes = 0
-        kinds, weights = zip(*_FEEDBACK_MIX, strict=True)
-        self._kinds, self._weights = list(kinds), list(weights)
-
-    def _text(self, lo: int, hi: int, opener: str | None = None) -> str:
-        rng = self.rng
-        target = rng.randint(lo, hi)
-        words = rng.choices(_WORDS, k=target // 4 + 8)
-        if opener:
-            words.insert(0, opener)
-        if rng.random() < 0.1:
-            words.insert(rng.randrange(len(words)), rng.choice(_UNICODE_BITS))
-        text = " ".join(words)
-        if len(text) > target:
-            cut = text.rfind(" ", 0, target)
-            text = text[: cut if cut > lo // 2 else target]
-        return text[0].upper() + text[1:] + "."
-
-    def _envelope(self, i: int, event_type: str, payload: dict[str, Any], source: str) -> dict[str, Any]:
-        rng = self.rng
-        moment = self.start + timedelta(milliseconds=30 * i + rng.randint(0, 29))
-        stamp = moment.astimezone(rng.choice(_OFFSETS)).isoformat(timespec="milliseconds")
-        if stamp.endswith("+00:00") and rng.random() < 0.5:
-            stamp = stamp[:-6] + "Z"
-        doc: dict[str, Any] = {
-            "type": event_type,
-            "schema_version": 1,
-            "occurred_at": stamp,
-            "source": source,
-            "payload": payload,
-        }
-        # A few producers send no event_id: alignd derives one from the Kafka coordinates.
-        if rng.random() < 0.97:
-            doc = {"event_id": f"evt-{rng.getrandbits(96):024x}", **doc}
-        return doc
-
-    def interaction(self, i: int) -> dict[str, Any]:
-        rng = self.rng
-        request_id = f"req-{i:08d}-{rng.getrandbits(32):08x}"
-        self.recent.append(request_id)
-        if len(self.recent) > 5000:
-            del self.recent[:1000]
-        name, version = rng.choice(_MODELS)
-        payload: dict[str, Any] = {"request_id": request_id, "model": {"name": name, "version": version}}
-        prompt = self._text(200, 500, rng.choice(_PROMPT_OPENERS))
-        if rng.random() < 0.2:
-            payload["messages"] = [
-                {"role": "system", "content": "You are a helpful, harmless and honest assistant."},
-                {"role": "user", "content": prompt},
-            ]
-        else:
-            payload["prompt"] = prompt
-        payload["response"] = self._text(300, 800)
-        payload["latency_ms"] = round(rng.lognormvariate(6.0, 0.5), 1)
-        payload["user"] = f"user-{rng.randrange(20_000):05d}"
-        payload["session_id"] = f"sess-{rng.randrange(60_000):06d}"
-        if rng.random() < 0.5:
-            payload["metadata"] = {
-                "locale": rng.choice(("en-GB", "en-US", "de-DE", "fr-FR")),
-                "temperature": 0.7,
-                "channel": "web",
-            }
-        return self._envelope(i, "interaction.logged", payload, rng.choice(_SOURCES))
-
-    def feedback(self, i: int, kind: str | None = None) -> dict[str, Any]:
-        rng = self.rng
-        kind = kind or rng.choices(self._kinds, self._weights)[0]
-        if self.recent and rng.random() < 0.92:
-            request_id = rng.choice(self.recent)
-        else:  # feedback for an interaction never seen (or not yet)
-            request_id = f"req-unknown-{rng.getrandbits(40):010x}"
-        value: Any
-        if kind == "thumbs":
-            value = "up" if rng.random() < 0.7 else "down"
-        elif kind == "rating":
-            value = rng.randint(1, 5)
-        elif kind == "preference":
-            value = {"chosen": self._text(300, 800), "rejected": self._text(300, 800)}
-        elif kind == "correction":
-            value = {"response": self._text(300, 800)}
-        elif kind == "flag":
-            value = {"category": rng.choice(_FLAGS)}
-            if rng.random() < 0.5:
-                value["note"] = self._text(20, 120)
-        else:
-            name = rng.choice(_SIGNALS)
-            value = {"name": name, "value": rng.randint(500, 120_000)} if name == "dwell_time_ms" else {"name": name}
-        payload: dict[str, Any] = {"request_id": request_id, "kind": kind, "value": value}
-        if rng.random() < 0.7:
-            payload["user"] = f"user-{rng.randrange(20_000):05d}"
-        if rng.random() < 0.1:
-            payload["comment"] = self._text(20, 200)
-        return self._envelope(i, "feedback.received", payload, "feedback-service")
-
-    def invalid(self, i: int) -> tuple[str, bytes]:
-        kind = self.rng.choice(_INVALID_KINDS)
-        if kind == "invalid_json":
-            raw = json.dumps(self.interaction(i)).encode()
-            return kind, raw[: len(raw) // 2]
-        if kind == "missing_response":
-            doc = self.interaction(i)
-            del doc["payload"]["response"]
-        elif kind == "missing_request_id":
-            doc = self.feedback(i, "thumbs")
-            del doc["payload"]["request_id"]
-        elif kind == "invalid_utf8":
-            raw = json.dumps(self.interaction(i), ensure_ascii=False).encode()
-            return kind, raw[:40] + b"\xc3\x28" + raw[40:]
-        elif kind == "mistyped_rating":
-            doc = self.feedback(i, "rating")
-            doc["payload"]["value"] = str(doc["payload"]["value"])
-        elif kind == "unknown_type":
-            doc = self.interaction(i)
-            doc["type"] = "interaction.deleted"
-        else:
-            doc = self.interaction(i)
-            doc["schema_version"] = 9
-        return kind, json.dumps(doc, ensure_ascii=False).encode()
-
-    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
-        rng = self.rng
-        for i in range(self.n):
-            if i in self.invalid_at:
-                kind, value = self.invalid(i)
-                label = f"invalid:{kind}"
-                key = f"bad-{i}".encode()
-            else:
-                doc = self.interaction(i) if rng.random() < INTERACTION_SHARE else self.feedback(i)
-                value = json.dumps(doc, ensure_ascii=False).encode()
-                label = doc["type"] if doc["type"] == "interaction.logged" else f"feedback:{doc['payload']['kind']}"
-                key = doc["payload"]["request_id"].encode()
-            self.counts[label] = self.counts.get(label, 0) + 1
-            self.value_bytes += len(value)
-            yield key, value
-
-
-# ======================================================================================= services
-
-
-@dataclass
-class Services:
-    bootstrap: str
-    kafka_version: str
-    kafka_local: bool
-    pg_server_url: str
-    pg_local: bool
-    tmp: Path
-    kafka: Any = None
-    pg: Any = None
-    pg_version: str = ""
-    created_dbs: list[str] = field(default_factory=list)
-    created_topics: list[str] = field(default_factory=list)
-
-    # -- PostgreSQL
-
-    def new_database(self, name: str) -> str:
-        if self.pg is not None:
-            url = self.pg.create_database(name)
-        else:
-            import psycopg
-            from psycopg import sql
-            from sqlalchemy.engine import make_url
-
-            server = make_url(self.pg_server_url)
-            with psycopg.connect(_conninfo(self.pg_server_url), autocommit=True) as conn:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            url = server.set(database=name).render_as_string(hide_password=False)
-        self.created_dbs.append(name)
-        return url
-
-    def drop_database(self, name: str) -> None:
-        import psycopg
-        from psycopg import sql
-
-        conninfo = self.pg.conninfo("postgres") if self.pg is not None else _conninfo(self.pg_server_url)
-        with contextlib.suppress(Exception), psycopg.connect(conninfo, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            self.created_dbs.remove(name)
-
-    def postgres_pids(self) -> list[int]:
-        proc = getattr(self.pg, "_proc", None) if self.pg is not None else None
-        return [proc.pid] if proc is not None else []
-
-    def kafka_pids(self) -> list[int]:
-        proc = getattr(self.kafka, "_proc", None) if self.kafka is not None else None
-        return [proc.pid] if proc is not None else []
-
-    def close(self, *, keep: bool = False) -> None:
-        for name in list(self.created_dbs):
-            self.drop_database(name)
-        if self.created_topics and not self.kafka_local:
-            with contextlib.suppress(Exception):
-                admin = _admin(self.bootstrap)
-                try:
-                    for topic in self.created_topics:  # one by one: the DLQ topic may never have been made
-                        with contextlib.suppress(Exception):
-                            admin.delete_topics([topic])
-                finally:
-                    admin.close()
-        if self.pg is not None:
-            with contextlib.suppress(Exception):
-                # destroy() also removes a cluster that LocalPostgres relocated outside our folder.
-                self.pg.stop("fast") if keep else self.pg.destroy()
-        if self.kafka is not None:
-            with contextlib.suppress(Exception):
-                self.kafka.stop()
-
-
-def _conninfo(sqlalchemy_url: str) -> str:
-    """A libpq URL from an SQLAlchemy one (drops the ``+driver``)."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(sqlalchemy_url).set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
-
-
-def _admin(bootstrap: str) -> Any:
-    from kafka.admin import KafkaAdminClient
-
-    return KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="alignd-bench")
-
-
-def start_services(tmp: Path) -> Services:
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    kafka = None
-    if bootstrap:
-        kafka_version = "external"
-        logger.info("using Kafka at %s ($KAFKA_BOOTSTRAP_SERVERS)", bootstrap)
-    else:
-        from daemon.local.kafka import KAFKA_VERSION, LocalKafka
-
-        print("starting a local Kafka broker ...", flush=True)
-        kafka = LocalKafka(tmp / "kafka").start()
-        bootstrap = kafka.bootstrap_servers
-        kafka_version = KAFKA_VERSION
-    pg = None
-    pg_url = os.environ.get("ALIGND_TEST_POSTGRES_URL", "").strip()
-    if not pg_url:
-        from daemon.local.postgres import LocalPostgres
-
-        print("starting a local PostgreSQL ...", flush=True)
-        try:
-            pg = LocalPostgres(tmp / "postgres" / "data").start()
-        except BaseException:
-            if kafka is not None:
-                kafka.stop()
-            raise
-        pg_url = pg.url("postgres")
-    services = Services(bootstrap, kafka_version, kafka is not None, pg_url, pg is not None, tmp, kafka=kafka, pg=pg)
-    try:
-        import psycopg
-
-        conninfo = pg.conninfo("postgres") if pg is not None else _conninfo(pg_url)
-        with psycopg.connect(conninfo, autocommit=True) as conn:
-            row = conn.execute("SHOW server_version").fetchone()
-            services.pg_version = str(row[0]) if row else "?"
-        admin = _admin(bootstrap)
-        try:
-            broker = admin._manager.broker_version  # noqa: SLF001 - only for the report
-            if broker and not services.kafka_local:
-                services.kafka_version = "api " + ".".join(map(str, broker))
-        finally:
-            admin.close()
-    except BaseException:
-        services.close()
-        raise
-    return services
-
-
-def create_topic(services: Services, topic: str, partitions: int) -> None:
-    admin = _admin(services.bootstrap)
-    try:
-        admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": 1}}, wait_for_metadata=True)
-    finally:
-        admin.close()
-    services.created_topics += [topic, topic + ".dlq"]  # alignd's producer creates the DLQ topic
-
-
-def produce(services: Services, topic: str, factory: EventFactory) -> float:
-    from kafka import KafkaConsumer, KafkaProducer
-    from kafka.structs import TopicPartition
-
-    producer = KafkaProducer(
-        bootstrap_servers=services.bootstrap.split(","),
-        client_id="alignd-bench-producer",
-        acks=1,
-        enable_idempotence=False,  # idempotence needs acks=all; setup only needs speed
-        linger_ms=20,
-        batch_size=512 * 1024,
-        max_request_size=4 * 1024 * 1024,
-    )
-    started = time.perf_counter()
-    for key, value in factory:
-        producer.send(topic, key=key, value=value)
-    producer.flush(timeout=300)
-    producer.close(timeout=30)
-    elapsed = time.perf_counter() - started
-    probe = KafkaConsumer(bootstrap_servers=services.bootstrap.split(","), client_id="alignd-bench-probe")
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(probe.partitions_for_topic(topic) or ())]
-        total = sum(probe.end_offsets(partitions).values())
-    finally:
-        probe.close()
-    if total != factory.n:
-        raise RuntimeError(f"produced {factory.n} messages but the topic holds {total}")
-    return elapsed
-
-
-# ==================================================================================== measurement
-
-
-def _status_kib(name: str) -> int | None:
-    try:
-        match = re.search(rf"^{name}:\s+(\d+)\s+kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _tree_cpu(pids: list[int]) -> float | None:
-    try:
-        import psutil
-    except ImportError:
-        return None
-    total = 0.0
-    for pid in pids:
-        try:
-            root = psutil.Process(pid)
-            for proc in [root, *root.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):
-                    t = proc.cpu_times()
-                    total += t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0)
-        except psutil.Error:
-            continue
-    return total if pids else None
-
-
-class PhaseMeter:
-    """Wall and CPU time, peak RSS of this process and CPU of the local services over one phase."""
-
-    def __init__(self, services: Services) -> None:
-        self.services = services
-
-    def __enter__(self) -> PhaseMeter:
-        self.peak_is_phase = _reset_peak_rss()
-        self.rss_start = _status_kib("VmRSS")
-        self.cpu0 = _self_cpu()
-        self.kafka0 = _tree_cpu(self.services.kafka_pids())
-        self.pg0 = _tree_cpu(self.services.postgres_pids())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cpu_s = _self_cpu() - self.cpu0
-        kafka1 = _tree_cpu(self.services.kafka_pids())
-        pg1 = _tree_cpu(self.services.postgres_pids())
-        self.kafka_cpu_s = None if kafka1 is None or self.kafka0 is None else kafka1 - self.kafka0
-        self.pg_cpu_s = None if pg1 is None or self.pg0 is None else pg1 - self.pg0
-        hwm = _status_kib("VmHWM")
-        self.peak_rss_mib = round(hwm / 1024, 1) if hwm is not None else round(_ru_maxrss_kib() / 1024, 1)
-        self.rss_start_mib = round(self.rss_start / 1024, 1) if self.rss_start is not None else None
-
-    def figures(self) -> dict[str, Any]:
-        return {
-            "cpu_s_python": round(self.cpu_s, 3),
-            "cpu_s_kafka": None if self.kafka_cpu_s is None else round(self.kafka_cpu_s, 3),
-            "cpu_s_postgres": None if self.pg_cpu_s is None else round(self.pg_cpu_s, 3),
-            "rss_start_mib": self.rss_start_mib,
-            "peak_rss_mib": self.peak_rss_mib,
-            "peak_rss_scope": "phase" if self.peak_is_phase else "process lifetime",
-        }
-
-
-def _self_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _ru_maxrss_kib() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# ======================================================================================= timing
 
 
 @dataclass
@@ -744,69 +291,6 @@ def _db_size(store: Any, db_path: Path | None) -> int | None:
 
 
 # ========================================================================================= report
-
-
-def code_version() -> dict[str, Any]:
-    """The commit measured, and whether the working tree had changes (the figures are then for those)."""
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip()
-
-    changed = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": git("rev-parse", "HEAD"), "modified_files": changed.splitlines() if changed else []}
-
-
-def machine_info(services: Services) -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    def pkg(name: str) -> str | None:
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
-
-    cpu_model = None
-    with contextlib.suppress(OSError):
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu_model = match.group(1).strip() if match else None
-    mem_gib = None
-    with contextlib.suppress(OSError, AttributeError):
-        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    try:
-        from kafka.record import util as record_util
-
-        crc = "C (crc32c package)" if getattr(record_util, "crc32c_c", None) is not None else "pure Python"
-    except ImportError:
-        crc = None
-    return {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu_model": cpu_model,
-        "memory_gib": mem_gib,
-        "python": sys.version.split()[0],
-        "python_implementation": platform.python_implementation(),
-        "kafka": services.kafka_version
-        + (" (local, daemon.local.kafka)" if services.kafka_local else " ($KAFKA_BOOTSTRAP_SERVERS)"),
-        "postgresql": services.pg_version
-        + (" (local, daemon.local.postgres)" if services.pg_local else " ($ALIGND_TEST_POSTGRES_URL)"),
-        "sqlite": sqlite3.sqlite_version,
-        "kafka_python": pkg("kafka-python"),
-        # kafka-python checks (consumer) and computes (producer) a CRC-32C per record batch; without the
-        # optional crc32c package that is pure Python and dominates every phase.
-        "kafka_python_crc32c": crc,
-        "sqlalchemy": pkg("SQLAlchemy"),
-        "psycopg": pkg("psycopg"),
-        "pydantic": pkg("pydantic"),
-    }
 
 
 def summarise(runs: list[dict[str, Any]], targets: list[str]) -> dict[str, Any]:
@@ -1027,8 +511,7 @@ def main(argv: list[str] | None = None) -> int:
             "runs": runs,
             "profiles": profiles,
         }
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(document, indent=2) + "\n")
+        write_results(args.output, document)
         print(f"\nresults written to {args.output}")
         return 0
     finally:

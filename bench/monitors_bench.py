@@ -8,7 +8,7 @@
 What it does (in one process, but for the latency phase's traffic client):
 
 1. **Throughput** (pinned to CPU 0 with ``os.sched_setaffinity(0, {0})``, torch limited to one thread; the
-   affinity is restored afterwards). ``--events`` realistic stored events, made by ``bench.ingest_bench``'s
+   affinity is restored afterwards). ``--events`` realistic stored events, made by ``bench.workload``'s
    ``EventFactory`` (60 % ``interaction.logged`` with prompts of 200-500 and responses of 300-800 characters,
    40 % ``feedback.received`` of every kind, 92 % of it about a recent interaction), with small planted shares:
    1 % of responses leak PII (an e-mail address at a non-reserved domain, a phone number with a label, a
@@ -67,14 +67,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from bench.ingest_bench import (  # noqa: E402
-    EventFactory,
+from bench.harness import (  # noqa: E402
     Services,
     code_version,
     create_topic,
     machine_info,
     start_services,
+    write_results,
 )
+from bench.workload import EventFactory  # noqa: E402
 from daemon.settings import LIGHT_DETECTORS  # noqa: E402
 
 logger = logging.getLogger("bench.monitors")
@@ -119,7 +120,7 @@ _PROFANE = (
 
 
 class MonitorEventFactory(EventFactory):
-    """``bench.ingest_bench``'s realistic envelopes, with planted PII, jailbreaks and profanity."""
+    """``bench.workload``'s realistic envelopes, with planted PII, jailbreaks and profanity."""
 
     def __init__(
         self,
@@ -777,19 +778,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _services(tmp: Path, db: str) -> Services:
-    if db == "postgres":
-        return start_services(tmp)
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    if bootstrap:
-        return Services(bootstrap, "external", False, "", False, tmp)
-    from daemon.local.kafka import KAFKA_VERSION, LocalKafka
-
-    print("starting a local Kafka broker ...", flush=True)
-    kafka = LocalKafka(tmp / "kafka").start()
-    return Services(kafka.bootstrap_servers, KAFKA_VERSION, True, "", False, tmp, kafka=kafka)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="alignd-bench-monitors-"))
@@ -808,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_throughput:
             throughput = run_throughput(args)
         if not args.skip_latency:
-            services = _services(tmp, args.db)
+            services = start_services(tmp, postgres=args.db == "postgres")
             latency = run_latency(args, services)
             machine = machine_info(services)
             if args.db == "sqlite":
@@ -832,7 +820,7 @@ def main(argv: list[str] | None = None) -> int:
             "throughput": throughput,
             "latency": latency,
         }
-        args.output.write_text(json.dumps(document, indent=2, default=str) + "\n")
+        write_results(args.output, document)
         print(f"\nresults written to {args.output}")
         return 0
     finally:

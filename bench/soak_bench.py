@@ -8,9 +8,9 @@ Bounded and loopback only. What it does, per run:
 
 1. A local Kafka broker (``daemon.local.kafka``, or ``$KAFKA_BOOTSTRAP_SERVERS``) and, with ``--db
    postgresql``, a local PostgreSQL (``daemon.local.postgres``, or ``$ALIGND_TEST_POSTGRES_URL``), both through
-   ``bench.ingest_bench``'s helpers. Fresh inbound topics (3 partitions) and DLQ topic, a fresh database migrated
+   ``bench.harness``'s helpers. Fresh inbound topics (3 partitions) and DLQ topic, a fresh database migrated
    with ``migrations.runner.upgrade``.
-2. Builds the messages up front (``bench.ingest_bench.EventFactory``'s realistic interactions and feedback for
+2. Builds the messages up front (``bench.workload.EventFactory``'s realistic interactions and feedback for
    them): interactions to the interactions topic, feedback to the feedback topic; ``--hostile-fraction`` (1 %)
    hostile ones, the kinds of ``HOSTILE_KINDS`` in turn, each of which alignd must dead-letter; ``--dup-fraction``
    (0.2 %) exact resends of earlier messages (same bytes, same key, so the same partition, sent later), which
@@ -58,15 +58,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.ingest_bench import (
-    INTERACTION_SHARE,
-    EventFactory,
-    Services,
-    _admin,
-    code_version,
-    machine_info,
-    start_services,
-)
+from bench.harness import Services, code_version, kafka_admin, loadavg, machine_info, start_services
+from bench.workload import INTERACTION_SHARE, EventFactory
 
 logger = logging.getLogger("bench.soak")
 
@@ -195,12 +188,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _loadavg() -> list[float] | None:
-    with contextlib.suppress(OSError, AttributeError):
-        return [round(x, 2) for x in os.getloadavg()]
-    return None
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -365,24 +352,10 @@ def _get(port: int, path: str, timeout: float = 2.0) -> int | None:
 # ============================================================================================ services
 
 
-def start_kafka_only(tmp: Path) -> Services:
-    """Like ``bench.ingest_bench.start_services`` without PostgreSQL (the SQLite runs need none)."""
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    kafka = None
-    kafka_version = "external"
-    if not bootstrap:
-        from daemon.local.kafka import KAFKA_VERSION, LocalKafka
-
-        print("starting a local Kafka broker ...", flush=True)
-        kafka = LocalKafka(tmp / "kafka").start()
-        bootstrap, kafka_version = kafka.bootstrap_servers, KAFKA_VERSION
-    return Services(bootstrap, kafka_version, kafka is not None, "", False, tmp, kafka=kafka, pg_version="(unused)")
-
-
 def create_topics(services: Services, names: list[str], partitions: int) -> None:
     from kafka.admin import NewTopic
 
-    admin = _admin(services.bootstrap)
+    admin = kafka_admin(services.bootstrap)
     try:
         admin.create_topics(
             [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in names],
@@ -525,7 +498,7 @@ def soak_once(args: argparse.Namespace, services: Services, tmp: Path, messages:
         }
     )
     stderr_path = tmp / f"daemon-{run_tag}.log"
-    load_start = _loadavg()
+    load_start = loadavg()
     expected_ids: set[str] = set()
     store = SqlEventStore.from_url(db_url)
     stderr_file = stderr_path.open("wb")
@@ -586,7 +559,7 @@ def soak_once(args: argparse.Namespace, services: Services, tmp: Path, messages:
         time.sleep(args.settle_s)  # anything extra arriving late (a duplicate stored twice) shows up
     finally:
         load.stop()
-        load_end = _loadavg()
+        load_end = loadavg()
         exit_code: int | None = daemon.poll()
         if exit_code is None:
             daemon.send_signal(signal.SIGTERM)
@@ -815,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, filename=str(tmp / "bench.log"))
     services: Services | None = None
     try:
-        services = start_services(tmp) if args.db == "postgresql" else start_kafka_only(tmp)
+        services = start_services(tmp, postgres=args.db == "postgresql")
         machine = machine_info(services)
         print(f"building {args.messages:,} messages ...", flush=True)
         messages = build_messages(args.messages, args.hostile_fraction, args.dup_fraction, args.seed)
