@@ -23,6 +23,9 @@ from tests.helpers import alignd, feedback, interaction, produce, settings_env, 
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
+# Each test's timeout is above the sum of its own waits (plus the services' start-up), so a hang fails at the
+# wait that names what did not happen, and the global timeout (600 s) never cuts a wait short.
+
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
@@ -49,6 +52,7 @@ def _payloads(url: str, type_: str) -> list[dict[str, Any]]:
         store.dispose()
 
 
+@pytest.mark.timeout(720)  # waits: 120 + 120 + 300 s
 def test_sigterm_during_ingestion_exits_cleanly_and_loses_nothing(
     sqlite_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -79,6 +83,7 @@ def test_sigterm_during_ingestion_exits_cleanly_and_loses_nothing(
     assert counts["interaction.logged"] == 3000 and counts["feedback.received"] == 1000
 
 
+@pytest.mark.timeout(900)  # waits: 240 + 120 + 300 + 120 s
 def test_sigterm_during_a_scheduled_training_job_records_it_and_the_next_run_resumes(
     sqlite_url: str, tmp_path: Path
 ) -> None:
@@ -135,13 +140,19 @@ def test_sigterm_during_a_scheduled_training_job_records_it_and_the_next_run_res
     assert completed["resumed_from"] >= 2 and completed["job_id"] == failed["job_id"]
 
 
+@pytest.mark.timeout(660)  # waits: 600 s (the quick demo takes about 150 s on a 2-core machine)
 def test_the_demo_runs_end_to_end_and_its_audit_trail_verifies(tmp_path: Path) -> None:
     proc = alignd(
         ["demo", "--quick", "--json", "--dir", str(tmp_path / "demo")],
         {"ALIGND_LOG_LEVEL": "WARNING"},
         stdout=subprocess.PIPE,
     )
-    out, _ = proc.communicate(timeout=900)
+    try:
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 0
     summary = json.loads(out)
     assert summary["ok"] and summary["audit"]["intact"]
