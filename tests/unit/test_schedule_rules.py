@@ -166,7 +166,7 @@ def test_schedule_config_takes_what_settings_have_and_defaults_the_rest() -> Non
 
 
 def test_the_evaluate_job_is_planned_only_when_evaluation_cron_is_set() -> None:
-    pytest.importorskip("apscheduler")
+    # APScheduler is a core dependency: planned_jobs imports it, and a broken import fails here, not skips.
     assert "evaluate" not in [job for job, _ in planned_jobs(ScheduleConfig())]
     planned = dict(planned_jobs(ScheduleConfig(evaluation_cron="30 5 * * *")))
     assert "hour='5'" in str(planned["evaluate"]) and "minute='30'" in str(planned["evaluate"])
