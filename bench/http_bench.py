@@ -200,7 +200,6 @@ class Appender(threading.Thread):
 
 
 def one_run(args: argparse.Namespace, index: int) -> dict[str, Any]:
-    from daemon.http import HttpLimits, ReviewServer
     from events.sql_store import SqlEventStore, create_store_engine
     from migrations.runner import upgrade
 
@@ -212,8 +211,8 @@ def one_run(args: argparse.Namespace, index: int) -> dict[str, Any]:
         store = SqlEventStore.from_url(url)
         _seed(store, args.records)
         threads = threading.active_count()
-        limits = HttpLimits(threads=args.threads) if args.threads else HttpLimits()
-        server = ReviewServer(store, host="127.0.0.1", port=0, limits=limits)
+        isolation = args.isolation if args.isolation != "both" else ("thread", "process")[(index - 1) % 2]
+        server = _server(args, isolation, url, store)
         port = server.start()
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
@@ -245,11 +244,28 @@ def one_run(args: argparse.Namespace, index: int) -> dict[str, Any]:
         return {
             "run": index,
             "server": server_kind(),
+            "isolation": isolation if isolation == "thread" else f"process (nice {args.nice})",
             "append_per_s_alone": round(alone, 1),
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "loads": loads,
         }
+
+
+def _server(args: argparse.Namespace, isolation: str, url: str, store: Any) -> Any:
+    """The review server on a free port: in this process (a thread), or in its own (daemon/http_process.py)."""
+    from daemon.http import HttpLimits, ReviewServer
+
+    if isolation == "thread":
+        limits = HttpLimits(threads=args.threads) if args.threads else HttpLimits()
+        return ReviewServer(store, host="127.0.0.1", port=0, limits=limits)
+    from daemon.http_process import HttpProcess
+    from daemon.settings import load_settings
+
+    env = {"ALIGND_DATABASE_URL": url, "ALIGND_HTTP_PORT": "0", "ALIGND_HTTP_NICE": str(args.nice)}
+    if args.threads:
+        env["ALIGND_HTTP_THREADS"] = str(args.threads)
+    return HttpProcess(load_settings(env=env))
 
 
 def settle(threads: int, limit: float = 120.0) -> None:
@@ -275,6 +291,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=0.0, help="requests/s of all clients together (0: flat out)")
     parser.add_argument("--idle-seconds", type=float, default=3.0, help="append rate measured alone this long")
     parser.add_argument("--threads", type=int, default=None, help="http.threads (default: the setting's default)")
+    parser.add_argument(
+        "--isolation",
+        choices=("thread", "process", "both"),
+        default="thread",
+        help="the server in this process, in its own (http.isolation), or both in alternation (odd runs: thread)",
+    )
+    parser.add_argument("--nice", type=int, default=5, help="http.nice for --isolation process")
     parser.add_argument("--output", type=Path, default=RESULTS_DIR / "http.json", help="JSON results file")
     return parser.parse_args(argv)
 
@@ -286,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         run = one_run(args, i)
         runs.append(run)
         print(
-            f"run {i} ({run['server']}): appends alone {run['append_per_s_alone']}/s, "
+            f"run {i} ({run['server']}, {run['isolation']}): appends alone {run['append_per_s_alone']}/s, "
             f"load average {run['loadavg_before'][0]} -> {run['loadavg_after'][0]}"
         )
         print(f"  {'path':10} {'requests':>8} {'failed':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'appends':>8}")

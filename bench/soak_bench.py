@@ -495,6 +495,8 @@ def soak_once(args: argparse.Namespace, services: Services, tmp: Path, messages:
             "ALIGND_TRAINERS_WORK_DIR": str(tmp / f"work-{run_tag}"),
             "ALIGND_MONITORS_DETECTORS": "pii,negative_feedback_spike",
             "ALIGND_LOG_LEVEL": "WARNING",
+            # The server beside the other roles: its own process (auto, the default) or a thread of theirs.
+            "ALIGND_HTTP_ISOLATION": args.http_isolation,
         }
     )
     stderr_path = tmp / f"daemon-{run_tag}.log"
@@ -617,6 +619,7 @@ def soak_once(args: argparse.Namespace, services: Services, tmp: Path, messages:
     produced = len([m for m in messages if m.coords is not None])
     figures: dict[str, Any] = {
         "db": args.db,
+        "http_isolation": args.http_isolation,
         "run_tag": run_tag,
         "messages_sent": produced,
         "valid_distinct": len(expected_ids),
@@ -765,6 +768,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--http-clients", type=int, default=50, help="concurrent HTTP client threads (50)")
     parser.add_argument("--http-think-ms", type=float, default=0.0, help="pause between a client's requests (0)")
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument(
+        "--http-isolation", choices=("auto", "process", "thread"), default="auto", help="http.isolation (auto)"
+    )
     parser.add_argument("--partitions", type=int, default=3, help="partitions of each inbound topic (3)")
     parser.add_argument("--repeats", type=int, default=1, help="runs, each with fresh topics and database (1)")
     parser.add_argument("--deadline-s", type=float, default=1200.0, help="give up waiting after this (20 min)")

@@ -23,6 +23,7 @@ BIGINT column. 503 means the store does not answer; any other failure is a 500 w
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import hmac
 import json
@@ -51,6 +52,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from daemon.http_protocol import DEFAULT_HEADER_TIMEOUT, SecurityHeaders, head_timeout_protocol
+from daemon.settings import HttpSettings
 from events import audit
 from events.audit import AuditRecord, VerifyReport
 from events.errors import SchemaOutOfDateError, StoreUnavailableError
@@ -87,6 +89,8 @@ _GRACE_SECONDS = 5
 _REPORT_FIELDS = ("ok", "records", "first_bad", "problem", "event_id", "last_hash", "pending")
 _REQUESTS = Counter("alignd_http_requests", "HTTP requests served", ["route", "status"])
 _LATENCY = Histogram("alignd_http_request_seconds", "HTTP request latency", ["route"])
+#: The server's own metrics (a server in a process of its own shows them beside the daemon's: http_process.py).
+SERVER_METRICS = (_REQUESTS, _LATENCY)
 # (route label for the metrics, status, content type, body, extra headers)
 _Answer = tuple[str, int, str, bytes, dict[str, str]]
 
@@ -274,12 +278,16 @@ class ReviewServer:
         mlflow_ui_url: str | None = None,
         reader: AuditReader | None = None,
         limits: HttpLimits | None = None,
+        metrics: Callable[[], bytes] | None = None,
     ) -> None:
+        """``metrics`` makes the /metrics body when the metrics live elsewhere (it may block: it runs on the
+        probe thread); by default this process's registry, exposed on the event loop."""
         self.store, self.host, self.port = store, host, port
         self.token = token.encode("utf-8") if token else None
         self.mlflow_ui_url = mlflow_ui_url
         self.reader: AuditReader = reader if reader is not None else StoreAuditReader(store)
         self.limits = limits if limits is not None else HttpLimits()
+        self.metrics = metrics
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
             autoescape=True,
@@ -295,6 +303,20 @@ class ReviewServer:
         self._ready_lock = threading.Lock()
         self._ready: tuple[float, tuple[bool, str]] | None = None
         self._chain: tuple[float, VerifyReport] | None = None
+
+    @classmethod
+    def from_settings(cls, store: SqlEventStore, http: HttpSettings, **kwargs: Any) -> ReviewServer:
+        """The server the ``http`` settings describe; ``kwargs`` as for the constructor (``metrics``...)."""
+        return cls(
+            store,
+            host=http.host,
+            port=http.port,
+            token=http.token.get_secret_value() if http.token else None,
+            mlflow_ui_url=http.mlflow_ui_url,
+            # Every limit is a setting of the same name (a unit test keeps the defaults equal).
+            limits=HttpLimits(**{f.name: getattr(http, f.name) for f in dataclasses.fields(HttpLimits)}),
+            **kwargs,
+        )
 
     @property
     def url(self) -> str:
@@ -385,6 +407,13 @@ class ReviewServer:
             self._ready = (time.monotonic(), answer)
             return answer
 
+    def _remote_metrics(self) -> _Answer:
+        assert self.metrics is not None
+        try:
+            return "metrics", 200, CONTENT_TYPE_LATEST, self.metrics(), {}
+        except TimeoutError as exc:  # the daemon's process did not answer in time: say so, never hang the prober
+            return _text("metrics", 503, f"the daemon's metrics did not come: {exc}")
+
     def render(self, name: str, **context: Any) -> bytes:
         return self.templates.get_template(name).render(**context).encode("utf-8")
 
@@ -447,7 +476,10 @@ class ReviewServer:
         if path == "/healthz":  # on the event loop: never waits behind the store
             return _text("healthz", 200, "ok")
         if path == "/metrics":
-            return "metrics", 200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY), {}
+            if self.metrics is None:
+                return "metrics", 200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY), {}
+            assert self._probe_pool is not None
+            return await asyncio.get_running_loop().run_in_executor(self._probe_pool, self._remote_metrics)
         try:
             pairs = parse_qs(request.scope["query_string"].decode("latin-1"), max_num_fields=64)
         except ValueError:  # more fields than any page of ours takes

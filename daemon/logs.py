@@ -100,8 +100,19 @@ class TextFormatter(logging.Formatter):
         return line if getattr(record, "_scrubbed", False) else scrub(line)
 
 
+# What configure_logging was last given (level, format): a process the daemon starts logs alike.
+_configured: tuple[str, str] | None = None
+
+
+def configured() -> tuple[str, str]:
+    """The level and format :func:`configure_logging` last set (the root logger's level and JSON if never)."""
+    return _configured or (logging.getLevelName(logging.getLogger().level), "json")
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json", secrets: Iterable[str | None] = ()) -> None:
     """Log to stderr at ``level`` as JSON lines or text, masking ``secrets`` (and URL credentials) in every line."""
+    global _configured
+    _configured = (level, fmt)
     set_known_secrets(secrets)
     logging.setLogRecordFactory(_scrubbing_record_factory)
     handler = logging.StreamHandler(sys.stderr)

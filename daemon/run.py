@@ -14,7 +14,6 @@ and resumes later from its checkpoint; then ingestion, with a final commit), and
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import signal
 import threading
@@ -60,29 +59,38 @@ class IngestPart:
 
 
 class HttpPart:
+    """The HTTP server: in a process of its own beside other roles (daemon/http_process.py), else a thread."""
+
     name = "http"
 
-    def __init__(self, settings: Settings, store: SqlEventStore) -> None:
-        from daemon.http import HttpLimits, ReviewServer
+    def __init__(self, settings: Settings, store: SqlEventStore, roles: Sequence[str] = ("http",)) -> None:
+        from daemon.http_process import HttpProcess, isolated
 
-        h = settings.http
-        self.server = ReviewServer(
-            store,
-            host=h.host,
-            port=h.port,
-            token=h.token.get_secret_value() if h.token else None,
-            mlflow_ui_url=h.mlflow_ui_url,
-            # Every limit is a setting of the same name (HttpSettings; a unit test keeps the defaults equal).
-            limits=HttpLimits(**{f.name: getattr(h, f.name) for f in dataclasses.fields(HttpLimits)}),
-        )
+        self.process = HttpProcess(settings) if isolated(settings, list(roles)) else None
+        if self.process is None:
+            from daemon.http import ReviewServer
+
+            self.server = ReviewServer.from_settings(store, settings.http)
 
     def run(self, stop: threading.Event) -> None:
-        self.server.start()
-        logger.info("review page at %s/audit", self.server.url)
-        stop.wait()
+        if self.process is None:
+            self.server.start()
+            logger.info("review page at %s/audit", self.server.url)
+            stop.wait()
+            return
+        self.process.start()
+        logger.info("review page at %s/audit", self.process.url)
+        while not stop.wait(0.5):
+            if not self.process.alive():  # raised: the supervisor restarts the part, which starts a new process
+                code = self.process.exitcode
+                self.process.stop()
+                raise RuntimeError(f"the HTTP process exited with code {code}")
 
     def close(self) -> None:
-        self.server.stop()
+        if self.process is None:
+            self.server.stop()
+        else:
+            self.process.stop()
 
 
 def _run_training(settings: Settings, store: SqlEventStore, request: Any, cancel: Any) -> Any:
@@ -170,7 +178,7 @@ def build(
     if "monitor" in roles:
         _add_monitor_parts(supervisor, settings, store, stored)
     if "http" in roles:
-        supervisor.add(HttpPart(settings, store))
+        supervisor.add(HttpPart(settings, store, roles))
     return supervisor
 
 

@@ -251,6 +251,11 @@ class HttpSettings(_MaskedRepr):
     max_body_bytes: int = Field(65536, ge=0, description="request body; beyond: 413, connection closed")
     threads: int = Field(2, ge=1, description="store reads and page renderings at a time")
     chain_check_s: float = Field(2.0, ge=0, description="seconds one audit-chain check serves /audit (0: per page)")
+    # Not limits of the server: where it runs (daemon/http_process.py says why).
+    isolation: Literal["auto", "process", "thread"] = Field(
+        "auto", description="the server in a process of its own (auto: when other roles run beside it)"
+    )
+    nice: int = Field(5, ge=0, le=19, description="priority the HTTP process gives up, so other roles come first")
 
 
 class LogSettings(BaseModel):
