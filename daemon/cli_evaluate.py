@@ -14,9 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from daemon.settings import Settings
-
-# trainers.registry.MODEL_NAMES, spelled out so that building the parser never imports MLflow.
-NAMES = {"reward": "alignd-reward", "policy": "alignd-policy"}
+from events.names import MODEL_KINDS, MODEL_NAMES
 
 
 def add_evaluate_command(models: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
@@ -26,7 +24,7 @@ def add_evaluate_command(models: Any, add: Callable[..., argparse.ArgumentParser
         cmd_models_evaluate,
         "re-run the safety suite and the held-out reward accuracy on the current champions, and record the results",
     )
-    p.add_argument("--kind", choices=tuple(NAMES), help="only this model's champion (default: both)")
+    p.add_argument("--kind", choices=MODEL_KINDS, help="only this model's champion (default: both)")
     p.add_argument("--upto-seq", type=int, metavar="N", help="snapshot the pairs up to this seq (default: all folded)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="overrides trainers.timeout_s")
 
@@ -35,14 +33,14 @@ def cmd_models_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from daemon import bootstrap
     from events.projections import ProjectionRunner
 
-    kinds = [args.kind] if args.kind else list(NAMES)
+    kinds = [args.kind] if args.kind else list(MODEL_KINDS)
     limits = bootstrap.job_limits(settings, timeout_s=args.timeout)
     store = bootstrap.open_store(settings)
     try:
         # The held-out pairs come from the projections: fold whatever ingestion appended since they last ran.
         ProjectionRunner(store).catch_up()
         evaluation = bootstrap.champion_evaluation(settings, store)
-        _progress(f"evaluating the champion of {' and '.join(NAMES[k] for k in kinds)} (in a child process)")
+        _progress(f"evaluating the champion of {' and '.join(MODEL_NAMES[k] for k in kinds)} (in a child process)")
         outcome = evaluation.run(limits, kinds=kinds, upto_seq=args.upto_seq)
     finally:
         store.dispose()
@@ -59,7 +57,7 @@ def cmd_models_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         for row in outcome.results:
             print(_result_line(row))
         for skipped in outcome.skipped:
-            print(f"{NAMES[skipped['kind']]}: skipped: {skipped['reason']}")
+            print(f"{MODEL_NAMES[skipped['kind']]}: skipped: {skipped['reason']}")
     if not outcome.ok:
         print(
             f"alignd: the evaluation failed: {outcome.reason}; nothing was recorded. Fix the cause and run "

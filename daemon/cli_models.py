@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.cli_evaluate import add_evaluate_command
 from daemon.settings import Settings
+from events.names import MODEL_KINDS, MODEL_PROMOTED
 
 if TYPE_CHECKING:
     from daemon.governance import ModelChange
     from trainers.registry import ModelRegistry, RegisteredVersion
 
-# The keys of trainers.registry.MODEL_NAMES, spelled out so that building the parser never imports MLflow.
-KINDS = ("reward", "policy")
+# events.names, not trainers.registry: building the parser never imports MLflow.
+KINDS = MODEL_KINDS
 
 
 def add_models_commands(commands: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
@@ -162,7 +163,7 @@ def _report(change: ModelChange, args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"event_id": change.event_id, "type": change.type, "changed": change.appended, **p})
         return 0
-    verb = "promoted" if change.type == "model.promoted" else "rolled back"
+    verb = "promoted" if change.type == MODEL_PROMOTED else "rolled back"
     if not change.appended:
         print(
             f"{p['name']}@{p['alias']} is already version {p['version']} ({verb} by {p['actor']}: {p['reason']}; "

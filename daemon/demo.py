@@ -29,7 +29,8 @@ from daemon import bootstrap
 from daemon.settings import Settings, load_settings
 from daemon.traffic import Phase, TrafficGenerator
 from events.codec import canonical_json
-from events.model import Event
+from events.messages import EnforcementRequested
+from events.names import ENFORCEMENT_APPLIED, ENFORCEMENT_REQUESTED, MODEL_ROLLED_BACK
 from events.sql_store import create_store_engine
 
 logger = logging.getLogger(__name__)
@@ -190,10 +191,10 @@ class Demo:
             deadline = time.monotonic() + 300
             with console.status(f"alignd running: ingesting v{release}'s traffic, monitors watching ..."):
                 while time.monotonic() < deadline:
-                    rolled = [e for e in store.read(0, types=["model.rolled_back"], limit=10)]
+                    rolled = [e for e in store.read(0, types=[MODEL_ROLLED_BACK], limit=10)]
                     paused = [
                         e
-                        for e in store.read(0, types=["enforcement.applied"], limit=100)
+                        for e in store.read(0, types=[ENFORCEMENT_APPLIED], limit=100)
                         if e.event.payload.get("action") == "pause_training"
                     ]
                     if rolled and paused:
@@ -206,23 +207,14 @@ class Demo:
     def _resume(self, store: Any) -> None:
         from datetime import UTC, datetime
 
-        store.append(
-            [
-                Event(
-                    event_id=f"enforcement.requested:resume:{OPERATOR}:{store.max_seq()}",
-                    type="enforcement.requested",
-                    occurred_at=datetime.now(UTC),
-                    source="alignd.cli",
-                    payload={
-                        "action": "resume_training",
-                        "target": {},
-                        "reason": "demo: incident reviewed, the rude version is rolled back",
-                        "actor": OPERATOR,
-                        "evidence": [],
-                    },
-                )
-            ]
+        resume = EnforcementRequested(
+            action="resume_training",
+            target={},
+            reason="demo: incident reviewed, the rude version is rolled back",
+            actor=OPERATOR,
         )
+        event_id = f"{ENFORCEMENT_REQUESTED}:resume:{OPERATOR}:{store.max_seq()}"
+        store.append([resume.to_event(event_id, datetime.now(UTC), "alignd.cli")])
         bootstrap.enforcement_executor(self.settings, store).step()
         self.say("the operator resumed training")
 

@@ -16,14 +16,16 @@ from sqlalchemy import delete, insert, select
 
 from daemon.governance import Governance, NothingToRollBackError
 from events.errors import AlignmentError, StoreUnavailableError
+from events.messages import EnforcementApplied
 from events.model import Event
+from events.names import ENFORCEMENT_APPLIED, ENFORCEMENT_REQUESTED, MODEL_NAMES
 from events.sql_store import SqlEventStore
 from events.tables import projection_checkpoints
-from trainers.registry import MODEL_NAMES, RegistryUnavailableError
+from trainers.registry import RegistryUnavailableError
 
 logger = logging.getLogger(__name__)
 
-REQUESTED, APPLIED = "enforcement.requested", "enforcement.applied"
+REQUESTED, APPLIED = ENFORCEMENT_REQUESTED, ENFORCEMENT_APPLIED
 ENFORCEMENT_ACTOR = "alignd.enforcement"
 CHECKPOINT = "enforcement"
 PAUSE, RESUME = "pause_training", "resume_training"
@@ -170,20 +172,20 @@ class EnforcementExecutor:
         round_: int,
         attempts: int,
     ) -> None:
-        payload = {
-            "request_event_id": request.event_id,
-            "action": action,
-            "target": request.payload.get("target"),
-            "outcome": outcome,
-            "detail": detail,
-            "error": None if error is None else str(error),
-            "result": result,
-            "round": round_,
-            "attempts": attempts,
-            "actor": ENFORCEMENT_ACTOR,
-            "reason": _request_reason(request),
-        }
-        self.store.append([Event(event_id, APPLIED, self.governance.clock(), ENFORCEMENT_ACTOR, payload)])
+        applied = EnforcementApplied(
+            request_event_id=request.event_id,
+            action=action,
+            target=request.payload.get("target"),
+            outcome=outcome,
+            detail=detail,
+            error=None if error is None else str(error),
+            result=result,
+            round=round_,
+            attempts=attempts,
+            actor=ENFORCEMENT_ACTOR,
+            reason=_request_reason(request),
+        )
+        self.store.append([applied.to_event(event_id, self.governance.clock(), ENFORCEMENT_ACTOR)])
         log = logger.error if outcome == "failed" else logger.info
         log("enforcement %s (%s): %s, %s%s", request.event_id, action, outcome, detail, f": {error}" if error else "")
 

@@ -24,7 +24,8 @@ from typing import Any
 from daemon import bootstrap
 from daemon.settings import Settings
 from daemon.supervisor import LoopPart, Supervisor
-from events.model import Event
+from events.messages import AnomalyDetected
+from events.names import ANOMALY_DETECTED, ENFORCEMENT_REQUESTED
 from events.sql_store import SqlEventStore
 
 logger = logging.getLogger(__name__)
@@ -124,24 +125,14 @@ def _crash_alert(store: SqlEventStore) -> Any:
     def report(part: str, crashes: int, error: str) -> None:
         now = datetime.now(UTC)
         window = now.strftime("%Y-%m-%dT%H")
-        store.append(
-            [
-                Event(
-                    event_id=f"anomaly:supervisor:{part}:{window}",
-                    type="anomaly.detected",
-                    occurred_at=now,
-                    source="alignd.daemon",
-                    payload={
-                        "detector": "supervisor",
-                        "subject": f"part:{part}",
-                        "severity": "critical",
-                        "summary": f"the {part} part keeps dying ({crashes} crashes in a few minutes): {error}",
-                        "evidence": [],
-                        "statistics": {"crashes": crashes},
-                    },
-                )
-            ]
+        alert = AnomalyDetected(
+            detector="supervisor",
+            subject=f"part:{part}",
+            severity="critical",
+            summary=f"the {part} part keeps dying ({crashes} crashes in a few minutes): {error}",
+            statistics={"crashes": crashes},
         )
+        store.append([alert.to_event(f"anomaly:supervisor:{part}:{window}", now, "alignd.daemon")])
 
     return report
 
@@ -220,7 +211,7 @@ def _add_monitor_parts(
     )
     producer = bootstrap.kafka_producer(settings)
     # Guard rules and alerts both go to the alerts topic: serving applies the rules, people read the alerts.
-    alerts = OutboxPublisher(store, producer, settings.topics.alerts, ["anomaly.detected", "enforcement.requested"])
+    alerts = OutboxPublisher(store, producer, settings.topics.alerts, [ANOMALY_DETECTED, ENFORCEMENT_REQUESTED])
     supervisor.add(LoopPart("alerts-outbox", alerts.publish, 0.2, wake=alerts_wake))
     supervisor.add(
         LoopPart(

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from events.names import FEEDBACK_RECEIVED, INTERACTION_LOGGED
+
 TOPICS = {
     "bread": (
         "How do I bake a simple loaf of bread?",
@@ -94,7 +96,7 @@ class TrafficGenerator:
             yield (
                 "interactions",
                 self._envelope(
-                    "interaction.logged",
+                    INTERACTION_LOGGED,
                     {
                         "request_id": request_id,
                         "model": {"name": self.model, "version": phase.version},
@@ -131,9 +133,7 @@ class TrafficGenerator:
             yield "feedback", self._fb(request_id, user, "preference", {"chosen": good, "rejected": rejected})
 
     def _fb(self, request_id: str, user: str, kind: str, value: Any) -> dict[str, Any]:
-        return self._envelope(
-            "feedback.received", {"request_id": request_id, "kind": kind, "value": value, "user": user}
-        )
+        return self._envelope(FEEDBACK_RECEIVED, {"request_id": request_id, "kind": kind, "value": value, "user": user})
 
     def _envelope(self, type_: str, payload: dict[str, Any]) -> dict[str, Any]:
         return {
