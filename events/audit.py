@@ -23,21 +23,21 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, or_, select
+from sqlalchemy import Connection, insert, or_, select
 
 from events.codec import canonical_json, format_timestamp
 from events.messages import RECORDS
 from events.model import StoredEvent
 from events.names import INTERNAL_TYPES
-from events.sql_store import SqlEventStore, row_to_event
-from events.tables import audit_records, events, projection_checkpoints
+from events.sql_store import SqlEventStore, read_position, row_to_event
+from events.tables import audit_records, events
 
 logger = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 #: Every type alignd appends itself is a decision (an alert, a request, a training run, a promotion...).
 DECISION_TYPES: frozenset[str] = INTERNAL_TYPES
-#: The ``projection_checkpoints`` row of the chain: the seq of the last decision event chained.
+#: The store position of the chain: the seq of the last decision event chained.
 CHECKPOINT = "audit"
 #: The columns a record's hash covers, i.e. everything but the hashes themselves.
 HASHED = (
@@ -151,9 +151,7 @@ def audit_fields(stored: StoredEvent, position: int) -> dict[str, Any]:
 
 
 def _checkpoint(conn: Connection) -> int:
-    query = select(projection_checkpoints.c.last_seq).where(projection_checkpoints.c.name == CHECKPOINT)
-    value = conn.execute(query).scalar_one_or_none()
-    return int(value) if value is not None else 0
+    return read_position(conn, CHECKPOINT, with_state=False).seq
 
 
 class AuditTrail:
@@ -172,7 +170,8 @@ class AuditTrail:
     def _step(self) -> int:
         # Records and the checkpoint commit together, so a crash never chains an event twice or skips one.
         # Tailing by seq skips nothing: seq order is commit order (events/sql_store.py).
-        with self.store.write_transaction(append_lock=False) as conn:
+        with self.store.unit_of_work(append_lock=False) as uow:
+            conn = uow.connection
             if self.store.dialect == "postgresql":
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%(key)s)", {"key": AUDIT_LOCK_KEY})
             rows = conn.execute(
@@ -194,8 +193,7 @@ class AuditTrail:
                 new.append({**fields, "prev_hash": prev, "hash": digest})
                 prev = digest
             conn.execute(insert(audit_records), new)
-            conn.execute(delete(projection_checkpoints).where(projection_checkpoints.c.name == CHECKPOINT))
-            conn.execute(insert(projection_checkpoints).values(name=CHECKPOINT, last_seq=rows[-1].seq))
+            uow.save_position(CHECKPOINT, rows[-1].seq)
             logger.debug("audit: chained seq %d..%d as records up to %d", rows[0].seq, rows[-1].seq, position)
             return len(rows)
 
@@ -227,14 +225,14 @@ def list_records(
         query = query.where(or_(column == model, column.startswith(f"{model}:", autoescape=True)))
     if limit is not None:
         query = query.limit(limit)
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         return [AuditRecord.from_mapping(row) for row in conn.execute(query).mappings()]
 
 
 def get_record(store: SqlEventStore, position_or_event_id: int | str) -> AuditRecord | None:
     """The record at a position (an int, or a string of digits) or of an event id."""
     key = str(position_or_event_id)
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         row = None
         if key.isdigit():
             row = conn.execute(select(audit_records).where(audit_records.c.position == int(key))).mappings().first()
@@ -245,7 +243,7 @@ def get_record(store: SqlEventStore, position_or_event_id: int | str) -> AuditRe
 
 def verify(store: SqlEventStore) -> VerifyReport:
     """Check the chain as it is in the database, against the events it records; writes nothing."""
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         if store.dialect == "postgresql":
             # One snapshot for every read below: a record chained meanwhile must not look like a forgery.
             conn = conn.execution_options(isolation_level="REPEATABLE READ")

@@ -25,14 +25,28 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Text,
+    cast,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    null,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Row
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from events.codec import canonical_json
-from events.errors import StoreError, StoreRefusedError, StoreUnavailableError
+from events.errors import ConfigurationError, StoreError
 from events.model import (
     AppendResult,
     ConsumerOffset,
@@ -42,7 +56,11 @@ from events.model import (
     StoredDeadLetter,
     StoredEvent,
 )
-from events.tables import consumer_offsets, dead_letters, events
+from events.redact import mask_secrets_in_text, url_secrets
+from events.sql_errors import database_message as _database_message
+from events.sql_errors import translate as _translate
+from events.store import Position
+from events.tables import consumer_offsets, dead_letters, events, monitor_checkpoints, projection_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -122,21 +140,82 @@ def create_store_engine(url: str, *, echo: bool = False, pool_size: int = 5) -> 
     return create_engine(url, echo=echo, pool_size=pool_size, pool_pre_ping=True)
 
 
-def _translate(exc: Exception) -> StoreError:
-    if isinstance(exc, OperationalError | InterfaceError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
-    ):
-        return StoreUnavailableError(f"database unavailable: {str(exc.__cause__ or exc).splitlines()[0]}")
-    if isinstance(exc, DataError | IntegrityError):
-        return StoreRefusedError(_database_message(exc))
-    return StoreError(str(exc).splitlines()[0])
+def checked_store_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """:func:`create_store_engine`, refusing a URL SQLAlchemy cannot read with a message that shows no secret.
+
+    Raises:
+        ConfigurationError: the URL cannot be used; the reason is SQLAlchemy's, with the URL's secrets masked
+            (SQLAlchemy's own message quotes the URL whole, password included).
+    """
+    try:
+        return create_store_engine(url, pool_size=pool_size)
+    except (ArgumentError, ValueError) as exc:
+        raise ConfigurationError(mask_secrets_in_text(str(exc).strip().splitlines()[0], url_secrets(url))) from None
 
 
-def _database_message(exc: BaseException) -> str:
-    """The database's own words for a refused statement, on one line, without the statement and its data."""
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    text = " ".join(line.strip() for line in str(cause).splitlines() if line.strip())
-    return f"{type(cause).__name__}: {text[:500]}"
+# --- positions (tracking records) ---------------------------------------------------------------------------
+# Two tables predate the one API: a position saved with a state (the monitors') is a row of monitor_checkpoints,
+# one without a row of projection_checkpoints. A name lives in one of them: saving deletes it from both.
+
+
+def read_position(conn: Connection, name: str, *, with_state: bool = True) -> Position:
+    """The position ``name`` as ``conn`` sees it (seq 0 when none was saved)."""
+    pc, mc = projection_checkpoints, monitor_checkpoints
+    no_state = cast(null(), Text).label("state")
+    query = union_all(
+        select(pc.c.last_seq, no_state).where(pc.c.name == name),
+        select(mc.c.last_seq, mc.c.state.label("state") if with_state else no_state).where(mc.c.name == name),
+    )
+    row = conn.execute(query).first()
+    if row is None:
+        return Position(name)
+    return Position(name, int(row.last_seq), row.state)
+
+
+def write_position(conn: Connection, name: str, seq: int, state: str | None = None) -> None:
+    """Save the position ``name`` in ``conn``'s transaction, replacing what was saved under that name."""
+    delete_position(conn, name)
+    if state is None:
+        conn.execute(insert(projection_checkpoints).values(name=name, last_seq=seq))
+    else:
+        conn.execute(insert(monitor_checkpoints).values(name=name, last_seq=seq, state=state))
+
+
+def delete_position(conn: Connection, name: str) -> None:
+    conn.execute(delete(projection_checkpoints).where(projection_checkpoints.c.name == name))
+    conn.execute(delete(monitor_checkpoints).where(monitor_checkpoints.c.name == name))
+
+
+class SqlUnitOfWork:
+    """One write transaction (:meth:`SqlEventStore.unit_of_work`). ``connection`` is there for the SQL of the
+    ground floor itself (projection rows, audit records); the floors above use the methods."""
+
+    def __init__(self, store: SqlEventStore, connection: Connection, *, locked: bool) -> None:
+        self.store, self.connection, self._locked = store, connection, locked
+
+    def append(
+        self,
+        new_events: Sequence[Event],
+        *,
+        origins: Sequence[KafkaCoordinates | None] | None = None,
+        offsets: Sequence[ConsumerOffset] = (),
+        dead_letters: Sequence[DeadLetter] = (),
+    ) -> AppendResult:
+        if not self._locked:  # a unit of work opened without the append lock takes it before drawing any seq
+            self.store._lock_for_append(self.connection)  # noqa: SLF001 - the store's own unit of work
+            self._locked = True
+        return self.store.append_in(
+            self.connection, new_events, origins=origins, offsets=offsets, dead_letters=dead_letters
+        )
+
+    def position(self, name: str, *, with_state: bool = True) -> Position:
+        return read_position(self.connection, name, with_state=with_state)
+
+    def save_position(self, name: str, seq: int, state: str | None = None) -> None:
+        write_position(self.connection, name, seq, state)
+
+    def delete_position(self, name: str) -> None:
+        delete_position(self.connection, name)
 
 
 def storable_text(text: str) -> str:
@@ -234,6 +313,20 @@ class SqlEventStore:
                     yield conn
         except (OperationalError, InterfaceError, DBAPIError) as exc:
             raise _translate(exc) from exc
+
+    @contextmanager
+    def unit_of_work(self, *, append_lock: bool = True) -> Iterator[SqlUnitOfWork]:
+        """A unit of work in one write transaction: it commits when the block ends, or rolls back when it raises.
+
+        Args:
+            append_lock: take the append lock at once (see the module docstring). Without it, the unit of work
+                takes the lock at its first append, and one that appends nothing never waits behind appenders.
+
+        Raises:
+            StoreUnavailableError: the database could not be reached; nothing was written.
+        """
+        with self.write_transaction(append_lock=append_lock) as conn:
+            yield SqlUnitOfWork(self, conn, locked=append_lock)
 
     def _lock_for_append(self, conn: Connection) -> None:
         # See the module docstring: serialising appends makes seq order equal commit order.
@@ -434,6 +527,16 @@ class SqlEventStore:
     # --- reading -------------------------------------------------------------------------------
 
     @contextmanager
+    def read_connection(self) -> Iterator[Connection]:
+        """A connection for reads (no write lock taken), with errors translated; for the ground floor's own SQL.
+
+        Raises:
+            StoreUnavailableError: the database could not be reached.
+        """
+        with self._read() as conn:
+            yield conn
+
+    @contextmanager
     def _read(self) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
@@ -512,6 +615,27 @@ class SqlEventStore:
                 if not follow:
                     return
                 time.sleep(poll_interval)
+
+    def ping(self) -> None:
+        """Return when the database answers ``SELECT 1``.
+
+        Raises:
+            StoreUnavailableError: it does not.
+        """
+        with self._read() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    # --- positions -----------------------------------------------------------------------------
+
+    def position(self, name: str, *, with_state: bool = True) -> Position:
+        """The position saved under ``name``; with ``with_state=False`` its state is not read (it can be large)."""
+        with self._read() as conn:
+            return read_position(conn, name, with_state=with_state)
+
+    def save_position(self, name: str, seq: int, state: str | None = None) -> None:
+        """Save a position in a transaction of its own."""
+        with self.unit_of_work(append_lock=False) as uow:
+            uow.save_position(name, seq, state)
 
     # --- consumer offsets ----------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Keep projections up to date from the store, rebuild them, and fingerprint them.
 
-Each projection's rows and its checkpoint (last ``seq`` folded) are written in one transaction, so a
-crash between batches never folds an event twice or skips one.
+Each projection's rows and its position (last ``seq`` folded, a store position named after the projection)
+are written in one unit of work, so a crash between batches never folds an event twice or skips one.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from events.projections.base import PROJECTIONS, Key, Projection, Row
 from events.projections.join import JOINED_TYPES
 from events.projections.quarantine import QuarantineProjection
 from events.sql_store import SqlEventStore, row_to_event
-from events.tables import events, projection_checkpoints
+from events.tables import events
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,7 @@ class ProjectionRunner:
         return [known[n] for n in names]
 
     def checkpoint(self, name: str) -> int:
-        with self.store.engine.connect() as conn:
-            return _checkpoint(conn, name)
+        return self.store.position(name, with_state=False).seq
 
     def catch_up(self, names: Sequence[str] | None = None, *, max_batches: int | None = None) -> dict[str, int]:
         """Fold everything appended since each projection's checkpoint; returns events folded per projection."""
@@ -63,8 +62,9 @@ class ProjectionRunner:
         return folded
 
     def _step(self, projection: Projection) -> int:
-        with self.store.write_transaction(append_lock=False) as conn:
-            last = _checkpoint(conn, projection.name)
+        with self.store.unit_of_work(append_lock=False) as uow:
+            conn = uow.connection
+            last = uow.position(projection.name, with_state=False).seq
             rows = conn.execute(
                 select(events)
                 .where(events.c.seq > last, events.c.type.in_(projection.types))
@@ -81,17 +81,17 @@ class ProjectionRunner:
             units = projection.units(batch, _related(conn, joined) if joined else [])
             if units:
                 _fold_units(conn, projection, units)
-            _set_checkpoint(conn, projection.name, upto)
+            uow.save_position(projection.name, upto)
             logger.debug("projection %s folded seq %d..%d (%d units)", projection.name, batch[0].seq, upto, len(units))
             return len(batch)
 
     def reset(self, names: Sequence[str] | None = None) -> None:
-        """Delete the projections' rows and checkpoints (one transaction)."""
+        """Delete the projections' rows and positions (one unit of work)."""
         selected = self._select(names)
-        with self.store.write_transaction(append_lock=False) as conn:
+        with self.store.unit_of_work(append_lock=False) as uow:
             for projection in selected:
-                conn.execute(delete(projection.table))
-                conn.execute(delete(projection_checkpoints).where(projection_checkpoints.c.name == projection.name))
+                uow.connection.execute(delete(projection.table))
+                uow.delete_position(projection.name)
 
     def replay(self, names: Sequence[str] | None = None) -> dict[str, int]:
         """Rebuild from nothing: reset, then fold the whole store."""
@@ -116,18 +116,6 @@ def _related(conn: Connection, batch: Sequence[StoredEvent]) -> list[StoredEvent
         events.c.request_id.in_(request_ids), events.c.seq <= batch[-1].seq, events.c.type.in_(JOINED_TYPES)
     )
     return [row_to_event(r) for r in conn.execute(query)]
-
-
-def _checkpoint(conn: Connection, name: str) -> int:
-    value = conn.execute(
-        select(projection_checkpoints.c.last_seq).where(projection_checkpoints.c.name == name)
-    ).scalar_one_or_none()
-    return int(value) if value is not None else 0
-
-
-def _set_checkpoint(conn: Connection, name: str, seq: int) -> None:
-    conn.execute(delete(projection_checkpoints).where(projection_checkpoints.c.name == name))
-    conn.execute(insert(projection_checkpoints).values(name=name, last_seq=seq))
 
 
 def _fold_units(conn: Connection, projection: Projection, units: Sequence[Any]) -> None:
@@ -161,7 +149,7 @@ def projection_digest(store: SqlEventStore, projection: Projection) -> str:
     table = projection.table
     digest = hashlib.sha256()
     order = [table.c[name] for name in projection.key_columns]
-    with store.engine.connect() as conn:
+    with store.read_connection() as conn:
         for row in conn.execute(select(table).order_by(*order)).mappings():
             digest.update(canonical_json({k: row[k] for k in sorted(row.keys())}).encode("utf-8"))
             digest.update(b"\n")

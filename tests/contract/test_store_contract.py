@@ -1,17 +1,45 @@
-"""The event store contract, run against SQLite and PostgreSQL (real servers, fresh databases)."""
+"""The event store contract (events/store.py), run against the in-memory store, SQLite and PostgreSQL (real
+servers, fresh databases)."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import pytest
 
 from events.errors import StoreError
+from events.memory_store import InMemoryEventStore
 from events.model import ConsumerOffset, DeadLetter, Event, KafkaCoordinates
-from events.sql_store import SqlEventStore
+from events.sql_store import SqlEventStore, create_store_engine
+from events.store import EventStore, Position
+from migrations.runner import upgrade
 
-pytestmark = pytest.mark.integration
+
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("sqlite", marks=pytest.mark.integration),
+        pytest.param("postgresql", marks=pytest.mark.integration),
+    ]
+)
+def store(request: pytest.FixtureRequest, new_db_url: Callable[[str], str]) -> Iterator[EventStore]:
+    """Each store of the contract, empty: in memory, and on a migrated SQLite and PostgreSQL database."""
+    if request.param == "memory":
+        yield InMemoryEventStore()
+        return
+    url = new_db_url(request.param)
+    engine = create_store_engine(url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+    sql = SqlEventStore.from_url(url)
+    try:
+        yield sql
+    finally:
+        sql.dispose()
 
 
 def _event(n: int, request_id: str | None = None, event_type: str = "interaction.logged") -> Event:
@@ -26,7 +54,7 @@ def _event(n: int, request_id: str | None = None, event_type: str = "interaction
     return Event(f"e{n}", event_type, datetime(2026, 1, 1, tzinfo=UTC), "test", payload)
 
 
-def test_append_assigns_increasing_seq_and_reads_back_exactly(store: SqlEventStore) -> None:
+def test_append_assigns_increasing_seq_and_reads_back_exactly(store: EventStore) -> None:
     result = store.append([_event(i) for i in range(5)])
     assert (result.appended, result.duplicates) == (5, 0)
     read = store.read(0)
@@ -36,7 +64,7 @@ def test_append_assigns_increasing_seq_and_reads_back_exactly(store: SqlEventSto
     assert read[0].recorded_at.tzinfo is not None
 
 
-def test_duplicate_event_ids_are_ignored_within_and_across_batches(store: SqlEventStore) -> None:
+def test_duplicate_event_ids_are_ignored_within_and_across_batches(store: EventStore) -> None:
     first = store.append([_event(1), _event(2), _event(1)])
     second = store.append([_event(2), _event(3)])
     assert (first.appended, first.duplicates) == (2, 1)
@@ -44,7 +72,7 @@ def test_duplicate_event_ids_are_ignored_within_and_across_batches(store: SqlEve
     assert store.count() == 3
 
 
-def test_offsets_dead_letters_and_events_commit_together(store: SqlEventStore) -> None:
+def test_offsets_dead_letters_and_events_commit_together(store: EventStore) -> None:
     letter = DeadLetter("t:0:7", "message is not valid JSON", "invalid_json", b"{", origin=KafkaCoordinates("t", 0, 7))
     result = store.append(
         [_event(1)],
@@ -63,7 +91,7 @@ def test_offsets_dead_letters_and_events_commit_together(store: SqlEventStore) -
     assert store.count_dead_letters() == {"total": 1}
 
 
-def test_a_failed_append_writes_nothing(store: SqlEventStore) -> None:
+def test_a_failed_append_writes_nothing(store: EventStore) -> None:
     # the dead letter violates NOT NULL after the events were inserted in the same transaction
     broken = DeadLetter("t:0:9", None, "schema", b"x")  # type: ignore[arg-type]
     with pytest.raises(StoreError):
@@ -72,7 +100,7 @@ def test_a_failed_append_writes_nothing(store: SqlEventStore) -> None:
     assert store.load_offsets("g", [("t", 0)]) == {}
 
 
-def test_offsets_never_move_backwards(store: SqlEventStore) -> None:
+def test_offsets_never_move_backwards(store: EventStore) -> None:
     store.append([], offsets=[ConsumerOffset("g", "t", 0, 100)])
     store.append([], offsets=[ConsumerOffset("g", "t", 0, 40)])  # a zombie consumer committing late
     assert store.load_offsets("g", [("t", 0)]) == {("t", 0): 100}
@@ -80,7 +108,7 @@ def test_offsets_never_move_backwards(store: SqlEventStore) -> None:
     assert store.load_offsets("g", [("t", 0)]) == {("t", 0): 120}
 
 
-def test_read_by_range_type_and_request_id(store: SqlEventStore) -> None:
+def test_read_by_range_type_and_request_id(store: EventStore) -> None:
     store.append([_event(1, "a"), _event(2, "b"), _event(3, "a", "feedback.received"), _event(4, "c")])
     seqs = [s.seq for s in store.read(0)]
     assert [s.event.event_id for s in store.read(seqs[0], to_seq=seqs[2])] == ["e2", "e3"]
@@ -93,14 +121,14 @@ def test_read_by_range_type_and_request_id(store: SqlEventStore) -> None:
     assert store.max_seq() == seqs[-1]
 
 
-def test_tail_without_follow_reads_everything_after_a_position(store: SqlEventStore) -> None:
+def test_tail_without_follow_reads_everything_after_a_position(store: EventStore) -> None:
     store.append([_event(i) for i in range(7)])
     first = store.read(0, limit=1)[0].seq
     tailed = list(store.tail(first, batch_size=3, follow=False))
     assert [s.event.event_id for s in tailed] == [f"e{i}" for i in range(1, 7)]
 
 
-def test_concurrent_appenders_produce_seq_in_commit_order(store: SqlEventStore) -> None:
+def test_concurrent_appenders_produce_seq_in_commit_order(store: EventStore) -> None:
     """Writers racing each other: a tailer that reads by seq sees every event, none skipped."""
     writers, per_writer, batch = 4, 30, 5
     seen: list[int] = []
@@ -130,10 +158,76 @@ def test_concurrent_appenders_produce_seq_in_commit_order(store: SqlEventStore) 
     assert seen == sorted(seen) and len(set(seen)) == len(seen)
 
 
-def test_mark_dead_letters_published_and_requeued(store: SqlEventStore) -> None:
+def test_mark_dead_letters_published_and_requeued(store: EventStore) -> None:
     letters = [DeadLetter(f"t:0:{i}", "bad", "schema", b"x", origin=KafkaCoordinates("t", 0, i)) for i in range(3)]
     ids = store.append([], dead_letters=letters).dead_letter_ids
     store.mark_dead_letters_published(ids[:2])
     assert [x.id for x in store.list_dead_letters(unpublished_only=True)] == [ids[2]]
     store.mark_dead_letters_requeued([ids[0]])
     assert [x.id for x in store.list_dead_letters(include_requeued=False)] == list(ids[1:])
+
+
+# --- positions (tracking records) and units of work ----------------------------------------------------------
+
+
+def test_a_position_reads_as_nothing_processed_until_saved(store: EventStore) -> None:
+    assert store.position("outbox:t") == Position("outbox:t", 0, None)
+    store.save_position("outbox:t", 7)
+    assert store.position("outbox:t") == Position("outbox:t", 7, None)
+    store.save_position("outbox:t", 9)
+    assert store.position("outbox:t").seq == 9
+
+
+def test_a_position_keeps_its_state_and_reads_without_it_on_request(store: EventStore) -> None:
+    store.save_position("monitors", 3, '{"pii": {"seen": 2}}')
+    assert store.position("monitors") == Position("monitors", 3, '{"pii": {"seen": 2}}')
+    assert store.position("monitors", with_state=False) == Position("monitors", 3, None)
+    assert store.position("audit").seq == 0  # names are independent
+
+
+def test_a_unit_of_work_commits_events_and_position_together(store: EventStore) -> None:
+    with store.unit_of_work() as uow:
+        assert uow.position("monitors").seq == 0
+        result = uow.append([_event(1), _event(2)])
+        uow.save_position("monitors", 42, "{}")
+        assert uow.position("monitors") == Position("monitors", 42, "{}")  # it sees its own save
+    assert result.appended == 2
+    assert store.count() == 2
+    assert store.position("monitors") == Position("monitors", 42, "{}")
+
+
+def test_a_unit_of_work_that_raises_writes_nothing(store: EventStore) -> None:
+    store.save_position("monitors", 1, "{}")
+    letter = DeadLetter("t:0:1", "bad", "schema", b"x", origin=KafkaCoordinates("t", 0, 1))
+    with pytest.raises(RuntimeError, match="crash"), store.unit_of_work() as uow:
+        uow.append([_event(1)], offsets=[ConsumerOffset("g", "t", 0, 2)], dead_letters=[letter])
+        uow.save_position("monitors", 5, '{"x": 1}')
+        uow.delete_position("monitors")
+        raise RuntimeError("crash before commit")
+    assert store.count() == 0 and store.get("e1") is None
+    assert store.load_offsets("g", [("t", 0)]) == {}
+    assert store.count_dead_letters() == {"total": 0}
+    assert store.position("monitors") == Position("monitors", 1, "{}")
+    # and the store works on afterwards, the same event id appending as new
+    assert store.append([_event(1)]).appended == 1
+
+
+def test_a_unit_of_work_without_the_append_lock_may_still_append(store: EventStore) -> None:
+    with store.unit_of_work(append_lock=False) as uow:
+        uow.save_position("enforcement", 3)
+        uow.append([_event(1)])
+    assert store.count() == 1 and store.position("enforcement").seq == 3
+
+
+def test_a_deleted_position_reads_as_nothing_processed(store: EventStore) -> None:
+    store.save_position("interactions", 12)
+    store.save_position("monitors", 12, "{}")
+    with store.unit_of_work(append_lock=False) as uow:
+        uow.delete_position("interactions")
+        uow.delete_position("monitors")
+    assert store.position("interactions") == Position("interactions")
+    assert store.position("monitors") == Position("monitors")
+
+
+def test_a_store_that_answers_pings(store: EventStore) -> None:
+    store.ping()
