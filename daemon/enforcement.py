@@ -12,15 +12,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import delete, insert, select
-
 from daemon.governance import Governance, NothingToRollBackError
 from events.errors import AlignmentError, StoreUnavailableError
 from events.messages import EnforcementApplied
 from events.model import Event
 from events.names import ENFORCEMENT_APPLIED, ENFORCEMENT_REQUESTED, MODEL_NAMES
-from events.sql_store import SqlEventStore
-from events.tables import projection_checkpoints
+from events.store import EventStore
 from trainers.registry import RegistryUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -46,7 +43,7 @@ _TRANSIENT = (RegistryUnavailableError, StoreUnavailableError)
 class EnforcementExecutor:
     """Carries out ``enforcement.requested`` events and records each outcome as ``enforcement.applied``.
 
-    The position (last ``seq`` settled) is the ``projection_checkpoints`` row ``enforcement``. A request is
+    The position (last ``seq`` settled) is the store position ``enforcement``. A request is
     settled once ``enforcement.applied:{request}`` exists, which is also how a restart after a crash between
     the action and the checkpoint knows not to act twice. A request that keeps failing transiently (MLflow
     down) is tried ``max_attempts`` times per round with exponential ``backoff``; each failed round is audited
@@ -57,7 +54,7 @@ class EnforcementExecutor:
 
     def __init__(
         self,
-        store: SqlEventStore,
+        store: EventStore,
         governance: Governance,
         *,
         max_attempts: int = 3,
@@ -73,9 +70,7 @@ class EnforcementExecutor:
         self._not_before: dict[str, float] = {}
 
     def position(self) -> int:
-        with self.store.engine.connect() as conn:
-            query = select(projection_checkpoints.c.last_seq).where(projection_checkpoints.c.name == CHECKPOINT)
-            return int(conn.execute(query).scalar_one_or_none() or 0)
+        return self.store.position(CHECKPOINT).seq
 
     def step(self) -> int:
         """Carry out the requests after the position; returns how many ``enforcement.applied`` were appended."""
@@ -91,9 +86,7 @@ class EnforcementExecutor:
             cursor = batch[-1].seq
         end = cursor if pending_before is None else pending_before
         if end != start:
-            with self.store.write_transaction(append_lock=False) as conn:
-                conn.execute(delete(projection_checkpoints).where(projection_checkpoints.c.name == CHECKPOINT))
-                conn.execute(insert(projection_checkpoints).values(name=CHECKPOINT, last_seq=end))
+            self.store.save_position(CHECKPOINT, end)
         return appended
 
     def _settle(self, request: Event) -> tuple[bool, int]:
@@ -194,7 +187,7 @@ def _request_reason(request: Event) -> str:
     return str(request.payload.get("reason") or f"enforcement request {request.event_id}")
 
 
-def training_paused(store: SqlEventStore) -> tuple[bool, str | None]:
+def training_paused(store: EventStore) -> tuple[bool, str | None]:
     """Whether the last applied pause/resume paused training, and the pause's reason (for the scheduler)."""
     paused, reason, position = False, None, 0
     while batch := store.read(position, limit=1000, types=[APPLIED]):

@@ -1,7 +1,7 @@
 """Publishes events from the store to a Kafka topic: the store is the outbox (DESIGN.md §3).
 
-The publisher keeps its position (last ``seq`` published) in ``projection_checkpoints`` under
-``outbox:<topic>``, and moves it only after the broker has acknowledged the messages, so a crash never
+The publisher keeps its position (last ``seq`` published) under the name ``outbox:<topic>`` (a store position,
+events/store.py), and moves it only after the broker has acknowledged the messages, so a crash never
 loses one; it can publish one twice (a crash after the acknowledgement, before the checkpoint), and readers
 dedupe by the ``event_id`` header. Messages are the event's canonical JSON with its ``seq``, keyed by
 ``subject`` when the payload has one (one alert subject stays in one partition, in order).
@@ -13,18 +13,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, insert, select
-
 from events.codec import canonical_json, event_to_dict, format_timestamp
-from events.sql_store import SqlEventStore
-from events.tables import projection_checkpoints
+from events.store import EventStore
 
 logger = logging.getLogger(__name__)
 
 
 class OutboxPublisher:
     def __init__(
-        self, store: SqlEventStore, producer: Any, topic: str, types: Sequence[str], *, batch_size: int = 500
+        self, store: EventStore, producer: Any, topic: str, types: Sequence[str], *, batch_size: int = 500
     ) -> None:
         self.store = store
         self.producer = producer
@@ -34,11 +31,7 @@ class OutboxPublisher:
         self.batch_size = batch_size
 
     def position(self) -> int:
-        with self.store.engine.connect() as conn:
-            value = conn.execute(
-                select(projection_checkpoints.c.last_seq).where(projection_checkpoints.c.name == self.name)
-            ).scalar_one_or_none()
-        return int(value or 0)
+        return self.store.position(self.name).seq
 
     def publish(self, *, flush_timeout_s: float = 30.0) -> int:
         """Publish everything of ``types`` after the position; returns how many messages were sent."""
@@ -70,8 +63,6 @@ class OutboxPublisher:
             self.producer.flush(timeout=flush_timeout_s)
             for future in futures:
                 future.get(timeout=0)  # raises if the broker refused one: the position stays, all are retried
-            with self.store.write_transaction(append_lock=False) as conn:
-                conn.execute(delete(projection_checkpoints).where(projection_checkpoints.c.name == self.name))
-                conn.execute(insert(projection_checkpoints).values(name=self.name, last_seq=batch[-1].seq))
+            self.store.save_position(self.name, batch[-1].seq)
             sent += len(batch)
             logger.info("published %d events to %s up to seq %d", len(batch), self.topic, batch[-1].seq)

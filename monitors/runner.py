@@ -14,11 +14,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import delete, insert, select
-
 from events.model import FEEDBACK_RECEIVED, INTERACTION_LOGGED, Event, StoredEvent
-from events.sql_store import SqlEventStore
-from events.tables import monitor_checkpoints
+from events.store import EventStore
 from monitors.base import Detector, Finding, Observation
 from monitors.enforcement import DEFAULT_RULES, EnforcementRule, decide_enforcement
 
@@ -69,7 +66,7 @@ def observe_batch(
     return sorted(findings, key=lambda f: f.trigger_seq)
 
 
-def _interactions_for(store: SqlEventStore, batch: Sequence[StoredEvent]) -> list[StoredEvent]:
+def _interactions_for(store: EventStore, batch: Sequence[StoredEvent]) -> list[StoredEvent]:
     """The logged interactions before the batch that its feedback is about.
 
     Those inside the batch are not read again: a batch holds every observed event of its ``seq`` range, so
@@ -99,7 +96,7 @@ class MonitorRunner:
 
     def __init__(
         self,
-        store: SqlEventStore,
+        store: EventStore,
         detectors: Sequence[Detector],
         *,
         name: str = "monitors",
@@ -120,17 +117,14 @@ class MonitorRunner:
     def _load(self) -> int:
         """The checkpoint; detectors' states are restored only when it is not the one this runner wrote
         last (a first step, or another runner moved it), since restoring costs ~10 ms per 100 KB of state."""
-        with self.store.engine.connect() as conn:
-            last = conn.execute(
-                select(monitor_checkpoints.c.last_seq).where(monitor_checkpoints.c.name == self.name)
-            ).scalar_one_or_none()
-            if last is not None and last == self._position:
-                return int(last)
-            row = conn.execute(select(monitor_checkpoints).where(monitor_checkpoints.c.name == self.name)).first()
-        states = json.loads(row.state) if row is not None else {}
+        last = self.store.position(self.name, with_state=False).seq
+        if last == self._position:
+            return last
+        saved = self.store.position(self.name)
+        states = json.loads(saved.state) if saved.state is not None else {}
         for detector in self.detectors:
             detector.restore(states.get(detector.name, {}))
-        self._position = int(row.last_seq) if row is not None else 0
+        self._position = saved.seq
         return self._position
 
     def step(self) -> StepResult:
@@ -150,19 +144,16 @@ class MonitorRunner:
             by_seq.update((s.seq, s) for s in self.store.read(missing - 1, to_seq=missing, limit=1))
         alerts = [e for f in findings for e in decision_events(f, by_seq[f.trigger_seq], self.rules)]
         state = json.dumps({d.name: d.state() for d in self.detectors}, sort_keys=True)
-        with self.store.write_transaction() as conn:
-            current = conn.execute(
-                select(monitor_checkpoints.c.last_seq).where(monitor_checkpoints.c.name == self.name)
-            ).scalar_one_or_none()
-            if (current or 0) != last:
+        with self.store.unit_of_work() as uow:
+            current = uow.position(self.name, with_state=False).seq
+            if current != last:
                 # Another runner moved on meanwhile (there should be one leader): keep its work, drop ours.
                 logger.warning(
                     "monitor checkpoint %s moved from %d to %s under us; batch discarded", self.name, last, current
                 )
-                return StepResult(0, [], 0, int(current or 0))
-            result = self.store.append_in(conn, alerts)
-            conn.execute(delete(monitor_checkpoints).where(monitor_checkpoints.c.name == self.name))
-            conn.execute(insert(monitor_checkpoints).values(name=self.name, last_seq=upto, state=state))
+                return StepResult(0, [], 0, current)
+            result = uow.append(alerts)
+            uow.save_position(self.name, upto, state)
         self._position = upto
         for finding in findings:
             logger.warning(
@@ -189,7 +180,7 @@ class MonitorRunner:
 
 
 def backtest(
-    store: SqlEventStore,
+    store: EventStore,
     detectors: Sequence[Detector],
     *,
     from_seq: int = 0,
