@@ -16,8 +16,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, column, inspect, select, table
-
 from daemon import bootstrap
 from daemon.leader import read_lease
 from daemon.scheduler import (
@@ -34,6 +32,7 @@ from daemon.training_rules import (
     pause_blocks,
     read_attempts,
 )
+from events.jobstore import stored_jobs as stored_job_rows
 from events.names import DATASETS
 from events.sql_store import SqlEventStore
 
@@ -47,22 +46,19 @@ def add_jobs_commands(commands: Any, add: Callable[..., argparse.ArgumentParser]
     p.add_argument("--limit", type=int, default=20, metavar="N", help="how many past attempts to show (default 20)")
 
 
-def stored_jobs(engine: Engine, config: ScheduleConfig) -> tuple[list[dict[str, Any]], bool]:
+def stored_jobs(store: SqlEventStore, config: ScheduleConfig) -> tuple[list[dict[str, Any]], bool]:
     """(jobs with their trigger and next run time, whether they come from the job store)."""
     from apscheduler.util import utc_timestamp_to_datetime
 
-    if inspect(engine).has_table(JOBSTORE_TABLE):
-        t = table(JOBSTORE_TABLE, column("id"), column("next_run_time"), column("job_state"))
-        with engine.connect() as conn:
-            rows = conn.execute(select(t).order_by(t.c.id)).all()
-        if rows:
-            jobs = []
-            for row in rows:
-                # Written by our own scheduler in our own database: the same trust APScheduler gives it.
-                state = pickle.loads(row.job_state)
-                nxt = utc_timestamp_to_datetime(row.next_run_time)
-                jobs.append({"id": row.id, "trigger": str(state["trigger"]), "next_run_time": _iso(nxt)})
-            return jobs, True
+    rows = stored_job_rows(store, JOBSTORE_TABLE)
+    if rows:  # None: no job table yet; []: an empty one
+        jobs = []
+        for row in rows:
+            # Written by our own scheduler in our own database: the same trust APScheduler gives it.
+            state = pickle.loads(row.job_state)
+            nxt = utc_timestamp_to_datetime(row.next_run_time)
+            jobs.append({"id": row.id, "trigger": str(state["trigger"]), "next_run_time": _iso(nxt)})
+        return jobs, True
     now = datetime.now(UTC)
     planned = planned_jobs(config)
     return [
@@ -118,8 +114,8 @@ def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
     config = ScheduleConfig.from_settings(settings)
     store = bootstrap.open_store(settings)
     try:
-        jobs, from_store = stored_jobs(store.engine, config)
-        lease = read_lease(store.engine, config.lease_name)
+        jobs, from_store = stored_jobs(store, config)
+        lease = read_lease(store, config.lease_name)
         paused, pause_reason = training_paused(store)
         volume = volume_status(store, config, (paused, pause_reason))
         past = history(store, args.limit)

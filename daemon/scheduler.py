@@ -51,6 +51,7 @@ from daemon.training_rules import (
     read_attempts,
 )
 from events.errors import AlignmentError, StoreUnavailableError
+from events.jobstore import job_store_engine
 from events.names import DATASETS
 from events.sql_store import SqlEventStore, create_store_engine
 
@@ -172,11 +173,10 @@ class TrainingScheduler:
         pause_poll_s: float = 5.0,
     ) -> None:
         self.config, self.store, self.run_job, self.paused, self.clock = config, store, run_job, paused, clock
-        self.lease = LeaderLease(store.engine, config.lease_name, holder, config.lease_s)
+        self.lease = LeaderLease(store, config.lease_name, holder, config.lease_s)
         self.stop_timeout_s, self.pause_poll_s = stop_timeout_s, pause_poll_s
         # A separate engine: APScheduler's job store disposes its engine when it shuts down.
-        url = store.engine.url.render_as_string(hide_password=False)
-        self._jobstore_engine = create_store_engine(url, pool_size=2)
+        self._jobstore_engine = job_store_engine(store, pool_size=2)
         self._term: _Term | None = None
         self._old_workers: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -239,7 +239,7 @@ class TrainingScheduler:
         if not leading and not self._following:
             self._following = True
             try:
-                state = read_lease(self.store.engine, self.config.lease_name)
+                state = read_lease(self.store, self.config.lease_name)
             except StoreUnavailableError:
                 state = None
             logger.info(
@@ -539,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging("INFO", args.log_format, url_secrets(args.db))
     store = SqlEventStore(create_store_engine(args.db))
-    ensure_current(store.engine)
+    ensure_current(store)
     config = ScheduleConfig(
         lease_s=args.lease,
         check_interval_s=args.check_interval,

@@ -1,4 +1,8 @@
-"""Run and check Alembic migrations from code (``alignd db upgrade``; the start-up check)."""
+"""Run and check Alembic migrations from code (``alignd db upgrade``; the start-up check).
+
+Each function takes the store (the daemon's callers: they never reach into its engine) or an engine (tests and the
+demo, which migrate a database before any store is opened on it).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 from events.errors import SchemaOutOfDateError
+from events.sql_store import SqlEventStore
 
 _HERE = Path(__file__).resolve().parent
 
@@ -29,13 +34,18 @@ def head_revision() -> str:
     return head
 
 
-def current_revision(engine: Engine) -> str | None:
-    with engine.connect() as conn:
+def _engine(target: Engine | SqlEventStore) -> Engine:
+    return target.engine if isinstance(target, SqlEventStore) else target
+
+
+def current_revision(target: Engine | SqlEventStore) -> str | None:
+    with _engine(target).connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def upgrade(engine: Engine, revision: str = "head") -> str:
-    """Upgrade the database behind ``engine`` to ``revision``; returns the revision it is at afterwards."""
+def upgrade(target: Engine | SqlEventStore, revision: str = "head") -> str:
+    """Upgrade the database behind ``target`` to ``revision``; returns the revision it is at afterwards."""
+    engine = _engine(target)
     config = alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
@@ -44,8 +54,9 @@ def upgrade(engine: Engine, revision: str = "head") -> str:
     return current or ""
 
 
-def ensure_current(engine: Engine) -> None:
+def ensure_current(target: Engine | SqlEventStore) -> None:
     """Refuse to run on a database whose schema is behind (or ahead of) this code."""
+    engine = _engine(target)
     current = current_revision(engine)
     head = head_revision()
     if current == head:

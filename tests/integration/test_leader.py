@@ -41,8 +41,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_of_two_holders_only_one_acquires_and_renewal_keeps_it(store: SqlEventStore) -> None:
-    a = LeaderLease(store.engine, "t", "A", lease_s=1.0)
-    b = LeaderLease(store.engine, "t", "B", lease_s=1.0)
+    a = LeaderLease(store, "t", "A", lease_s=1.0)
+    b = LeaderLease(store, "t", "B", lease_s=1.0)
     assert a.try_acquire() and a.is_leader and a.fencing_token == 1
     assert not b.try_acquire() and not b.is_leader and b.fencing_token is None
     for _ in range(4):  # 1.2 s in all, past the first expiry: renewals keep it
@@ -50,26 +50,26 @@ def test_of_two_holders_only_one_acquires_and_renewal_keeps_it(store: SqlEventSt
         assert a.renew()
         assert not b.try_acquire()
     assert a.fencing_token == 1 and a.is_leader
-    state = read_lease(store.engine, "t")
+    state = read_lease(store, "t")
     assert state is not None and state.holder == "A" and not state.expired and state.fencing_token == 1
 
 
 def test_an_expired_lease_is_taken_over_with_the_next_fencing_token(store: SqlEventStore) -> None:
-    a = LeaderLease(store.engine, "t", "A", lease_s=0.5)
-    b = LeaderLease(store.engine, "t", "B", lease_s=0.5)
+    a = LeaderLease(store, "t", "A", lease_s=0.5)
+    b = LeaderLease(store, "t", "B", lease_s=0.5)
     assert a.try_acquire()
     time.sleep(0.7)
     assert not a.is_leader  # a stops counting itself leader before the database lets anyone take over
     assert b.try_acquire() and b.fencing_token == 2
     assert not a.renew() and not a.is_leader  # the deposed holder cannot renew its term
     assert not a.try_acquire()
-    state = read_lease(store.engine, "t")
+    state = read_lease(store, "t")
     assert state is not None and (state.holder, state.fencing_token) == ("B", 2)
 
 
 def test_is_leader_ends_before_the_lease_expires_in_the_database(store: SqlEventStore) -> None:
     now = [0.0]
-    a = LeaderLease(store.engine, "t", "A", lease_s=10.0, safety=0.2, clock=lambda: now[0])
+    a = LeaderLease(store, "t", "A", lease_s=10.0, safety=0.2, clock=lambda: now[0])
     assert a.try_acquire()
     now[0] = 7.9
     assert a.is_leader
@@ -78,8 +78,8 @@ def test_is_leader_ends_before_the_lease_expires_in_the_database(store: SqlEvent
 
 
 def test_release_hands_over_at_once(store: SqlEventStore) -> None:
-    a = LeaderLease(store.engine, "t", "A", lease_s=30.0)
-    b = LeaderLease(store.engine, "t", "B", lease_s=30.0)
+    a = LeaderLease(store, "t", "A", lease_s=30.0)
+    b = LeaderLease(store, "t", "B", lease_s=30.0)
     assert a.try_acquire() and not b.try_acquire()
     assert a.release() and not a.is_leader
     assert b.try_acquire() and b.fencing_token == 2
@@ -87,7 +87,7 @@ def test_release_hands_over_at_once(store: SqlEventStore) -> None:
 
 
 def test_a_race_for_a_free_lease_has_exactly_one_winner(store: SqlEventStore) -> None:
-    leases = [LeaderLease(store.engine, "race", f"H{i}", lease_s=30.0) for i in range(6)]
+    leases = [LeaderLease(store, "race", f"H{i}", lease_s=30.0) for i in range(6)]
     barrier = threading.Barrier(len(leases))
     won: list[str] = []
 
@@ -114,7 +114,7 @@ def test_a_race_for_a_free_lease_has_exactly_one_winner(store: SqlEventStore) ->
     for t in threads:
         t.join(30)
     assert len(won) == 1
-    state = read_lease(store.engine, "race")
+    state = read_lease(store, "race")
     assert state is not None and state.holder == won[0] and state.fencing_token == 2
 
 
@@ -240,7 +240,7 @@ def test_stopping_stops_the_running_job_then_releases_the_lease(
     wait_until(lambda: bool(jobs.calls), 15, message="a job running")
     assert a.stop(10)
     assert jobs.stopped == [("A", SHUTDOWN_REASON)]
-    state = read_lease(store.engine, FAST.lease_name)
+    state = read_lease(store, FAST.lease_name)
     assert state is not None and state.holder == "A" and state.expired
 
 
@@ -273,7 +273,7 @@ def test_a_new_leader_updates_the_stored_schedule_to_its_configuration(store: Sq
     a.start()
     wait_until(lambda: a.scheduling, 10, message="A schedules")
     assert a.stop(10)
-    stored, from_store = stored_jobs(store.engine, first)
+    stored, from_store = stored_jobs(store, first)
     assert from_store and {j["id"] for j in stored} == {"retrain_reward", "retrain_policy", "check_volume"}
 
     second = dataclasses.replace(FAST, reward_cron="0 5 * * *", policy_cron=None, evaluation_cron="30 5 * * *")
@@ -281,7 +281,7 @@ def test_a_new_leader_updates_the_stored_schedule_to_its_configuration(store: Sq
     b.start()
     try:
         wait_until(lambda: b.scheduling, 10, message="B schedules")
-        stored, _ = stored_jobs(store.engine, second)
+        stored, _ = stored_jobs(store, second)
     finally:
         assert b.stop(10)
     by_id = {j["id"]: j for j in stored}

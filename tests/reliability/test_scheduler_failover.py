@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import insert
 
 from daemon.leader import SCHEDULER_LEASE, read_lease
-from events.sql_store import create_store_engine
+from events.sql_store import SqlEventStore, create_store_engine
 from events.tables import proj_preference_pairs
 from migrations.runner import upgrade
 from tests.conftest import REPO
@@ -175,7 +175,7 @@ def test_sigkill_of_the_leader_hands_over_within_the_lease_and_sigterm_exits_cle
     print(f"takeover after SIGKILL of the leader: {takeover_s:.2f} s (lease {LEASE_S:g} s)")
     assert takeover_s <= TAKEOVER_BOUND_S
     wait_until(follower.runs_jobs, 20, message="the new leader runs the job again")
-    lease = read_lease(create_store_engine(pg_url), SCHEDULER_LEASE)
+    lease = read_lease(SqlEventStore.from_url(pg_url), SCHEDULER_LEASE)
     assert lease is not None and lease.holder == follower.holder and lease.fencing_token == 2
 
     # SIGTERM during a job: the job is stopped, the lease released, exit 0; a standby takes over at once.
