@@ -13,13 +13,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
-
 from events.model import StoredEvent
 from events.names import MODEL_REGISTERED, TRAINING_COMPLETED, TRAINING_FAILED, TRAINING_STARTED
-from events.projections.quarantine import training_demonstrations, training_pairs
+from events.read_models import count_training_examples
 from events.sql_store import SqlEventStore
-from events.tables import proj_interactions, proj_quarantine
 
 TRAINING_TYPES = (TRAINING_STARTED, TRAINING_COMPLETED, TRAINING_FAILED, MODEL_REGISTERED)
 #: Reasons ``cancel`` gives; an attempt stopped for one of them is resumed, not backed off from.
@@ -213,18 +210,7 @@ def history(store: SqlEventStore, limit: int = 20) -> list[dict[str, Any]]:
 
 def count_new_examples(store: SqlEventStore, dataset: str, after_seq: int) -> int:
     """Examples of ``dataset`` with ``seq > after_seq`` (quarantine left out, as snapshots do)."""
-    if dataset in ("preference_pairs", "demonstrations"):
-        query = training_pairs() if dataset == "preference_pairs" else training_demonstrations()
-        sub = query.where(query.selected_columns.seq > after_seq).order_by(None).subquery()
-        stmt = select(func.count()).select_from(sub)
-    else:  # prompts: interactions of users not quarantined
-        t = proj_interactions
-        users = select(proj_quarantine.c.subject_id).where(proj_quarantine.c.subject_kind == "user")
-        stmt = select(func.count()).where(
-            t.c.interaction_seq > after_seq, t.c.user_id.is_(None) | t.c.user_id.not_in(users)
-        )
-    with store.engine.connect() as conn:
-        return int(conn.execute(stmt).scalar_one())
+    return count_training_examples(store, dataset, after_seq)
 
 
 def governance_training_paused(store: SqlEventStore) -> tuple[bool, str | None]:

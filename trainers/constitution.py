@@ -19,7 +19,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from importlib import resources
@@ -28,14 +28,13 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
-from sqlalchemy import Connection, or_, select
 
 from events.codec import canonical_json
 from events.errors import ConfigurationError
 from events.model import Event
 from events.projections.base import DEMONSTRATION_GENERATED
+from events.read_models import flagged_interactions
 from events.sql_store import SqlEventStore
-from events.tables import events, proj_interactions, proj_quarantine
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +50,6 @@ Generate = Callable[[list[list[Message]]], list[str]]
 _ECHOED_LABEL = re.compile(
     r"^\**\s*(?:revision|revised response|rewritten response|response|critique)\s*\**\s*:\s*\**", re.I
 )
-# Bounds SQL IN lists well under SQLite's 32,766 parameters.
-_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -145,68 +142,19 @@ class FlaggedInteraction:
     reasons: tuple[str, ...]
 
 
-def _chunks(items: Sequence[str]) -> Iterator[list[str]]:
-    for start in range(0, len(items), _CHUNK):
-        yield list(items[start : start + _CHUNK])
-
-
-def _anomaly_reasons(conn: Connection, upto_seq: int) -> dict[str, set[str]]:
-    """Request id -> detectors whose ``anomaly.detected`` (seq <= upto_seq) names its events as evidence."""
-    detectors: dict[str, set[str]] = {}
-    query = select(events.c.payload).where(events.c.type == ANOMALY_DETECTED, events.c.seq <= upto_seq)
-    for (payload,) in conn.execute(query):
-        body = json.loads(payload)
-        evidence_ids = body.get("evidence")
-        for evidence in evidence_ids if isinstance(evidence_ids, list) else []:
-            detectors.setdefault(str(evidence), set()).add(str(body.get("detector", "unknown")))
-    # Evidence names the interaction or the feedback about it; both carry the request id.
-    reasons: dict[str, set[str]] = {}
-    for chunk in _chunks(sorted(detectors)):
-        query = select(events.c.event_id, events.c.request_id).where(events.c.event_id.in_(chunk))
-        for event_id, request_id in conn.execute(query):
-            if request_id is not None:
-                reasons.setdefault(request_id, set()).update(detectors[event_id])
-    return reasons
-
-
-def select_flagged(
-    source: SqlEventStore | Connection, upto_seq: int, limit: int, *, after_seq: int = 0
-) -> list[FlaggedInteraction]:
+def select_flagged(store: SqlEventStore, upto_seq: int, limit: int, *, after_seq: int = 0) -> list[FlaggedInteraction]:
     """Flagged interactions to revise, in ``interaction_seq`` order, at most ``limit``.
 
     Flagged: a user flag of any category or a thumbs-down, as the interactions projection has folded them
     (catch it up first), or named as evidence by an ``anomaly.detected`` event at ``seq <= upto_seq``.
     Left out: interactions logged after ``upto_seq`` or at or before ``after_seq``, those of quarantined
     users or quarantined events, and those that already have a ``demonstration.generated`` event, so a
-    rerun does not redo them.
+    rerun does not redo them (the query is :func:`events.read_models.flagged_interactions`).
     """
-    if isinstance(source, SqlEventStore):
-        with source.engine.connect() as connection:
-            return select_flagged(connection, upto_seq, limit, after_seq=after_seq)
-    conn = source
-    t, q = proj_interactions, proj_quarantine
-    done = select(events.c.request_id).where(events.c.type == DEMONSTRATION_GENERATED, events.c.request_id.is_not(None))
-    eligible = [
-        t.c.interaction_seq > after_seq,
-        t.c.interaction_seq <= upto_seq,
-        t.c.user_id.is_(None) | t.c.user_id.not_in(select(q.c.subject_id).where(q.c.subject_kind == "user")),
-        t.c.event_id.not_in(select(q.c.subject_id).where(q.c.subject_kind == "event")),
-        t.c.request_id.not_in(done),
-    ]
-    anomalies = _anomaly_reasons(conn, upto_seq)
-    # Two candidate sets, the projection's flags and the anomalies' evidence: the first `limit` of each
-    # hold the first `limit` of their union.
-    conditions = [or_(t.c.flags != "[]", t.c.thumbs_down > 0)]
-    conditions += [t.c.request_id.in_(chunk) for chunk in _chunks(sorted(anomalies))]
-    rows: dict[str, Any] = {}
-    for condition in conditions:
-        query = select(t).where(condition, *eligible).order_by(t.c.interaction_seq).limit(limit)
-        rows.update((row.request_id, row) for row in conn.execute(query).mappings())
     flagged = []
-    for r in sorted(rows.values(), key=lambda r: r["interaction_seq"])[:limit]:
-        reasons = [f"flag:{c}" for c in json.loads(r["flags"])] + [
-            f"anomaly:{d}" for d in anomalies.get(r["request_id"], ())
-        ]
+    for found in flagged_interactions(store, upto_seq, limit, after_seq=after_seq):
+        r = found.row
+        reasons = [f"flag:{c}" for c in json.loads(r["flags"])] + [f"anomaly:{d}" for d in found.detectors]
         reasons += ["thumbs_down"] if r["thumbs_down"] else []
         columns = {f.name: r[f.name] for f in fields(FlaggedInteraction) if f.name != "reasons"}
         flagged.append(FlaggedInteraction(**columns, reasons=tuple(sorted(reasons))))

@@ -3,7 +3,7 @@
 A snapshot is what a model version learned from. Its ``seq`` range and the SHA-256 of its rows (canonical
 JSON, in ``seq`` order) go into a ``dataset.snapshotted`` event and onto the MLflow run and version, so any
 version traces back to the exact events behind it. Quarantined users and events never enter a snapshot:
-pairs and demonstrations are read through the quarantine-aware queries of ``events.projections``.
+pairs, demonstrations and prompts are read through the quarantine-aware queries of ``events.read_models``.
 """
 
 from __future__ import annotations
@@ -15,17 +15,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
-
 from events.codec import canonical_json
 from events.errors import ConfigurationError
 from events.messages import DatasetSnapshotted
 from events.model import Event
 from events.names import DEMONSTRATIONS, PREFERENCE_PAIRS, PROMPTS
-from events.projections import PROJECTIONS, QuarantineProjection
-from events.projections.quarantine import training_demonstrations, training_pairs
+from events.read_models import first_prompts, folded_upto, training_examples
 from events.sql_store import SqlEventStore
-from events.tables import events, proj_interactions, proj_quarantine, projection_checkpoints
 
 SOURCE = "alignd.trainers"
 
@@ -83,34 +79,6 @@ def messages_of(prompt_kind: str, prompt: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": prompt}]
 
 
-def _folded_upto(store: SqlEventStore, kind: str) -> int:
-    """The highest seq such that every event the dataset's projections fold, up to it, has been folded.
-
-    A projection's checkpoint only moves when it folds an event of its types, so a quiet one (quarantine,
-    with no enforcement yet) lags behind without missing anything: what counts is its first unfolded event.
-    """
-    projections = {**PROJECTIONS, "quarantine": QuarantineProjection()}
-    names = _NEEDS[kind]
-    with store.engine.connect() as conn:
-        found = dict(
-            conn.execute(
-                select(projection_checkpoints.c.name, projection_checkpoints.c.last_seq).where(
-                    projection_checkpoints.c.name.in_(names)
-                )
-            ).all()
-        )
-        upto = int(conn.execute(select(func.coalesce(func.max(events.c.seq), 0))).scalar_one())
-        for name in names:
-            first_unfolded = conn.execute(
-                select(func.min(events.c.seq)).where(
-                    events.c.seq > int(found.get(name, 0)), events.c.type.in_(projections[name].types)
-                )
-            ).scalar_one()
-            if first_unfolded is not None:
-                upto = min(upto, int(first_unfolded) - 1)
-    return upto
-
-
 def take_snapshot(
     store: SqlEventStore, kind: str, *, upto_seq: int | None = None, limit: int | None = None
 ) -> Snapshot:
@@ -121,7 +89,7 @@ def take_snapshot(
     """
     if kind not in _NEEDS:
         raise ConfigurationError(f"unknown dataset kind {kind!r}; known: {', '.join(_NEEDS)}")
-    folded = _folded_upto(store, kind)
+    folded = folded_upto(store, _NEEDS[kind])
     if upto_seq is None:
         upto_seq = folded
     elif upto_seq > folded:
@@ -129,55 +97,42 @@ def take_snapshot(
             f"the projections for {kind} have folded events up to seq {folded}, not {upto_seq}; "
             "run `alignd replay` (or let ingestion catch up) first"
         )
-    with store.engine.connect() as conn:
-        if kind == PREFERENCE_PAIRS:
-            query = training_pairs()
-            query = query.where(query.selected_columns.seq <= upto_seq)
-            rows = [
-                {
-                    "id": r.pair_id,
-                    "seq": r.seq,
-                    "prompt_kind": r.prompt_kind,
-                    "prompt": r.prompt,
-                    "chosen": r.chosen,
-                    "rejected": r.rejected,
-                }
-                for r in conn.execute(query)
-            ]
-        elif kind == DEMONSTRATIONS:
-            query = training_demonstrations()
-            query = query.where(query.selected_columns.seq <= upto_seq)
-            rows = [
-                {
-                    "id": r.demo_id,
-                    "seq": r.seq,
-                    "origin": r.origin,
-                    "prompt_kind": r.prompt_kind,
-                    "prompt": r.prompt,
-                    "response": r.response,
-                }
-                for r in conn.execute(query)
-            ]
-        else:
-            rows = _prompts(conn, upto_seq)
+    if kind == PREFERENCE_PAIRS:
+        rows = [
+            {
+                "id": r["pair_id"],
+                "seq": r["seq"],
+                "prompt_kind": r["prompt_kind"],
+                "prompt": r["prompt"],
+                "chosen": r["chosen"],
+                "rejected": r["rejected"],
+            }
+            for r in training_examples(store, PREFERENCE_PAIRS, upto_seq)
+        ]
+    elif kind == DEMONSTRATIONS:
+        rows = [
+            {
+                "id": r["demo_id"],
+                "seq": r["seq"],
+                "origin": r["origin"],
+                "prompt_kind": r["prompt_kind"],
+                "prompt": r["prompt"],
+                "response": r["response"],
+            }
+            for r in training_examples(store, DEMONSTRATIONS, upto_seq)
+        ]
+    else:
+        rows = _prompts(store, upto_seq)
     if limit is not None and len(rows) > limit:
         rows = rows[-limit:]  # the most recent: the policy should learn from today's traffic
     return Snapshot(kind=kind, to_seq=upto_seq, sha256=hash_rows(rows), rows=tuple(rows))
 
 
-def _prompts(conn: Any, upto_seq: int) -> list[dict[str, Any]]:
+def _prompts(store: SqlEventStore, upto_seq: int) -> list[dict[str, Any]]:
     """Distinct prompts users sent (for RLOO), first occurrence of each, quarantined users left out."""
-    t = proj_interactions
-    users = select(proj_quarantine.c.subject_id).where(proj_quarantine.c.subject_kind == "user")
-    first = (
-        select(func.min(t.c.interaction_seq).label("seq"), t.c.prompt_kind, t.c.prompt)
-        .where(t.c.interaction_seq <= upto_seq, t.c.user_id.is_(None) | t.c.user_id.not_in(users))
-        .group_by(t.c.prompt_kind, t.c.prompt)
-        .order_by(func.min(t.c.interaction_seq))
-    )
     return [
-        {"id": f"prompt:{r.seq}", "seq": int(r.seq), "prompt_kind": r.prompt_kind, "prompt": r.prompt}
-        for r in conn.execute(first)
+        {"id": f"prompt:{r['seq']}", "seq": r["seq"], "prompt_kind": r["prompt_kind"], "prompt": r["prompt"]}
+        for r in first_prompts(store, upto_seq)
     ]
 
 
