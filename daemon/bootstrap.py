@@ -7,15 +7,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.exc import InterfaceError, OperationalError
-
 from consumers.dead_letter import DeadLetterPublisher
 from consumers.ingest import IngestConfig, Ingestor
 from daemon.settings import Settings
 from events.errors import ConfigurationError, StoreUnavailableError
 from events.projections import ProjectionRunner
-from events.redact import mask_secrets_in_text, mask_url, url_secrets
-from events.sql_store import SqlEventStore, create_store_engine
+from events.redact import mask_url
+from events.sql_errors import CONNECTION_ERRORS
+from events.sql_store import SqlEventStore, checked_store_engine
 from migrations.runner import ensure_current
 
 logger = logging.getLogger(__name__)
@@ -24,16 +23,11 @@ logger = logging.getLogger(__name__)
 def store_engine(settings: Settings) -> Any:
     """The store's SQLAlchemy engine; a URL SQLAlchemy cannot read is a ConfigurationError that shows it masked
     (SQLAlchemy's own message quotes the URL whole, password included)."""
-    from sqlalchemy.exc import ArgumentError
-
     try:
-        return create_store_engine(settings.database.url)
-    except (ArgumentError, ValueError) as exc:
+        return checked_store_engine(settings.database.url)
+    except ConfigurationError as exc:  # its message is SQLAlchemy's reason, the URL's secrets masked
         url = settings.database.url
-        reason = mask_secrets_in_text(str(exc).strip().splitlines()[0], url_secrets(url))
-        raise ConfigurationError(
-            f"database.url (ALIGND_DATABASE_URL) {mask_url(url)} cannot be used: {reason}"
-        ) from None
+        raise ConfigurationError(f"database.url (ALIGND_DATABASE_URL) {mask_url(url)} cannot be used: {exc}") from None
 
 
 def open_store(settings: Settings, *, check_schema: bool = True) -> SqlEventStore:
@@ -42,9 +36,9 @@ def open_store(settings: Settings, *, check_schema: bool = True) -> SqlEventStor
     if check_schema:
         try:
             ensure_current(engine)
-        except (OperationalError, InterfaceError) as exc:
+        except CONNECTION_ERRORS as exc:
             engine.dispose()
-            raise StoreUnavailableError(str(exc.orig or exc).splitlines()[0]) from exc
+            raise StoreUnavailableError(str(getattr(exc, "orig", None) or exc).splitlines()[0]) from exc
         except Exception:
             engine.dispose()
             raise

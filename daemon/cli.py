@@ -51,16 +51,15 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) ->
 
 
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
+    from events.sql_errors import CONNECTION_ERRORS
     from migrations.runner import current_revision, upgrade
 
     engine = bootstrap.store_engine(settings)
     try:
         before = current_revision(engine)
         after = upgrade(engine)
-    except (OperationalError, InterfaceError) as exc:
-        raise StoreUnavailableError(str(exc.orig or exc).splitlines()[0]) from exc
+    except CONNECTION_ERRORS as exc:
+        raise StoreUnavailableError(str(getattr(exc, "orig", None) or exc).splitlines()[0]) from exc
     finally:
         engine.dispose()
     where = settings.redacted()["database"]["url"]
@@ -284,18 +283,12 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_monitors_list(settings: Settings, args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
-    from events.tables import monitor_checkpoints
-
     store = bootstrap.open_store(settings)
     try:
-        with store.engine.connect() as conn:
-            rows = conn.execute(select(monitor_checkpoints)).all()
+        saved = store.position("monitors")  # the runner's name (MonitorRunner.name)
     finally:
         store.dispose()
-    saved = {row.name: (int(row.last_seq), json.loads(row.state)) for row in rows}
-    position, states = saved.get("monitors", (0, {}))
+    position, states = saved.seq, json.loads(saved.state) if saved.state is not None else {}
     enabled = set(settings.monitors.detectors)
     listing = [
         {

@@ -43,9 +43,6 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 import jinja2
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -55,8 +52,9 @@ from daemon.http_protocol import DEFAULT_HEADER_TIMEOUT, SecurityHeaders, head_t
 from daemon.settings import HttpSettings
 from events import audit
 from events.audit import AuditRecord, VerifyReport
-from events.errors import SchemaOutOfDateError, StoreUnavailableError
+from events.errors import SchemaOutOfDateError
 from events.redact import without_credentials
+from events.sql_errors import is_unavailable
 from events.sql_store import SqlEventStore
 from migrations.runner import current_revision, ensure_current, head_revision
 
@@ -238,9 +236,7 @@ def record_key(segment: str) -> str | None:
 
 def _store_unavailable(exc: BaseException) -> bool:
     """Whether a failure is the store not answering (503), rather than a fault here or in the request (500)."""
-    if isinstance(exc, StoreUnavailableError | OperationalError | InterfaceError | PoolTimeoutError):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    return is_unavailable(exc)  # StoreUnavailableError, or a database error that means the same
 
 
 def mlflow_links(evidence: dict[str, Any], ui_url: str | None) -> list[dict[str, str | None]]:
@@ -384,10 +380,9 @@ class ReviewServer:
     def readiness(self) -> tuple[bool, str]:
         """Ready when the store answers ``SELECT 1`` and its schema is this code's (else why not)."""
         try:
-            with self.store.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            if current_revision(self.store.engine) != self._head:
-                ensure_current(self.store.engine)  # raises, saying how the schema differs
+            self.store.ping()
+            if current_revision(self.store) != self._head:
+                ensure_current(self.store)  # raises, saying how the schema differs
         except SchemaOutOfDateError as exc:
             return False, str(exc)
         except Exception as exc:  # noqa: BLE001 - any failure to answer means "not ready"; the reason goes to the prober

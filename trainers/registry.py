@@ -24,11 +24,11 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from events.errors import AlignmentError
 from events.names import MODEL_NAMES
 from events.redact import Scrubber, url_secrets
+from events.sql_errors import OPERATIONAL_ERRORS, SQL_ERRORS
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ def _is_transient(exc: BaseException) -> bool:
     while seen is not None:
         if isinstance(seen, MlflowException) and seen.error_code in _TRANSIENT_CODES:
             return True
-        if isinstance(seen, requests.ConnectionError | requests.Timeout | OperationalError | ConnectionError):
+        # A database-backed tracking store raises SQLAlchemy's errors: its OperationalError is transient.
+        if isinstance(seen, (requests.ConnectionError, requests.Timeout, ConnectionError, *OPERATIONAL_ERRORS)):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
@@ -75,7 +76,7 @@ def _boundary(doing: str, scrubber: Scrubber = _PLAIN) -> Iterator[None]:
         yield
     except RegistryError:
         raise
-    except (MlflowException, SQLAlchemyError, requests.RequestException, OSError) as exc:
+    except (MlflowException, *SQL_ERRORS, requests.RequestException, OSError) as exc:
         # MLflow's messages quote the tracking URI ("API request to http://user:pw@host/... failed"), and a
         # database store's the DSN: the message is scrubbed here, before it reaches a log, the CLI or an event.
         reason = (exc.message if isinstance(exc, MlflowException) else str(exc)).strip().splitlines()[0][:500]
