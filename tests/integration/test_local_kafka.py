@@ -11,11 +11,11 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from daemon.local.kafka import LocalKafka
+from tests.helpers import unavailable
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("java") is None, reason="needs a JVM (OpenJDK 17+)"),
-]
+pytestmark = [pytest.mark.integration]
+if shutil.which("java") is None:
+    unavailable("needs a JVM (OpenJDK 17+)")
 
 TOPIC = "local-kafka-test"
 

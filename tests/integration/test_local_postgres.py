@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from daemon.local.postgres import LocalPostgres, find_bin_dir
+from tests.helpers import unavailable
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(find_bin_dir() is None, reason="PostgreSQL binaries are not installed"),
-]
+pytestmark = [pytest.mark.integration]
+if find_bin_dir() is None:
+    unavailable("PostgreSQL binaries are not installed")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

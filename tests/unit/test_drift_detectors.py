@@ -26,6 +26,7 @@ from monitors.detectors.drift import (
     prompt_text,
     psi,
 )
+from tests.helpers import require
 
 T = datetime(2026, 11, 1, tzinfo=UTC)
 DRIFT_BOUND = 250  # responses of the drifting version after the incident starts
@@ -162,7 +163,7 @@ def test_ks_and_psi_match_references() -> None:
     rng = np.random.default_rng(0)
     a, b = np.sort(rng.normal(0, 1, 500)), rng.normal(0.3, 1, 300)
     d, p = ks_two_sample(a, b)
-    stats = pytest.importorskip("scipy.stats")
+    stats = require("scipy.stats")
     expected = stats.ks_2samp(a, b, method="asymp")
     assert abs(d - expected.statistic) < 1e-12 and abs(p - expected.pvalue) < 0.15 * expected.pvalue + 1e-4
     same = psi(a, rng.normal(0, 1, 300))

@@ -21,6 +21,7 @@ from monitors.detectors.jailbreak import (
 from monitors.detectors.jailbreak_patterns import FRAMINGS, HARMFUL_TOPIC, PATTERNS
 from monitors.detectors.jailbreak_text import normalise
 from monitors.detectors.pattern_search import score_patterns
+from tests.helpers import HYPERSCAN_EXPECTED, require
 from tests.unit._stored import interaction
 
 THRESHOLD = JailbreakConfig().pattern_threshold
@@ -289,7 +290,7 @@ def search_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     import monitors.detectors.pattern_search as ps
 
     if request.param == "hyperscan":
-        pytest.importorskip("hyperscan")
+        require("hyperscan", in_ci=HYPERSCAN_EXPECTED)
         assert ps._prefilter() is not None
     else:
         monkeypatch.setattr(ps, "_prefilter", lambda: None)

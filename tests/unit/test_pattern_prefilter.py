@@ -8,6 +8,7 @@ import re
 import pytest
 
 from monitors.detectors.pattern_prefilter import Prefilter, widen
+from tests.helpers import HYPERSCAN_EXPECTED, require
 
 NON_ASCII = r"\x{80}-\x{10FFFF}"
 
@@ -39,7 +40,7 @@ def test_widen_refuses_what_it_cannot_make_wider(pattern: str) -> None:
 
 
 def _prefilter(**patterns: str) -> Prefilter:
-    pytest.importorskip("hyperscan")
+    require("hyperscan", in_ci=HYPERSCAN_EXPECTED)
     return Prefilter([(name, re.compile(p, re.IGNORECASE | re.DOTALL)) for name, p in patterns.items()])
 
 
@@ -84,7 +85,7 @@ def test_candidates_include_every_python_match_on_random_unicode_text() -> None:
 def test_a_hyperscan_that_cannot_run_here_leaves_the_pure_python_search(monkeypatch: pytest.MonkeyPatch) -> None:
     import monitors.detectors.pattern_prefilter as pp
 
-    hs = pytest.importorskip("hyperscan")
+    hs = require("hyperscan", in_ci=HYPERSCAN_EXPECTED)
 
     def refuse(self: object, patterns: object) -> None:
         raise hs.ArchitectureError("no SSSE3")
