@@ -6,6 +6,10 @@ a ceiling; one that keeps dying (``alert_after`` crashes within ``alert_window_s
 Stopping goes in the order the parts were added, each given what is left of the timeout: the scheduler
 first (no new jobs; the running one is cancelled and resumes later from its checkpoint), then ingestion (a
 final commit), then the rest (arq's order: stop taking work, finish what is running, release resources).
+
+Time is injected: ``clock`` (monotonic seconds) and ``wait`` (wait on an event for at most a timeout, True when
+it was set) default to :func:`time.monotonic` and :meth:`threading.Event.wait`; tests pass a fake clock whose
+waits move its time, so backoffs, intervals and spacings are asserted without sleeping.
 """
 
 from __future__ import annotations
@@ -20,6 +24,14 @@ from typing import Protocol
 from daemon.logs import scrub
 
 logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+#: ``wait(event, timeout_s)``: block until ``event`` is set or the timeout passes; True when it was set.
+Wait = Callable[[threading.Event, float], bool]
+
+
+def event_wait(event: threading.Event, timeout_s: float) -> bool:
+    return event.wait(timeout_s)
 
 
 class Part(Protocol):
@@ -57,21 +69,23 @@ class LoopPart:
     min_interval_s: float = 0.0
     steps: int = 0
     busy_steps: int = 0
+    clock: Clock = time.monotonic
+    wait: Wait = event_wait
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             # Cleared before the step, not after: a wake-up during the step means new work it may have missed.
             self.wake.clear()
-            started = time.monotonic()
+            started = self.clock()
             result = self.step()
             self.steps += 1
             if self.more is not None and self.more(result):
                 self.busy_steps += 1
                 continue
-            if not stop.is_set() and self.wake.wait(self.interval_s):
-                spacing = self.min_interval_s - (time.monotonic() - started)
+            if not stop.is_set() and self.wait(self.wake, self.interval_s):
+                spacing = self.min_interval_s - (self.clock() - started)
                 if spacing > 0:
-                    stop.wait(spacing)
+                    self.wait(stop, spacing)
 
     def request_stop(self) -> None:
         self.wake.set()  # the wait is on ``wake``, not on the supervisor's stop event
@@ -100,7 +114,10 @@ class Supervisor:
         alert_after: int = 3,
         alert_window_s: float = 300.0,
         on_crash_loop: Callable[[str, int, str], None] | None = None,
+        clock: Clock = time.monotonic,
+        wait: Wait = event_wait,
     ) -> None:
+        self.clock, self.wait = clock, wait
         self.slots: list[_Slot] = []
         self.stop_event = threading.Event()
         self.backoff_initial_s, self.backoff_max_s = backoff_initial_s, backoff_max_s
@@ -122,7 +139,7 @@ class Supervisor:
         backoff = self.backoff_initial_s
         while not self.stop_event.is_set():
             slot.alive = True
-            started = time.monotonic()
+            started = self.clock()
             try:
                 slot.part.run(self.stop_event)
                 if self.stop_event.is_set():
@@ -132,7 +149,7 @@ class Supervisor:
                 slot.alive = False
                 # Shown on /health and stored with a crash-loop alert: scrubbed, as a driver's error may hold a DSN.
                 slot.last_error = scrub(f"{type(exc).__name__}: {exc}")
-                now = time.monotonic()
+                now = self.clock()
                 if now - started > backoff * 10:
                     backoff = self.backoff_initial_s  # it ran a good while: a fresh failure, not a loop
                 slot.crashes = [t for t in slot.crashes if now - t < self.alert_window_s] + [now]
@@ -148,7 +165,7 @@ class Supervisor:
                         self.on_crash_loop(slot.part.name, len(slot.crashes), slot.last_error)
                     except Exception:  # noqa: BLE001 - reporting must not kill the supervisor
                         logger.exception("could not report the crash loop of %s", slot.part.name)
-                if self.stop_event.wait(backoff):
+                if self.wait(self.stop_event, backoff):
                     break
                 backoff = min(backoff * 2, self.backoff_max_s)
                 slot.restarts += 1
@@ -159,7 +176,7 @@ class Supervisor:
 
     def stop(self, timeout_s: float = 60.0) -> bool:
         """Stop every part in order within ``timeout_s``; True when all of them finished in time."""
-        deadline = time.monotonic() + timeout_s
+        deadline = self.clock() + timeout_s
         self.stop_event.set()
         clean = True
         for slot in self.slots:
@@ -167,7 +184,7 @@ class Supervisor:
             if stopper is not None:
                 stopper()
             if slot.thread is not None:
-                slot.thread.join(max(0.0, deadline - time.monotonic()))
+                slot.thread.join(max(0.0, deadline - self.clock()))
                 if slot.thread.is_alive():
                     clean = False
                     logger.error("part %s did not stop within the shutdown timeout", slot.part.name)
