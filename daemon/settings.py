@@ -2,7 +2,8 @@
 
 This is the only module that reads the environment. Variables map onto sections by their first word:
 ``ALIGND_DATABASE_URL`` -> ``database.url``, ``ALIGND_KAFKA_BOOTSTRAP_SERVERS`` -> ``kafka.bootstrap_servers``,
-``ALIGND_MLFLOW_TRACKING_URI`` -> ``mlflow.tracking_uri``. The environment wins over the file.
+``ALIGND_MLFLOW_TRACKING_URI`` -> ``mlflow.tracking_uri``. The environment wins over the file. Any setting may
+come from a file instead (a Docker secret): ``ALIGND_HTTP_TOKEN_FILE=/run/secrets/alignd_http_token``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote, unquote
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -35,6 +37,19 @@ class _MaskedRepr(BaseModel):
 class DatabaseSettings(_MaskedRepr):
     model_config = _FROZEN
     url: str = Field("sqlite:///alignd.db", description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://...")
+    password: SecretStr | None = Field(
+        None, description="password of a postgresql url written without one (kept out of the url: a secret file)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_password(cls, data: Any) -> Any:
+        # Every consumer opens `url`; a password given apart (ALIGND_DATABASE_PASSWORD_FILE) joins it here.
+        if not isinstance(data, dict) or data.get("password") in (None, ""):
+            return data
+        password = data["password"]
+        password = password.get_secret_value() if isinstance(password, SecretStr) else str(password)
+        return {**data, "url": _with_password(str(data.get("url", cls.model_fields["url"].default)), password)}
 
     @field_validator("url")
     @classmethod
@@ -47,6 +62,23 @@ class DatabaseSettings(_MaskedRepr):
                 "use sqlite:///FILE or postgresql+psycopg://USER@HOST/DB"
             )
         return url
+
+
+def _with_password(url: str, password: str) -> str:
+    """``url`` (postgresql+psycopg://USER@HOST/DB) with ``password`` given to its user, percent-encoded."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme.startswith("postgresql"):
+        raise ValueError("password goes with a postgresql+psycopg://USER@HOST/DB url, and url is not one")
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    userinfo, at, host = authority.rpartition("@")
+    user, colon, written = userinfo.partition(":")
+    if not at or not user:
+        raise ValueError("password needs a user name in url (postgresql+psycopg://USER@HOST/DB)")
+    if colon:
+        if unquote(written) == password:  # already merged (settings validated again)
+            return url
+        raise ValueError("url has a password as well as password; keep one (the password setting, from a file)")
+    return f"{scheme}://{user}:{quote(password, safe='')}@{host}{rest[len(authority) :]}"
 
 
 class KafkaSettings(_MaskedRepr):
@@ -376,8 +408,34 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, str]]:
                 f"{name}: not a setting alignd knows; settings are ALIGND_<SECTION>_<NAME> with SECTION one of "
                 f"{', '.join(s.upper() for s in _SECTIONS)}"
             )
+        plain = field.removesuffix("_file")
+        if plain != field and _is_setting(section, plain) and not _is_setting(section, field):
+            if not value:  # empty: unset, as for the setting itself
+                continue
+            field, value = plain, _setting_from_file(name, value, env)
         overrides.setdefault(section, {})[field] = value
     return overrides
+
+
+def _is_setting(section: str, field: str) -> bool:
+    model = Settings.model_fields[section].annotation
+    return isinstance(model, type) and issubclass(model, BaseModel) and field in model.model_fields
+
+
+def _setting_from_file(name: str, path: str, env: Mapping[str, str]) -> str:
+    """The value ``name`` (ALIGND_<SECTION>_<NAME>_FILE) points at: the file's text without its trailing newline."""
+    plain = name[: -len("_FILE")]
+    if plain in env:
+        raise ConfigurationError(f"{plain} and {name} are both set; keep one (the value, or the file that holds it)")
+    try:
+        value = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{name}: {path!r} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigurationError(f"{name}: cannot read {path!r}: {exc.strerror or exc}") from None
+    if not value:
+        raise ConfigurationError(f"{name}: {path!r} is empty")
+    return value
 
 
 def _env_name(loc: tuple[Any, ...]) -> str:

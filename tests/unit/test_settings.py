@@ -370,3 +370,109 @@ def test_every_http_limit_is_a_setting_with_the_same_default() -> None:
     assert {f.name: f.default for f in dataclasses.fields(HttpLimits)} == {
         f.name: getattr(defaults, f.name) for f in dataclasses.fields(HttpLimits)
     }
+
+
+# --- settings from files (Docker secrets) and the database password -------------------------------------
+
+
+def secret_file(tmp_path: Path, text: str, name: str = "secret") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_setting_is_read_from_the_file_its_file_variable_names(tmp_path: Path) -> None:
+    token = secret_file(tmp_path, "t0ken-from-a-file\n")
+
+    settings = load_settings(None, env={"ALIGND_HTTP_TOKEN_FILE": str(token)})
+
+    assert settings.http.token is not None
+    assert settings.http.token.get_secret_value() == "t0ken-from-a-file"  # the trailing newline is not part of it
+    assert "t0ken-from-a-file" not in repr(settings)
+
+
+def test_any_setting_may_come_from_a_file_and_the_file_wins_over_the_config_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "kafka:\n  sasl_password: from-the-config-file\n")
+    env = {
+        "ALIGND_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "ALIGND_KAFKA_SASL_MECHANISM": "PLAIN",
+        "ALIGND_KAFKA_SASL_USERNAME": "alignd",
+        "ALIGND_KAFKA_SASL_PASSWORD_FILE": str(secret_file(tmp_path, "sasl-from-a-file\r\n")),
+        "ALIGND_INGEST_MAX_POLL_RECORDS_FILE": str(secret_file(tmp_path, "250", "records")),
+    }
+
+    settings = load_settings(config, env=env)
+
+    assert settings.kafka.client_kwargs()["sasl_plain_password"] == "sasl-from-a-file"
+    assert settings.ingest.max_poll_records == 250
+
+
+def test_a_missing_secret_file_is_refused_naming_the_variable_and_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "secrets" / "alignd_http_token"
+
+    message = refused(ALIGND_HTTP_TOKEN_FILE=str(missing))
+
+    assert "ALIGND_HTTP_TOKEN_FILE" in message and str(missing) in message
+
+
+def test_an_unreadable_or_empty_secret_file_is_refused(tmp_path: Path) -> None:
+    assert "is empty" in refused(ALIGND_HTTP_TOKEN_FILE=str(secret_file(tmp_path, "\n")))
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\xff\xfe\x00")
+    assert "not UTF-8" in refused(ALIGND_HTTP_TOKEN_FILE=str(binary))
+    message = refused(ALIGND_HTTP_TOKEN_FILE=str(tmp_path))  # a folder
+    assert "ALIGND_HTTP_TOKEN_FILE" in message and str(tmp_path) in message
+
+
+def test_a_setting_and_its_file_variable_together_are_refused(tmp_path: Path) -> None:
+    message = refused(ALIGND_HTTP_TOKEN="t", ALIGND_HTTP_TOKEN_FILE=str(secret_file(tmp_path, "t")))
+
+    assert "ALIGND_HTTP_TOKEN and ALIGND_HTTP_TOKEN_FILE are both set" in message
+
+
+def test_an_empty_file_variable_is_unset_and_an_unknown_one_is_refused(tmp_path: Path) -> None:
+    assert load_settings(None, env={"ALIGND_HTTP_TOKEN_FILE": ""}).http.token is None
+    message = refused(ALIGND_KAFKA_NOPE_FILE=str(secret_file(tmp_path, "x")))
+    assert "ALIGND_KAFKA_NOPE_FILE" in message and "unknown setting" in message
+
+
+def test_the_database_password_joins_a_url_written_without_one(tmp_path: Path) -> None:
+    env = {
+        "ALIGND_DATABASE_URL": "postgresql+psycopg://alignd@postgres:5432/alignd?sslmode=disable",
+        "ALIGND_DATABASE_PASSWORD_FILE": str(secret_file(tmp_path, "p@ss/w:rd\n")),
+    }
+
+    settings = load_settings(None, env=env)
+
+    assert settings.database.url == "postgresql+psycopg://alignd:p%40ss%2Fw%3Ard@postgres:5432/alignd?sslmode=disable"
+    assert settings.redacted()["database"] == {
+        "url": "postgresql+psycopg://alignd:***@postgres:5432/alignd?sslmode=disable",
+        "password": "**********",
+    }
+    assert "p@ss/w:rd" in settings.known_secrets(env={})
+    assert "p@ss" not in repr(settings) and "p%40ss" not in repr(settings)
+
+
+def test_the_database_password_is_the_one_sqlalchemy_reads_from_the_url() -> None:
+    from sqlalchemy.engine import make_url
+
+    settings = load_settings(
+        None, env={"ALIGND_DATABASE_URL": "postgresql+psycopg://alignd@db/alignd", "ALIGND_DATABASE_PASSWORD": "a b%c"}
+    )
+
+    assert make_url(settings.database.url).password == "a b%c"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("sqlite:///alignd.db", "postgresql"),
+        ("postgresql+psycopg://db/alignd", "user name"),
+        ("postgresql+psycopg://alignd:other@db/alignd", "keep one"),
+    ],
+)
+def test_a_database_password_the_url_cannot_take_is_refused(url: str, problem: str) -> None:
+    message = refused(ALIGND_DATABASE_URL=url, ALIGND_DATABASE_PASSWORD="s3cret")
+
+    assert problem in message and "ALIGND_DATABASE" in message
+    assert "s3cret" not in message and "other" not in message
