@@ -24,21 +24,20 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from events.codec import canonical_json
 from events.errors import ConfigurationError
+from events.messages import DemonstrationGenerated
 from events.model import Event
-from events.projections.base import DEMONSTRATION_GENERATED
 from events.read_models import flagged_interactions
 from events.sql_store import SqlEventStore
 
 logger = logging.getLogger(__name__)
 
-ANOMALY_DETECTED = "anomaly.detected"
 ORIGIN = "constitutional"
 SOURCE = "alignd.trainers"
 
@@ -292,22 +291,22 @@ def revision_events(revisions: Sequence[Revision], *, occurred_at: datetime | No
     out = []
     for r in (r for r in revisions if r.skipped is None):
         i = r.interaction
-        payload: dict[str, Any] = {
-            "request_id": i.request_id,
-            "origin": ORIGIN,
-            "prompt_kind": i.prompt_kind,
-            "prompt": i.prompt,
-            "response": r.response,
-            "original_response": i.response,
-            "model": {"name": i.model_name, "version": i.model_version},
-            "principles": list(r.principles),
-            "critiques": list(r.critiques),
-            "constitution_sha256": r.constitution_sha256,
-            "source_event_id": i.event_id,
-        }
-        if i.user_id is not None:
-            payload["user"] = i.user_id
-        out.append(Event(r.event_id, DEMONSTRATION_GENERATED, when, SOURCE, payload))
+        record = DemonstrationGenerated(
+            request_id=i.request_id,
+            origin=ORIGIN,
+            prompt_kind=i.prompt_kind,
+            prompt=i.prompt,
+            response=r.response,
+            original_response=i.response,
+            model_name=i.model_name,
+            model_version=i.model_version,
+            principles=r.principles,
+            critiques=r.critiques,
+            constitution_sha256=r.constitution_sha256,
+            source_event_id=i.event_id,
+            user=i.user_id,
+        )
+        out.append(record.to_event(r.event_id, when, SOURCE))
     return out
 
 
