@@ -30,7 +30,7 @@ from daemon.settings import Settings, load_settings
 from daemon.traffic import Phase, TrafficGenerator
 from events.codec import canonical_json
 from events.messages import EnforcementRequested
-from events.names import ENFORCEMENT_APPLIED, ENFORCEMENT_REQUESTED, MODEL_ROLLED_BACK
+from events.names import ENFORCEMENT_APPLIED, ENFORCEMENT_REQUESTED, MODEL_NAMES, MODEL_ROLLED_BACK
 from events.sql_store import create_store_engine
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class Demo:
         upgrade(engine)
         engine.dispose()
         store = bootstrap.open_store(self.settings)
-        traffic = TrafficGenerator(model="alignd-policy", seed=7)
+        traffic = TrafficGenerator(model=MODEL_NAMES["policy"], seed=7)
         try:
             n = self._produce(traffic.phase(Phase("0", 300 if self.quick else 600)))
             self._ingest()

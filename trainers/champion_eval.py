@@ -33,7 +33,7 @@ from typing import Any
 
 from events.messages import CONTINUOUS
 from events.model import Event
-from events.names import GATE_EVALUATED, MODEL_KINDS, MODEL_NAMES
+from events.names import GATE_EVALUATED, MODEL_KINDS, MODEL_NAMES, PREFERENCE_PAIRS
 from events.sql_store import SqlEventStore
 from trainers import gates
 from trainers.children import JobLimits, run_child
@@ -157,7 +157,7 @@ class ChampionEvaluation:
             RegistryError: MLflow refused a call (nothing was appended).
         """
         limits = limits or JobLimits()
-        snapshot = _at_last_pair(take_snapshot(self.store, "preference_pairs", upto_seq=upto_seq))
+        snapshot = _at_last_pair(take_snapshot(self.store, PREFERENCE_PAIRS, upto_seq=upto_seq))
         outcome = EvaluationOutcome(True, snapshot.info())
         judge = self.registry.get_by_alias("reward", "champion")
         todo: dict[str, tuple[RegisteredVersion, list[dict[str, Any]]]] = {}
