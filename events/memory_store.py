@@ -3,8 +3,9 @@
 A fake with state, not a mock (STYLE.md, cosmicpython's ``FakeRepository``): tests of the monitor runner, the
 outbox and the enforcement executor run against it in milliseconds, and ``tests/contract/test_store_contract.py``
 holds it to the contract the SQL stores meet (duplicates ignored, one batch atomic, offsets only forward,
-positions saved with what they track). What it does not have is the read models' tables: the projections,
-the audit chain and the queries of :mod:`events.read_models` need the SQL store.
+positions saved with what they track). It keeps the projections' rows too (by table name and primary key), so the
+projection runner runs on it; what needs SQL itself, the audit chain and the queries of :mod:`events.read_models`,
+needs the SQL store.
 
 One lock serialises units of work (the single writer SQLite has), and readers take it too, so a reader never
 sees half a unit of work; ``seq`` is therefore in commit order, as on the SQL stores. A unit of work that raises
@@ -18,11 +19,11 @@ import threading
 import time
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from events.errors import StoreRefusedError
 from events.model import (
@@ -34,9 +35,11 @@ from events.model import (
     StoredDeadLetter,
     StoredEvent,
 )
-from events.store import EventStore, Position
+from events.store import EventStore, Key, Position, Row
 
 if TYPE_CHECKING:
+    from sqlalchemy import Table
+
     from events.sql_store import SqlEventStore
 
 # The SQL columns' widths (events/tables.py): what the SQL stores refuse, this one refuses too.
@@ -49,6 +52,11 @@ Undo = list[Callable[[], None]]
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _sortable(key: Key) -> tuple[tuple[bool, Any], ...]:
+    # None sorts first, as NULLS FIRST would; keys are otherwise of one type per column.
+    return tuple((value is not None, value) for value in key)
 
 
 def _refusal(item: Event) -> str | None:
@@ -99,6 +107,27 @@ class InMemoryUnitOfWork:
     def delete_position(self, name: str) -> None:
         self._store._set_position(self._undo, name, None)  # noqa: SLF001
 
+    def read(self, after_seq: int = 0, *, limit: int = 1000, types: Iterable[str] | None = None) -> list[StoredEvent]:
+        return self._store.read(after_seq, limit=limit, types=types)
+
+    def by_request_id(
+        self, request_ids: Sequence[str], *, max_seq: int, types: Iterable[str] | None = None
+    ) -> list[StoredEvent]:
+        wanted = set(types) if types is not None else None
+        found = self._store.by_request_id(request_ids, max_seq=max_seq)
+        return [s for s in found if wanted is None or s.event.type in wanted]
+
+    def load_rows(self, table: Table, keys: Sequence[Key]) -> dict[Key, Row]:
+        rows = self._store._table(table.name)  # noqa: SLF001
+        return {key: dict(rows[key]) for key in keys if key in rows}
+
+    def write_rows(self, table: Table, *, stale: Sequence[Key], rows: Sequence[Mapping[str, Any]]) -> None:
+        self._store._write_rows(self._undo, table, stale, rows)  # noqa: SLF001
+
+    def clear_rows(self, table: Table) -> None:
+        current = self._store._table(table.name)  # noqa: SLF001
+        self._store._write_rows(self._undo, table, list(current), [])  # noqa: SLF001
+
 
 class InMemoryEventStore:
     """Append-only event store with consumer offsets, dead letters and positions, in this process's memory.
@@ -122,6 +151,7 @@ class InMemoryEventStore:
         self._letter_ids: dict[str, int] = {}
         self._next_letter_id = 1
         self._positions: dict[str, Position] = {}
+        self._tables: dict[str, dict[Key, Row]] = {}
 
     def dispose(self) -> None:
         """Nothing to release; here for the contract."""
@@ -287,6 +317,27 @@ class InMemoryEventStore:
 
         undo.append(restore)
 
+    def _table(self, name: str) -> dict[Key, Row]:
+        return self._tables.setdefault(name, {})
+
+    def _write_rows(self, undo: Undo, table: Table, stale: Sequence[Key], rows: Sequence[Mapping[str, Any]]) -> None:
+        current = self._table(table.name)
+        columns = [c.name for c in table.primary_key.columns]
+        new = {tuple(row[c] for c in columns): dict(row) for row in rows}
+        if len(new) != len(rows) or any(key in current and key not in stale for key in new):
+            raise StoreRefusedError(f"duplicate primary key in {table.name}")  # as the SQL tables would
+        before = {key: current[key] for key in [*stale, *new] if key in current}
+        for key in stale:
+            current.pop(key, None)
+        current.update(new)
+
+        def restore() -> None:
+            for key in new:
+                current.pop(key, None)
+            current.update(before)
+
+        undo.append(restore)
+
     # --- reading -------------------------------------------------------------------------------
 
     def read(
@@ -407,6 +458,13 @@ class InMemoryEventStore:
             for i in ids:
                 if i in self._letters:
                     self._letters[i] = replace(self._letters[i], requeued_at=now)
+
+    def table_rows(self, table: Table) -> Iterator[Row]:
+        """Every row of the read model ``table``, in primary-key order."""
+        with self._lock:
+            rows = self._table(table.name)
+            found = [dict(rows[key]) for key in sorted(rows, key=_sortable)]
+        yield from found
 
     def position(self, name: str, *, with_state: bool = True) -> Position:
         with self._lock:

@@ -28,6 +28,8 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Select,
+    Table,
     Text,
     cast,
     create_engine,
@@ -59,7 +61,9 @@ from events.model import (
 from events.redact import mask_secrets_in_text, url_secrets
 from events.sql_errors import database_message as _database_message
 from events.sql_errors import translate as _translate
-from events.store import Position
+from events.sql_rows import clear_rows, load_rows, table_rows, write_rows
+from events.store import Key, Position
+from events.store import Row as ReadModelRow
 from events.tables import consumer_offsets, dead_letters, events, monitor_checkpoints, projection_checkpoints
 
 logger = logging.getLogger(__name__)
@@ -153,6 +157,28 @@ def checked_store_engine(url: str, *, pool_size: int = 5) -> Engine:
         raise ConfigurationError(mask_secrets_in_text(str(exc).strip().splitlines()[0], url_secrets(url))) from None
 
 
+def _select_events(
+    after_seq: int, *, to_seq: int | None = None, limit: int, types: Iterable[str] | None = None
+) -> Select[Any]:
+    stmt = select(events).where(events.c.seq > after_seq).order_by(events.c.seq).limit(limit)
+    if to_seq is not None:
+        stmt = stmt.where(events.c.seq <= to_seq)
+    if types is not None:
+        stmt = stmt.where(events.c.type.in_(list(types)))
+    return stmt
+
+
+def _select_about(
+    request_ids: Sequence[str], *, max_seq: int | None = None, types: Iterable[str] | None = None
+) -> Select[Any]:
+    stmt = select(events).where(events.c.request_id.in_(list(request_ids))).order_by(events.c.seq)
+    if max_seq is not None:
+        stmt = stmt.where(events.c.seq <= max_seq)
+    if types is not None:
+        stmt = stmt.where(events.c.type.in_(list(types)))
+    return stmt
+
+
 # --- positions (tracking records) ---------------------------------------------------------------------------
 # Two tables predate the one API: a position saved with a state (the monitors') is a row of monitor_checkpoints,
 # one without a row of projection_checkpoints. A name lives in one of them: saving deletes it from both.
@@ -216,6 +242,27 @@ class SqlUnitOfWork:
 
     def delete_position(self, name: str) -> None:
         delete_position(self.connection, name)
+
+    def read(self, after_seq: int = 0, *, limit: int = 1000, types: Iterable[str] | None = None) -> list[StoredEvent]:
+        stmt = _select_events(after_seq, limit=limit, types=types)
+        return [row_to_event(row) for row in self.connection.execute(stmt)]
+
+    def by_request_id(
+        self, request_ids: Sequence[str], *, max_seq: int, types: Iterable[str] | None = None
+    ) -> list[StoredEvent]:
+        if not request_ids:
+            return []
+        stmt = _select_about(request_ids, max_seq=max_seq, types=types)
+        return [row_to_event(row) for row in self.connection.execute(stmt)]
+
+    def load_rows(self, table: Table, keys: Sequence[Key]) -> dict[Key, ReadModelRow]:
+        return load_rows(self.connection, table, keys)
+
+    def write_rows(self, table: Table, *, stale: Sequence[Key], rows: Sequence[Mapping[str, Any]]) -> None:
+        write_rows(self.connection, table, stale=stale, rows=rows)
+
+    def clear_rows(self, table: Table) -> None:
+        clear_rows(self.connection, table)
 
 
 def storable_text(text: str) -> str:
@@ -553,11 +600,7 @@ class SqlEventStore:
         types: Iterable[str] | None = None,
     ) -> list[StoredEvent]:
         """Events with ``after_seq < seq <= to_seq``, in ``seq`` order, at most ``limit``."""
-        stmt = select(events).where(events.c.seq > after_seq).order_by(events.c.seq).limit(limit)
-        if to_seq is not None:
-            stmt = stmt.where(events.c.seq <= to_seq)
-        if types is not None:
-            stmt = stmt.where(events.c.type.in_(list(types)))
+        stmt = _select_events(after_seq, to_seq=to_seq, limit=limit, types=types)
         with self._read() as conn:
             return [row_to_event(row) for row in conn.execute(stmt)]
 
@@ -566,9 +609,7 @@ class SqlEventStore:
         ids = [request_ids] if isinstance(request_ids, str) else list(dict.fromkeys(request_ids))
         if not ids:
             return []
-        stmt = select(events).where(events.c.request_id.in_(ids)).order_by(events.c.seq)
-        if max_seq is not None:
-            stmt = stmt.where(events.c.seq <= max_seq)
+        stmt = _select_about(ids, max_seq=max_seq)
         with self._read() as conn:
             return [row_to_event(row) for row in conn.execute(stmt)]
 
@@ -615,6 +656,11 @@ class SqlEventStore:
                 if not follow:
                     return
                 time.sleep(poll_interval)
+
+    def table_rows(self, table: Table) -> Iterator[ReadModelRow]:
+        """Every row of the read model ``table``, in primary-key order (for a projection's digest), streamed."""
+        with self._read() as conn:
+            yield from table_rows(conn, table)
 
     def ping(self) -> None:
         """Return when the database answers ``SELECT 1``.

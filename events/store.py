@@ -19,10 +19,10 @@ not::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from events.model import (
     AppendResult,
@@ -33,6 +33,13 @@ from events.model import (
     StoredDeadLetter,
     StoredEvent,
 )
+
+if TYPE_CHECKING:
+    from sqlalchemy import Table
+
+#: A read model's row (column name to value) and primary key (the key columns' values, in order).
+Row = dict[str, Any]
+Key = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,30 @@ class UnitOfWork(Protocol):
 
     def delete_position(self, name: str) -> None:
         """Forget the position ``name`` (it reads as seq 0 afterwards)."""
+        ...
+
+    # Reads as this unit of work sees the store, and the read models' rows (the projection runner's).
+
+    def read(self, after_seq: int = 0, *, limit: int = 1000, types: Iterable[str] | None = None) -> list[StoredEvent]:
+        """As :meth:`EventStore.read`, inside this unit of work."""
+        ...
+
+    def by_request_id(
+        self, request_ids: Sequence[str], *, max_seq: int, types: Iterable[str] | None = None
+    ) -> list[StoredEvent]:
+        """Events about ``request_ids`` with ``seq <= max_seq`` (of ``types``), in ``seq`` order."""
+        ...
+
+    def load_rows(self, table: Table, keys: Sequence[Key]) -> dict[Key, Row]:
+        """The rows of the read model ``table`` with these primary keys (those that exist), by key."""
+        ...
+
+    def write_rows(self, table: Table, *, stale: Sequence[Key], rows: Sequence[Mapping[str, Any]]) -> None:
+        """Delete the rows whose keys are ``stale``, then insert ``rows`` (new ones and the stale ones' successors)."""
+        ...
+
+    def clear_rows(self, table: Table) -> None:
+        """Delete every row of the read model ``table``."""
         ...
 
 
@@ -163,6 +194,10 @@ class EventStore(Protocol):
 
     def save_position(self, name: str, seq: int, state: str | None = None) -> None:
         """Save a position in a unit of work of its own (for a reader whose effect is outside the store)."""
+        ...
+
+    def table_rows(self, table: Table) -> Iterator[Row]:
+        """Every row of the read model ``table``, in primary-key order."""
         ...
 
     def ping(self) -> None:

@@ -11,15 +11,12 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, tuple_
-
 from events.codec import canonical_json
 from events.model import StoredEvent
 from events.projections.base import PROJECTIONS, Key, Projection, Row
 from events.projections.join import JOINED_TYPES
 from events.projections.quarantine import QuarantineProjection
-from events.sql_store import SqlEventStore, row_to_event
-from events.tables import events
+from events.store import EventStore, UnitOfWork
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +24,7 @@ logger = logging.getLogger(__name__)
 class ProjectionRunner:
     """Folds new events into the projections, batch by batch."""
 
-    def __init__(self, store: SqlEventStore, projections: Iterable[Projection] | None = None, batch_size: int = 1000):
+    def __init__(self, store: EventStore, projections: Iterable[Projection] | None = None, batch_size: int = 1000):
         self.store = store
         self.projections = (
             list(projections) if projections is not None else [*PROJECTIONS.values(), QuarantineProjection()]
@@ -63,24 +60,17 @@ class ProjectionRunner:
 
     def _step(self, projection: Projection) -> int:
         with self.store.unit_of_work(append_lock=False) as uow:
-            conn = uow.connection
             last = uow.position(projection.name, with_state=False).seq
-            rows = conn.execute(
-                select(events)
-                .where(events.c.seq > last, events.c.type.in_(projection.types))
-                .order_by(events.c.seq)
-                .limit(self.batch_size)
-            ).all()
-            if not rows:
+            batch = uow.read(last, limit=self.batch_size, types=projection.types)
+            if not batch:
                 return 0
-            batch = [row_to_event(r) for r in rows]
             upto = batch[-1].seq
             # Only interactions and feedback are joined; a projection that also folds other types (the
             # demonstrations take demonstration.generated) looks up the related events of that part alone.
             joined = [e for e in batch if e.event.type in JOINED_TYPES]
-            units = projection.units(batch, _related(conn, joined) if joined else [])
+            units = projection.units(batch, _related(uow, joined) if joined else [])
             if units:
-                _fold_units(conn, projection, units)
+                _fold_units(uow, projection, units)
             uow.save_position(projection.name, upto)
             logger.debug("projection %s folded seq %d..%d (%d units)", projection.name, batch[0].seq, upto, len(units))
             return len(batch)
@@ -90,7 +80,7 @@ class ProjectionRunner:
         selected = self._select(names)
         with self.store.unit_of_work(append_lock=False) as uow:
             for projection in selected:
-                uow.connection.execute(delete(projection.table))
+                uow.clear_rows(projection.table)
                 uow.delete_position(projection.name)
 
     def replay(self, names: Sequence[str] | None = None) -> dict[str, int]:
@@ -102,7 +92,7 @@ class ProjectionRunner:
         return {p.name: projection_digest(self.store, p) for p in self._select(names)}
 
 
-def _related(conn: Connection, batch: Sequence[StoredEvent]) -> list[StoredEvent]:
+def _related(uow: UnitOfWork, batch: Sequence[StoredEvent]) -> list[StoredEvent]:
     """Interactions and feedback about the batch's requests, up to its last seq (for the join).
 
     ``batch`` is the interaction and feedback part of what the runner read. Every such event after the
@@ -112,45 +102,25 @@ def _related(conn: Connection, batch: Sequence[StoredEvent]) -> list[StoredEvent
     request_ids = sorted({e.event.request_id for e in batch if e.event.request_id is not None})
     if not request_ids:
         return []
-    query = select(events).where(
-        events.c.request_id.in_(request_ids), events.c.seq <= batch[-1].seq, events.c.type.in_(JOINED_TYPES)
-    )
-    return [row_to_event(r) for r in conn.execute(query)]
+    return uow.by_request_id(request_ids, max_seq=batch[-1].seq, types=JOINED_TYPES)
 
 
-def _fold_units(conn: Connection, projection: Projection, units: Sequence[Any]) -> None:
-    table = projection.table
-    key_columns = [table.c[name] for name in projection.key_columns]
+def _fold_units(uow: UnitOfWork, projection: Projection, units: Sequence[Any]) -> None:
     wanted: list[Key] = sorted({key for unit in units for key in projection.keys(unit)}, key=repr)
-    rows: dict[Key, Row] = {}
-    if wanted:
-        if len(key_columns) == 1:
-            condition = key_columns[0].in_([k[0] for k in wanted])
-        else:
-            condition = tuple_(*key_columns).in_(wanted)
-        for existing in conn.execute(select(table).where(condition)).mappings():
-            rows[tuple(existing[c.name] for c in key_columns)] = dict(existing)
+    rows: dict[Key, Row] = uow.load_rows(projection.table, wanted) if wanted else {}
     before = {key: dict(row) for key, row in rows.items()}
     for unit in units:
         projection.fold(rows, unit)
     changed = [key for key, row in rows.items() if before.get(key) != row]
-    stale = [key for key in changed if key in before]
-    if stale:
-        if len(key_columns) == 1:
-            conn.execute(delete(table).where(key_columns[0].in_([k[0] for k in stale])))
-        else:
-            conn.execute(delete(table).where(tuple_(*key_columns).in_(stale)))
     if changed:
-        conn.execute(insert(table), [rows[key] for key in changed])
+        stale = [key for key in changed if key in before]
+        uow.write_rows(projection.table, stale=stale, rows=[rows[key] for key in changed])
 
 
-def projection_digest(store: SqlEventStore, projection: Projection) -> str:
+def projection_digest(store: EventStore, projection: Projection) -> str:
     """SHA-256 over the projection's rows in primary-key order, as canonical JSON."""
-    table = projection.table
     digest = hashlib.sha256()
-    order = [table.c[name] for name in projection.key_columns]
-    with store.read_connection() as conn:
-        for row in conn.execute(select(table).order_by(*order)).mappings():
-            digest.update(canonical_json({k: row[k] for k in sorted(row.keys())}).encode("utf-8"))
-            digest.update(b"\n")
+    for row in store.table_rows(projection.table):
+        digest.update(canonical_json({k: row[k] for k in sorted(row.keys())}).encode("utf-8"))
+        digest.update(b"\n")
     return digest.hexdigest()

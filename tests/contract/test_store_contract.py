@@ -231,3 +231,41 @@ def test_a_deleted_position_reads_as_nothing_processed(store: EventStore) -> Non
 
 def test_a_store_that_answers_pings(store: EventStore) -> None:
     store.ping()
+
+
+def test_read_model_rows_are_loaded_replaced_and_cleared_in_units_of_work(store: EventStore) -> None:
+    from events.tables import proj_quarantine as table
+
+    def row(kind: str, subject: str, seq: int) -> dict[str, object]:
+        return {"subject_kind": kind, "subject_id": subject, "seq": seq, "request_event_id": f"q{seq}", "reason": "r"}
+
+    with store.unit_of_work(append_lock=False) as uow:
+        uow.write_rows(table, stale=[], rows=[row("user", "u2", 1), row("event", "e1", 2), row("user", "u1", 3)])
+    with store.unit_of_work(append_lock=False) as uow:
+        found = uow.load_rows(table, [("user", "u1"), ("user", "nobody")])
+        assert found == {("user", "u1"): row("user", "u1", 3)}
+        uow.write_rows(table, stale=[("user", "u1")], rows=[row("user", "u1", 9)])
+    assert [(r["subject_kind"], r["subject_id"], r["seq"]) for r in store.table_rows(table)] == [
+        ("event", "e1", 2),
+        ("user", "u1", 9),
+        ("user", "u2", 1),
+    ]
+    with pytest.raises(RuntimeError), store.unit_of_work(append_lock=False) as uow:
+        uow.clear_rows(table)
+        raise RuntimeError("crash before commit")
+    assert len(list(store.table_rows(table))) == 3
+    with store.unit_of_work(append_lock=False) as uow:
+        uow.clear_rows(table)
+    assert list(store.table_rows(table)) == []
+
+
+def test_a_unit_of_work_reads_events_as_it_sees_them(store: EventStore) -> None:
+    store.append([_event(1, "a"), _event(2, "b"), _event(3, "a", "feedback.received")])
+    with store.unit_of_work() as uow:
+        uow.append([_event(4, "a")])
+        assert [s.event.event_id for s in uow.read(0, limit=10)] == ["e1", "e2", "e3", "e4"]
+        assert [s.event.event_id for s in uow.read(0, limit=10, types=["feedback.received"])] == ["e3"]
+        last = uow.read(0, limit=10)[-1].seq
+        about_a = uow.by_request_id(["a"], max_seq=last, types=["interaction.logged"])
+        assert [s.event.event_id for s in about_a] == ["e1", "e4"]
+        assert uow.by_request_id([], max_seq=last) == []
