@@ -28,6 +28,7 @@ from consumers import unreadable
 from consumers.dead_letter import DeadLetterPublisher
 from consumers.decode import KafkaRecord, decode_record, record_headers
 from consumers.metrics import INGEST_METRICS
+from consumers.otlp import OTLP_METRICS, decode_otlp_record
 from events.errors import StoreError, StoreRefusedError, StoreUnavailableError
 from events.model import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -58,6 +59,11 @@ class IngestConfig:
     #: offsets are the ones that count (DESIGN.md §3); the Kafka commit only feeds lag monitoring, and a
     #: blocking commit and DLQ flush per batch cost ~25 ms, a third of the time of a 2,000-record batch.
     kafka_commit_interval_s: float = 1.0
+    #: Topics of OTLP traces from the OpenTelemetry Collector's kafka exporter (consumers/otlp.py): their LLM spans
+    #: become interactions. Subscribed to with ``topics``.
+    otlp_topics: tuple[str, ...] = ()
+    #: ``auto`` (JSON when the message starts with ``{``), ``otlp_proto`` or ``otlp_json``.
+    otlp_encoding: str = "auto"
 
 
 @dataclass
@@ -69,6 +75,8 @@ class IngestStats:
     dead_letters: int = 0
     store_retries: int = 0
     rebalances: int = 0
+    #: OpenTelemetry spans that were not LLM calls (or had no content), from the OTLP topics
+    spans_skipped: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
     def summary(self) -> str:
@@ -98,6 +106,22 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
 def _names(partitions: Iterable[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(partitions))
+
+
+def _log_dead_letter(record: Any, letter: DeadLetter) -> None:
+    logger.warning(
+        "dead letter %s[%d]@%d: %s",
+        record.topic,
+        record.partition,
+        record.offset,
+        letter.reason,
+        extra={
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "error_kind": letter.error_kind,
+        },
+    )
 
 
 class Ingestor:
@@ -222,7 +246,7 @@ class Ingestor:
         """
         self.stats = IngestStats()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alignd-store-writer")
-        self.consumer.subscribe(list(self.config.topics), listener=_Rebalance(self))
+        self.consumer.subscribe([*self.config.topics, *self.config.otlp_topics], listener=_Rebalance(self))
         idle_since = unassigned_since = time.monotonic()
         submitted = 0
         try:
@@ -333,22 +357,13 @@ class Ingestor:
         batch = _Batch(polled=polled)
         for records in polled.values():
             for record in records:
+                if record.topic in self.config.otlp_topics:
+                    self._decode_otlp(record, batch)
+                    continue
                 decoded = decode_record(record, max_bytes=self.config.max_message_bytes)
                 if isinstance(decoded, DeadLetter):
                     batch.letters.append(decoded)
-                    logger.warning(
-                        "dead letter %s[%d]@%d: %s",
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        decoded.reason,
-                        extra={
-                            "topic": record.topic,
-                            "partition": record.partition,
-                            "offset": record.offset,
-                            "error_kind": decoded.error_kind,
-                        },
-                    )
+                    _log_dead_letter(record, decoded)
                 else:
                     batch.events.append(decoded)
                     batch.origins.append(KafkaCoordinates(record.topic, record.partition, record.offset))
@@ -356,6 +371,23 @@ class Ingestor:
             batch.count += len(records)
         batch.next_offsets = {tp: records[-1].offset + 1 for tp, records in polled.items()}
         return batch
+
+    def _decode_otlp(self, record: Any, batch: _Batch) -> None:
+        """A record of OTLP traces: one event per LLM span (all from the record's coordinates), spans that are not
+        LLM calls counted, and a dead letter if the message or some of its LLM spans cannot be read."""
+        decoded = decode_otlp_record(
+            record, max_bytes=self.config.max_message_bytes, encoding=self.config.otlp_encoding
+        )
+        origin = KafkaCoordinates(record.topic, record.partition, record.offset)
+        for event in decoded.events:
+            batch.events.append(event)
+            batch.origins.append(origin)
+            batch.records.append(record)
+        if decoded.letter is not None:
+            batch.letters.append(decoded.letter)
+            _log_dead_letter(record, decoded.letter)
+        self.stats.spans_skipped += sum(decoded.skipped.values())
+        OTLP_METRICS.observe(decoded)
 
     def _append(self, batch: _Batch) -> AppendResult:
         offsets = [

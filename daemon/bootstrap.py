@@ -88,6 +88,8 @@ def ingest_config(settings: Settings) -> IngestConfig:
         retry_initial_s=settings.ingest.retry_initial_s,
         retry_max_s=settings.ingest.retry_max_s,
         kafka_commit_interval_s=settings.ingest.kafka_commit_interval_s,
+        otlp_topics=(settings.topics.otlp_spans,) if settings.topics.otlp_spans else (),
+        otlp_encoding=settings.ingest.otlp_encoding,
     )
 
 

@@ -144,6 +144,9 @@ class TopicsSettings(BaseModel):
     alerts: str = "alignd.alerts"
     models: str = "alignd.models"
     dlq: str = "alignd.dlq"
+    #: OTLP traces from the OpenTelemetry Collector's kafka exporter (its default topic is ``otlp_spans``); LLM
+    #: spans become interactions (docs/otel.md). Unset: not consumed.
+    otlp_spans: str | None = Field(None, description="topic of OTLP traces (Collector kafka exporter); unset = off")
 
 
 class IngestSettings(BaseModel):
@@ -157,6 +160,9 @@ class IngestSettings(BaseModel):
         1.0, ge=0, description="how often stored offsets are also committed to Kafka"
     )
     project: bool = Field(True, description="fold projections after each stored batch")
+    otlp_encoding: Literal["auto", "otlp_proto", "otlp_json"] = Field(
+        "auto", description="encoding of topics.otlp_spans: auto (JSON if it starts with '{'), otlp_proto or otlp_json"
+    )
 
 
 LIGHT_DETECTORS = (
