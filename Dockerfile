@@ -2,13 +2,14 @@
 #
 # alignd's image: the `alignd` CLI in a virtual environment, run as a non-root user.
 #
-#   docker build -t alignd .                                   # CPU (the daemon, migrations, the MLflow server)
+#   docker build -t alignd .                                   # CPU (the daemon, migrations, a CPU trainer)
 #   docker build -t alignd:cuda \
 #     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 .    # the trainer (CUDA)
 #
 # The CUDA variant: PyTorch's CUDA wheels carry the CUDA runtime, cuDNN and NCCL as pip packages, so the
 # trainer keeps this same python:3.11-slim base and only installs torch from a CUDA index; the host's NVIDIA
-# driver is mounted into the container by the NVIDIA Container Toolkit (docker-compose.yml reserves the GPU).
+# driver is mounted into the container by the NVIDIA Container Toolkit (docker-compose.yml's trainer-gpu, under the
+# `gpu` profile, reserves the GPU).
 # Choose the cuXXX index your hosts' driver supports. A base image that already has CUDA torch also works,
 # e.g. --build-arg BASE_IMAGE=pytorch/pytorch:<version>-cuda12.8-cudnn9-runtime: the virtual environment is
 # created with --system-site-packages, so the base image's torch is used instead of downloading another.
@@ -63,12 +64,11 @@ LABEL org.opencontainers.image.title="alignd" \
       org.opencontainers.image.description="A continuous alignment daemon" \
       org.opencontainers.image.licenses="Apache-2.0"
 
-# /var/lib/alignd: working folder (trainer jobs, Hugging Face cache); /mlartifacts: the MLflow server's
-# artifact store when this image runs `mlflow server` (docker-compose.yml). Both are owned by the
-# unprivileged user, so named volumes mounted there start out writable by it.
+# /var/lib/alignd: working folder (trainer jobs, Hugging Face cache), owned by the unprivileged user, so a named
+# volume mounted there starts out writable by it. (The MLflow server has an image of its own: deploy/mlflow.Dockerfile.)
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/alignd --shell /usr/sbin/nologin alignd \
- && mkdir -p /var/lib/alignd /mlartifacts \
- && chown alignd:alignd /var/lib/alignd /mlartifacts
+ && mkdir -p /var/lib/alignd \
+ && chown alignd:alignd /var/lib/alignd
 
 COPY --from=build /opt/venv /opt/venv
 
