@@ -85,7 +85,7 @@ class IngestStats:
             f"{self.records} records in {self.batches} batches: {self.appended} appended, {self.duplicates} "
             f"duplicates, {self.dead_letters} dead letters, {self.store_retries} store retries, "
             f"{self.rebalances} rebalances ({self.records / elapsed:,.0f} records/s)"
-        )
+        ) + (f"; {self.spans_skipped} OpenTelemetry spans skipped" if self.spans_skipped else "")
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

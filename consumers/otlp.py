@@ -326,8 +326,8 @@ def _decode(record: KafkaRecord, origin: KafkaCoordinates, max_bytes: int, encod
         return OtlpDecoded(letter=_letter(record, origin, "empty", reason, None))
     if len(raw) > max_bytes:
         reason = (
-            f"message is {len(raw):,} bytes, over the {max_bytes:,}-byte limit; raise ALIGND_INGEST_MAX_MESSAGE_BYTES, "
-            "or send smaller batches (the Collector's batch processor: send_batch_max_size)"
+            f"message is {len(raw):,} bytes, over the {max_bytes:,}-byte limit; raise ALIGND_INGEST_MAX_MESSAGE_BYTES "
+            "to at least the Collector kafka exporter's producer.max_message_bytes"
         )
         return OtlpDecoded(letter=_letter(record, origin, "oversized", reason, None))
     try:
