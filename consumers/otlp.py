@@ -283,8 +283,9 @@ def span_to_event(span: SpanView, payload: Mapping[str, Any]) -> Event:
     """
     _check_ids(span)
     source = span.resource.get("service.name")
+    event_id = span_event_id(span.trace_id, span.span_id)
     envelope = {
-        "event_id": span_event_id(span.trace_id, span.span_id),
+        "event_id": event_id,
         "type": INTERACTION_LOGGED,
         "occurred_at": _occurred_at(span),
         "source": source[:256] if isinstance(source, str) and source else "otel",
@@ -294,7 +295,7 @@ def span_to_event(span: SpanView, payload: Mapping[str, Any]) -> Event:
         raw = orjson.dumps(envelope)
     except orjson.JSONEncodeError as exc:  # an integer beyond 64 bits in an attribute
         raise SpanMappingError(f"an attribute cannot be written as JSON: {exc}") from None
-    return decode_inbound(raw, fallback_event_id=envelope["event_id"], max_bytes=len(raw) + 1)
+    return decode_inbound(raw, fallback_event_id=event_id, max_bytes=len(raw) + 1)
 
 
 # --- one Kafka record ---------------------------------------------------------------------------------------

@@ -302,13 +302,14 @@ def _event_body(event: SpanEvent) -> dict[str, Any]:
 
 
 def _message_events(span: SpanView) -> Input | None:
-    messages = []
+    messages: list[dict[str, str]] = []
     for event in span.events:
         role = MESSAGE_EVENTS.get(event.name)
         if role is None:
             continue
         body = _event_body(event)
-        role = body.get("role") if isinstance(body.get("role"), str) and body.get("role") else role
+        declared = body.get("role")
+        role = declared if isinstance(declared, str) and declared else role
         messages.append({"role": role, "content": _content_text(body.get("content"), f"{event.name}.content")})
     return Input(messages, None, "gen_ai.*.message events") if messages else None
 
@@ -447,7 +448,7 @@ def _choice_events(span: SpanView) -> Output | None:
     choices = [_event_body(event) for event in span.events if event.name == "gen_ai.choice"]
     if not choices:
         return None
-    choices.sort(key=lambda body: body.get("index") if type(body.get("index")) is int else 0)
+    choices.sort(key=lambda body: body["index"] if type(body.get("index")) is int else 0)
     first = choices[0]
     message = first.get("message")
     if isinstance(message, dict):
