@@ -20,7 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 from daemon import bootstrap
-from daemon.cli_models import add_models_commands
+from daemon.cli.models import add_models_commands
 from daemon.enforcement import EnforcementExecutor, training_paused
 from daemon.settings import DatabaseSettings, MlflowSettings, Settings, TopicsSettings
 from events.model import Event

@@ -265,7 +265,7 @@ def test_losing_the_lease_stops_the_running_job(
 
 
 def test_a_new_leader_updates_the_stored_schedule_to_its_configuration(store: SqlEventStore) -> None:
-    from daemon.cli_jobs import stored_jobs
+    from daemon.cli.jobs import stored_jobs
 
     jobs = FakeJobs()
     first = dataclasses.replace(FAST, reward_cron="0 3 * * *", policy_cron="0 4 * * *")
@@ -299,7 +299,7 @@ def test_jobs_list_shows_the_schedule_the_leader_the_pause_and_the_history(
 ) -> None:
     import argparse
 
-    from daemon.cli_jobs import add_jobs_commands, cmd_jobs_list
+    from daemon.cli.jobs import add_jobs_commands, cmd_jobs_list
     from daemon.settings import load_settings
 
     settings = load_settings(env={"ALIGND_DATABASE_URL": db_url})

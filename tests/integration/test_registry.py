@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from daemon.cli_models import add_models_commands
+from daemon.cli.models import add_models_commands
 from daemon.settings import MlflowSettings, Settings
 from tests.helpers import REPO
 from trainers.registry import (

@@ -13,10 +13,10 @@ from typing import Any
 import yaml
 
 from daemon import bootstrap
+from daemon.cli.jobs import add_jobs_commands
+from daemon.cli.models import add_models_commands
+from daemon.cli.train import add_train_commands
 from daemon.cli_audit import add_audit_commands
-from daemon.cli_jobs import add_jobs_commands
-from daemon.cli_models import add_models_commands
-from daemon.cli_train import add_train_commands
 from daemon.logs import configure_logging, scrub
 from daemon.settings import Settings, load_settings
 from events.codec import event_to_dict, format_timestamp
@@ -518,6 +518,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(scrub("".join(traceback.format_exception(exc))))
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from daemon.cli_evaluate import add_evaluate_command
+from daemon.cli.evaluate import add_evaluate_command
 from daemon.settings import Settings
 from events.names import MODEL_KINDS, MODEL_PROMOTED
 
