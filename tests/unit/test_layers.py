@@ -18,6 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MIDDLE = ("consumers", "monitors", "trainers")
 PACKAGES = ("events", *MIDDLE, "daemon")
+#: The client for applications (alignd.client, DESIGN.md §8): its own distribution, importing none of the above.
+CLIENT = "alignd"
 
 #: What each package may not import (DESIGN.md §1).
 FORBIDDEN: dict[str, frozenset[str]] = {
@@ -53,7 +55,7 @@ def test_import_linter_contract_is_the_layers_of_the_design() -> None:
 
     config = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["importlinter"]
 
-    assert set(config["root_packages"]) == set(PACKAGES)
+    assert set(config["root_packages"]) == {*PACKAGES, CLIENT}
     layers = [c["layers"] for c in config["contracts"] if c["type"] == "layers"]
     assert ["daemon", "consumers | monitors | trainers", "events"] in layers
 
