@@ -3,11 +3,18 @@ be reached, where logging must stay microseconds and every event must be account
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
+import shutil
 import socket
 import statistics
+import subprocess
+import sys
 import time
+import zipfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -161,3 +168,56 @@ def test_events_buffered_while_the_broker_is_down_are_sent_when_it_is_back(kafka
     assert len(attempts) == 3 and client.stats().sent == 50 and client.stats().dropped == 0
     records = consume_all(kafka_bootstrap, topics["interactions"], expected=50)
     assert sorted(r.key for r in records) == sorted(f"r{i}".encode() for i in range(50))
+
+
+# --- the client's own distribution (DESIGN.md §8) -----------------------------------------------------------
+
+
+def test_the_client_wheel_holds_the_client_alone_and_imports_without_the_daemon(tmp_path: Path) -> None:
+    """clients/python builds alignd-client: the alignd package only, kafka-python its only dependency; imported from
+    the wheel alone (the repository off the path), it loads kafka and none of the daemon's packages or stack."""
+    repo = Path(__file__).resolve().parents[2]
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), "."],
+        cwd=repo / "clients" / "python",
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    for leftover in ("build", "alignd_client.egg-info"):  # setuptools builds in the source tree
+        shutil.rmtree(repo / "clients" / "python" / leftover, ignore_errors=True)
+    assert built.returncode == 0, built.stdout + built.stderr
+    (wheel,) = tmp_path.glob("alignd_client-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"alignd"}
+    assert {"alignd/__init__.py", "alignd/client.py", "alignd/py.typed"} <= set(names)
+    requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+    assert [r for r in requires if "extra ==" not in r] == ["kafka-python<4,>=3.0"]
+
+    # An interpreter without site-packages: the wheel, and kafka-python copied beside it, are all it can import.
+    kafka = importlib.util.find_spec("kafka")
+    assert kafka is not None and kafka.origin is not None
+    shutil.copytree(Path(kafka.origin).parent, tmp_path / "deps" / "kafka")
+    probe = (
+        "import sys; import alignd.client as c; from alignd import AligndClient;"
+        "assert c.__file__.startswith(sys.argv[1]), c.__file__;"
+        "heavy = {'events', 'consumers', 'monitors', 'trainers', 'daemon', 'migrations', 'torch', 'sqlalchemy',"
+        " 'pydantic', 'orjson', 'mlflow', 'transformers'};"
+        "loaded = {m.split('.')[0] for m in sys.modules};"
+        "assert not (heavy & loaded), sorted(heavy & loaded);"
+        "import kafka; assert 'deps' in kafka.__file__, kafka.__file__"  # the producer's, loaded when it starts
+    )
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join([str(wheel), str(tmp_path / "deps")])}
+    ran = subprocess.run(
+        [sys.executable, "-S", "-c", probe, str(wheel)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
