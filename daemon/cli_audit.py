@@ -17,7 +17,17 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
-from events.audit import DECISION_TYPES, AuditRecord, AuditTrail, get_record, list_records, record_hash, verify
+from events.audit import (
+    COLUMNS,
+    DECISION_TYPES,
+    AuditRecord,
+    AuditTrail,
+    get_record,
+    list_records,
+    record_hash,
+    shown,
+    verify,
+)
 from events.errors import AlignmentError
 
 if TYPE_CHECKING:
@@ -25,8 +35,9 @@ if TYPE_CHECKING:
     from events.sql_store import SqlEventStore
 
 #: Columns of an export, in order; an auditor re-verifies a full export offline with
-#: ``hash == sha256(prev_hash + canonical_json({every column but prev_hash and hash}))``.
-EXPORT_COLUMNS = tuple(AuditRecord.__dataclass_fields__)
+#: ``hash == sha256(prev_hash + canonical_json({every column but prev_hash and hash}))``. (A record's
+#: ``recorded_at``, read from its event, is not a column of the chain: ``list`` and ``show`` print it.)
+EXPORT_COLUMNS = COLUMNS
 _PAGE = 1000
 
 
@@ -39,7 +50,13 @@ def add_audit_commands(commands: Any, add: Callable[..., argparse.ArgumentParser
     audit = commands.add_parser("audit", help="the hash-chained audit trail of decisions").add_subparsers(
         dest="audit_command", required=True, metavar="ACTION"
     )
-    p = add(audit, "list", cmd_audit_list, "audit records in chain order: who did what, to what, and why")
+    p = add(
+        audit,
+        "list",
+        cmd_audit_list,
+        "audit records in the order they were recorded (chain order): who did what, to what, and why; TIME is "
+        "when it happened at its source (an alert keeps its traffic's time), RECORDED when alignd stored it",
+    )
     _filters(p)
     p.add_argument("--limit", type=int, default=100, metavar="N", help="at most N records (default 100)")
     p.add_argument("--after-position", type=int, default=0, metavar="P", help="start after record P (paging)")
@@ -96,13 +113,8 @@ def cmd_audit_list(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         _print_json([_readable(r) for r in records])
         return 0
-    _columns(
-        ["position", "time (UTC)", "actor", "action", "subject", "reason"],
-        [
-            (r.position, r.occurred_at[:19].replace("T", " "), r.actor, r.action, r.subject, _shorten(r.reason, 60))
-            for r in records
-        ],
-    )
+    columns = ["position", "time (UTC)", "actor", "action", "recorded (UTC)", "subject", "reason"]
+    _columns(columns, [_row(r) for r in records])
     if args.limit and len(records) == args.limit:
         print(f"(more may follow: --after-position {records[-1].position})")
     return 0
@@ -181,8 +193,20 @@ def _export(store: SqlEventStore, args: argparse.Namespace, out: IO[str]) -> int
 
 
 def _readable(record: AuditRecord) -> dict[str, Any]:
-    """A record for people: evidence as an object (the exact hashed text is in ``export``)."""
-    return {**record.to_dict(), "evidence": json.loads(record.evidence)}
+    """A record for people: evidence as an object (the exact hashed text is in ``export``), when it was recorded,
+    and an enforcement's outcome (``applied``, ``skipped``, ``failed``; null for other records)."""
+    readable = {**record.to_dict(), "evidence": json.loads(record.evidence), "recorded_at": record.recorded_at}
+    return readable | {"outcome": shown(record).outcome}
+
+
+def _row(record: AuditRecord) -> tuple[Any, ...]:
+    # The action and reason as a person reads them: a skipped enforcement says so first, never cut off.
+    r, s = record, shown(record)
+    return r.position, _time(r.occurred_at), r.actor, s.action, _time(r.recorded_at), r.subject, _shorten(s.reason, 60)
+
+
+def _time(moment: str | None) -> str:
+    return moment[:19].replace("T", " ") if moment else "?"
 
 
 def _shorten(text: str, width: int) -> str:

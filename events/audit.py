@@ -16,19 +16,20 @@ kept outside the database, which is why ``verify`` prints it.)
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, or_, select
+from sqlalchemy import Connection, Select, insert, or_, select
 
 from events.codec import canonical_json, format_timestamp
 from events.messages import RECORDS
 from events.model import StoredEvent
-from events.names import INTERNAL_TYPES
+from events.names import ENFORCEMENT_APPLIED, INTERNAL_TYPES
 from events.sql_store import SqlEventStore, read_position, row_to_event
 from events.tables import audit_records, events
 
@@ -52,6 +53,8 @@ HASHED = (
     "reason",
     "evidence",
 )
+#: The columns of a record as the chain stores and exports it: the hashed ones and the two hashes.
+COLUMNS = (*HASHED, "prev_hash", "hash")
 #: PostgreSQL advisory lock serialising chain writers (a daemon and a CLI catching up at once would otherwise
 #: both read the same tail and race for the same position). SQLite's BEGIN IMMEDIATE already does that.
 AUDIT_LOCK_KEY = 0x616C69676E61
@@ -86,16 +89,25 @@ class AuditRecord:
     evidence: str
     prev_hash: str
     hash: str
+    #: When its event was appended to the store (RFC 3339, UTC), beside ``occurred_at``, when it happened at
+    #: the source (an alert keeps the time of the traffic it is about). Read with the record from the events
+    #: table, never stored in the chain, hashed or exported; None when the record did not come from a store
+    #: (an export) or its event is gone (which ``verify`` reports).
+    recorded_at: str | None = field(default=None, compare=False)
 
     def fields(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in HASHED}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record as the chain stores and exports it (:data:`COLUMNS`)."""
+        return {name: getattr(self, name) for name in COLUMNS}
 
     @classmethod
     def from_mapping(cls, row: Mapping[Any, Any]) -> AuditRecord:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
+        recorded = row.get("recorded_at")
+        if isinstance(recorded, datetime):  # SQLite gives it back without its zone; it is UTC
+            recorded = format_timestamp(recorded if recorded.tzinfo is not None else recorded.replace(tzinfo=UTC))
+        return cls(**{name: row[name] for name in COLUMNS}, recorded_at=recorded)
 
 
 @dataclass(frozen=True)
@@ -209,9 +221,10 @@ def list_records(
     limit: int | None = 100,
     after_position: int = 0,
 ) -> list[AuditRecord]:
-    """Records in chain order. ``since`` is inclusive and ``until`` exclusive (on ``occurred_at``); ``model``
+    """Records in chain order, which is the order they were recorded in (their events' ``seq``), each with its
+    event's ``recorded_at``. ``since`` is inclusive and ``until`` exclusive (on ``occurred_at``); ``model``
     matches ``name:version`` exactly or, given a bare name, every version of it."""
-    query = select(audit_records).where(audit_records.c.position > after_position).order_by(audit_records.c.position)
+    query = _with_recorded_at().where(audit_records.c.position > after_position).order_by(audit_records.c.position)
     if since is not None:
         query = query.where(audit_records.c.occurred_at >= format_timestamp(since))
     if until is not None:
@@ -235,10 +248,57 @@ def get_record(store: SqlEventStore, position_or_event_id: int | str) -> AuditRe
     with store.read_connection() as conn:
         row = None
         if key.isdigit():
-            row = conn.execute(select(audit_records).where(audit_records.c.position == int(key))).mappings().first()
+            query = _with_recorded_at().where(audit_records.c.position == int(key))
+            row = conn.execute(query).mappings().first()
         if row is None:
-            row = conn.execute(select(audit_records).where(audit_records.c.event_id == key)).mappings().first()
+            row = conn.execute(_with_recorded_at().where(audit_records.c.event_id == key)).mappings().first()
     return AuditRecord.from_mapping(row) if row is not None else None
+
+
+def _with_recorded_at() -> Select[Any]:
+    """Records with their events' ``recorded_at`` (an outer join: a record whose event is gone is still shown)."""
+    joined = audit_records.outerjoin(events, events.c.seq == audit_records.c.event_seq)
+    return select(audit_records, events.c.recorded_at).select_from(joined)
+
+
+# --- how a list shows a record --------------------------------------------------------------------------------
+
+#: What became of an enforcement request (``enforcement.applied``'s ``outcome``) that did not apply.
+NOT_APPLIED = frozenset({"skipped", "failed"})
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A record as the review page and ``alignd audit list`` show it.
+
+    An ``enforcement.applied`` whose request did nothing (``skipped``) or has not worked yet (``failed``) reads
+    as that outcome: ``action`` is ``enforcement skipped`` / ``enforcement failed`` (the stored type stays the
+    record's ``action``), and ``reason`` starts with the outcome and its detail, so that a shortened reason still
+    says it. The words come from the hashed evidence at read time: the chain itself is unchanged, and records
+    chained before this read the same way.
+    """
+
+    action: str
+    reason: str
+    #: ``applied``, ``skipped`` or ``failed`` for an ``enforcement.applied``, else None.
+    outcome: str | None = None
+
+
+def shown(record: AuditRecord) -> Shown:
+    """How lists show ``record`` (:class:`Shown`)."""
+    if record.action != ENFORCEMENT_APPLIED:
+        return Shown(record.action, record.reason)
+    try:
+        payload = json.loads(record.evidence)
+    except ValueError:
+        return Shown(record.action, record.reason)
+    outcome = payload.get("outcome") if isinstance(payload, dict) else None
+    if not isinstance(outcome, str) or outcome not in NOT_APPLIED:
+        return Shown(record.action, record.reason, outcome if isinstance(outcome, str) else None)
+    what = ": ".join(str(part) for part in (payload.get("detail"), payload.get("error")) if part)
+    asked = payload.get("reason")
+    reason = f"{outcome}: {what or 'no detail recorded'}" + (f" (requested: {asked})" if asked else "")
+    return Shown(f"enforcement {outcome}", reason, outcome)
 
 
 def verify(store: SqlEventStore) -> VerifyReport:

@@ -20,6 +20,7 @@ from daemon.settings import DatabaseSettings, Settings
 from events.audit import (
     CHECKPOINT,
     GENESIS,
+    HASHED,
     AuditRecord,
     AuditTrail,
     audit_fields,
@@ -29,7 +30,7 @@ from events.audit import (
     verify,
     verify_records,
 )
-from events.codec import canonical_json
+from events.codec import canonical_json, format_timestamp
 from events.model import Event
 from events.projections import ProjectionRunner
 from events.sql_store import SqlEventStore, row_to_event
@@ -132,7 +133,7 @@ def _move(conn: Connection, old: int, new: int) -> None:
 def _rechain(conn: Connection, rows: list[dict[str, Any]], prev: str) -> None:
     """What a careful forger does after a change: recompute every hash from there on."""
     for row in rows:
-        fields = {k: row[k] for k in AuditRecord.__dataclass_fields__ if k not in ("prev_hash", "hash")}
+        fields = {k: row[k] for k in HASHED}
         row.update(prev_hash=prev, hash=record_hash(prev, fields))
         prev = row["hash"]
 
@@ -320,3 +321,72 @@ def test_cli_list_show_verify_and_export(
     assert out.startswith(f"chain BROKEN at record 5: record 5 (event {_records(store)[4].event_id}")
     report = json.loads(_cli(db_url, ["verify", "--json"], capsys, code=1))
     assert report["ok"] is False and report["first_bad"] == 5 and "its reason differs" in report["problem"]
+
+
+def test_cli_list_shows_both_times_in_recorded_order_and_a_skipped_enforcement_as_skipped(
+    store: SqlEventStore, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store.append(_history())
+    # An alert raised now about yesterday's traffic keeps the traffic's time; an enforcement that did nothing.
+    late = Event(
+        "anomaly:toxicity:late",
+        "anomaly.detected",
+        T0 - timedelta(days=1),
+        "alignd.monitors",
+        {"detector": "toxicity", "subject": "model:assistant@2", "severity": "warning", "summary": "late traffic"},
+    )
+    stale = "alignd-policy's champion is version 1, not 2: it changed since the rollback was asked for"
+    skipped = Event(
+        "enforcement.applied:enforcement:rollback_champion:9",
+        "enforcement.applied",
+        T0 + timedelta(minutes=30),
+        "alignd.enforcement",
+        {
+            "request_event_id": "enforcement:rollback_champion:9",
+            "action": "rollback_champion",
+            "target": {"model": "alignd-policy", "version": "2"},
+            "outcome": "skipped",
+            "detail": stale,
+            "error": None,
+            "result": None,
+            "round": 1,
+            "attempts": 1,
+            "actor": "alignd.enforcement",
+            "reason": "toxic responses at 12% over the last 200 (limit 5%)",
+        },
+    )
+    store.append([late, skipped])
+    header, *lines = _cli(db_url, ["list"], capsys).splitlines()
+    assert header.split() == ["POSITION", "TIME", "(UTC)", "ACTOR", "ACTION", "RECORDED", "(UTC)", "SUBJECT", "REASON"]
+    records = _records(store)
+    assert [r.position for r in records] == list(range(1, DECISIONS + 3)) and len(lines) == DECISIONS + 2
+    # Recorded order, with each event's recorded_at; the late alert sits after every earlier record, not among
+    # yesterday's, and keeps its own time.
+    stored = {s.event.event_id: s.recorded_at for s in store.read(0, limit=10_000)}
+    assert [r.recorded_at for r in records] == [format_timestamp(stored[r.event_id]) for r in records]
+    assert [r.recorded_at for r in records] == sorted(r.recorded_at or "" for r in records)
+    alert = records[-2]
+    assert alert.event_id == late.event_id and alert.occurred_at < min(r.occurred_at for r in records[:-2])
+    when = (alert.recorded_at or "")[:19].split("T")
+    assert lines[-2].split()[:7] == [str(alert.position), "2026-10-31", "12:00:00", "alignd.monitors"] + [
+        "anomaly.detected",
+        *when,
+    ]
+    # The skipped enforcement reads as skipped, in the action and at the start of the (shortened) reason.
+    line = lines[-1]
+    assert line.split()[3:6] == ["alignd.enforcement", "enforcement", "skipped"]
+    assert line.endswith("skipped: alignd-policy's champion is version 1, not 2: it c…")
+    applied = [line for line in lines if "alignd.enforcement" in line and line is not lines[-1]]
+    assert len(applied) == 1 and " enforcement.applied " in applied[0]  # the one that did something
+
+    listed = json.loads(_cli(db_url, ["list", "--type", "enforcement.applied", "--json"], capsys))
+    assert [(r["outcome"], r["action"]) for r in listed] == [
+        ("applied", "enforcement.applied"),
+        ("skipped", "enforcement.applied"),
+    ]
+    assert listed[1]["recorded_at"] == records[-1].recorded_at
+    shown = _cli(db_url, ["show", skipped.event_id], capsys)
+    assert f"recorded_at  {records[-1].recorded_at}" in shown and f"[skipped: {stale}]" in shown
+    # recorded_at is read with the record, never part of the chain: the export and the hashes are as before.
+    exported = [json.loads(line) for line in _cli(db_url, ["export"], capsys).splitlines()]
+    assert "recorded_at" not in exported[0] and verify_records(exported).ok and verify(store).ok
