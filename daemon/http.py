@@ -32,7 +32,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +53,7 @@ from daemon.settings import HttpSettings
 from events import audit
 from events.audit import AuditRecord, VerifyReport
 from events.errors import SchemaOutOfDateError
+from events.read_models import RolledBackVersion, rolled_back_models
 from events.redact import without_credentials
 from events.sql_errors import is_unavailable
 from events.sql_store import SqlEventStore
@@ -128,12 +129,14 @@ class AuditReader(Protocol):
     """What the page reads of the audit trail: :class:`StoreAuditReader`, or another source of records.
 
     ``list`` takes the filters of ``events.audit.list_records``: since, until, action, model, actor, limit,
-    after_position."""
+    after_position. ``rolled_back`` gives the versions rolled back, by ``name:version`` (the records' ``model``).
+    """
 
     def list(self, **filters: Any) -> Sequence[AuditRecord]: ...
     def get(self, position_or_event_id: str) -> AuditRecord | None: ...
     def verify(self) -> VerifyReport: ...
     def catch_up(self) -> int: ...
+    def rolled_back(self) -> Mapping[str, RolledBackVersion]: ...
 
 
 class StoreAuditReader:
@@ -153,6 +156,9 @@ class StoreAuditReader:
 
     def catch_up(self) -> int:
         return audit.AuditTrail(self.store).catch_up()
+
+    def rolled_back(self) -> Mapping[str, RolledBackVersion]:
+        return rolled_back_models(self.store)
 
 
 class BadRequestError(ValueError):
@@ -518,7 +524,9 @@ class ReviewServer:
             except ValueError:
                 evidence, pretty = {}, record.evidence
             links = mlflow_links(evidence, self.mlflow_ui_url) if isinstance(evidence, dict) else []
-            return self._html("record", 200, "record.html", record=record, evidence=pretty, links=links)
+            rolled_back = self.reader.rolled_back().get(record.model) if record.model else None
+            context = {"record": record, "evidence": pretty, "links": links, "shown": audit.shown(record)}
+            return self._html("record", 200, "record.html", **context, rolled_back=rolled_back)
         return self._html("other", 404, "error.html", status=404, message="no such page")
 
     def _chain_report(self, *, fresh: bool = False) -> VerifyReport:
@@ -539,6 +547,9 @@ class ReviewServer:
             more = "/audit?" + urlencode({**query, "after": records[-1].position})
         report, types = self._chain_report(), sorted(audit.DECISION_TYPES)
         context = {"report": report, "records": records, "query": query, "error": error, "more": more, "types": types}
+        # Each record as a list shows it (a skipped enforcement reads as such), and the versions rolled back.
+        context["shown"] = {r.position: audit.shown(r) for r in records}
+        context["rolled_back"] = self.reader.rolled_back() if records else {}
         return self._html("audit", status, "audit.html", **context)
 
     async def _changing(self, request: Request, method: str, path: str) -> _Answer:

@@ -12,16 +12,26 @@ defines them. The projections must have folded the events a read depends on: :fu
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Select, func, or_, select
 
-from events.names import ANOMALY_DETECTED, DEMONSTRATION_GENERATED, DEMONSTRATIONS, PREFERENCE_PAIRS
+from events.model import StoredEvent
+from events.names import (
+    ALIAS_CHANGE_TYPES,
+    ANOMALY_DETECTED,
+    DEMONSTRATION_GENERATED,
+    DEMONSTRATIONS,
+    MODEL_ROLLED_BACK,
+    PREFERENCE_PAIRS,
+)
 from events.projections.base import PROJECTIONS, Projection
 from events.projections.quarantine import QuarantineProjection, training_demonstrations, training_pairs
 from events.sql_store import SqlEventStore, read_position
+from events.store import EventStore
 from events.tables import events, proj_interactions, proj_quarantine
 
 Row = dict[str, Any]
@@ -167,3 +177,98 @@ def flagged_interactions(store: SqlEventStore, upto_seq: int, limit: int, *, aft
             rows.update((row["request_id"], dict(row)) for row in conn.execute(query).mappings())
     chosen = sorted(rows.values(), key=lambda r: r["interaction_seq"])[:limit]
     return [FlaggedRow(r, frozenset(anomalies.get(r["request_id"], ()))) for r in chosen]
+
+
+# --- versions rolled back (the models list, the review page, the alias watch) ------------------------------
+
+
+@dataclass(frozen=True)
+class RolledBackVersion:
+    """A registered version that ``champion`` was rolled back from, and that no move made through alignd has
+    put back since: serving left it because it failed in production.
+
+    Attributes:
+        name, version: the registered version (``alignd-policy``, ``"3"``).
+        event_id: the ``model.rolled_back`` event that moved ``champion`` away from it; its audit record is
+            ``/audit/<event_id>`` on the review page and ``alignd audit show <event_id>``.
+        seq, occurred_at: that event's.
+        actor, reason: who rolled it back (an operator, ``alignd.enforcement``, ``mlflow``), and why.
+        to_version: the version ``champion`` went to.
+    """
+
+    name: str
+    version: str
+    event_id: str
+    seq: int
+    occurred_at: datetime
+    actor: str
+    reason: str
+    to_version: str | None
+
+    @property
+    def model(self) -> str:
+        """``name:version``, as the audit records' ``model`` column names a version."""
+        return f"{self.name}:{self.version}"
+
+
+def _made_in_mlflow(payload: dict[str, Any]) -> bool:
+    return payload.get("via") == "mlflow" or payload.get("actor") == "mlflow"
+
+
+def fold_rolled_back(history: Iterable[StoredEvent]) -> dict[tuple[str, str], RolledBackVersion]:
+    """The versions rolled back from and not put back since, by ``(name, version)``, from the alias changes
+    (``model.promoted`` / ``model.rolled_back``) in ``seq`` order; other events, and moves of an alias other
+    than ``champion``, are ignored.
+
+    A rollback marks the version ``champion`` left (its ``previous_version``, else the champion before it); a
+    deleted alias marks nothing, as in :func:`trainers.promotion.previous_champion`. A later move of
+    ``champion`` to that version made through alignd (a promotion, or a rollback ``--to`` it: a decision with
+    its reason in the trail) clears the mark. A move made in MLflow itself (``via`` ``mlflow``) does not:
+    nobody reviewed it, and the alias watch raises an alert for it instead.
+    """
+    marks: dict[tuple[str, str], RolledBackVersion] = {}
+    champions: dict[str, str | None] = {}
+    for stored in history:
+        event, payload = stored.event, dict(stored.event.payload)
+        if event.type not in ALIAS_CHANGE_TYPES or payload.get("alias", "champion") != "champion":
+            continue
+        name = str(payload.get("name"))
+        version = None if payload.get("version") is None else str(payload["version"])
+        left = payload.get("previous_version")
+        left = str(left) if left is not None else champions.get(name)
+        if event.type == MODEL_ROLLED_BACK and version is not None and left is not None and left != version:
+            marks[(name, left)] = RolledBackVersion(
+                name=name,
+                version=left,
+                event_id=event.event_id,
+                seq=stored.seq,
+                occurred_at=event.occurred_at,
+                actor=str(payload.get("actor") or event.source),
+                reason=str(payload.get("reason") or ""),
+                to_version=version,
+            )
+        if version is not None and not _made_in_mlflow(payload):
+            marks.pop((name, version), None)
+        champions[name] = version
+    return marks
+
+
+def _alias_changes(store: EventStore) -> Iterator[StoredEvent]:
+    position = 0
+    while batch := store.read(position, limit=1000, types=ALIAS_CHANGE_TYPES):
+        yield from batch
+        position = batch[-1].seq
+
+
+def rolled_back_versions(store: EventStore, name: str) -> dict[str, RolledBackVersion]:
+    """The versions of the registered model ``name`` that are rolled back (:func:`fold_rolled_back`), by version.
+
+    ``alignd models list`` marks them: ``rolled_back_versions(store, MODEL_NAMES[kind]).get(version)``.
+    """
+    mine = (stored for stored in _alias_changes(store) if stored.event.payload.get("name") == name)
+    return {version: mark for (_, version), mark in fold_rolled_back(mine).items()}
+
+
+def rolled_back_models(store: EventStore) -> dict[str, RolledBackVersion]:
+    """Every rolled-back version of every registered model, by ``name:version`` (the audit's ``model``)."""
+    return {mark.model: mark for mark in fold_rolled_back(_alias_changes(store)).values()}

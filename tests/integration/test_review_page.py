@@ -336,6 +336,84 @@ def test_a_record_shows_its_evidence_hashes_and_mlflow_links(server: ReviewServe
         plain.stop()
 
 
+def _cells(page: str, name: str) -> list[str]:
+    return re.findall(rf'<td class="{name}">(.*?)</td>', page)
+
+
+def test_records_show_when_they_happened_and_when_they_were_recorded_in_recorded_order(
+    server: ReviewServer, chained: SqlEventStore
+) -> None:
+    # An alert about yesterday's traffic, raised now: it keeps the traffic's time and is listed where it was
+    # recorded, after every earlier record, never among yesterday's.
+    late = decision(
+        "anomaly:toxicity:late",
+        "anomaly.detected",
+        {"detector": "toxicity", "subject": "model:assistant@2", "severity": "warning", "summary": "late"},
+        -24 * 60,
+        source="alignd.monitors",
+    )
+    chained.append([late])
+    assert AuditTrail(chained).catch_up() == 1
+    page = fetch(server, "/audit")[2]
+    assert "<th>recorded (UTC)</th><th>occurred (UTC)</th>" in page and 'id="order"' in page
+    positions = [int(p) for p in re.findall(r'<a href="/audit/(\d+)">', page)]
+    assert positions == list(range(1, 9))  # recorded order
+    recorded = re.findall(r'<td class="recorded-at"><code title="([^"]+)">', page)
+    occurred = re.findall(r'<td class="occurred-at"><code title="([^"]+)">', page)
+    assert len(recorded) == len(occurred) == 8 and recorded == sorted(recorded)
+    stored = {s.event.event_id: s.recorded_at for s in chained.read(0, limit=100)}
+    assert recorded[-1] == stored["anomaly:toxicity:late"].isoformat(timespec="microseconds")
+    assert occurred[-1] == "2026-10-31T12:00:00.000000+00:00" and occurred[-1] < min(occurred[:-1])
+    assert _cells(page, "occurred-at")[-1].endswith(">2026-10-31 12:00:00</code>")
+    record = fetch(server, "/audit/8")[2]
+    assert '<code id="occurred-at">2026-10-31T12:00:00.000000+00:00</code>' in record
+    assert f'<code id="recorded-at">{recorded[-1]}</code>' in record
+
+
+def test_a_skipped_enforcement_is_shown_as_skipped(server: ReviewServer, chained: SqlEventStore) -> None:
+    stale = "alignd-policy's champion is version 2, not 3: it changed since the rollback was asked for"
+    payload = {
+        "request_event_id": "enforcement:rollback:1",
+        "action": "rollback_champion",
+        "target": {"model": "alignd-policy", "version": "3"},
+        "outcome": "skipped",
+        "detail": stale,
+        "error": None,
+        "result": None,
+        "round": 1,
+        "attempts": 1,
+        "actor": "alignd.enforcement",
+        "reason": "a long reason that used to push the outcome out of sight " * 3,
+    }
+    chained.append([decision("enforcement.applied:enforcement:rollback:1", "enforcement.applied", payload, 8)])
+    assert AuditTrail(chained).catch_up() == 1
+    page = fetch(server, "/audit")[2]
+    assert '<tr class="record" data-action="enforcement.applied" data-outcome="skipped">' in page
+    assert '<span class="outcome skipped" title="enforcement.applied">enforcement skipped</span>' in page
+    assert _cells(page, "reason")[-1].startswith(f"skipped: {stale.replace(chr(39), '&#39;')} (requested: a long")
+    assert actions(fetch(server, "/audit?type=enforcement.applied")[2]) == ["enforcement.applied"]
+    record = fetch(server, "/audit/8")[2]
+    assert "Record 8: enforcement skipped</h1>" in record
+    assert '<dd id="outcome" class="outcome skipped">skipped: ' in record
+    assert "<dt>action</dt><dd>enforcement.applied</dd>" in record  # the stored type, as chained
+
+
+def test_records_of_a_rolled_back_version_are_marked_with_a_link_to_the_rollback(server: ReviewServer) -> None:
+    page = fetch(server, "/audit")[2]
+    models = _cells(page, "model")
+    badge = '<span class="badge rolled-back" title="rolled back by alignd.enforcement (model.rolled_back:alignd-'
+    # Version 3 was rolled back (record 6): its registration, gates, promotion and the enforcement request about
+    # it are marked; version 2, where champion went, and alignd-reward are not.
+    assert [i + 1 for i, cell in enumerate(models) if badge in cell] == [1, 2, 3, 5]
+    assert models[0].startswith("alignd-policy:3 ") and models[5] == "alignd-policy:2"
+    record = fetch(server, "/audit/1")[2]
+    assert '<dd id="rolled-back"><span class="badge rolled-back">rolled back</span> by alignd.enforcement' in record
+    assert '<a href="/audit/model.rolled_back%3Aalignd-policy%3A2">the rollback\'s record</a>' in record
+    assert 'id="rolled-back"' not in fetch(server, "/audit/6")[2]
+    status, _, rollback = fetch(server, "/audit/model.rolled_back%3Aalignd-policy%3A2")
+    assert status == 200 and "Record 6: model.rolled_back" in rollback
+
+
 def test_a_tampered_chain_is_shown_broken_at_its_first_bad_record(server: ReviewServer, chained: SqlEventStore) -> None:
     with chained.engine.begin() as conn:
         conn.execute(text("UPDATE audit_records SET reason = 'nothing to see' WHERE position = 3"))
@@ -396,6 +474,9 @@ def test_the_page_in_a_headless_browser(server: ReviewServer, tmp_path: Path) ->
             page.goto(f"{server.url}/audit")
             assert page.inner_text("#chain-status") == "Chain intact, 7 records"
             assert page.locator("tr.record").count() == 7
+            assert page.locator("td.recorded-at code").count() == page.locator("td.occurred-at code").count() == 7
+            marked = page.locator("tr.record", has=page.locator(".badge.rolled-back"))
+            assert marked.count() == 4 and page.locator(".badge.rolled-back").first.inner_text() == "rolled back"
             reasons = page.locator("td.reason").all_inner_texts()
             assert f"high: jailbreak succeeded: {SCRIPT}" in reasons and f"flagged response {IMG}" in reasons
             page.screenshot(path=str(ARTIFACTS / "review-page.png"), full_page=True)
@@ -413,6 +494,14 @@ def test_the_page_in_a_headless_browser(server: ReviewServer, tmp_path: Path) ->
             assert page.inner_text("h1") == "Record 3: model.promoted"
             evidence = json.loads(page.inner_text("#evidence"))
             assert evidence["actor"] == "alice" and evidence["version"] == "3"
+            # version 3 was rolled back later: the record says so and links to the rollback's record
+            assert page.inner_text("#rolled-back").startswith("rolled back by alignd.enforcement at ")
+            assert page.inner_text("#recorded-at") and page.inner_text("#occurred-at").startswith("2026-11-01T12:03")
+            page.click("#rolled-back a")
+            page.wait_for_url("**/audit/model.rolled_back*")
+            assert page.inner_text("h1") == "Record 6: model.rolled_back"
+            page.go_back()
+            page.wait_for_url("**/audit/3")
 
             page.goto(f"{server.url}/audit?type=anomaly.detected")
             page.locator("tr.record a").first.click()
