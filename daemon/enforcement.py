@@ -3,6 +3,9 @@
 Monitors' rules emit requests (roll back the champion, pause training, quarantine, publish a guard rule);
 this carries them out through :class:`daemon.governance.Governance` and records each outcome as an
 ``enforcement.applied`` event, which the audit trail chains and the scheduler reads (``training_paused``).
+Its ``outcome`` says what became of the request: ``applied``, ``skipped`` (nothing was done: no earlier champion,
+a champion that changed since, an unknown action) or ``failed``; the audit list shows a skipped or failed one as
+``enforcement skipped`` / ``enforcement failed`` with its detail first (:func:`events.audit.shown`).
 """
 
 from __future__ import annotations
@@ -179,7 +182,8 @@ class EnforcementExecutor:
             reason=_request_reason(request),
         )
         self.store.append([applied.to_event(event_id, self.governance.clock(), ENFORCEMENT_ACTOR)])
-        log = logger.error if outcome == "failed" else logger.info
+        # A skipped request did nothing: the trail and the review page show it as its own outcome, the log too.
+        log = {"failed": logger.error, "skipped": logger.warning}.get(outcome, logger.info)
         log("enforcement %s (%s): %s, %s%s", request.event_id, action, outcome, detail, f": {error}" if error else "")
 
 

@@ -4,6 +4,8 @@ Serving follows the ``champion`` alias. Every move of ``champion`` or ``challeng
 (or ``model.rolled_back``) event, which the daemon's outbox publishes on ``alignd.models``: moves made here (the
 CLI, enforcement) and moves made in MLflow itself, which :meth:`Governance.sync_aliases` notices by polling. The
 last known aliases are folded from the store's own ``model.*`` events, so there is no table to drift from them.
+A ``champion`` moved in MLflow to a version that was rolled back, or that its gates would refuse, also raises an
+alert (``anomaly.detected`` from detector ``governance``): nobody reviewed that move, and serving follows it.
 The daemon only wires this class (store, registry, clock); a promotion or a rollback is one call into it, which
 reads the registry and the store, decides (:func:`trainers.promotion.decide_promotion`, :func:`decide_rollback`)
 and moves the alias.
@@ -24,7 +26,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from events.errors import AlignmentError
+from events.messages import AnomalyDetected
 from events.model import Event
+from events.read_models import RolledBackVersion, rolled_back_versions
 from events.sql_store import SqlEventStore
 from trainers.promotion import (
     PROMOTED,
@@ -52,6 +56,8 @@ ALIASES = ("champion", "challenger")
 MODEL_EVENT_TYPES = (PROMOTED, ROLLED_BACK)
 SOURCE = "alignd.governance"
 MLFLOW_REASON = "alias moved in MLflow"
+#: The detector name of the alert for a ``champion`` moved in MLflow to a rolled-back or ungated version.
+DETECTOR = "governance"
 
 
 class GovernanceError(AlignmentError):
@@ -187,13 +193,19 @@ class Governance:
 
         A move to an older version (or a deleted alias) is a ``model.rolled_back``, any other a
         ``model.promoted``; the actor is ``mlflow``, and ``forced`` says whether the version's gates would
-        have refused it. Returns the events appended (none when MLflow agrees with the store).
+        have refused it. A ``champion`` moved to a version that was rolled back (and not put back through
+        alignd since) or whose gates would refuse it also gets an ``anomaly.detected``
+        (:func:`unreviewed_champion_alert`), appended with the move, which the alerts outbox publishes.
+
+        Returns:
+            The alias changes appended (none when MLflow agrees with the store); the alerts are not among them.
         """
         appended: list[Event] = []
         for kind in list(kinds) if kinds is not None else list(MODEL_NAMES):
             name = _name(kind)
             state = self.state(name)
-            found = []
+            found: list[Event] = []
+            alerts: list[Event] = []
             for alias in ALIASES:
                 current = self.registry.get_by_alias(kind, alias)
                 now, before = (current.version if current else None), state.known.get(alias)
@@ -212,10 +224,19 @@ class Governance:
                     decision=decision,
                     via="mlflow",
                 )
-                found.append(self._event(ROLLED_BACK if older else PROMOTED, payload, state.changes.get(alias, 0) + 1))
+                moved = self._event(ROLLED_BACK if older else PROMOTED, payload, state.changes.get(alias, 0) + 1)
+                found.append(moved)
                 logger.warning("%s@%s moved in MLflow from %s to %s; recorded", name, alias, before, now)
+                if alias == "champion" and now is not None:
+                    # Read before this move is appended: whether the version stood rolled back until now.
+                    alert = unreviewed_champion_alert(moved, rolled_back_versions(self.store, name).get(now), decision)
+                    if alert is not None:
+                        alerts.append(alert)
+                        logger.error("%s: %s", alert.event_id, alert.payload["summary"])
             if found:
-                self.store.append(found)
+                # One append: the move and its alert are recorded together or not at all, and both ids are
+                # derived from the move's, so a second sync (or a second process) records neither twice.
+                self.store.append([*found, *alerts])
                 appended += found
         return appended
 
@@ -262,6 +283,48 @@ class Governance:
                 "their aliases"
             )
         return found
+
+
+def unreviewed_champion_alert(
+    move: Event, rolled_back: RolledBackVersion | None, decision: PromotionDecision
+) -> Event | None:
+    """The alert for ``champion`` moved in MLflow (``move``, as :meth:`Governance.sync_aliases` records it) to a
+    version that was rolled back (``rolled_back``: the rollback that still stands against it) or whose gates
+    would refuse it (``decision.forced``); None when neither.
+
+    Its id is derived from the move's, which is itself deterministic, so the same move never alerts twice.
+    """
+    if rolled_back is None and not decision.forced:
+        return None
+    p = move.payload
+    name, version, before, kind = p["name"], p["version"], p["previous_version"], p["kind"]
+    why: list[str] = []
+    statistics: dict[str, Any] = {"model": name, "version": version, "previous_version": before}
+    statistics["alias_event_id"] = move.event_id
+    if rolled_back is not None:
+        why.append(f"was rolled back by {rolled_back.actor} ({rolled_back.reason or 'no reason given'})")
+        statistics |= {
+            "rolled_back_by": rolled_back.event_id,
+            "rollback_reason": rolled_back.reason,
+            "rolled_back_at": rolled_back.occurred_at.isoformat(),
+        }
+    if decision.forced:
+        why.append("is refused by its gates: " + decision.message.removeprefix("forced: "))
+        statistics |= {"failed_gates": list(decision.failed_gates), "missing_gates": decision.missing_gates}
+    summary = (
+        f"{name} champion moved in MLflow to version {version} (from {before or 'none'}), which "
+        f"{' and '.join(why)}; serving follows it now. Roll it back (`alignd models rollback {kind} --reason ...`) "
+        f"or, if it is meant, promote it through alignd with a reason"
+    )
+    alert = AnomalyDetected(
+        detector=DETECTOR,
+        subject=f"model:{name}@{version}",
+        severity="critical",
+        summary=summary,
+        statistics=statistics,
+        evidence=(move.event_id, *((rolled_back.event_id,) if rolled_back is not None else ())),
+    )
+    return alert.to_event(f"anomaly:{DETECTOR}:{move.event_id}", move.occurred_at, SOURCE)
 
 
 def _recorded(last: tuple[str, str, Mapping[str, Any]]) -> ModelChange:

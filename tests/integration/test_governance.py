@@ -22,8 +22,11 @@ from mlflow import MlflowClient
 from daemon import bootstrap
 from daemon.cli.models import add_models_commands
 from daemon.enforcement import EnforcementExecutor, training_paused
+from daemon.outbox import OutboxPublisher
 from daemon.settings import DatabaseSettings, MlflowSettings, Settings, TopicsSettings
 from events.model import Event
+from events.names import ANOMALY_DETECTED, ENFORCEMENT_REQUESTED
+from events.read_models import rolled_back_versions
 from events.sql_store import SqlEventStore, create_store_engine
 from migrations.runner import upgrade
 from tests.helpers import consume_all, create_topics
@@ -171,6 +174,11 @@ def test_an_alias_moved_in_mlflow_is_recorded_once_with_actor_mlflow(
     assert (p["previous_version"], p["version"]) == ("1", "2")
     assert (p["forced"], p["failed_gates"]) == (True, ["safety"])  # MLflow let it past a failed gate
     assert governance.sync_aliases() == []
+    # ...and that raised an alert, once, naming the gate (sync_aliases returns the moves, not the alerts)
+    [alert] = events_of(store, "anomaly.detected")
+    assert alert.event_id == f"anomaly:governance:{moved.event_id}" and alert.payload["severity"] == "critical"
+    assert "is refused by its gates: gates failed: safety (fail 0.12" in alert.payload["summary"]
+    assert alert.payload["statistics"]["failed_gates"] == ["safety"] and alert.payload["evidence"] == [moved.event_id]
 
     client.set_registered_model_alias("alignd-policy", "champion", "1")
     client.set_registered_model_alias("alignd-reward", "champion", "1")
@@ -190,6 +198,65 @@ def test_an_alias_moved_in_mlflow_is_recorded_once_with_actor_mlflow(
     # a rollback now skips 2, which was rolled back from in MLflow: there is no earlier champion than 1
     with pytest.raises(NothingToRollBackError):
         governance.rollback("policy", reason="r", actor="ana")
+    # moves to versions whose gates passed and that were never rolled back raised nothing
+    assert len(events_of(store, "anomaly.detected")) == 1
+
+
+def test_a_version_rolled_back_then_promoted_again_in_mlflow_raises_one_alert(
+    governance: Governance,
+    registry: ModelRegistry,
+    store: SqlEventStore,
+    register: Any,
+    tracking_uri: str,
+    kafka_bootstrap: str,
+) -> None:
+    from kafka import KafkaProducer
+
+    for _ in range(2):
+        governance.promote("policy", register(PASSED), reason="better", actor="ana")
+    back = governance.rollback("policy", reason="toxicity spike on v2", actor="alignd.enforcement", via="enforcement")
+    assert champion(registry) == "1" and list(rolled_back_versions(store, "alignd-policy")) == ["2"]
+    assert rolled_back_versions(store, "alignd-policy")["2"].event_id == back.event_id
+    assert events_of(store, "anomaly.detected") == []
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client.set_registered_model_alias("alignd-policy", "champion", "2")  # someone re-promotes it in the MLflow UI
+    [moved] = governance.sync_aliases()
+    assert (moved.type, moved.payload["version"], moved.payload["actor"]) == ("model.promoted", "2", "mlflow")
+    [alert] = events_of(store, "anomaly.detected")
+    p = alert.payload
+    assert alert.event_id == f"anomaly:governance:{moved.event_id}" and alert.source == "alignd.governance"
+    assert (p["detector"], p["subject"], p["severity"]) == ("governance", "model:alignd-policy@2", "critical")
+    assert "alignd-policy champion moved in MLflow to version 2 (from 1)" in p["summary"]
+    assert "rolled back by alignd.enforcement (toxicity spike on v2)" in p["summary"]
+    assert "alignd models rollback policy" in p["summary"]
+    assert p["evidence"] == [moved.event_id, back.event_id]
+    stats = p["statistics"]
+    assert (stats["model"], stats["version"], stats["rolled_back_by"]) == ("alignd-policy", "2", back.event_id)
+    assert stats["rollback_reason"] == "toxicity spike on v2" and "failed_gates" not in stats
+    # another sync, or a second process noticing the same move: still one alert
+    assert governance.sync_aliases() == []
+    assert Governance(store, registry, clock=lambda: T0).sync_aliases() == []
+    store.append([alert])  # the same id again is a duplicate, kept once
+    assert len(events_of(store, "anomaly.detected")) == 1
+    # the MLflow move did not clear the mark; a decision made through alignd does, and raises nothing
+    assert list(rolled_back_versions(store, "alignd-policy")) == ["2"]
+    governance.rollback("policy", reason="v2 is not cleared yet", actor="bo", to_version="1")
+    governance.promote("policy", "2", reason="toxicity fixed in the system prompt", actor="bo")
+    assert champion(registry) == "2" and rolled_back_versions(store, "alignd-policy") == {}
+    assert len(events_of(store, "anomaly.detected")) == 1
+
+    # it goes to the alerts topic like any alert (the daemon's alerts outbox: anomalies and requests)
+    topic = f"t-{uuid.uuid4().hex[:8]}.alerts"
+    create_topics(kafka_bootstrap, [topic], partitions=1)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    try:
+        outbox = OutboxPublisher(store, producer, topic, [ANOMALY_DETECTED, ENFORCEMENT_REQUESTED])
+        assert outbox.publish() == 1 and outbox.publish() == 0
+    finally:
+        producer.close(5)
+    [record] = consume_all(kafka_bootstrap, topic, expected=1)
+    assert json.loads(record.value)["event_id"] == alert.event_id and record.key == b"model:alignd-policy@2"
 
 
 # --- enforcement ----------------------------------------------------------------------------------------
