@@ -1,318 +1,490 @@
-"""The one composition root: builds the store, Kafka clients and workers from settings."""
+"""The one composition root (STYLE.md §2, cosmicpython's bootstrap): the daemon's object graph, from the settings.
+
+:func:`build` returns an :class:`App`; ``alignd run``, every CLI command, the demo and the HTTP process take
+their parts from it. It is the only place that constructs infrastructure: the store (its engine and schema
+check), Kafka clients, the MLflow registry, the detectors and the models they score with, training and
+evaluation jobs, governance, the enforcement executor, the outboxes, the scheduler and the review server.
+
+Parts are made when first asked for, so a command builds only what it uses (``alignd config show`` opens no
+database; ``alignd --help`` imports neither MLflow nor torch). A part the graph holds (a property) is made
+once and shared by every part that needs it: one store, one registry, one governance per process. A part
+made per use (a method) is new at each call: Kafka clients, the ingestor, detectors (they keep state), configs.
+
+Tests hand in fakes for held parts, as cosmicpython's bootstrap takes a ``FakeUnitOfWork``:
+``build(settings, store=store, kafka=FakeKafka(), governance=FakeGovernance())``. :meth:`App.close` (or
+leaving ``with build(settings) as app:``) disposes the store's engine when the graph opened it.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from consumers.dead_letter import DeadLetterPublisher
-from consumers.ingest import IngestConfig, Ingestor
-from daemon.settings import Settings
+from daemon.settings import LIGHT_DETECTORS, Settings
 from events.errors import ConfigurationError, StoreUnavailableError
-from events.projections import ProjectionRunner
-from events.redact import mask_url
-from events.sql_errors import CONNECTION_ERRORS
-from events.sql_store import SqlEventStore, checked_store_engine
-from migrations.runner import ensure_current
+
+if TYPE_CHECKING:
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from consumers.ingest import Ingestor
+    from daemon.enforcement import EnforcementExecutor
+    from daemon.http import ReviewServer
+    from daemon.outbox import OutboxPublisher
+    from daemon.scheduler import RunJob, ScheduleConfig, TrainingScheduler
+    from events.sql_store import SqlEventStore
+    from monitors.base import Detector
+    from monitors.enforcement import EnforcementRule
+    from monitors.runner import MonitorRunner
+    from trainers.champion_eval import ChampionEvaluation
+    from trainers.children import JobLimits
+    from trainers.config import EvaluationConfig, PolicyConfig, RewardConfig, TrainConfig
+    from trainers.governance import Governance
+    from trainers.jobs import TrainingJobs
+    from trainers.registry import ModelRegistry
+    from trainers.reward import RewardModel
 
 logger = logging.getLogger(__name__)
 
+_Part = TypeVar("_Part")
 
-def store_engine(settings: Settings) -> Any:
-    """The store's SQLAlchemy engine; a URL SQLAlchemy cannot read is a ConfigurationError that shows it masked
-    (SQLAlchemy's own message quotes the URL whole, password included)."""
-    try:
-        return checked_store_engine(settings.database.url)
-    except ConfigurationError as exc:  # its message is SQLAlchemy's reason, the URL's secrets masked
-        url = settings.database.url
-        raise ConfigurationError(f"database.url (ALIGND_DATABASE_URL) {mask_url(url)} cannot be used: {exc}") from None
-
-
-def open_store(settings: Settings, *, check_schema: bool = True) -> SqlEventStore:
-    """The event store; refuses a database whose schema is behind (``alignd db upgrade``)."""
-    engine = store_engine(settings)
-    if check_schema:
-        try:
-            ensure_current(engine)
-        except CONNECTION_ERRORS as exc:
-            engine.dispose()
-            raise StoreUnavailableError(str(getattr(exc, "orig", None) or exc).splitlines()[0]) from exc
-        except Exception:
-            engine.dispose()
-            raise
-    return SqlEventStore(engine)
-
-
-def kafka_consumer(settings: Settings, **overrides: Any) -> Any:
-    from kafka import KafkaConsumer
-
-    kwargs: dict[str, Any] = {
-        **settings.kafka.client_kwargs(),
-        "group_id": settings.kafka.group_id,
-        # Offsets are committed by the loop after the store commits (DESIGN.md §3), never automatically.
-        "enable_auto_commit": False,
-        "auto_offset_reset": settings.kafka.auto_offset_reset,
-        "max_poll_records": settings.ingest.max_poll_records,
-        "session_timeout_ms": settings.kafka.session_timeout_ms,
-        "heartbeat_interval_ms": max(settings.kafka.session_timeout_ms // 4, 500),
-        # A message over the ingest limit must still be fetched, to be dead-lettered with its bytes.
-        "max_partition_fetch_bytes": max(2 * settings.ingest.max_message_bytes, 1024 * 1024),
-    }
-    kwargs.update(overrides)
-    return KafkaConsumer(**kwargs)
-
-
-def kafka_producer(settings: Settings, **overrides: Any) -> Any:
-    from kafka import KafkaProducer
-
-    kwargs: dict[str, Any] = {
-        **settings.kafka.client_kwargs(),
-        "acks": "all",
-        "retries": 5,
-        "max_request_size": max(2 * settings.ingest.max_message_bytes + 65536, 1024 * 1024),
-    }
-    kwargs.update(overrides)
-    return KafkaProducer(**kwargs)
-
-
-def ingest_config(settings: Settings) -> IngestConfig:
-    return IngestConfig(
-        group_id=settings.kafka.group_id,
-        topics=(settings.topics.interactions, settings.topics.feedback),
-        dlq_topic=settings.topics.dlq,
-        max_message_bytes=settings.ingest.max_message_bytes,
-        poll_timeout_ms=settings.ingest.poll_timeout_ms,
-        max_poll_records=settings.ingest.max_poll_records,
-        retry_initial_s=settings.ingest.retry_initial_s,
-        retry_max_s=settings.ingest.retry_max_s,
-        kafka_commit_interval_s=settings.ingest.kafka_commit_interval_s,
-        otlp_topics=(settings.topics.otlp_spans,) if settings.topics.otlp_spans else (),
-        otlp_encoding=settings.ingest.otlp_encoding,
-    )
-
-
-def build_ingestor(settings: Settings, store: SqlEventStore, *, project: bool | None = None) -> Ingestor:
-    """The ingestion loop, folding projections after each batch unless ``project`` is false."""
-    producer = kafka_producer(settings)
-    publisher = DeadLetterPublisher(store, producer, settings.topics.dlq)
-    runner = ProjectionRunner(store)
-    fold = settings.ingest.project if project is None else project
-
-    def after_batch(_result: Any) -> None:
-        try:
-            runner.catch_up()
-        except Exception:  # noqa: BLE001 - projections catch up on the next batch; ingestion goes on
-            logger.exception("projections could not catch up; will retry after the next batch")
-
-    return Ingestor(
-        store,
-        kafka_consumer(settings),
-        publisher,
-        ingest_config(settings),
-        after_batch=after_batch if fold else None,
-        open_probe=lambda: kafka_consumer(settings, group_id=None),
-    )
-
-
-# --- monitors ------------------------------------------------------------------------------------------
-
-#: Detectors that need the champion reward model as their scorer (wired by the trainers' registry, issue 3).
+#: Detectors that score responses with the champion reward model (loaded from the registry).
 NEEDS_REWARD_MODEL = ("reward_drift", "over_optimisation")
+#: Every detector ``monitors.detectors`` may name (ALIGND_MONITORS_DETECTORS).
+DETECTOR_NAMES = (*LIGHT_DETECTORS, *NEEDS_REWARD_MODEL)
 
 
-def detector_names() -> tuple[str, ...]:
-    from daemon.settings import LIGHT_DETECTORS
+@dataclass(frozen=True)
+class KafkaClients:
+    """Kafka clients as alignd configures them; ``overrides`` are kafka-python's keyword arguments."""
 
-    return (*LIGHT_DETECTORS, *NEEDS_REWARD_MODEL)
+    settings: Settings
+
+    def consumer(self, **overrides: Any) -> KafkaConsumer:
+        from kafka import KafkaConsumer
+
+        s = self.settings
+        kwargs: dict[str, Any] = {
+            **s.kafka.client_kwargs(),
+            "group_id": s.kafka.group_id,
+            # Offsets are committed by the loop after the store commits (DESIGN.md §3), never automatically.
+            "enable_auto_commit": False,
+            "auto_offset_reset": s.kafka.auto_offset_reset,
+            "max_poll_records": s.ingest.max_poll_records,
+            "session_timeout_ms": s.kafka.session_timeout_ms,
+            "heartbeat_interval_ms": max(s.kafka.session_timeout_ms // 4, 500),
+            # A message over the ingest limit must still be fetched, to be dead-lettered with its bytes.
+            "max_partition_fetch_bytes": max(2 * s.ingest.max_message_bytes, 1024 * 1024),
+        }
+        return KafkaConsumer(**{**kwargs, **overrides})
+
+    def producer(self, **overrides: Any) -> KafkaProducer:
+        from kafka import KafkaProducer
+
+        s = self.settings
+        kwargs: dict[str, Any] = {
+            **s.kafka.client_kwargs(),
+            "acks": "all",
+            "retries": 5,
+            "max_request_size": max(2 * s.ingest.max_message_bytes + 65536, 1024 * 1024),
+        }
+        return KafkaProducer(**{**kwargs, **overrides})
 
 
-def build_detectors(settings: Settings, names: Sequence[str] | None = None) -> list[Any]:
-    """The detectors named in settings (or ``names``), with their scorers and embedders.
+@dataclass(frozen=True, eq=False)
+class App:
+    """The daemon's parts, built from ``settings`` when first asked for (see the module's docstring).
 
-    Raises:
-        ConfigurationError: an unknown name, or a detector whose scorer is not available.
+    Args:
+        settings: everything the parts are configured by.
+        check_schema: whether :attr:`store` refuses a database whose schema is behind (``alignd db upgrade``
+            and the demo open it to migrate it; the HTTP process trusts the daemon that checked).
     """
-    from monitors.detectors.drift import LengthDriftDetector
-    from monitors.detectors.feedback_spike import FeedbackSpikeDetector
-    from monitors.detectors.flooding import FeedbackFloodingDetector
-    from monitors.detectors.pii import PiiDetector
-    from monitors.detectors.rates import HallucinationReportDetector
 
-    wanted = list(names if names is not None else settings.monitors.detectors)
-    unknown = [n for n in wanted if n not in detector_names()]
-    if unknown:
-        raise ConfigurationError(
-            f"unknown detector {', '.join(unknown)} (ALIGND_MONITORS_DETECTORS); known: {', '.join(detector_names())}"
+    settings: Settings
+    check_schema: bool = True
+    _parts: dict[str, object] = field(default_factory=dict, init=False, repr=False)
+    _given: set[str] = field(default_factory=set, init=False, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
+
+    def _part(self, name: str, make: Callable[[], _Part]) -> _Part:
+        """The held part ``name``, made by ``make`` on first use; a ``make`` that raises is tried again next time."""
+        if name in self._parts:
+            return cast(_Part, self._parts[name])
+        with self._lock:  # reentrant: governance makes the registry and the store under it
+            if name not in self._parts:
+                self._parts[name] = make()
+            return cast(_Part, self._parts[name])
+
+    # --- held parts -------------------------------------------------------------------------------------
+
+    @property
+    def store(self) -> SqlEventStore:
+        """The event store, the only one the graph opens."""
+        return self._part("store", self._open_store)
+
+    def _open_store(self) -> SqlEventStore:
+        from events.redact import mask_url
+        from events.sql_errors import CONNECTION_ERRORS
+        from events.sql_store import SqlEventStore, checked_store_engine
+        from migrations.runner import ensure_current
+
+        url = self.settings.database.url
+        try:
+            engine = checked_store_engine(url)
+        except ConfigurationError as exc:  # its message is SQLAlchemy's reason, the URL's secrets masked
+            # SQLAlchemy's own message quotes the URL whole, password included: show it masked.
+            raise ConfigurationError(
+                f"database.url (ALIGND_DATABASE_URL) {mask_url(url)} cannot be used: {exc}"
+            ) from None
+        if self.check_schema:
+            try:
+                ensure_current(engine)
+            except CONNECTION_ERRORS as exc:
+                engine.dispose()
+                raise StoreUnavailableError(str(getattr(exc, "orig", None) or exc).splitlines()[0]) from exc
+            except Exception:
+                engine.dispose()
+                raise
+        return SqlEventStore(engine)
+
+    @property
+    def kafka(self) -> KafkaClients:
+        return self._part("kafka", lambda: KafkaClients(self.settings))
+
+    @property
+    def registry(self) -> ModelRegistry:
+        """MLflow's runs and registered versions (``alignd-reward``, ``alignd-policy``)."""
+        from trainers.registry import ModelRegistry
+
+        m = self.settings.mlflow
+        return self._part(
+            "registry", lambda: ModelRegistry(m.tracking_uri, m.registry_uri, artifact_location=m.artifact_location)
         )
-    reward_scorer = champion_reward_scorer(settings) if set(NEEDS_REWARD_MODEL) & set(wanted) else None
-    jailbreak_scorer = None
-    if {"jailbreak_attempt", "jailbreak_success"} & set(wanted):
-        from monitors.detectors.jailbreak import JailbreakConfig, JailbreakScorer, MiniLMEmbedder
 
-        embedder = MiniLMEmbedder(settings.monitors.embedding_model) if settings.monitors.embeddings else None
-        config = JailbreakConfig(pattern_boost=settings.monitors.jailbreak_pattern_boost)
-        # One scorer for both detectors: it remembers recent prompts, so each is analysed (and embedded) once.
-        jailbreak_scorer = JailbreakScorer(embedder, config=config)
-    factories: dict[str, Callable[[], Any]] = {
-        "pii": PiiDetector,
-        "negative_feedback_spike": FeedbackSpikeDetector,
-        "hallucination_reports": HallucinationReportDetector,
-        "response_length_drift": LengthDriftDetector,
-        "feedback_flooding": FeedbackFloodingDetector,
-        "champion_regression": lambda: _champion_regression(settings),
-        "toxicity": lambda: _toxicity(settings),
-        "jailbreak_attempt": lambda: _jailbreak("attempt", jailbreak_scorer),
-        "jailbreak_success": lambda: _jailbreak("success", jailbreak_scorer),
-        "reward_drift": lambda: _reward_detector("reward_drift", reward_scorer),
-        "over_optimisation": lambda: _reward_detector("over_optimisation", reward_scorer),
-    }
-    return [factories[name]() for name in wanted]
+    @property
+    def governance(self) -> Governance:
+        """Promotion, rollback and the alias watch (trainers/governance.py)."""
+        from trainers.governance import Governance
 
+        return self._part("governance", lambda: Governance(self.store, self.registry))
 
-def champion_reward_scorer(settings: Settings) -> Any:
-    """The champion reward model from MLflow, loaded for scoring (the reward-drift monitors' port).
+    @property
+    def enforcement(self) -> EnforcementExecutor:
+        """Carries out ``enforcement.requested`` (``step()`` from the daemon's loop; 3 attempts, 1 s apart)."""
+        from daemon.enforcement import EnforcementExecutor
 
-    Raises:
-        ConfigurationError: no reward model is the champion yet.
-    """
-    from trainers.reward import RewardModel
+        return self._part("enforcement", lambda: EnforcementExecutor(self.store, self.governance))
 
-    registry = model_registry(settings)
-    champion = registry.get_by_alias("reward", "champion")
-    if champion is None:
-        raise ConfigurationError(
-            "reward_drift and over_optimisation score responses with the champion reward model and none is promoted: "
-            "run `alignd train reward`, then `alignd models promote reward challenger --reason ...`, or leave them "
-            "out of ALIGND_MONITORS_DETECTORS"
+    @property
+    def enforcement_rules(self) -> tuple[EnforcementRule, ...]:
+        return self._part("enforcement_rules", self._enforcement_rules)
+
+    def _enforcement_rules(self) -> tuple[EnforcementRule, ...]:
+        from monitors.enforcement import DEFAULT_RULES, parse_rules
+
+        if self.settings.monitors.rules is None:
+            return DEFAULT_RULES
+        try:
+            return parse_rules(self.settings.monitors.rules)
+        except ValueError as exc:
+            raise ConfigurationError(f"monitors.rules (ALIGND_MONITORS_RULES): {exc}") from None
+
+    @property
+    def training_jobs(self) -> TrainingJobs:
+        """Training runs in a child process, registered as challengers (trainers/jobs.py)."""
+        from trainers.jobs import TrainingJobs
+
+        t = self.settings.trainers
+        return self._part(
+            "training_jobs",
+            lambda: TrainingJobs(self.store, self.registry, Path(t.work_dir), evaluation=self._evaluation_config()),
         )
-    folder = Path(settings.trainers.work_dir) / "monitors" / f"reward-{champion.version}"
-    model = RewardModel.load(registry.download("reward", champion.version, folder))
-    logger.info("monitors score rewards with alignd-reward version %s", champion.version)
-    return model
+
+    @property
+    def champion_evaluation(self) -> ChampionEvaluation:
+        """The continuous evaluation of the champions (``alignd models evaluate``, the scheduler's ``evaluate``)."""
+        from trainers.champion_eval import ChampionEvaluation
+
+        return self._part(
+            "champion_evaluation",
+            lambda: ChampionEvaluation(
+                self.store,
+                self.registry,
+                Path(self.settings.trainers.work_dir),
+                evaluation=self._evaluation_config(),
+                reward=self.reward_config(),
+                policy=self.policy_config(),
+            ),
+        )
+
+    # --- parts made per use -----------------------------------------------------------------------------
+
+    def ingestor(self, *, project: bool | None = None) -> Ingestor:
+        """The ingestion loop, folding projections after each batch unless ``project`` (or ``ingest.project``) is false."""
+        from consumers.dead_letter import DeadLetterPublisher
+        from consumers.ingest import IngestConfig, Ingestor
+        from events.projections import ProjectionRunner
+
+        s = self.settings
+        runner = ProjectionRunner(self.store)
+
+        def after_batch(_result: object) -> None:
+            try:
+                runner.catch_up()
+            except Exception:  # noqa: BLE001 - projections catch up on the next batch; ingestion goes on
+                logger.exception("projections could not catch up; will retry after the next batch")
+
+        config = IngestConfig(
+            group_id=s.kafka.group_id,
+            topics=(s.topics.interactions, s.topics.feedback),
+            dlq_topic=s.topics.dlq,
+            max_message_bytes=s.ingest.max_message_bytes,
+            poll_timeout_ms=s.ingest.poll_timeout_ms,
+            max_poll_records=s.ingest.max_poll_records,
+            retry_initial_s=s.ingest.retry_initial_s,
+            retry_max_s=s.ingest.retry_max_s,
+            kafka_commit_interval_s=s.ingest.kafka_commit_interval_s,
+            otlp_topics=(s.topics.otlp_spans,) if s.topics.otlp_spans else (),
+            otlp_encoding=s.ingest.otlp_encoding,
+        )
+        fold = s.ingest.project if project is None else project
+        return Ingestor(
+            self.store,
+            self.kafka.consumer(),
+            DeadLetterPublisher(self.store, self.kafka.producer(), s.topics.dlq),
+            config,
+            after_batch=after_batch if fold else None,
+            open_probe=lambda: self.kafka.consumer(group_id=None),
+        )
+
+    def detectors(self, names: Sequence[str] | None = None) -> list[Detector]:
+        """The detectors named in the settings (or ``names``), with their scorers and embedders.
+
+        Raises:
+            ConfigurationError: an unknown name, or a detector whose scorer is not available.
+        """
+        from daemon.detectors import build_detectors
+
+        wanted = list(names if names is not None else self.settings.monitors.detectors)
+        unknown = [n for n in wanted if n not in DETECTOR_NAMES]
+        if unknown:
+            raise ConfigurationError(
+                f"unknown detector {', '.join(unknown)} (ALIGND_MONITORS_DETECTORS); known: {', '.join(DETECTOR_NAMES)}"
+            )
+        scorer = self.champion_reward_scorer() if set(NEEDS_REWARD_MODEL) & set(wanted) else None
+        return build_detectors(self.settings.monitors, wanted, scorer)
+
+    def champion_reward_scorer(self) -> RewardModel:
+        """The champion reward model from MLflow, loaded for scoring (the reward-drift monitors' port).
+
+        Raises:
+            ConfigurationError: no reward model is the champion yet.
+        """
+        from trainers.reward import RewardModel
+
+        champion = self.registry.get_by_alias("reward", "champion")
+        if champion is None:
+            raise ConfigurationError(
+                "reward_drift and over_optimisation score responses with the champion reward model and none is "
+                "promoted: run `alignd train reward`, then `alignd models promote reward challenger --reason ...`, "
+                "or leave them out of ALIGND_MONITORS_DETECTORS"
+            )
+        folder = Path(self.settings.trainers.work_dir) / "monitors" / f"reward-{champion.version}"
+        model = RewardModel.load(self.registry.download("reward", champion.version, folder))
+        logger.info("monitors score rewards with alignd-reward version %s", champion.version)
+        return model
+
+    def monitor_runner(self) -> MonitorRunner:
+        """The detectors of the settings over the store, with the enforcement rules."""
+        from monitors.runner import MonitorRunner
+
+        m = self.settings.monitors
+        return MonitorRunner(self.store, self.detectors(), batch_size=m.batch_size, rules=self.enforcement_rules)
+
+    def alerts_outbox(self, producer: KafkaProducer) -> OutboxPublisher:
+        """Publishes alerts and enforcement requests (guard rules for serving) on the alerts topic."""
+        from daemon.outbox import OutboxPublisher
+        from events.names import ANOMALY_DETECTED, ENFORCEMENT_REQUESTED
+
+        topic = self.settings.topics.alerts
+        return OutboxPublisher(self.store, producer, topic, [ANOMALY_DETECTED, ENFORCEMENT_REQUESTED])
+
+    def models_outbox(self, producer: KafkaProducer) -> OutboxPublisher:
+        """Publishes ``model.promoted`` / ``model.rolled_back`` on the models topic, where serving hot-swaps."""
+        from daemon.outbox import OutboxPublisher
+        from trainers.governance import MODEL_EVENT_TYPES
+
+        return OutboxPublisher(self.store, producer, self.settings.topics.models, MODEL_EVENT_TYPES)
+
+    def reward_config(self, **overrides: Any) -> RewardConfig:
+        from trainers.config import RewardConfig
+
+        t = self.settings.trainers
+        return _checked(RewardConfig, "reward", {"model": t.reward_model, **t.reward, **overrides})
+
+    def policy_config(self, **overrides: Any) -> PolicyConfig:
+        from trainers.config import PolicyConfig
+
+        t = self.settings.trainers
+        return _checked(PolicyConfig, "policy", {"model": t.policy_model, **t.policy, **overrides})
+
+    def _evaluation_config(self) -> EvaluationConfig:
+        from trainers.config import EvaluationConfig
+
+        return _checked(EvaluationConfig, "evaluation", dict(self.settings.trainers.evaluation))
+
+    def job_limits(self, **overrides: Any) -> JobLimits:
+        """The child process's limits from ``trainers``; an override of None keeps the setting."""
+        from trainers.children import JobLimits
+
+        t = self.settings.trainers
+        values = {"timeout_s": t.timeout_s, "memory_limit_mb": t.memory_limit_mb, "nproc": t.nproc, "device": t.device}
+        return JobLimits(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def schedule_config(self, **overrides: Any) -> ScheduleConfig:
+        """The ``schedule`` settings; a ``training.started`` is an orphan only once no job could still run it."""
+        from daemon.scheduler import ScheduleConfig
+
+        orphan_after_s = max(self.settings.schedule.orphan_after_s, self.settings.trainers.timeout_s + 60)
+        return ScheduleConfig.from_settings(self.settings, **{"orphan_after_s": orphan_after_s, **overrides})
+
+    def training_scheduler(
+        self,
+        run_job: RunJob,
+        *,
+        config: ScheduleConfig | None = None,
+        holder: str | None = None,
+        stop_timeout_s: float = 60.0,
+    ) -> TrainingScheduler:
+        """The scheduler (its lease and job store in the store's database) running ``run_job`` while it leads."""
+        from daemon.scheduler import TrainingScheduler
+
+        return TrainingScheduler(
+            config or self.schedule_config(), self.store, run_job, holder=holder, stop_timeout_s=stop_timeout_s
+        )
+
+    def review_server(self, *, metrics: Callable[[], bytes] | None = None) -> ReviewServer:
+        """The HTTP server the ``http`` settings describe; ``metrics`` makes /metrics when they live elsewhere."""
+        from daemon.http import ReviewServer
+
+        extra = {"metrics": metrics} if metrics is not None else {}
+        return ReviewServer.from_settings(self.store, self.settings.http, **extra)
+
+    # --- lifetime ---------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Dispose of what the graph opened (the store's engine); parts handed in are their owner's to close."""
+        with self._lock:
+            store = self._parts.pop("store", None) if "store" not in self._given else None
+        if store is not None:
+            cast("SqlEventStore", store).dispose()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
 
 
-def _reward_detector(name: str, scorer: Any) -> Any:
-    from monitors.detectors.drift import OverOptimisationDetector, RewardDriftDetector
-
-    return (RewardDriftDetector if name == "reward_drift" else OverOptimisationDetector)(scorer)
-
-
-def _champion_regression(settings: Settings) -> Any:
-    from monitors.detectors.champion import ChampionRegressionConfig, ChampionRegressionDetector
-
-    m = settings.monitors
-    return ChampionRegressionDetector(
-        ChampionRegressionConfig(max_accuracy_drop=m.regression_accuracy_drop, max_unsafe_rise=m.regression_unsafe_rise)
-    )
-
-
-def _toxicity(settings: Settings) -> Any:
-    from monitors.detectors.toxicity import HuggingFaceToxicityScorer, ProfanityCheckScorer, ToxicityDetector
-
-    model = settings.monitors.toxicity_model
-    return ToxicityDetector(HuggingFaceToxicityScorer(model) if model else ProfanityCheckScorer())
+def build(
+    settings: Settings,
+    *,
+    check_schema: bool = True,
+    store: SqlEventStore | None = None,
+    kafka: KafkaClients | None = None,
+    registry: ModelRegistry | None = None,
+    governance: Governance | None = None,
+    enforcement: EnforcementExecutor | None = None,
+) -> App:
+    """The object graph for ``settings``; a part handed in is used instead of the one the graph would make."""
+    app = App(settings, check_schema)
+    given = {"store": store, "kafka": kafka, "registry": registry, "governance": governance, "enforcement": enforcement}
+    for name, part in given.items():
+        if part is not None:
+            app._parts[name] = part  # noqa: SLF001 - the graph's own constructor
+            app._given.add(name)  # noqa: SLF001
+    return app
 
 
-def _jailbreak(kind: str, scorer: Any) -> Any:
-    from monitors.detectors.jailbreak import JailbreakDetector, JailbreakSuccessDetector
-
-    return (JailbreakDetector if kind == "attempt" else JailbreakSuccessDetector)(scorer=scorer)
+_Config = TypeVar("_Config", bound="TrainConfig | EvaluationConfig")
 
 
-def enforcement_rules(settings: Settings) -> tuple[Any, ...]:
-    from monitors.enforcement import DEFAULT_RULES, parse_rules
-
-    if settings.monitors.rules is None:
-        return DEFAULT_RULES
-    try:
-        return parse_rules(settings.monitors.rules)
-    except ValueError as exc:
-        raise ConfigurationError(f"monitors.rules (ALIGND_MONITORS_RULES): {exc}") from None
-
-
-def model_registry(settings: Settings) -> Any:
-    from trainers.registry import ModelRegistry
-
-    m = settings.mlflow
-    return ModelRegistry(m.tracking_uri, m.registry_uri, artifact_location=m.artifact_location)
-
-
-def _checked_config(cls: Any, section: str, values: dict[str, Any]) -> Any:
+def _checked(cls: type[_Config], section: str, values: dict[str, Any]) -> _Config:
     from trainers.config import config_from_dict
 
     try:
-        return config_from_dict(cls, values)
+        return cast(_Config, config_from_dict(cls, values))  # type: ignore[arg-type]
     except (TypeError, ValueError) as exc:
         raise ConfigurationError(f"trainers.{section} settings: {exc}") from None
 
 
-def reward_config(settings: Settings, **overrides: Any) -> Any:
-    from trainers.config import RewardConfig
-
-    values = {"model": settings.trainers.reward_model, **settings.trainers.reward, **overrides}
-    return _checked_config(RewardConfig, "reward", values)
+# --- one part, for scripts (bench/) and tests that need nothing else ----------------------------------------
 
 
-def policy_config(settings: Settings, **overrides: Any) -> Any:
-    from trainers.config import PolicyConfig
-
-    values = {"model": settings.trainers.policy_model, **settings.trainers.policy, **overrides}
-    return _checked_config(PolicyConfig, "policy", values)
+def open_store(settings: Settings, *, check_schema: bool = True) -> SqlEventStore:
+    """:attr:`App.store` alone; the caller disposes it."""
+    return build(settings, check_schema=check_schema).store
 
 
-def training_jobs(settings: Settings, store: SqlEventStore) -> Any:
-    from trainers.config import EvaluationConfig
-    from trainers.jobs import TrainingJobs
-
-    evaluation = _checked_config(EvaluationConfig, "evaluation", dict(settings.trainers.evaluation))
-    return TrainingJobs(store, model_registry(settings), Path(settings.trainers.work_dir), evaluation=evaluation)
+def kafka_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
+    return KafkaClients(settings).producer(**overrides)
 
 
-def champion_evaluation(settings: Settings, store: SqlEventStore) -> Any:
-    """The continuous evaluation of the champions (``alignd models evaluate``, the scheduler's ``evaluate``)."""
-    from trainers.champion_eval import ChampionEvaluation
-    from trainers.config import EvaluationConfig
-
-    evaluation = _checked_config(EvaluationConfig, "evaluation", dict(settings.trainers.evaluation))
-    return ChampionEvaluation(
-        store,
-        model_registry(settings),
-        Path(settings.trainers.work_dir),
-        evaluation=evaluation,
-        reward=reward_config(settings),
-        policy=policy_config(settings),
-    )
+def build_ingestor(settings: Settings, store: SqlEventStore, *, project: bool | None = None) -> Ingestor:
+    """:meth:`App.ingestor` on ``store``."""
+    return build(settings, store=store).ingestor(project=project)
 
 
-def job_limits(settings: Settings, **overrides: Any) -> Any:
-    from trainers.children import JobLimits
-
-    t = settings.trainers
-    values = {"timeout_s": t.timeout_s, "memory_limit_mb": t.memory_limit_mb, "nproc": t.nproc, "device": t.device}
-    return JobLimits(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
+def build_detectors(settings: Settings, names: Sequence[str] | None = None) -> list[Detector]:
+    """:meth:`App.detectors`."""
+    return build(settings).detectors(names)
 
 
-# --- governance: promotion, rollback, alias audit, enforcement ------------------------------------------
+# --- the factories the CLI still calls, until it takes its parts from an App (the next commit) -------------
 
 
-def governance(settings: Settings, store: SqlEventStore) -> Any:
-    from daemon.governance import Governance
-
-    return Governance(store, model_registry(settings))
+def store_engine(settings: Settings) -> Any:
+    return build(settings, check_schema=False).store.engine
 
 
-def models_outbox(settings: Settings, store: SqlEventStore, producer: Any) -> Any:
-    """Publishes ``model.promoted`` / ``model.rolled_back`` on the models topic, where serving hot-swaps."""
-    from daemon.governance import MODEL_EVENT_TYPES
-    from daemon.outbox import OutboxPublisher
-
-    return OutboxPublisher(store, producer, settings.topics.models, MODEL_EVENT_TYPES)
+def detector_names() -> tuple[str, ...]:
+    return DETECTOR_NAMES
 
 
-def enforcement_executor(settings: Settings, store: SqlEventStore, **overrides: Any) -> Any:
-    """Carries out ``enforcement.requested`` (``step()`` from the daemon's loop; defaults: 3 attempts, 1 s)."""
-    from daemon.enforcement import EnforcementExecutor
+def enforcement_rules(settings: Settings) -> tuple[EnforcementRule, ...]:
+    return build(settings).enforcement_rules
 
-    return EnforcementExecutor(store, governance(settings, store), **overrides)
+
+def model_registry(settings: Settings) -> ModelRegistry:
+    return build(settings).registry
+
+
+def governance(settings: Settings, store: SqlEventStore) -> Governance:
+    return build(settings, store=store).governance
+
+
+def job_limits(settings: Settings, **overrides: Any) -> JobLimits:
+    return build(settings).job_limits(**overrides)
+
+
+def reward_config(settings: Settings, **overrides: Any) -> RewardConfig:
+    return build(settings).reward_config(**overrides)
+
+
+def policy_config(settings: Settings, **overrides: Any) -> PolicyConfig:
+    return build(settings).policy_config(**overrides)
+
+
+def training_jobs(settings: Settings, store: SqlEventStore) -> TrainingJobs:
+    return build(settings, store=store).training_jobs
+
+
+def champion_evaluation(settings: Settings, store: SqlEventStore) -> ChampionEvaluation:
+    return build(settings, store=store).champion_evaluation

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -31,7 +31,9 @@ from daemon.traffic import Phase, TrafficGenerator
 from events.codec import canonical_json
 from events.messages import EnforcementRequested
 from events.names import ENFORCEMENT_APPLIED, ENFORCEMENT_REQUESTED, MODEL_NAMES, MODEL_ROLLED_BACK
-from events.sql_store import create_store_engine
+
+if TYPE_CHECKING:
+    from events.sql_store import SqlEventStore
 
 logger = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -95,49 +97,47 @@ class Demo:
         try:
             self.settings = _settings(self.folder, broker.bootstrap_servers, self.quick)
             self.say(f"Kafka on {broker.bootstrap_servers}; SQLite and MLflow under {self.folder}")
-            return self._story(started)
+            # Opened without the schema check: the story migrates the new database first.
+            self.app = bootstrap.build(self.settings, check_schema=False)
+            with self.app:
+                return self._story(started)
         finally:
             broker.stop()
 
     def _story(self, started: float) -> dict[str, Any]:
         from migrations.runner import upgrade
 
-        engine = create_store_engine(self.settings.database.url)
-        upgrade(engine)
-        engine.dispose()
-        store = bootstrap.open_store(self.settings)
+        store = self.app.store
+        upgrade(store)
         traffic = TrafficGenerator(model=MODEL_NAMES["policy"], seed=7)
-        try:
-            n = self._produce(traffic.phase(Phase("0", 300 if self.quick else 600)))
-            self._ingest()
-            self.say(f"first release: {n} interactions and feedback ingested")
-            reward = self._train(store, "reward")
-            policy = self._train(store, "policy", objective="dpo")
-            governance = bootstrap.governance(self.settings, store)
-            for kind, version in (("reward", reward), ("policy", policy)):
-                governance.promote(kind, version, reason="demo: first release", actor=OPERATOR, force=True)
-            self.say(
-                f"promoted alignd-reward v{reward} and alignd-policy v{policy} to champion (forced past the safety gate a 135M model fails)"
-            )
-            release = self._train(store, "policy", objective="sft")
-            governance.promote("policy", release, reason="demo: the new release", actor=OPERATOR, force=True)
-            self.say(f"released alignd-policy v{release}")
-            rolled_back = self._incident(store, traffic, release)
-            self.say(
-                f"the toxicity monitor flagged v{release}; enforcement rolled the champion back to v{rolled_back} and paused training"
-            )
-            self._resume(store)
-            reward2 = self._train(store, "reward")
-            policy2 = self._train(store, "policy", objective="dpo")
-            self.say(
-                f"retrained on the collected feedback: alignd-reward v{reward2}, alignd-policy v{policy2} (challengers, gates recorded)"
-            )
-            return self._summary(store, started)
-        finally:
-            store.dispose()
+        n = self._produce(traffic.phase(Phase("0", 300 if self.quick else 600)))
+        self._ingest()
+        self.say(f"first release: {n} interactions and feedback ingested")
+        reward = self._train(store, "reward")
+        policy = self._train(store, "policy", objective="dpo")
+        governance = self.app.governance
+        for kind, version in (("reward", reward), ("policy", policy)):
+            governance.promote(kind, version, reason="demo: first release", actor=OPERATOR, force=True)
+        self.say(
+            f"promoted alignd-reward v{reward} and alignd-policy v{policy} to champion (forced past the safety gate a 135M model fails)"
+        )
+        release = self._train(store, "policy", objective="sft")
+        governance.promote("policy", release, reason="demo: the new release", actor=OPERATOR, force=True)
+        self.say(f"released alignd-policy v{release}")
+        rolled_back = self._incident(store, traffic, release)
+        self.say(
+            f"the toxicity monitor flagged v{release}; enforcement rolled the champion back to v{rolled_back} and paused training"
+        )
+        self._resume(store)
+        reward2 = self._train(store, "reward")
+        policy2 = self._train(store, "policy", objective="dpo")
+        self.say(
+            f"retrained on the collected feedback: alignd-reward v{reward2}, alignd-policy v{policy2} (challengers, gates recorded)"
+        )
+        return self._summary(store, started)
 
     def _produce(self, messages: Any) -> int:
-        producer = bootstrap.kafka_producer(self.settings)
+        producer = self.app.kafka.producer()
         topics = {"interactions": self.settings.topics.interactions, "feedback": self.settings.topics.feedback}
         count = 0
         try:
@@ -154,26 +154,20 @@ class Demo:
         return count
 
     def _ingest(self) -> None:
-        store = bootstrap.open_store(self.settings)
-        ingestor = bootstrap.build_ingestor(self.settings, store)
+        ingestor = self.app.ingestor()
         try:
             with console.status("ingesting ..."):
                 ingestor.run(until_idle=3.0)
         finally:
             ingestor.publisher.producer.close(timeout=10)
-            store.dispose()
 
-    def _train(self, store: Any, kind: str, *, objective: str | None = None) -> str:
+    def _train(self, store: SqlEventStore, kind: str, *, objective: str | None = None) -> str:
         from events.projections import ProjectionRunner
 
         ProjectionRunner(store).catch_up()
-        config = (
-            bootstrap.reward_config(self.settings)
-            if kind == "reward"
-            else bootstrap.policy_config(self.settings, objective=objective)
-        )
+        config = self.app.reward_config() if kind == "reward" else self.app.policy_config(objective=objective)
         console.print(f"  training {kind}{f' ({objective})' if objective else ''} in a child process ...")
-        outcome = bootstrap.training_jobs(self.settings, store).train(config, bootstrap.job_limits(self.settings))
+        outcome = self.app.training_jobs.train(config, self.app.job_limits())
         if not outcome.ok:
             raise RuntimeError(f"the demo's {kind} training failed: {outcome.reason}")
         console.print(
@@ -181,11 +175,11 @@ class Demo:
         )
         return str(outcome.version)
 
-    def _incident(self, store: Any, traffic: TrafficGenerator, release: str) -> str:
+    def _incident(self, store: SqlEventStore, traffic: TrafficGenerator, release: str) -> str:
         from daemon.run import build
 
         self._produce(traffic.phase(Phase(release, 500 if self.quick else 800, toxic_rate=0.35)))
-        supervisor = build(self.settings, ["ingest", "project", "monitor"], store)
+        supervisor = build(self.app, ["ingest", "project", "monitor"])
         supervisor.start()
         try:
             deadline = time.monotonic() + 300
@@ -204,7 +198,7 @@ class Demo:
         finally:
             supervisor.stop(60)
 
-    def _resume(self, store: Any) -> None:
+    def _resume(self, store: SqlEventStore) -> None:
         from datetime import UTC, datetime
 
         resume = EnforcementRequested(
@@ -215,10 +209,10 @@ class Demo:
         )
         event_id = f"{ENFORCEMENT_REQUESTED}:resume:{OPERATOR}:{store.max_seq()}"
         store.append([resume.to_event(event_id, datetime.now(UTC), "alignd.cli")])
-        bootstrap.enforcement_executor(self.settings, store).step()
+        self.app.enforcement.step()
         self.say("the operator resumed training")
 
-    def _summary(self, store: Any, started: float) -> dict[str, Any]:
+    def _summary(self, store: SqlEventStore, started: float) -> dict[str, Any]:
         from events.audit import AuditTrail, list_records, verify
 
         AuditTrail(store).catch_up()

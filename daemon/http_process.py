@@ -199,8 +199,7 @@ class DaemonMetrics(Collector):
 
 def serve(settings: Settings, level: str, fmt: str, conn: Connection) -> None:
     """The HTTP process: logs as the daemon does, serves until SIGTERM, tells the daemon its port or why not."""
-    from daemon.bootstrap import open_store
-    from daemon.http import ReviewServer
+    from daemon.bootstrap import build
     from daemon.logs import configure_logging
     from trainers.children import die_with_parent
 
@@ -211,14 +210,15 @@ def serve(settings: Settings, level: str, fmt: str, conn: Connection) -> None:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon stops us, after the parts that come first
+    # The daemon checked the schema before starting us; /readyz reports it from now on.
+    app = build(settings, check_schema=False)
     try:
-        # The daemon checked the schema before starting us; /readyz reports it from now on.
-        store = open_store(settings, check_schema=False)
-        server = ReviewServer.from_settings(store, settings.http, metrics=DaemonMetrics(conn).exposition)
+        server = app.review_server(metrics=DaemonMetrics(conn).exposition)
         port = server.start()
     except Exception as exc:  # noqa: BLE001 - whatever it is, the daemon is told, in words, and restarts us
         logger.exception("the HTTP server did not start")
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        app.close()
         raise SystemExit(1) from None
     conn.send(("started", port))
     try:
@@ -226,4 +226,4 @@ def serve(settings: Settings, level: str, fmt: str, conn: Connection) -> None:
             pass
     finally:
         server.stop()
-        store.dispose()
+        app.close()

@@ -17,16 +17,19 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
-from daemon import bootstrap
-from daemon.settings import Settings
 from daemon.supervisor import LoopPart, Supervisor
 from events.messages import AnomalyDetected
-from events.names import ANOMALY_DETECTED, ENFORCEMENT_REQUESTED
-from events.sql_store import SqlEventStore
+
+if TYPE_CHECKING:
+    from consumers.ingest import Ingestor
+    from daemon.bootstrap import App
+    from daemon.scheduler import TrainingRequest
+    from events.sql_store import SqlEventStore
 
 logger = logging.getLogger(__name__)
 
@@ -36,20 +39,20 @@ ROLES = ("schedule", "ingest", "project", "monitor", "http")
 class IngestPart:
     name = "ingest"
 
-    def __init__(self, settings: Settings, store: SqlEventStore, stored: threading.Event | None = None) -> None:
-        self.settings, self.store = settings, store
+    def __init__(self, app: App, stored: threading.Event | None = None) -> None:
+        self.app = app
         self.stored = stored  # set after each batch is committed: wakes the monitors in this process
-        self.ingestor: Any = None
+        self.ingestor: Ingestor | None = None
 
     def run(self, stop: threading.Event) -> None:
-        self.ingestor = bootstrap.build_ingestor(self.settings, self.store)
+        self.ingestor = ingestor = self.app.ingestor()
         if self.stored is not None:
-            self.ingestor.on_stored = self.stored.set
+            ingestor.on_stored = self.stored.set
         try:
             if not stop.is_set():
-                self.ingestor.run()
+                ingestor.run()
         finally:
-            self.ingestor.publisher.producer.close(timeout=10)
+            ingestor.publisher.producer.close(timeout=10)
 
     def request_stop(self) -> None:
         if self.ingestor is not None:
@@ -64,14 +67,12 @@ class HttpPart:
 
     name = "http"
 
-    def __init__(self, settings: Settings, store: SqlEventStore, roles: Sequence[str] = ("http",)) -> None:
+    def __init__(self, app: App, roles: Sequence[str] = ("http",)) -> None:
         from daemon.http_process import HttpProcess, isolated
 
-        self.process = HttpProcess(settings) if isolated(settings, list(roles)) else None
+        self.process = HttpProcess(app.settings) if isolated(app.settings, list(roles)) else None
         if self.process is None:
-            from daemon.http import ReviewServer
-
-            self.server = ReviewServer.from_settings(store, settings.http)
+            self.server = app.review_server()
 
     def run(self, stop: threading.Event) -> None:
         if self.process is None:
@@ -94,26 +95,22 @@ class HttpPart:
             self.process.stop()
 
 
-def _run_training(settings: Settings, store: SqlEventStore, request: Any, cancel: Any) -> Any:
+def _run_training(app: App, request: TrainingRequest, cancel: Callable[[], str | None]) -> object:
     """The scheduler's job: one training run in a child process (trainers.jobs)."""
     from trainers.jobs import NothingToTrainError
 
     if request.kind == "evaluation":
         # Runs while training is paused (training_rules.pause_blocks lets it through): it only reads the champions,
         # and it is how an operator learns whether the champion that caused the pause is still bad.
-        return bootstrap.champion_evaluation(settings, store).run(bootstrap.job_limits(settings), cancel=cancel)
+        return app.champion_evaluation.run(app.job_limits(), cancel=cancel)
     overrides = {"objective": request.objective} if request.kind == "policy" and request.objective else {}
-    config = (
-        bootstrap.reward_config(settings)
-        if request.kind == "reward"
-        else bootstrap.policy_config(settings, **overrides)
-    )
+    config = app.reward_config() if request.kind == "reward" else app.policy_config(**overrides)
     try:
-        return bootstrap.training_jobs(settings, store).train(
+        return app.training_jobs.train(
             config,
-            bootstrap.job_limits(settings),
+            app.job_limits(),
             upto_seq=request.upto_seq,
-            dataset_limit=settings.trainers.dataset_limit,
+            dataset_limit=app.settings.trainers.dataset_limit,
             cancel=cancel,
         )
     except NothingToTrainError as exc:
@@ -121,7 +118,7 @@ def _run_training(settings: Settings, store: SqlEventStore, request: Any, cancel
         return None
 
 
-def _crash_alert(store: SqlEventStore) -> Any:
+def _crash_alert(store: SqlEventStore) -> Callable[[str, int, str], None]:
     def report(part: str, crashes: int, error: str) -> None:
         now = datetime.now(UTC)
         window = now.strftime("%Y-%m-%dT%H")
@@ -137,26 +134,16 @@ def _crash_alert(store: SqlEventStore) -> Any:
     return report
 
 
-def build(
-    settings: Settings, roles: Sequence[str], store: SqlEventStore, *, shutdown_timeout_s: float = 120.0
-) -> Supervisor:
+def build(app: App, roles: Sequence[str], *, shutdown_timeout_s: float = 120.0) -> Supervisor:
+    """The parts of ``roles``, from the object graph ``app``, under a supervisor (not started)."""
+    store = app.store
     supervisor = Supervisor(on_crash_loop=_crash_alert(store))
     stored = threading.Event()  # the ingestor's "new events" signal, the monitor loop's wake-up
     if "schedule" in roles:
-        from daemon.scheduler import ScheduleConfig, TrainingScheduler
-
-        # A training.started without an outcome is only an orphan once no job could still be running it.
-        orphan_after_s = max(settings.schedule.orphan_after_s, settings.trainers.timeout_s + 60)
-        supervisor.add(
-            TrainingScheduler(
-                ScheduleConfig.from_settings(settings, orphan_after_s=orphan_after_s),
-                store,
-                lambda request, cancel: _run_training(settings, store, request, cancel),
-                stop_timeout_s=shutdown_timeout_s / 2,
-            )
-        )
+        run_job = partial(_run_training, app)
+        supervisor.add(app.training_scheduler(run_job, stop_timeout_s=shutdown_timeout_s / 2))
     if "ingest" in roles:
-        supervisor.add(IngestPart(settings, store, stored))
+        supervisor.add(IngestPart(app, stored))
     if "project" in roles:
         from events.projections import ProjectionRunner
 
@@ -167,24 +154,16 @@ def build(
         # Both roles append decisions; chaining them is cheap and idempotent (a lock orders concurrent writers).
         supervisor.add(LoopPart("audit", AuditTrail(store).catch_up, 1.0))
     if "monitor" in roles:
-        _add_monitor_parts(supervisor, settings, store, stored)
+        _add_monitor_parts(supervisor, app, stored)
     if "http" in roles:
-        supervisor.add(HttpPart(settings, store, roles))
+        supervisor.add(HttpPart(app, roles))
     return supervisor
 
 
-def _add_monitor_parts(
-    supervisor: Supervisor, settings: Settings, store: SqlEventStore, stored: threading.Event | None = None
-) -> None:
-    from daemon.outbox import OutboxPublisher
-    from monitors.runner import MonitorRunner, StepResult
+def _add_monitor_parts(supervisor: Supervisor, app: App, stored: threading.Event | None = None) -> None:
+    from monitors.runner import StepResult
 
-    runner = MonitorRunner(
-        store,
-        bootstrap.build_detectors(settings),
-        batch_size=settings.monitors.batch_size,
-        rules=bootstrap.enforcement_rules(settings),
-    )
+    runner = app.monitor_runner()
     alerts_wake = threading.Event()
 
     def monitor_step() -> StepResult:
@@ -209,30 +188,28 @@ def _add_monitor_parts(
             min_interval_s=0.1,
         )
     )
-    producer = bootstrap.kafka_producer(settings)
+    producer = app.kafka.producer()
     # Guard rules and alerts both go to the alerts topic: serving applies the rules, people read the alerts.
-    alerts = OutboxPublisher(store, producer, settings.topics.alerts, [ANOMALY_DETECTED, ENFORCEMENT_REQUESTED])
-    supervisor.add(LoopPart("alerts-outbox", alerts.publish, 0.2, wake=alerts_wake))
+    supervisor.add(LoopPart("alerts-outbox", app.alerts_outbox(producer).publish, 0.2, wake=alerts_wake))
     supervisor.add(
         LoopPart(
             "models-outbox",
-            bootstrap.models_outbox(settings, store, producer).publish,
+            app.models_outbox(producer).publish,
             0.5,
             on_close=lambda: producer.close(timeout=10),
         )
     )
-    governance = bootstrap.governance(settings, store)
-    supervisor.add(LoopPart("enforcement", bootstrap.enforcement_executor(settings, store).step, 1.0))
-    supervisor.add(LoopPart("mlflow-aliases", governance.sync_aliases, 30.0))
+    supervisor.add(LoopPart("enforcement", app.enforcement.step, 1.0))
+    supervisor.add(LoopPart("mlflow-aliases", app.governance.sync_aliases, 30.0))
 
 
-def run(settings: Settings, roles: Sequence[str], *, shutdown_timeout_s: float = 120.0) -> int:
+def run(app: App, roles: Sequence[str], *, shutdown_timeout_s: float = 120.0) -> int:
+    """``alignd run``: the parts of ``roles`` (all when none) until SIGTERM or SIGINT; the caller closes ``app``."""
     unknown = [r for r in roles if r not in ROLES]
     if unknown:
         raise ValueError(f"unknown role {', '.join(unknown)}; roles: {', '.join(ROLES)}")
     roles = list(roles) or list(ROLES)
-    store = bootstrap.open_store(settings)
-    supervisor = build(settings, roles, store, shutdown_timeout_s=shutdown_timeout_s)
+    supervisor = build(app, roles, shutdown_timeout_s=shutdown_timeout_s)
     stopping = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -248,5 +225,4 @@ def run(settings: Settings, roles: Sequence[str], *, shutdown_timeout_s: float =
             pass
     finally:
         clean = supervisor.stop(shutdown_timeout_s)
-        store.dispose()
     return 0 if clean else 1

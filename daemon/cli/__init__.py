@@ -343,7 +343,8 @@ def cmd_monitors_backtest(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.run import run
 
-    return run(settings, args.role or [], shutdown_timeout_s=args.shutdown_timeout)
+    with bootstrap.build(settings) as app:
+        return run(app, args.role or [], shutdown_timeout_s=args.shutdown_timeout)
 
 
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -517,4 +518,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         sys.stderr.write(scrub("".join(traceback.format_exception(exc))))
         return 1
-

@@ -56,8 +56,7 @@ def settings(tracking_uri: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def registry(settings: Settings) -> ModelRegistry:
-    registry: ModelRegistry = bootstrap.model_registry(settings)
-    return registry
+    return bootstrap.build(settings).registry
 
 
 @pytest.fixture
@@ -412,9 +411,8 @@ def test_promotions_reach_the_models_topic_through_the_outbox(
     governance.rollback("policy", reason="worse in production", actor="ana")
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     try:
-        outbox = bootstrap.models_outbox(
-            settings.model_copy(update={"topics": TopicsSettings(models=topic)}), store, producer
-        )
+        app = bootstrap.build(settings.model_copy(update={"topics": TopicsSettings(models=topic)}), store=store)
+        outbox = app.models_outbox(producer)
         assert outbox.publish() == 3 and outbox.publish() == 0
     finally:
         producer.close(5)

@@ -41,6 +41,14 @@ class FakeProducer:
         pass
 
 
+class FakeKafka:
+    def __init__(self, producer: FakeProducer) -> None:
+        self._producer = producer
+
+    def producer(self, **_: Any) -> FakeProducer:
+        return self._producer
+
+
 class _Idle:
     def step(self) -> None:
         pass
@@ -65,7 +73,7 @@ def _leak(i: int) -> Event:
 
 
 @pytest.fixture
-def parts(new_db_url: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+def parts(new_db_url: Any) -> Any:
     url = new_db_url("sqlite")
     engine = create_store_engine(url)
     upgrade(engine)
@@ -74,12 +82,10 @@ def parts(new_db_url: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
         env={"ALIGND_DATABASE_URL": url, "ALIGND_MONITORS_DETECTORS": "pii", "ALIGND_MONITORS_BATCH_SIZE": "2"}
     )
     producer = FakeProducer()
-    monkeypatch.setattr(bootstrap, "kafka_producer", lambda *a, **k: producer)
-    monkeypatch.setattr(bootstrap, "governance", lambda *a, **k: _Idle())
-    monkeypatch.setattr(bootstrap, "enforcement_executor", lambda *a, **k: _Idle())
     store = SqlEventStore.from_url(url)
+    app = bootstrap.build(settings, store=store, kafka=FakeKafka(producer), governance=_Idle(), enforcement=_Idle())
     supervisor, stored = Supervisor(), threading.Event()
-    _add_monitor_parts(supervisor, settings, store, stored)
+    _add_monitor_parts(supervisor, app, stored)
     try:
         yield store, supervisor, stored, producer, {slot.part.name: slot.part for slot in supervisor.slots}
     finally:

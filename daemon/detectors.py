@@ -1,0 +1,82 @@
+"""The detectors as the settings configure them: part of the composition root (``bootstrap.App.detectors``).
+
+Each detector's module, and the model it scores with (profanity-check, a Hugging Face classifier, MiniLM),
+is imported only when that detector is wanted. The champion reward model, which two detectors score with,
+comes from the registry: the :class:`~daemon.bootstrap.App` loads it and hands it in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from daemon.settings import MonitorsSettings
+    from monitors.base import Detector
+    from monitors.detectors.jailbreak import JailbreakScorer
+    from trainers.reward import RewardModel
+
+
+def build_detectors(
+    settings: MonitorsSettings, names: Sequence[str], reward_scorer: RewardModel | None
+) -> list[Detector]:
+    """One detector for each of ``names`` (known names: ``bootstrap.DETECTOR_NAMES``)."""
+    from monitors.detectors.drift import LengthDriftDetector
+    from monitors.detectors.feedback_spike import FeedbackSpikeDetector
+    from monitors.detectors.flooding import FeedbackFloodingDetector
+    from monitors.detectors.pii import PiiDetector
+    from monitors.detectors.rates import HallucinationReportDetector
+
+    jailbreak_scorer = None
+    if {"jailbreak_attempt", "jailbreak_success"} & set(names):
+        from monitors.detectors.jailbreak import JailbreakConfig, JailbreakScorer, MiniLMEmbedder
+
+        embedder = MiniLMEmbedder(settings.embedding_model) if settings.embeddings else None
+        config = JailbreakConfig(pattern_boost=settings.jailbreak_pattern_boost)
+        # One scorer for both detectors: it remembers recent prompts, so each is analysed (and embedded) once.
+        jailbreak_scorer = JailbreakScorer(embedder, config=config)
+    factories: dict[str, Callable[[], Detector]] = {
+        "pii": PiiDetector,
+        "negative_feedback_spike": FeedbackSpikeDetector,
+        "hallucination_reports": HallucinationReportDetector,
+        "response_length_drift": LengthDriftDetector,
+        "feedback_flooding": FeedbackFloodingDetector,
+        "champion_regression": lambda: _champion_regression(settings),
+        "toxicity": lambda: _toxicity(settings),
+        "jailbreak_attempt": lambda: _jailbreak("attempt", jailbreak_scorer),
+        "jailbreak_success": lambda: _jailbreak("success", jailbreak_scorer),
+        "reward_drift": lambda: _reward_detector("reward_drift", reward_scorer),
+        "over_optimisation": lambda: _reward_detector("over_optimisation", reward_scorer),
+    }
+    return [factories[name]() for name in names]
+
+
+def _reward_detector(name: str, scorer: RewardModel | None) -> Detector:
+    from monitors.detectors.drift import OverOptimisationDetector, RewardDriftDetector
+
+    if scorer is None:
+        raise ValueError(f"{name} scores with the champion reward model, and none was handed in")
+    return (RewardDriftDetector if name == "reward_drift" else OverOptimisationDetector)(scorer)
+
+
+def _champion_regression(settings: MonitorsSettings) -> Detector:
+    from monitors.detectors.champion import ChampionRegressionConfig, ChampionRegressionDetector
+
+    return ChampionRegressionDetector(
+        ChampionRegressionConfig(
+            max_accuracy_drop=settings.regression_accuracy_drop, max_unsafe_rise=settings.regression_unsafe_rise
+        )
+    )
+
+
+def _toxicity(settings: MonitorsSettings) -> Detector:
+    from monitors.detectors.toxicity import HuggingFaceToxicityScorer, ProfanityCheckScorer, ToxicityDetector
+
+    model = settings.toxicity_model
+    return ToxicityDetector(HuggingFaceToxicityScorer(model) if model else ProfanityCheckScorer())
+
+
+def _jailbreak(kind: str, scorer: JailbreakScorer | None) -> Detector:
+    from monitors.detectors.jailbreak import JailbreakDetector, JailbreakSuccessDetector
+
+    return (JailbreakDetector if kind == "attempt" else JailbreakSuccessDetector)(scorer=scorer)
