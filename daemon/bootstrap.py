@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from daemon import configs
 from daemon.settings import LIGHT_DETECTORS, Settings
 from events.errors import ConfigurationError, StoreUnavailableError
 
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
     from monitors.enforcement import EnforcementRule
     from monitors.runner import MonitorRunner
     from trainers.champion_eval import ChampionEvaluation
-    from trainers.children import JobLimits
-    from trainers.config import EvaluationConfig, PolicyConfig, RewardConfig, TrainConfig
     from trainers.governance import Governance
     from trainers.jobs import TrainingJobs
     from trainers.registry import ModelRegistry
@@ -202,7 +201,9 @@ class App:
         t = self.settings.trainers
         return self._part(
             "training_jobs",
-            lambda: TrainingJobs(self.store, self.registry, Path(t.work_dir), evaluation=self._evaluation_config()),
+            lambda: TrainingJobs(
+                self.store, self.registry, Path(t.work_dir), evaluation=configs.evaluation_config(self.settings)
+            ),
         )
 
     @property
@@ -216,9 +217,9 @@ class App:
                 self.store,
                 self.registry,
                 Path(self.settings.trainers.work_dir),
-                evaluation=self._evaluation_config(),
-                reward=self.reward_config(),
-                policy=self.policy_config(),
+                evaluation=configs.evaluation_config(self.settings),
+                reward=configs.reward_config(self.settings),
+                policy=configs.policy_config(self.settings),
             ),
         )
 
@@ -227,7 +228,7 @@ class App:
     def ingestor(self, *, project: bool | None = None) -> Ingestor:
         """The ingestion loop, folding projections after each batch unless ``project`` (or ``ingest.project``) is false."""
         from consumers.dead_letter import DeadLetterPublisher
-        from consumers.ingest import IngestConfig, Ingestor
+        from consumers.ingest import Ingestor
         from events.projections import ProjectionRunner
 
         s = self.settings
@@ -239,25 +240,12 @@ class App:
             except Exception:  # noqa: BLE001 - projections catch up on the next batch; ingestion goes on
                 logger.exception("projections could not catch up; will retry after the next batch")
 
-        config = IngestConfig(
-            group_id=s.kafka.group_id,
-            topics=(s.topics.interactions, s.topics.feedback),
-            dlq_topic=s.topics.dlq,
-            max_message_bytes=s.ingest.max_message_bytes,
-            poll_timeout_ms=s.ingest.poll_timeout_ms,
-            max_poll_records=s.ingest.max_poll_records,
-            retry_initial_s=s.ingest.retry_initial_s,
-            retry_max_s=s.ingest.retry_max_s,
-            kafka_commit_interval_s=s.ingest.kafka_commit_interval_s,
-            otlp_topics=(s.topics.otlp_spans,) if s.topics.otlp_spans else (),
-            otlp_encoding=s.ingest.otlp_encoding,
-        )
         fold = s.ingest.project if project is None else project
         return Ingestor(
             self.store,
             self.kafka.consumer(),
             DeadLetterPublisher(self.store, self.kafka.producer(), s.topics.dlq),
-            config,
+            configs.ingest_config(s),
             after_batch=after_batch if fold else None,
             open_probe=lambda: self.kafka.consumer(group_id=None),
         )
@@ -321,38 +309,6 @@ class App:
 
         return OutboxPublisher(self.store, producer, self.settings.topics.models, MODEL_EVENT_TYPES)
 
-    def reward_config(self, **overrides: Any) -> RewardConfig:
-        from trainers.config import RewardConfig
-
-        t = self.settings.trainers
-        return _checked(RewardConfig, "reward", {"model": t.reward_model, **t.reward, **overrides})
-
-    def policy_config(self, **overrides: Any) -> PolicyConfig:
-        from trainers.config import PolicyConfig
-
-        t = self.settings.trainers
-        return _checked(PolicyConfig, "policy", {"model": t.policy_model, **t.policy, **overrides})
-
-    def _evaluation_config(self) -> EvaluationConfig:
-        from trainers.config import EvaluationConfig
-
-        return _checked(EvaluationConfig, "evaluation", dict(self.settings.trainers.evaluation))
-
-    def job_limits(self, **overrides: Any) -> JobLimits:
-        """The child process's limits from ``trainers``; an override of None keeps the setting."""
-        from trainers.children import JobLimits
-
-        t = self.settings.trainers
-        values = {"timeout_s": t.timeout_s, "memory_limit_mb": t.memory_limit_mb, "nproc": t.nproc, "device": t.device}
-        return JobLimits(**{**values, **{k: v for k, v in overrides.items() if v is not None}})
-
-    def schedule_config(self, **overrides: Any) -> ScheduleConfig:
-        """The ``schedule`` settings; a ``training.started`` is an orphan only once no job could still run it."""
-        from daemon.scheduler import ScheduleConfig
-
-        orphan_after_s = max(self.settings.schedule.orphan_after_s, self.settings.trainers.timeout_s + 60)
-        return ScheduleConfig.from_settings(self.settings, **{"orphan_after_s": orphan_after_s, **overrides})
-
     def training_scheduler(
         self,
         run_job: RunJob,
@@ -365,7 +321,11 @@ class App:
         from daemon.scheduler import TrainingScheduler
 
         return TrainingScheduler(
-            config or self.schedule_config(), self.store, run_job, holder=holder, stop_timeout_s=stop_timeout_s
+            config or configs.schedule_config(self.settings),
+            self.store,
+            run_job,
+            holder=holder,
+            stop_timeout_s=stop_timeout_s,
         )
 
     def review_server(self, *, metrics: Callable[[], bytes] | None = None) -> ReviewServer:
@@ -413,18 +373,6 @@ def build(
     return app
 
 
-_Config = TypeVar("_Config", bound="TrainConfig | EvaluationConfig")
-
-
-def _checked(cls: type[_Config], section: str, values: dict[str, Any]) -> _Config:
-    from trainers.config import config_from_dict
-
-    try:
-        return cast(_Config, config_from_dict(cls, values))  # type: ignore[arg-type]
-    except (TypeError, ValueError) as exc:
-        raise ConfigurationError(f"trainers.{section} settings: {exc}") from None
-
-
 # --- one part, for scripts (bench/) and tests that need nothing else ----------------------------------------
 
 
@@ -445,46 +393,3 @@ def build_ingestor(settings: Settings, store: SqlEventStore, *, project: bool | 
 def build_detectors(settings: Settings, names: Sequence[str] | None = None) -> list[Detector]:
     """:meth:`App.detectors`."""
     return build(settings).detectors(names)
-
-
-# --- the factories the CLI still calls, until it takes its parts from an App (the next commit) -------------
-
-
-def store_engine(settings: Settings) -> Any:
-    return build(settings, check_schema=False).store.engine
-
-
-def detector_names() -> tuple[str, ...]:
-    return DETECTOR_NAMES
-
-
-def enforcement_rules(settings: Settings) -> tuple[EnforcementRule, ...]:
-    return build(settings).enforcement_rules
-
-
-def model_registry(settings: Settings) -> ModelRegistry:
-    return build(settings).registry
-
-
-def governance(settings: Settings, store: SqlEventStore) -> Governance:
-    return build(settings, store=store).governance
-
-
-def job_limits(settings: Settings, **overrides: Any) -> JobLimits:
-    return build(settings).job_limits(**overrides)
-
-
-def reward_config(settings: Settings, **overrides: Any) -> RewardConfig:
-    return build(settings).reward_config(**overrides)
-
-
-def policy_config(settings: Settings, **overrides: Any) -> PolicyConfig:
-    return build(settings).policy_config(**overrides)
-
-
-def training_jobs(settings: Settings, store: SqlEventStore) -> TrainingJobs:
-    return build(settings, store=store).training_jobs
-
-
-def champion_evaluation(settings: Settings, store: SqlEventStore) -> ChampionEvaluation:
-    return build(settings, store=store).champion_evaluation

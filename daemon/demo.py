@@ -16,7 +16,6 @@ SmolLM2-135M-Instruct briefly.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from daemon import bootstrap
+from daemon import bootstrap, configs
 from daemon.settings import Settings, load_settings
 from daemon.traffic import Phase, TrafficGenerator
 from events.codec import canonical_json
@@ -165,9 +164,13 @@ class Demo:
         from events.projections import ProjectionRunner
 
         ProjectionRunner(store).catch_up()
-        config = self.app.reward_config() if kind == "reward" else self.app.policy_config(objective=objective)
+        config = (
+            configs.reward_config(self.settings)
+            if kind == "reward"
+            else configs.policy_config(self.settings, objective=objective)
+        )
         console.print(f"  training {kind}{f' ({objective})' if objective else ''} in a child process ...")
-        outcome = self.app.training_jobs.train(config, self.app.job_limits())
+        outcome = self.app.training_jobs.train(config, configs.job_limits(self.settings))
         if not outcome.ok:
             raise RuntimeError(f"the demo's {kind} training failed: {outcome.reason}")
         console.print(
@@ -239,18 +242,3 @@ class Demo:
             },
         }
         return summary
-
-
-def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    folder = Path(args.dir).resolve()
-    summary = Demo(folder, quick=args.quick).run()
-    if args.json:
-        print(json.dumps(summary, indent=2, default=str))
-    else:
-        console.rule("alignd demo finished")
-        console.print(
-            f"{summary['seconds']} s; audit chain {'intact' if summary['ok'] else 'BROKEN'} with {summary['audit']['records']} records"
-        )
-        for name, command in summary["where_to_look"].items():
-            console.print(f"  {name}: [cyan]{command}[/]")
-    return 0 if summary["ok"] else 1

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from daemon import configs
 from daemon.supervisor import LoopPart, Supervisor
 from events.messages import AnomalyDetected
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from daemon.bootstrap import App
     from daemon.scheduler import TrainingRequest
     from events.sql_store import SqlEventStore
+    from trainers.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -102,15 +104,19 @@ def _run_training(app: App, request: TrainingRequest, cancel: Callable[[], str |
     if request.kind == "evaluation":
         # Runs while training is paused (training_rules.pause_blocks lets it through): it only reads the champions,
         # and it is how an operator learns whether the champion that caused the pause is still bad.
-        return app.champion_evaluation.run(app.job_limits(), cancel=cancel)
+        return app.champion_evaluation.run(configs.job_limits(app.settings), cancel=cancel)
     overrides = {"objective": request.objective} if request.kind == "policy" and request.objective else {}
-    config = app.reward_config() if request.kind == "reward" else app.policy_config(**overrides)
+    settings = app.settings
+    if request.kind == "reward":
+        config: TrainConfig = configs.reward_config(settings)
+    else:
+        config = configs.policy_config(settings, **overrides)
     try:
         return app.training_jobs.train(
             config,
-            app.job_limits(),
+            configs.job_limits(settings),
             upto_seq=request.upto_seq,
-            dataset_limit=app.settings.trainers.dataset_limit,
+            dataset_limit=settings.trainers.dataset_limit,
             cancel=cancel,
         )
     except NothingToTrainError as exc:

@@ -8,16 +8,19 @@ detector compares them with what the version measured at training.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daemon.settings import Settings
+from daemon import configs
+from daemon.cli.command import AddCommand, with_app
+from daemon.cli.output import note, print_json
 from events.names import MODEL_KINDS, MODEL_NAMES
 
+if TYPE_CHECKING:
+    from daemon.bootstrap import App
 
-def add_evaluate_command(models: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+
+def add_evaluate_command(models: Any, add: AddCommand) -> None:
     p = add(
         models,
         "evaluate",
@@ -29,21 +32,18 @@ def add_evaluate_command(models: Any, add: Callable[..., argparse.ArgumentParser
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="overrides trainers.timeout_s")
 
 
-def cmd_models_evaluate(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon import bootstrap
+@with_app
+def cmd_models_evaluate(app: App, args: argparse.Namespace) -> int:
     from events.projections import ProjectionRunner
 
     kinds = [args.kind] if args.kind else list(MODEL_KINDS)
-    limits = bootstrap.job_limits(settings, timeout_s=args.timeout)
-    store = bootstrap.open_store(settings)
-    try:
-        # The held-out pairs come from the projections: fold whatever ingestion appended since they last ran.
-        ProjectionRunner(store).catch_up()
-        evaluation = bootstrap.champion_evaluation(settings, store)
-        _progress(f"evaluating the champion of {' and '.join(MODEL_NAMES[k] for k in kinds)} (in a child process)")
-        outcome = evaluation.run(limits, kinds=kinds, upto_seq=args.upto_seq)
-    finally:
-        store.dispose()
+    limits = configs.job_limits(app.settings, timeout_s=args.timeout)
+    # The held-out pairs come from the projections: fold whatever ingestion appended since they last ran.
+    ProjectionRunner(app.store).catch_up()
+    evaluation = app.champion_evaluation
+    # On stderr, so that --json output stays parseable; the job's own log lines follow there too.
+    note(f"evaluating the champion of {' and '.join(MODEL_NAMES[k] for k in kinds)} (in a child process)...")
+    outcome = evaluation.run(limits, kinds=kinds, upto_seq=args.upto_seq)
     summary = {
         "ok": outcome.ok,
         "reason": outcome.reason,
@@ -52,7 +52,7 @@ def cmd_models_evaluate(settings: Settings, args: argparse.Namespace) -> int:
         "skipped": outcome.skipped,
     }
     if args.json:
-        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
+        print_json(summary)
     else:
         for row in outcome.results:
             print(_result_line(row))
@@ -95,8 +95,3 @@ def _result_line(row: dict[str, Any]) -> str:
         f"{row['name']} version {row['version']}: {measured} up to seq {row['dataset_to_seq']}; gates {row['gates']}; "
         f"{when} {row['event_id']}"
     )
-
-
-def _progress(text: str) -> None:
-    # On stderr, so that --json output stays parseable; the job's own log lines follow there too.
-    print(f"alignd: {text}...", file=sys.stderr, flush=True)

@@ -9,21 +9,18 @@ training and whether the next check would train (and why not, when it would not)
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
-import sys
-from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daemon import bootstrap
+from daemon.cli.command import AddCommand, group, with_app
+from daemon.cli.output import columns, print_json
 from daemon.leader import read_lease
 from daemon.scheduler import (
     JOBSTORE_TABLE,
     ScheduleConfig,
     planned_jobs,
 )
-from daemon.settings import Settings
 from daemon.training_rules import (
     baseline_seq,
     count_new_examples,
@@ -34,14 +31,18 @@ from daemon.training_rules import (
 )
 from events.jobstore import stored_jobs as stored_job_rows
 from events.names import DATASETS
-from events.sql_store import SqlEventStore
+
+#: Printed under a listing's headers when it has no rows.
+NONE = "(none)"
+
+if TYPE_CHECKING:
+    from daemon.bootstrap import App
+    from events.sql_store import SqlEventStore
 
 
-def add_jobs_commands(commands: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add ``jobs list`` to the top-level subparsers, through cli.py's ``add`` helper."""
-    jobs = commands.add_parser("jobs", help="scheduled training jobs").add_subparsers(
-        dest="jobs_command", required=True, metavar="ACTION"
-    )
+def add_jobs_commands(commands: Any, add: AddCommand) -> None:
+    """Add ``jobs list`` to the top-level subparsers."""
+    jobs = group(commands, "jobs", "scheduled training jobs")
     p = add(jobs, "list", cmd_jobs_list, "the schedule, the leader, whether training is paused, and past attempts")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="how many past attempts to show (default 20)")
 
@@ -108,19 +109,17 @@ def volume_status(
     return rows
 
 
-def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
+@with_app
+def cmd_jobs_list(app: App, args: argparse.Namespace) -> int:
     from daemon.enforcement import training_paused
 
-    config = ScheduleConfig.from_settings(settings)
-    store = bootstrap.open_store(settings)
-    try:
-        jobs, from_store = stored_jobs(store, config)
-        lease = read_lease(store, config.lease_name)
-        paused, pause_reason = training_paused(store)
-        volume = volume_status(store, config, (paused, pause_reason))
-        past = history(store, args.limit)
-    finally:
-        store.dispose()
+    config = ScheduleConfig.from_settings(app.settings)
+    store = app.store
+    jobs, from_store = stored_jobs(store, config)
+    lease = read_lease(store, config.lease_name)
+    paused, pause_reason = training_paused(store)
+    volume = volume_status(store, config, (paused, pause_reason))
+    past = history(store, args.limit)
     leader = (
         {
             "holder": lease.holder,
@@ -133,7 +132,7 @@ def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
         else None
     )
     if args.json:
-        _print_json(
+        print_json(
             {
                 "schedule": jobs,
                 "schedule_stored": from_store,
@@ -159,10 +158,11 @@ def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
     )
     print()
     print("schedule" + ("" if from_store else " (configured; no replica has stored it yet)"))
-    _columns(["job", "trigger", "next run"], [(j["id"], j["trigger"], j["next_run_time"] or "paused") for j in jobs])
+    listed = [(j["id"], j["trigger"], j["next_run_time"] or "paused") for j in jobs]
+    columns(["job", "trigger", "next run"], listed, none=NONE)
     print()
     print("volume triggers")
-    _columns(
+    columns(
         ["kind", "dataset", "since seq", "new", "threshold", "next check"],
         [
             (
@@ -175,28 +175,16 @@ def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
             )
             for v in volume
         ],
+        none=NONE,
     )
     print()
     print(f"history (last {args.limit} attempts, newest first)")
-    _columns(
+    columns(
         ["started", "kind", "objective", "outcome", "version", "to seq", "reason"],
         [
             (h["started_at"], h["kind"], h["objective"], h["outcome"], h["version"], h["to_seq"], h["reason"])
             for h in past
         ],
+        none=NONE,
     )
     return 0
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
-
-
-def _columns(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    # Plain aligned text (as `alignd models list`): a line per job or attempt, for grep.
-    cells = [[c.upper() for c in columns], *[["" if v is None else str(v) for v in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    for row in cells:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    if not rows:
-        print("(none)")

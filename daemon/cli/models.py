@@ -12,28 +12,26 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import sys
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from daemon.cli.command import AddCommand, group, with_app
 from daemon.cli.evaluate import add_evaluate_command
-from daemon.settings import Settings
+from daemon.cli.output import columns, pairs, print_json
 from events.names import MODEL_KINDS, MODEL_PROMOTED
 
 if TYPE_CHECKING:
+    from daemon.bootstrap import App
     from daemon.governance import ModelChange
-    from trainers.registry import ModelRegistry, RegisteredVersion
+    from trainers.registry import RegisteredVersion
 
 # events.names, not trainers.registry: building the parser never imports MLflow.
 KINDS = MODEL_KINDS
 
 
-def add_models_commands(commands: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add ``models list|show|promote|rollback|evaluate`` to the top-level subparsers, through cli.py's ``add`` helper."""
-    models = commands.add_parser("models", help="registered model versions").add_subparsers(
-        dest="models_command", required=True, metavar="ACTION"
-    )
+def add_models_commands(commands: Any, add: AddCommand) -> None:
+    """Add ``models list|show|promote|rollback|evaluate`` to the top-level subparsers."""
+    models = group(commands, "models", "registered model versions")
     p = add(models, "list", cmd_models_list, "registered versions, newest first: aliases, dataset range, gates")
     p.add_argument("--kind", choices=KINDS, help="only this model (default: both)")
     p = add(models, "show", cmd_models_show, "one version: its tags, its run's metrics and params, its source")
@@ -56,13 +54,14 @@ def _governance_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actor", default=None, help="who decided (default: your OS user name)")
 
 
-def cmd_models_list(settings: Settings, args: argparse.Namespace) -> int:
-    versions = _registry(settings).list_versions(args.kind)
+@with_app
+def cmd_models_list(app: App, args: argparse.Namespace) -> int:
+    versions = app.registry.list_versions(args.kind)
     rows = [version_dict(v) for v in versions]
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     else:
-        _columns(
+        columns(
             ["kind", "version", "aliases", "created (UTC)", "dataset seq", "gates", "objective"],
             [
                 (
@@ -80,10 +79,11 @@ def cmd_models_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models_show(settings: Settings, args: argparse.Namespace) -> int:
+@with_app
+def cmd_models_show(app: App, args: argparse.Namespace) -> int:
     from trainers.registry import MODEL_NAMES, VersionNotFoundError
 
-    registry = _registry(settings)
+    registry = app.registry
     if args.version.isdigit():
         version = registry.get(args.kind, args.version)
     else:
@@ -98,11 +98,11 @@ def cmd_models_show(settings: Settings, args: argparse.Namespace) -> int:
     data["metrics"] = registry.run_metrics(version.run_id) if version.run_id else {}
     data["params"] = registry.run_params(version.run_id) if version.run_id else {}
     if args.json:
-        _print_json(data)
+        print_json(data)
         return 0
     aliases = f" ({', '.join(version.aliases)})" if version.aliases else ""
     print(f"{version.name} version {version.version}{aliases}")
-    _pairs(
+    pairs(
         {
             "created": version.created_at.isoformat(timespec="seconds"),
             "run": version.run_id or "",
@@ -114,17 +114,17 @@ def cmd_models_show(settings: Settings, args: argparse.Namespace) -> int:
     )
     for title in ("tags", "metrics", "params"):
         print(f"\n{title}:")
-        _pairs(dict(sorted(data[title].items())), indent="  ")
+        pairs(dict(sorted(data[title].items())), indent="  ")
     return 0
 
 
-def cmd_models_promote(settings: Settings, args: argparse.Namespace) -> int:
+@with_app
+def cmd_models_promote(app: App, args: argparse.Namespace) -> int:
     from daemon.governance import PromotionRefusedError
 
     try:
-        change = _with_governance(
-            settings,
-            lambda g: g.promote(args.kind, args.version, reason=args.reason, actor=_actor(args), force=args.force),
+        change = app.governance.promote(
+            args.kind, args.version, reason=args.reason, actor=_actor(args), force=args.force
         )
     except PromotionRefusedError as exc:
         print(
@@ -137,10 +137,9 @@ def cmd_models_promote(settings: Settings, args: argparse.Namespace) -> int:
     return _report(change, args)
 
 
-def cmd_models_rollback(settings: Settings, args: argparse.Namespace) -> int:
-    change = _with_governance(
-        settings, lambda g: g.rollback(args.kind, reason=args.reason, actor=_actor(args), to_version=args.to)
-    )
+@with_app
+def cmd_models_rollback(app: App, args: argparse.Namespace) -> int:
+    change = app.governance.rollback(args.kind, reason=args.reason, actor=_actor(args), to_version=args.to)
     return _report(change, args)
 
 
@@ -148,20 +147,10 @@ def _actor(args: argparse.Namespace) -> str:
     return str(args.actor) if args.actor else getpass.getuser()
 
 
-def _with_governance(settings: Settings, action: Callable[[Any], ModelChange]) -> ModelChange:
-    from daemon import bootstrap
-
-    store = bootstrap.open_store(settings)
-    try:
-        return action(bootstrap.governance(settings, store))
-    finally:
-        store.dispose()
-
-
 def _report(change: ModelChange, args: argparse.Namespace) -> int:
     p = change.payload
     if args.json:
-        _print_json({"event_id": change.event_id, "type": change.type, "changed": change.appended, **p})
+        print_json({"event_id": change.event_id, "type": change.type, "changed": change.appended, **p})
         return 0
     verb = "promoted" if change.type == MODEL_PROMOTED else "rolled back"
     if not change.appended:
@@ -200,35 +189,7 @@ def version_dict(version: RegisteredVersion) -> dict[str, Any]:
     }
 
 
-def _registry(settings: Settings) -> ModelRegistry:
-    from daemon import bootstrap
-
-    registry: ModelRegistry = bootstrap.model_registry(settings)
-    return registry
-
-
 def _seq_range(dataset: dict[str, Any]) -> str:
     if dataset.get("from_seq") is None or dataset.get("to_seq") is None:
         return ""
     return f"{dataset['from_seq']}..{dataset['to_seq']}"
-
-
-def _pairs(values: dict[str, Any], indent: str = "") -> None:
-    width = max((len(k) for k in values), default=0)
-    for key, value in values.items():
-        print(f"{indent}{key:<{width}}  {value}")
-    if not values:
-        print(f"{indent}(none)")
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
-
-
-def _columns(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    # Plain aligned text rather than a rich table: rich wraps cells at 80 columns when piped, and a line
-    # per version is what `| grep champion` needs.
-    cells = [[c.upper() for c in columns], *[["" if v is None else str(v) for v in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    for row in cells:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())

@@ -1,114 +1,23 @@
-"""``alignd train reward|policy``: one training job in a child process, its outcome and where to look."""
+"""``alignd train reward|policy|revise``: one training job in a child process, its outcome and where to look."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from daemon import bootstrap
-from daemon.settings import Settings
+from daemon import configs
+from daemon.cli.command import AddCommand, group, with_app
+from daemon.cli.output import print_json
 from events.projections import ProjectionRunner
 
-
-def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {}
-    if args.max_steps is not None:
-        overrides["max_steps"] = args.max_steps
-    if args.kind == "policy" and args.objective:
-        overrides["objective"] = args.objective
-    config = (
-        bootstrap.reward_config(settings, **overrides)
-        if args.kind == "reward"
-        else bootstrap.policy_config(settings, **overrides)
-    )
-    limits = bootstrap.job_limits(settings, timeout_s=args.timeout, nproc=args.nproc)
-    store = bootstrap.open_store(settings)
-    try:
-        # Snapshots read the projections: fold whatever ingestion appended since they last ran.
-        ProjectionRunner(store).catch_up()
-        jobs = bootstrap.training_jobs(settings, store)
-        outcome = jobs.train(config, limits, upto_seq=args.upto_seq, dataset_limit=settings.trainers.dataset_limit)
-    finally:
-        store.dispose()
-    summary = {
-        "ok": outcome.ok,
-        "kind": outcome.kind,
-        "job_id": outcome.job_id,
-        "attempt_id": outcome.attempt_id,
-        "run_id": outcome.run_id,
-        "version": outcome.version,
-        "dataset": outcome.snapshot,
-        "reason": outcome.reason,
-        "gates": outcome.result.get("gate_tags", {}).get("alignd.gates"),
-        "metrics": outcome.result.get("metrics", {}),
-        "steps": outcome.result.get("steps"),
-        "resumed_from": outcome.result.get("resumed_from"),
-    }
-    if args.json:
-        sys.stdout.write(json.dumps(summary, indent=2, default=str) + "\n")
-    elif outcome.ok:
-        print(
-            f"registered alignd-{outcome.kind} version {outcome.version} (alias challenger) from run {outcome.run_id}: "
-            f"{summary['steps']} steps on {outcome.snapshot['rows']} examples up to seq {outcome.snapshot['to_seq']}; "
-            f"gates {summary['gates']}. See `alignd models show {outcome.kind} {outcome.version}`."
-        )
-    else:
-        print(
-            f"training failed: {outcome.reason}; nothing was registered (run {outcome.run_id}, job {outcome.job_id}). "
-            "Running the same command again resumes from the last checkpoint.",
-            file=sys.stderr,
-        )
-    return 0 if outcome.ok else 1
+if TYPE_CHECKING:
+    from daemon.bootstrap import App
+    from trainers.config import TrainConfig
 
 
-def cmd_revise(settings: Settings, args: argparse.Namespace) -> int:
-    """Constitutional revision of flagged interactions by the champion policy (or the base one)."""
-    from pathlib import Path
-
-    from trainers.constitution import load_constitution, run_constitutional_revision
-    from trainers.policy import Policy
-
-    constitution = load_constitution(Path(settings.trainers.constitution) if settings.trainers.constitution else None)
-    registry = bootstrap.model_registry(settings)
-    champion = registry.get_by_alias("policy", "champion")
-    if champion is not None:
-        policy = Policy.load(
-            registry.download(
-                "policy", champion.version, Path(settings.trainers.work_dir) / "revise" / champion.version
-            )
-        )
-    else:
-        policy = Policy.create(bootstrap.policy_config(settings))
-    store = bootstrap.open_store(settings)
-    try:
-        ProjectionRunner(store).catch_up()
-        added = run_constitutional_revision(
-            store,
-            constitution,
-            lambda conversations: policy.complete(conversations, max_new_tokens=args.max_new_tokens),
-            limit=args.limit or settings.trainers.revision_limit,
-        )
-        ProjectionRunner(store).catch_up()
-    finally:
-        store.dispose()
-    by = f"policy version {champion.version}" if champion else f"the base policy {settings.trainers.policy_model}"
-    if args.json:
-        sys.stdout.write(
-            json.dumps({"demonstrations": added, "policy": by, "constitution": constitution.sha256}) + "\n"
-        )
-    else:
-        print(
-            f"{added} new constitutional demonstrations (revised by {by}); `alignd train policy --objective sft` trains on them"
-        )
-    return 0
-
-
-def add_train_commands(commands: Any, add: Any) -> None:
-    train = commands.add_parser("train", help="train the reward model or the policy").add_subparsers(
-        dest="train_command", required=True, metavar="KIND"
-    )
+def add_train_commands(commands: Any, add: AddCommand) -> None:
+    train = group(commands, "train", "train the reward model or the policy", metavar="KIND")
     for kind, text in (
         ("reward", "refresh the reward model on the preference pairs"),
         ("policy", "fine-tune the policy's LoRA adapter"),
@@ -133,3 +42,86 @@ def add_train_commands(commands: Any, add: Any) -> None:
     )
     p.add_argument("--limit", type=int, metavar="N", help="at most N interactions (default: trainers.revision_limit)")
     p.add_argument("--max-new-tokens", type=int, default=160, metavar="N", help="length of each critique and revision")
+
+
+@with_app
+def cmd_train(app: App, args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    if args.kind == "policy" and args.objective:
+        overrides["objective"] = args.objective
+    settings = app.settings
+    if args.kind == "reward":
+        config: TrainConfig = configs.reward_config(settings, **overrides)
+    else:
+        config = configs.policy_config(settings, **overrides)
+    limits = configs.job_limits(settings, timeout_s=args.timeout, nproc=args.nproc)
+    # Snapshots read the projections: fold whatever ingestion appended since they last ran.
+    ProjectionRunner(app.store).catch_up()
+    outcome = app.training_jobs.train(
+        config, limits, upto_seq=args.upto_seq, dataset_limit=app.settings.trainers.dataset_limit
+    )
+    summary = {
+        "ok": outcome.ok,
+        "kind": outcome.kind,
+        "job_id": outcome.job_id,
+        "attempt_id": outcome.attempt_id,
+        "run_id": outcome.run_id,
+        "version": outcome.version,
+        "dataset": outcome.snapshot,
+        "reason": outcome.reason,
+        "gates": outcome.result.get("gate_tags", {}).get("alignd.gates"),
+        "metrics": outcome.result.get("metrics", {}),
+        "steps": outcome.result.get("steps"),
+        "resumed_from": outcome.result.get("resumed_from"),
+    }
+    if args.json:
+        print_json(summary)
+    elif outcome.ok:
+        print(
+            f"registered alignd-{outcome.kind} version {outcome.version} (alias challenger) from run {outcome.run_id}: "
+            f"{summary['steps']} steps on {outcome.snapshot['rows']} examples up to seq {outcome.snapshot['to_seq']}; "
+            f"gates {summary['gates']}. See `alignd models show {outcome.kind} {outcome.version}`."
+        )
+    else:
+        print(
+            f"training failed: {outcome.reason}; nothing was registered (run {outcome.run_id}, job {outcome.job_id}). "
+            "Running the same command again resumes from the last checkpoint.",
+            file=sys.stderr,
+        )
+    return 0 if outcome.ok else 1
+
+
+@with_app
+def cmd_revise(app: App, args: argparse.Namespace) -> int:
+    """Constitutional revision of flagged interactions by the champion policy (or the base one)."""
+    from pathlib import Path
+
+    from trainers.constitution import load_constitution, run_constitutional_revision
+    from trainers.policy import Policy
+
+    t = app.settings.trainers
+    constitution = load_constitution(Path(t.constitution) if t.constitution else None)
+    champion = app.registry.get_by_alias("policy", "champion")
+    if champion is not None:
+        folder = Path(t.work_dir) / "revise" / champion.version
+        policy = Policy.load(app.registry.download("policy", champion.version, folder))
+    else:
+        policy = Policy.create(configs.policy_config(app.settings))
+    ProjectionRunner(app.store).catch_up()
+    added = run_constitutional_revision(
+        app.store,
+        constitution,
+        lambda conversations: policy.complete(conversations, max_new_tokens=args.max_new_tokens),
+        limit=args.limit or t.revision_limit,
+    )
+    ProjectionRunner(app.store).catch_up()
+    by = f"policy version {champion.version}" if champion else f"the base policy {t.policy_model}"
+    if args.json:
+        print_json({"demonstrations": added, "policy": by, "constitution": constitution.sha256}, indent=None)
+    else:
+        print(
+            f"{added} new constitutional demonstrations (revised by {by}); `alignd train policy --objective sft` trains on them"
+        )
+    return 0
