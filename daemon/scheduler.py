@@ -28,13 +28,10 @@ its checkpoint. Stopping follows arq's order: no new jobs, the running one stopp
 
 from __future__ import annotations
 
-import argparse
 import logging
-import signal
-import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -53,7 +50,7 @@ from daemon.training_rules import (
 from events.errors import AlignmentError, StoreUnavailableError
 from events.jobstore import job_store_engine
 from events.names import DATASETS
-from events.sql_store import SqlEventStore, create_store_engine
+from events.sql_store import SqlEventStore
 
 logger = logging.getLogger(__name__)
 
@@ -502,7 +499,7 @@ class TrainingScheduler:
                     term.running = None
 
 
-# --- a drill: leader election and the schedule, without training ----------------------------------------
+# --- a drill: leader election and the schedule, without training (``alignd jobs drill``) ------------------
 
 
 def dry_run_job(seconds: float, holder: str) -> RunJob:
@@ -519,55 +516,3 @@ def dry_run_job(seconds: float, holder: str) -> RunJob:
         return None
 
     return run
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m daemon.scheduler --db URL``: contend for the lease and schedule; jobs only log."""
-    from daemon.logs import configure_logging
-    from events.redact import url_secrets
-    from migrations.runner import ensure_current
-
-    parser = argparse.ArgumentParser(prog="python -m daemon.scheduler", description=main.__doc__)
-    parser.add_argument("--db", required=True, help="database URL (migrated)")
-    parser.add_argument("--holder", help="lease holder id (default: host:pid:random)")
-    parser.add_argument("--lease", type=float, default=ScheduleConfig.lease_s, help="lease seconds")
-    parser.add_argument("--check-interval", type=float, default=5.0, help="volume check seconds")
-    parser.add_argument("--reward-after-pairs", type=int, default=ScheduleConfig.reward_after_pairs)
-    parser.add_argument("--policy-after-examples", type=int, default=0)
-    parser.add_argument("--job-seconds", type=float, default=0.0, help="how long each dry-run job holds")
-    parser.add_argument("--log-format", choices=["json", "text"], default="json")
-    args = parser.parse_args(argv)
-    configure_logging("INFO", args.log_format, url_secrets(args.db))
-    store = SqlEventStore(create_store_engine(args.db))
-    ensure_current(store)
-    config = ScheduleConfig(
-        lease_s=args.lease,
-        check_interval_s=args.check_interval,
-        reward_after_pairs=args.reward_after_pairs,
-        policy_after_examples=args.policy_after_examples,
-    )
-    scheduler = TrainingScheduler(config, store, lambda r, c: None, holder=args.holder)
-    scheduler.run_job = dry_run_job(args.job_seconds, scheduler.lease.holder)
-    stop = threading.Event()
-
-    def _stop(signum: int, _frame: Any) -> None:
-        logger.info("received %s; stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    try:
-        scheduler.run(stop)
-    finally:
-        scheduler.close()
-        store.dispose()
-    logger.info("stopped %s", "cleanly" if scheduler.clean else "with a job still running")
-    return 0 if scheduler.clean else 1
-
-
-if __name__ == "__main__":
-    # Through the imported module, not __main__: stored jobs name their function "daemon.scheduler:dispatch",
-    # which every replica (and the real daemon) can resolve.
-    from daemon.scheduler import main as _main
-
-    sys.exit(_main())

@@ -1,24 +1,33 @@
-"""``alignd jobs list``: the training schedule as the leader stored it, who leads, the pause, and the history.
+"""``alignd jobs list|drill``: the training schedule as the leader stored it, who leads, the pause, and the history.
 
 The schedule is read from APScheduler's job table (``apscheduler_jobs``), which only the replica holding the
 leader lease writes; before any replica has led, the configured jobs are shown with the next run times their
 triggers would give. The volume section says, per kind, how many examples arrived since the last successful
 training and whether the next check would train (and why not, when it would not).
+
+``alignd jobs drill`` runs the scheduler itself, as ``alignd run --role schedule`` does, with jobs that train
+nothing: start it on two machines (or twice on one) against one database to watch one lead, the other stand by,
+and take over on SIGKILL or SIGTERM (tests/reliability/test_scheduler_failover.py does exactly that).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import pickle
+import signal
+import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from daemon import configs
 from daemon.cli.command import AddCommand, group, with_app
 from daemon.cli.output import columns, print_json
 from daemon.leader import read_lease
 from daemon.scheduler import (
     JOBSTORE_TABLE,
     ScheduleConfig,
+    dry_run_job,
     planned_jobs,
 )
 from daemon.training_rules import (
@@ -31,6 +40,8 @@ from daemon.training_rules import (
 )
 from events.jobstore import stored_jobs as stored_job_rows
 from events.names import DATASETS
+
+logger = logging.getLogger(__name__)
 
 #: Printed under a listing's headers when it has no rows.
 NONE = "(none)"
@@ -45,6 +56,20 @@ def add_jobs_commands(commands: Any, add: AddCommand) -> None:
     jobs = group(commands, "jobs", "scheduled training jobs")
     p = add(jobs, "list", cmd_jobs_list, "the schedule, the leader, whether training is paused, and past attempts")
     p.add_argument("--limit", type=int, default=20, metavar="N", help="how many past attempts to show (default 20)")
+    p = add(
+        jobs,
+        "drill",
+        cmd_jobs_drill,
+        "contend for the leader lease and schedule as `alignd run --role schedule` does, with jobs that only log "
+        "what they would train (a failover drill; SIGTERM stops it)",
+        json_flag=False,
+    )
+    p.add_argument("--holder", help="this replica's lease holder id (default: host:pid:random)")
+    p.add_argument("--lease", type=float, metavar="SECONDS", help="overrides schedule.lease_s")
+    p.add_argument("--check-interval", type=float, metavar="SECONDS", help="overrides schedule.check_interval_s")
+    p.add_argument("--reward-after-pairs", type=int, metavar="N", help="overrides schedule.reward_after_pairs")
+    p.add_argument("--policy-after-examples", type=int, metavar="N", help="overrides schedule.policy_after_examples")
+    p.add_argument("--job-seconds", type=float, default=0.0, metavar="SECONDS", help="how long each job holds")
 
 
 def stored_jobs(store: SqlEventStore, config: ScheduleConfig) -> tuple[list[dict[str, Any]], bool]:
@@ -188,3 +213,31 @@ def cmd_jobs_list(app: App, args: argparse.Namespace) -> int:
         none=NONE,
     )
     return 0
+
+
+@with_app
+def cmd_jobs_drill(app: App, args: argparse.Namespace) -> int:
+    """The training scheduler under its lease, each job a dry run; exit 1 when a job outlived the stop."""
+    overrides = {
+        "lease_s": args.lease,
+        "check_interval_s": args.check_interval,
+        "reward_after_pairs": args.reward_after_pairs,
+        "policy_after_examples": args.policy_after_examples,
+    }
+    config = configs.schedule_config(app.settings, **{k: v for k, v in overrides.items() if v is not None})
+    scheduler = app.training_scheduler(lambda _request, _cancel: None, config=config, holder=args.holder)
+    scheduler.run_job = dry_run_job(args.job_seconds, scheduler.lease.holder)
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        logger.info("received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        scheduler.run(stop)
+    finally:
+        scheduler.close()
+    logger.info("stopped %s", "cleanly" if scheduler.clean else "with a job still running")
+    return 0 if scheduler.clean else 1

@@ -1,6 +1,6 @@
 """Two scheduler processes against one PostgreSQL: exactly one schedules; the other takes over when it dies.
 
-Each replica is a real process, ``python -m daemon.scheduler`` (the lease loop and APScheduler on the
+Each replica is a real process, ``alignd jobs drill`` (the lease loop and APScheduler on the
 SQLAlchemy job store, with jobs that only log what they would train and hold until cancelled). SIGKILL of the
 leader: the follower takes over once the lease expires (within ``lease_s`` plus one renewal interval). SIGTERM
 of the leader during a job: the job is stopped with "daemon shutting down", the process exits 0 and releases
@@ -39,19 +39,24 @@ TAKEOVER_BOUND_S = LEASE_S + LEASE_S / 3 + 2.0
 
 
 class Replica:
-    """A ``python -m daemon.scheduler`` process whose JSON log lines are collected as they come."""
+    """An ``alignd jobs drill`` process whose JSON log lines are collected as they come."""
 
     def __init__(self, db_url: str, holder: str) -> None:
         self.holder = holder
         self.lines: list[dict[str, Any]] = []
         env = {k: v for k, v in os.environ.items() if not k.startswith("ALIGND_")}
+        env["ALIGND_DATABASE_URL"] = db_url
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "daemon.scheduler",
-                "--db",
-                db_url,
+                "daemon.cli",
+                "--log-level",
+                "INFO",
+                "--log-format",
+                "json",
+                "jobs",
+                "drill",
                 "--holder",
                 holder,
                 "--lease",
