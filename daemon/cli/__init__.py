@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from daemon.cli.audit import add_audit_commands
 from daemon.cli.command import AddCommand, CliError, add_command
 from daemon.cli.config import add_config_commands
 from daemon.cli.db import add_db_commands
@@ -28,7 +29,6 @@ from daemon.cli.monitors import add_monitors_commands
 from daemon.cli.replay import add_replay_commands
 from daemon.cli.run import add_run_commands
 from daemon.cli.train import add_train_commands
-from daemon.cli_audit import add_audit_commands
 from daemon.logs import configure_logging, scrub
 from daemon.settings import load_settings
 from events.errors import AlignmentError, ConfigurationError, StoreUnavailableError

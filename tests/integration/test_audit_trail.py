@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, delete, insert, select, update
 
-from daemon.cli_audit import EXPORT_COLUMNS, AuditRecordNotFoundError, add_audit_commands
+from daemon.cli.audit import EXPORT_COLUMNS, AuditRecordNotFoundError, add_audit_commands
 from daemon.settings import DatabaseSettings, Settings
 from events.audit import (
     CHECKPOINT,
