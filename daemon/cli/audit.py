@@ -11,12 +11,12 @@ import argparse
 import csv
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
+from daemon.cli.command import AddCommand, group, with_app
+from daemon.cli.output import columns, pairs, print_json, shorten
 from events.audit import (
     COLUMNS,
     DECISION_TYPES,
@@ -31,7 +31,7 @@ from events.audit import (
 from events.errors import AlignmentError
 
 if TYPE_CHECKING:
-    from daemon.settings import Settings
+    from daemon.bootstrap import App
     from events.sql_store import SqlEventStore
 
 #: Columns of an export, in order; an auditor re-verifies a full export offline with
@@ -45,11 +45,9 @@ class AuditRecordNotFoundError(AlignmentError):
     """No audit record at that position or for that event."""
 
 
-def add_audit_commands(commands: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add the ``audit`` commands to the top-level subparsers, through cli.py's ``add`` helper."""
-    audit = commands.add_parser("audit", help="the hash-chained audit trail of decisions").add_subparsers(
-        dest="audit_command", required=True, metavar="ACTION"
-    )
+def add_audit_commands(commands: Any, add: AddCommand) -> None:
+    """Add the ``audit`` commands to the top-level subparsers."""
+    audit = group(commands, "audit", "the hash-chained audit trail of decisions")
     p = add(
         audit,
         "list",
@@ -90,52 +88,42 @@ def _timestamp(text: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-@contextmanager
-def _store(settings: Settings, *, catch_up: bool) -> Iterator[SqlEventStore]:
-    from daemon import bootstrap
-
-    store = bootstrap.open_store(settings)
-    try:
-        if catch_up:
-            AuditTrail(store).catch_up()
-        yield store
-    finally:
-        store.dispose()
+def _chained(app: App) -> SqlEventStore:
+    """The store, once the decision events not chained yet are (what ``list``, ``show`` and ``export`` show)."""
+    AuditTrail(app.store).catch_up()
+    return app.store
 
 
 def _query(args: argparse.Namespace) -> dict[str, Any]:
     return {"since": args.since, "until": args.until, "action": args.type, "model": args.model, "actor": args.actor}
 
 
-def cmd_audit_list(settings: Settings, args: argparse.Namespace) -> int:
-    with _store(settings, catch_up=True) as store:
-        records = list_records(store, **_query(args), limit=args.limit, after_position=args.after_position)
+@with_app
+def cmd_audit_list(app: App, args: argparse.Namespace) -> int:
+    records = list_records(_chained(app), **_query(args), limit=args.limit, after_position=args.after_position)
     if args.json:
-        _print_json([_readable(r) for r in records])
+        print_json([_readable(r) for r in records])
         return 0
-    columns = ["position", "time (UTC)", "actor", "action", "recorded (UTC)", "subject", "reason"]
-    _columns(columns, [_row(r) for r in records])
+    names = ["position", "time (UTC)", "actor", "action", "recorded (UTC)", "subject", "reason"]
+    columns(names, [_row(r) for r in records])
     if args.limit and len(records) == args.limit:
         print(f"(more may follow: --after-position {records[-1].position})")
     return 0
 
 
-def cmd_audit_show(settings: Settings, args: argparse.Namespace) -> int:
-    with _store(settings, catch_up=True) as store:
-        record = get_record(store, args.record)
+@with_app
+def cmd_audit_show(app: App, args: argparse.Namespace) -> int:
+    record = get_record(_chained(app), args.record)
     if record is None:
         raise AuditRecordNotFoundError(
             f"no audit record at position or for event {args.record!r}; `alignd audit list` shows the records"
         )
     intact = record_hash(record.prev_hash, record.fields()) == record.hash
     if args.json:
-        _print_json({**_readable(record), "hash_matches_contents": intact})
+        print_json({**_readable(record), "hash_matches_contents": intact})
         return 0
     print(f"audit record {record.position}: {record.action} by {record.actor}")
-    pairs = {k: v for k, v in asdict(record).items() if k not in ("evidence", "prev_hash", "hash")}
-    width = max(len(k) for k in pairs)
-    for key, value in pairs.items():
-        print(f"{key:<{width}}  {'' if value is None else value}")
+    pairs({k: v for k, v in asdict(record).items() if k not in ("evidence", "prev_hash", "hash")})
     print("\nevidence:")
     print(json.dumps(json.loads(record.evidence), indent=2, ensure_ascii=False, sort_keys=True))
     print(f"\nprev_hash  {record.prev_hash}")
@@ -144,11 +132,11 @@ def cmd_audit_show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_audit_verify(settings: Settings, args: argparse.Namespace) -> int:
-    with _store(settings, catch_up=False) as store:
-        report = verify(store)
+@with_app
+def cmd_audit_verify(app: App, args: argparse.Namespace) -> int:
+    report = verify(app.store)  # the chain as it is: nothing is chained first
     if args.json:
-        _print_json(asdict(report))
+        print_json(asdict(report))
     elif report.ok:
         last = f", last hash {report.last_hash}" if report.last_hash else ""
         print(f"chain intact: {report.records} records{last}")
@@ -161,11 +149,11 @@ def cmd_audit_verify(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def cmd_audit_export(settings: Settings, args: argparse.Namespace) -> int:
+@with_app
+def cmd_audit_export(app: App, args: argparse.Namespace) -> int:
     out: IO[str] = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
     try:
-        with _store(settings, catch_up=True) as store:
-            count = _export(store, args, out)
+        count = _export(_chained(app), args, out)
     finally:
         if args.output:
             out.close()
@@ -202,25 +190,8 @@ def _readable(record: AuditRecord) -> dict[str, Any]:
 def _row(record: AuditRecord) -> tuple[Any, ...]:
     # The action and reason as a person reads them: a skipped enforcement says so first, never cut off.
     r, s = record, shown(record)
-    return r.position, _time(r.occurred_at), r.actor, s.action, _time(r.recorded_at), r.subject, _shorten(s.reason, 60)
+    return r.position, _time(r.occurred_at), r.actor, s.action, _time(r.recorded_at), r.subject, shorten(s.reason, 60)
 
 
 def _time(moment: str | None) -> str:
     return moment[:19].replace("T", " ") if moment else "?"
-
-
-def _shorten(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
-
-
-def _columns(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    # Plain aligned text, a line per record (what `| grep` needs), as `alignd models list` prints.
-    cells = [[c.upper() for c in columns], *[["" if v is None else str(v) for v in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    for row in cells:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
