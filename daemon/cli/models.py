@@ -2,7 +2,9 @@
 
 ``promote`` and ``rollback`` move the ``champion`` alias through :class:`daemon.governance.Governance`, which
 checks the gates and appends ``model.promoted`` / ``model.rolled_back``; the daemon's outbox publishes those on
-the models topic, where serving hears of the new champion.
+the models topic, where serving hears of the new champion. ``list`` marks the versions ``champion`` was rolled
+back from and not put back since (issue 22; events.read_models folds them from the store), with who, when, why
+and the rollback's audit record.
 
 ``trainers.registry`` (and with it MLflow, about two seconds of imports) is imported inside the handlers, so
 that every other command and ``alignd --help`` stay fast.
@@ -13,16 +15,19 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.cli.command import AddCommand, group, with_app
 from daemon.cli.evaluate import add_evaluate_command
-from daemon.cli.output import columns, pairs, print_json
+from daemon.cli.output import columns, note, pairs, print_json
+from events.errors import ConfigurationError, StoreError
 from events.names import MODEL_KINDS, MODEL_PROMOTED
 
 if TYPE_CHECKING:
     from daemon.bootstrap import App
     from daemon.governance import ModelChange
+    from events.read_models import RolledBackVersion
     from trainers.registry import RegisteredVersion
 
 # events.names, not trainers.registry: building the parser never imports MLflow.
@@ -57,7 +62,8 @@ def _governance_arguments(p: argparse.ArgumentParser) -> None:
 @with_app
 def cmd_models_list(app: App, args: argparse.Namespace) -> int:
     versions = app.registry.list_versions(args.kind)
-    rows = [version_dict(v) for v in versions]
+    marks = _rolled_back(app, sorted({v.name for v in versions}))
+    rows = [{**version_dict(v), "rolled_back": _mark_dict(marks.get((v.name, v.version)))} for v in versions]
     if args.json:
         print_json(rows)
     else:
@@ -66,7 +72,7 @@ def cmd_models_list(app: App, args: argparse.Namespace) -> int:
             [
                 (
                     r["kind"],
-                    r["version"],
+                    f"{r['version']} (rolled back)" if r["rolled_back"] else r["version"],
                     ", ".join(r["aliases"]),
                     r["created_at"][:16].replace("T", " "),
                     _seq_range(r["dataset"]),
@@ -76,7 +82,49 @@ def cmd_models_list(app: App, args: argparse.Namespace) -> int:
                 for r in rows
             ],
         )
+        for r in rows:
+            if mark := r["rolled_back"]:
+                print(
+                    f"{r['name']} {r['version']} was rolled back by {mark['actor']} at {mark['occurred_at'][:16]} "
+                    f"(UTC) to version {mark['to_version']}: {mark['reason']} (`alignd audit show {mark['event_id']}`)"
+                )
     return 0
+
+
+def _rolled_back(app: App, names: list[str]) -> dict[tuple[str, str], RolledBackVersion]:
+    """The versions of ``names`` that ``champion`` was rolled back from, by (name, version), read from the store.
+
+    The listing itself comes from MLflow: without the store (not reachable, not migrated) it is still printed,
+    with a note that the marks are missing.
+    """
+    from events.read_models import rolled_back_versions
+
+    if not names:
+        return {}
+    url = app.settings.database.url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///").split("?")[0]).exists():
+        # Connecting would create an empty database file here; with no database there is no rollback to mark.
+        note(f"rolled-back versions are not marked: no event store at {url}")
+        return {}
+    try:
+        return {
+            (name, version): mark for name in names for version, mark in rolled_back_versions(app.store, name).items()
+        }
+    except (StoreError, ConfigurationError) as exc:
+        note(f"rolled-back versions are not marked: the event store cannot be read ({exc})")
+        return {}
+
+
+def _mark_dict(mark: RolledBackVersion | None) -> dict[str, Any] | None:
+    if mark is None:
+        return None
+    return {
+        "event_id": mark.event_id,
+        "actor": mark.actor,
+        "reason": mark.reason,
+        "occurred_at": mark.occurred_at.isoformat(),
+        "to_version": mark.to_version,
+    }
 
 
 @with_app

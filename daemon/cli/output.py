@@ -60,5 +60,7 @@ def shorten(text: str, width: int) -> str:
 
 
 def note(text: str) -> None:
-    """A line for the person at the terminal, on standard error (``alignd: ...``)."""
-    print(f"alignd: {text}", file=sys.stderr, flush=True)
+    """A line for the person at the terminal, on standard error (``alignd: ...``), scrubbed of secrets."""
+    from daemon.logs import scrub
+
+    print(f"alignd: {scrub(text)}", file=sys.stderr, flush=True)

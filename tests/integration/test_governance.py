@@ -482,3 +482,20 @@ def test_models_promote_and_rollback_commands(
         _parse(["models", "rollback", "policy"])  # no --reason
     assert exited.value.code == 2
     assert "--reason" in capsys.readouterr().err
+
+
+def test_models_list_marks_the_versions_rolled_back(
+    settings: Settings, governance: Governance, register: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for _ in range(2):
+        governance.promote("policy", register(PASSED), reason="better", actor="ana")
+    governance.rollback("policy", reason="rude answers", actor="bo")
+    assert _run(settings, ["models", "list", "--json"]) == 0
+    listed = {r["version"]: r for r in json.loads(capsys.readouterr().out)}
+    assert listed["1"]["rolled_back"] is None
+    mark = listed["2"]["rolled_back"]
+    assert (mark["actor"], mark["reason"], mark["to_version"]) == ("bo", "rude answers", "1")
+    assert _run(settings, ["models", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:4] == ["policy", "2", "(rolled", "back)"]  # newest first
+    assert lines[-1].startswith("alignd-policy 2 was rolled back by bo") and mark["event_id"] in lines[-1]
