@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from events.redact import Scrubber
+from events.redact import Scrubber, mask_url_list
+
+if TYPE_CHECKING:
+    from daemon.settings import Settings
 
 # Attributes every LogRecord has; anything else was passed with ``extra=`` and is an id worth keeping.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -103,23 +108,108 @@ class TextFormatter(logging.Formatter):
 # What configure_logging was last given (level, format): a process the daemon starts logs alike.
 _configured: tuple[str, str] | None = None
 
+#: The variable a training or evaluation child reads its logging from (trainers.worker.configure_child_logging):
+#: ``{"level": ..., "format": ..., "file": ...}``. Not an ``ALIGND_*`` setting: it is this process's hand-off to
+#: its children, written by :func:`configure_logging`, never by a user.
+CHILD_LOG_ENV = "_ALIGND_CHILD_LOG"
+
+#: Libraries that give their loggers a stream handler of their own (and stop propagation); configure_logging
+#: takes them back, so each sink has one format.
+_OWN_HANDLERS = ("mlflow", "sqlalchemy.engine", "alembic", "huey", "transformers")
+
 
 def configured() -> tuple[str, str]:
     """The level and format :func:`configure_logging` last set (the root logger's level and JSON if never)."""
     return _configured or (logging.getLevelName(logging.getLogger().level), "json")
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json", secrets: Iterable[str | None] = ()) -> None:
-    """Log to stderr at ``level`` as JSON lines or text, masking ``secrets`` (and URL credentials) in every line."""
+class _WarningsAtDebug(logging.Filter):
+    """``warnings.warn`` from libraries (transformers', peft's FutureWarning and UserWarning) becomes a DEBUG
+    record: in the log when debugging, never on a terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def adopt_library_loggers() -> None:
+    """Send the loggers that libraries configured themselves (MLflow's, transformers') through our handler.
+
+    MLflow replaces the handlers of ``mlflow``, ``sqlalchemy.engine``, ``alembic`` and ``huey`` when imported
+    (unless ``MLFLOW_CONFIGURE_LOGGING`` is false, which :func:`configure_logging` sets for what is imported
+    later); transformers gives its root logger a stderr handler the first time it logs. Called by
+    :func:`configure_logging`, and again by code that imports such a library after it (the demo, a child).
+    """
+    for name in _OWN_HANDLERS:
+        lib = logging.getLogger(name)
+        lib.handlers[:] = []
+        lib.propagate = True
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    if transformers_logging is not None:
+        transformers_logging.disable_default_handler()
+        transformers_logging.enable_propagation()
+        if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":
+            transformers_logging.disable_progress_bar()
+
+
+def configure_logging(
+    level: str = "INFO", fmt: str = "json", secrets: Iterable[str | None] = (), *, file: Path | None = None
+) -> None:
+    """Log at ``level`` as JSON lines or text to stderr, or appended to ``file``, masking ``secrets`` (and URL
+    credentials) in every line.
+
+    One handler, on the root logger, for every logger: libraries with handlers of their own are taken back
+    (:func:`adopt_library_loggers`), library warnings are DEBUG records, and the training and evaluation
+    children this process starts log at the same level, in the same format, to the same place
+    (:data:`CHILD_LOG_ENV`).
+    """
     global _configured
     _configured = (level, fmt)
     set_known_secrets(secrets)
     logging.setLogRecordFactory(_scrubbing_record_factory)
-    handler = logging.StreamHandler(sys.stderr)
+    handler: logging.Handler = (
+        logging.FileHandler(file, encoding="utf-8") if file is not None else logging.StreamHandler(sys.stderr)
+    )
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
+    for old in root.handlers:
+        if isinstance(old, logging.FileHandler):
+            old.close()
     root.handlers[:] = [handler]
     root.setLevel(level)
     # kafka-python logs every reconnect at INFO/WARNING; keep its noise out of ours unless debugging.
     logging.getLogger("kafka").setLevel(logging.ERROR if level != "DEBUG" else logging.DEBUG)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    py_warnings = logging.getLogger("py.warnings")
+    if not any(isinstance(f, _WarningsAtDebug) for f in py_warnings.filters):
+        py_warnings.addFilter(_WarningsAtDebug())
+    # These variables are how the libraries (and our children) are told, whenever they are imported or started:
+    # an MLflow imported later leaves its loggers alone, and a child logs as this process does.
+    os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
+    if file is not None or not sys.stderr.isatty():
+        # Progress bars are for a terminal: in a log they are lines of another format (MLflow's artifact
+        # downloads, transformers' weight loading, in this process and in its children).
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    os.environ[CHILD_LOG_ENV] = json.dumps(
+        {"level": level, "format": fmt, "file": str(file) if file is not None else None}
+    )
+    adopt_library_loggers()
+
+
+def role_announcements(settings: Settings, roles: Iterable[str]) -> list[str]:
+    """One line per long-running role of ``alignd run`` saying what it serves and where, logged at INFO when it
+    starts (the ``http`` role says its URL itself once it listens, as ``review page at ...``)."""
+    kafka, topics, schedule = mask_url_list(settings.kafka.bootstrap_servers), settings.topics, settings.schedule
+    inbound = [t for t in (topics.interactions, topics.feedback, topics.otlp_spans, topics.otlp_logs) if t]
+    lines = {
+        "ingest": f"ingest: consuming {', '.join(inbound)} from Kafka at {kafka} (group {settings.kafka.group_id}); "
+        f"refused input to {topics.dlq}",
+        "project": "project: folding the projections and the audit chain",
+        "monitor": f"monitor: detectors {', '.join(settings.monitors.detectors)}; alerts to {topics.alerts}, "
+        f"model changes to {topics.models} on Kafka at {kafka}",
+        "schedule": f"schedule: reward cron {schedule.reward_cron or 'off'}, policy cron {schedule.policy_cron or 'off'} "
+        f"({schedule.timezone}), volume checked every {schedule.check_interval_s:g} s, on the leader only",
+    }
+    return [lines[role] for role in roles if role in lines]

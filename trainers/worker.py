@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 import traceback
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -231,8 +233,9 @@ def _finish(
 
 
 class _JsonLines(logging.Formatter):
-    """One JSON object a line with the job id, escaped properly (a message may hold quotes or newlines), scrubbed
-    of the secrets in the spec's MLflow URIs and of any URL's credentials."""
+    """One JSON object a line, the daemon's shape (daemon/logs.py: ts, level, logger, message, ids) with the job
+    id, escaped properly (a message may hold quotes or newlines), scrubbed of the secrets in the spec's MLflow
+    URIs and of any URL's credentials."""
 
     def __init__(self, job_id: str, scrubber: Scrubber | None = None) -> None:
         super().__init__()
@@ -241,14 +244,38 @@ class _JsonLines(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "logger": record.name,
+            "message": self.scrubber.scrub(record.getMessage()),
             "job": self.job_id,
-            "msg": self.scrubber.scrub(record.getMessage()),
         }
         if record.exc_info:
-            line["exc"] = self.scrubber.scrub(self.formatException(record.exc_info))
-        return json.dumps(line)
+            line["exception"] = self.scrubber.scrub(self.formatException(record.exc_info))
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+class _TextLines(logging.Formatter):
+    """The daemon's text line (daemon/logs.py) with the job id, scrubbed whole."""
+
+    def __init__(self, job_id: str, scrubber: Scrubber | None = None) -> None:
+        super().__init__(f"%(asctime)s %(levelname)s %(name)s [job {job_id}]: %(message)s")
+        self.scrubber = scrubber or Scrubber()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.scrubber.scrub(super().format(record))
+
+
+# How the parent logs (daemon/logs.py CHILD_LOG_ENV, set by its configure_logging): level, format, file.
+_PARENT_LOG_ENV = "_ALIGND_CHILD_LOG"
+
+
+class _WarningsAtDebug(logging.Filter):
+    """Library warnings (transformers', peft's FutureWarning and UserWarning) as DEBUG records, as the parent does."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 def spec_scrubber(spec: dict[str, Any]) -> Scrubber:
@@ -257,10 +284,41 @@ def spec_scrubber(spec: dict[str, Any]) -> Scrubber:
 
 
 def configure_child_logging(job_id: str, scrubber: Scrubber | None = None) -> None:
-    """Log lines of a job's child process (training or evaluation), which the parent's log collects."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(_JsonLines(job_id, scrubber))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    """Log lines of a job's child process (training or evaluation) as the parent logs: its level, its format
+    (JSON lines or text), its sink (stderr, or the file it appends to, the demo's log); INFO JSON lines on
+    stderr when started by hand. Library warnings are DEBUG records, and MLflow's and transformers' loggers
+    use this handler instead of their own."""
+    try:
+        parent = json.loads(os.environ.get(_PARENT_LOG_ENV) or "{}")
+    except ValueError:
+        parent = {}
+    handler: logging.Handler = logging.StreamHandler()
+    if parent.get("file"):
+        try:
+            handler = logging.FileHandler(parent["file"], encoding="utf-8")
+        except OSError:
+            pass  # the parent's file is gone: stderr, rather than no log at all
+        else:
+            # What libraries print themselves (tokenizers' warnings from Rust) goes there too, and the training
+            # bar becomes log lines: the terminal is the parent's to draw on (the demo's progress).
+            os.dup2(handler.stream.fileno(), sys.stderr.fileno())
+    formatter = _TextLines if parent.get("format") == "text" else _JsonLines
+    handler.setFormatter(formatter(job_id, scrubber))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(parent.get("level") or logging.INFO)
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").addFilter(_WarningsAtDebug())
+    for name in ("mlflow", "sqlalchemy.engine", "alembic", "huey"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    import transformers.utils.logging as transformers_logging  # the child uses it anyway
+
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1":  # the parent logs to a file or a pipe
+        transformers_logging.disable_progress_bar()
 
 
 def write_error(out: Path, exc: BaseException, spec: dict[str, Any]) -> None:
