@@ -496,6 +496,34 @@ class LocalKafka:
         finally:
             consumer.close()
 
+    def create_topics(self, names: list[str], partitions: int = 1) -> list[str]:
+        """Create the topics of ``names`` that do not exist yet; the ones created.
+
+        Before any client asks for them: a producer or consumer that asks for a missing topic has it created
+        on the fly, but kafka-python logs ``Topic ... not found in cluster metadata`` at ERROR meanwhile,
+        which in a healthy run reads like a failure.
+        """
+        from kafka.admin import KafkaAdminClient, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id="alignd-local-kafka")
+        try:
+            missing = [name for name in dict.fromkeys(names) if name not in set(admin.list_topics())]
+            if missing:
+                try:
+                    admin.create_topics(
+                        [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in missing]
+                    )
+                except TopicAlreadyExistsError:
+                    pass  # another client created one meanwhile: it exists, which is all that was asked
+            deadline = time.monotonic() + 30
+            while set(missing) - set(admin.list_topics()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            admin.close()
+        logger.info("topics %s created on %s", ", ".join(missing) or "(none)", self.bootstrap_servers)
+        return missing
+
     def stop(self, timeout: float = 30.0) -> None:
         """Shut the broker down cleanly (SIGTERM runs Kafka's shutdown hook); SIGKILL after ``timeout``."""
         proc = self._proc
