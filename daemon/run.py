@@ -226,6 +226,10 @@ def run(app: App, roles: Sequence[str], *, shutdown_timeout_s: float = 120.0) ->
     signal.signal(signal.SIGINT, _stop)
     supervisor.start()
     logger.info("alignd running with roles %s", ", ".join(roles))
+    from daemon.logs import role_announcements
+
+    for line in role_announcements(app.settings, roles):  # what each role serves, and where
+        logger.info(line)
     try:
         while not stopping.wait(1.0):
             pass
