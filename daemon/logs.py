@@ -132,6 +132,20 @@ class _WarningsAtDebug(logging.Filter):
         return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
+class _ClosedSocketAtDebug(logging.Filter):
+    """kafka-python's transport logs ``Error receiving network data`` at ERROR, with an AttributeError from a
+    socket it has just set to None, when a consumer is closed while its network thread is still receiving
+    (kafka/net/transport.py ``_sock_recv``): nothing was lost, the client was closing. A DEBUG record then,
+    so a healthy run shows no ERROR; the same message on an open transport stays an ERROR."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.levelno >= logging.ERROR and "(closed)>" in record.getMessage() and isinstance(exc, AttributeError):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger().isEnabledFor(logging.DEBUG)
+        return True
+
+
 def adopt_library_loggers() -> None:
     """Send the loggers that libraries configured themselves (MLflow's, transformers') through our handler.
 
@@ -180,6 +194,9 @@ def configure_logging(
     # kafka-python logs every reconnect at INFO/WARNING; keep its noise out of ours unless debugging.
     logging.getLogger("kafka").setLevel(logging.ERROR if level != "DEBUG" else logging.DEBUG)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    transport = logging.getLogger("kafka.net.transport")
+    if not any(isinstance(f, _ClosedSocketAtDebug) for f in transport.filters):
+        transport.addFilter(_ClosedSocketAtDebug())
     logging.captureWarnings(True)
     py_warnings = logging.getLogger("py.warnings")
     if not any(isinstance(f, _WarningsAtDebug) for f in py_warnings.filters):
