@@ -295,13 +295,15 @@ def configure_child_logging(job_id: str, scrubber: Scrubber | None = None) -> No
     handler: logging.Handler = logging.StreamHandler()
     if parent.get("file"):
         try:
-            handler = logging.FileHandler(parent["file"], encoding="utf-8")
+            file_handler = logging.FileHandler(parent["file"], encoding="utf-8")
         except OSError:
             pass  # the parent's file is gone: stderr, rather than no log at all
         else:
             # What libraries print themselves (tokenizers' warnings from Rust) goes there too, and the training
             # bar becomes log lines: the terminal is the parent's to draw on (the demo's progress).
-            os.dup2(handler.stream.fileno(), sys.stderr.fileno())
+            assert file_handler.stream is not None  # opened now (delay=False)
+            os.dup2(file_handler.stream.fileno(), 2)
+            handler = file_handler
     formatter = _TextLines if parent.get("format") == "text" else _JsonLines
     handler.setFormatter(formatter(job_id, scrubber))
     root = logging.getLogger()
