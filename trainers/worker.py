@@ -310,6 +310,7 @@ def configure_child_logging(job_id: str, scrubber: Scrubber | None = None) -> No
     root.handlers[:] = [handler]
     root.setLevel(parent.get("level") or logging.INFO)
     logging.getLogger("kafka").setLevel(logging.ERROR)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # MLflow's schema check: a dozen lines per job at INFO
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").addFilter(_WarningsAtDebug())
     for name in ("mlflow", "sqlalchemy.engine", "alembic", "huey"):
