@@ -319,11 +319,14 @@ class App:
     ) -> TrainingScheduler:
         """The scheduler (its lease and job store in the store's database) running ``run_job`` while it leads."""
         from daemon.scheduler import TrainingScheduler
+        from events.jobstore import job_store_engine
 
         return TrainingScheduler(
             config or configs.schedule_config(self.settings),
             self.store,
             run_job,
+            # An engine of its own: APScheduler's job store disposes the one it is given when it shuts down.
+            jobstore_engine=job_store_engine(self.store, pool_size=2),
             holder=holder,
             stop_timeout_s=stop_timeout_s,
         )

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from daemon.leader import SCHEDULER_LEASE, LeaderLease, read_lease
 from daemon.training_rules import (
@@ -48,7 +48,6 @@ from daemon.training_rules import (
     read_attempts,
 )
 from events.errors import AlignmentError, StoreUnavailableError
-from events.jobstore import job_store_engine
 from events.names import DATASETS
 from events.sql_store import SqlEventStore
 
@@ -98,6 +97,13 @@ class TrainingRequest:
 
 
 RunJob = Callable[[TrainingRequest, Callable[[], str | None]], object]
+
+
+class JobStoreEngine(Protocol):
+    """The SQLAlchemy engine APScheduler's job store runs on (daemon/ names no SQLAlchemy type: events/ is the
+    only SQL boundary)."""
+
+    def dispose(self) -> None: ...
 
 
 def planned_jobs(config: ScheduleConfig) -> list[tuple[str, Any]]:
@@ -150,6 +156,9 @@ class TrainingScheduler:
         config: the schedule (:meth:`ScheduleConfig.from_settings`).
         store: the event store; the job store and the lease live in its database.
         run_job: runs a :class:`TrainingRequest`, polling ``cancel()`` and stopping when it returns a reason.
+        jobstore_engine: an engine of its own on the store's database for APScheduler's job store
+            (:func:`events.jobstore.job_store_engine`: the job store disposes it when it shuts down); the
+            scheduler disposes it on :meth:`close`.
         holder: this replica's lease holder id (default: host, pid and a random suffix).
         paused: ``store -> (paused, reason)``, default :func:`daemon.enforcement.training_paused`.
         clock: wall clock for the rules (UTC).
@@ -163,6 +172,7 @@ class TrainingScheduler:
         store: SqlEventStore,
         run_job: RunJob,
         *,
+        jobstore_engine: JobStoreEngine,
         holder: str | None = None,
         paused: Callable[[SqlEventStore], tuple[bool, str | None]] = governance_training_paused,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -172,8 +182,7 @@ class TrainingScheduler:
         self.config, self.store, self.run_job, self.paused, self.clock = config, store, run_job, paused, clock
         self.lease = LeaderLease(store, config.lease_name, holder, config.lease_s)
         self.stop_timeout_s, self.pause_poll_s = stop_timeout_s, pause_poll_s
-        # A separate engine: APScheduler's job store disposes its engine when it shuts down.
-        self._jobstore_engine = job_store_engine(store, pool_size=2)
+        self._jobstore_engine = jobstore_engine
         self._term: _Term | None = None
         self._old_workers: list[threading.Thread] = []
         self._stop = threading.Event()

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from daemon import bootstrap
 from daemon import run as daemon_run
 from daemon.scheduler import TrainingRequest
 from daemon.settings import DatabaseSettings, MlflowSettings, Settings, TrainersSettings
@@ -123,7 +124,8 @@ def test_each_champion_is_evaluated_once_per_snapshot_and_a_kind_without_one_is_
 
     # The scheduler's path: nothing new since, so it finds both results and appends nothing.
     request = TrainingRequest("evaluation", None, "cron", "scheduled evaluation of the champions")
-    scheduled = daemon_run._run_training(settings_for(store, registry, work), store, request, lambda: None)
+    app = bootstrap.build(settings_for(store, registry, work), store=store)
+    scheduled = daemon_run._run_training(app, request, lambda: None)
     assert scheduled.ok and sorted((r["kind"], r["appended"]) for r in scheduled.results) == [
         ("policy", False),
         ("reward", False),

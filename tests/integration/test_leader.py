@@ -29,6 +29,7 @@ from daemon.training_rules import (
     LOST_LEASE_REASON,
     SHUTDOWN_REASON,
 )
+from events.jobstore import job_store_engine
 from events.model import Event
 from events.sql_store import SqlEventStore
 from events.tables import leader_leases, proj_preference_pairs
@@ -178,7 +179,8 @@ def schedulers(store: SqlEventStore) -> Iterator[Callable[..., TrainingScheduler
 
     def make(holder: str, jobs: FakeJobs, **kw: Any) -> TrainingScheduler:
         kw.setdefault("paused", lambda _store: (False, None))
-        scheduler = TrainingScheduler(FAST, store, jobs.for_holder(holder), holder=holder, **kw)
+        engine = job_store_engine(store)
+        scheduler = TrainingScheduler(FAST, store, jobs.for_holder(holder), jobstore_engine=engine, holder=holder, **kw)
         made.append(scheduler)
         scheduler.start()
         return scheduler
@@ -269,7 +271,14 @@ def test_a_new_leader_updates_the_stored_schedule_to_its_configuration(store: Sq
 
     jobs = FakeJobs()
     first = dataclasses.replace(FAST, reward_cron="0 3 * * *", policy_cron="0 4 * * *")
-    a = TrainingScheduler(first, store, jobs.for_holder("A"), holder="A", paused=lambda _s: (False, None))
+    a = TrainingScheduler(
+        first,
+        store,
+        jobs.for_holder("A"),
+        jobstore_engine=job_store_engine(store),
+        holder="A",
+        paused=lambda _s: (False, None),
+    )
     a.start()
     wait_until(lambda: a.scheduling, 10, message="A schedules")
     assert a.stop(10)
@@ -277,7 +286,14 @@ def test_a_new_leader_updates_the_stored_schedule_to_its_configuration(store: Sq
     assert from_store and {j["id"] for j in stored} == {"retrain_reward", "retrain_policy", "check_volume"}
 
     second = dataclasses.replace(FAST, reward_cron="0 5 * * *", policy_cron=None, evaluation_cron="30 5 * * *")
-    b = TrainingScheduler(second, store, jobs.for_holder("B"), holder="B", paused=lambda _s: (False, None))
+    b = TrainingScheduler(
+        second,
+        store,
+        jobs.for_holder("B"),
+        jobstore_engine=job_store_engine(store),
+        holder="B",
+        paused=lambda _s: (False, None),
+    )
     b.start()
     try:
         wait_until(lambda: b.scheduling, 10, message="B schedules")
@@ -335,7 +351,9 @@ def test_jobs_list_shows_the_schedule_the_leader_the_pause_and_the_history(
     )  # fmt: skip
     _pairs(store, 5)
     config = dataclasses.replace(FAST, lease_name=SCHEDULER_LEASE)  # the lease `jobs list` reads
-    scheduler = TrainingScheduler(config, store, lambda request, cancel: None, holder="A")
+    scheduler = TrainingScheduler(
+        config, store, lambda request, cancel: None, jobstore_engine=job_store_engine(store), holder="A"
+    )
     scheduler.start()
     try:
         wait_until(lambda: scheduler.scheduling, 10, message="A schedules")
