@@ -8,7 +8,9 @@ evaluation jobs, governance, the enforcement executor, the outboxes, the schedul
 Parts are made when first asked for, so a command builds only what it uses (``alignd config show`` opens no
 database; ``alignd --help`` imports neither MLflow nor torch). A part the graph holds (a property) is made
 once and shared by every part that needs it: one store, one registry, one governance per process. A part
-made per use (a method) is new at each call: Kafka clients, the ingestor, detectors (they keep state), configs.
+made per use (a method) is new at each call: the ingestor and its Kafka clients, detectors (they keep state),
+the outboxes, the scheduler, the review server. (The config objects the settings translate to are in
+daemon/configs.py.)
 
 Tests hand in fakes for held parts, as cosmicpython's bootstrap takes a ``FakeUnitOfWork``:
 ``build(settings, store=store, kafka=FakeKafka(), governance=FakeGovernance())``. :meth:`App.close` (or
@@ -241,10 +243,11 @@ class App:
                 logger.exception("projections could not catch up; will retry after the next batch")
 
         fold = s.ingest.project if project is None else project
+        publisher = DeadLetterPublisher(self.store, self.kafka.producer(), s.topics.dlq)
         return Ingestor(
             self.store,
             self.kafka.consumer(),
-            DeadLetterPublisher(self.store, self.kafka.producer(), s.topics.dlq),
+            publisher,
             configs.ingest_config(s),
             after_batch=after_batch if fold else None,
             open_probe=lambda: self.kafka.consumer(group_id=None),
