@@ -22,8 +22,9 @@ from events.redact import Scrubber, mask_url_list
 if TYPE_CHECKING:
     from daemon.settings import Settings
 
-# Attributes every LogRecord has; anything else was passed with ``extra=`` and is an id worth keeping.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# Attributes every LogRecord has; anything else was passed with ``extra=`` and is an id worth keeping
+# (but uvicorn's color_message, the message again with terminal colour codes).
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 # The secrets this process knows, set by configure_logging; until then, URLs and password=... pairs only.
 _scrubber = Scrubber()
