@@ -10,6 +10,7 @@ from alembic.runtime.migration import MigrationContext
 
 from daemon.cli import main
 from events.errors import SchemaOutOfDateError
+from events.otel_join import otel_join_parts
 from events.sql_store import create_store_engine
 from events.tables import metadata
 from migrations.runner import current_revision, ensure_current, head_revision, upgrade
@@ -18,6 +19,8 @@ pytestmark = pytest.mark.integration
 
 
 def test_upgrade_head_on_an_empty_database_matches_the_models(db_kind: str, new_db_url: Callable[[str], str]) -> None:
+    # The OTLP join's table is declared beside its SQL (events/otel_join.py), on the same metadata (imported above).
+    assert metadata.tables[otel_join_parts.name] is otel_join_parts
     engine = create_store_engine(new_db_url(db_kind))
     try:
         assert upgrade(engine) == head_revision()
