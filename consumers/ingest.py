@@ -28,7 +28,9 @@ from consumers import unreadable
 from consumers.dead_letter import DeadLetterPublisher
 from consumers.decode import KafkaRecord, decode_record, record_headers
 from consumers.metrics import INGEST_METRICS
+from consumers.otel_join import HELD, HeldSpan, JoinInput, OtelJoin
 from consumers.otlp import OTLP_METRICS, decode_otlp_record
+from consumers.otlp_logs import decode_otlp_logs_record
 from events.errors import StoreError, StoreRefusedError, StoreUnavailableError
 from events.model import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -38,6 +40,7 @@ from events.model import (
     Event,
     KafkaCoordinates,
 )
+from events.otel_join import SqlJoinParts
 from events.sql_store import SqlEventStore
 
 logger = logging.getLogger(__name__)
@@ -64,6 +67,18 @@ class IngestConfig:
     otlp_topics: tuple[str, ...] = ()
     #: ``auto`` (JSON when the message starts with ``{``), ``otlp_proto`` or ``otlp_json``.
     otlp_encoding: str = "auto"
+    #: Topics of OTLP logs from the Collector's kafka exporter: the GenAI events among them carry the content of
+    #: the LLM spans of ``otlp_topics``, which are joined with them (consumers/otel_join.py). Needs ``otlp_topics``.
+    otlp_log_topics: tuple[str, ...] = ()
+    #: How long a span and its log records wait for each other before timing out (by offsets, see otel_join.py).
+    otlp_join_window_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.otlp_log_topics and not self.otlp_topics:
+            raise ValueError(
+                "topics.otlp_logs is set without topics.otlp_spans: the log records carry the content of LLM spans "
+                "and are joined with them; set topics.otlp_spans to the Collector's traces topic"
+            )
 
 
 @dataclass
@@ -169,6 +184,7 @@ class Ingestor:
         self._unpublished: list[int] = []
         self._last_kafka_commit = 0.0
         self._writer: ThreadPoolExecutor | None = None
+        self._join: OtelJoin | None = None
         self.stats = IngestStats()
 
     def stop(self) -> None:
@@ -246,7 +262,9 @@ class Ingestor:
         """
         self.stats = IngestStats()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alignd-store-writer")
-        self.consumer.subscribe([*self.config.topics, *self.config.otlp_topics], listener=_Rebalance(self))
+        self._join = self._otel_join()
+        topics = [*self.config.topics, *self.config.otlp_topics, *self.config.otlp_log_topics]
+        self.consumer.subscribe(topics, listener=_Rebalance(self))
         idle_since = unassigned_since = time.monotonic()
         submitted = 0
         try:
@@ -264,6 +282,7 @@ class Ingestor:
                 polled = {tp: r for tp, r in polled.items() if r}
                 if not polled:
                     self._finish_in_flight()
+                    self._join_pass()  # spans and log records time out while no record comes too
                     now = time.monotonic()
                     if not self.consumer.assignment():
                         # Joining the group can take a session timeout (a crashed member must expire first):
@@ -360,6 +379,9 @@ class Ingestor:
                 if record.topic in self.config.otlp_topics:
                     self._decode_otlp(record, batch)
                     continue
+                if record.topic in self.config.otlp_log_topics:
+                    self._decode_otlp_logs(record, batch)
+                    continue
                 decoded = decode_record(record, max_bytes=self.config.max_message_bytes)
                 if isinstance(decoded, DeadLetter):
                     batch.letters.append(decoded)
@@ -370,15 +392,21 @@ class Ingestor:
                     batch.records.append(record)
             batch.count += len(records)
         batch.next_offsets = {tp: records[-1].offset + 1 for tp, records in polled.items()}
+        if self._join is not None:
+            batch.join.probe = self._join.probe(self.consumer)
         return batch
 
     def _decode_otlp(self, record: Any, batch: _Batch) -> None:
         """A record of OTLP traces: one event per LLM span (all from the record's coordinates), spans that are not
         LLM calls counted, and a dead letter if the message or some of its LLM spans cannot be read."""
         decoded = decode_otlp_record(
-            record, max_bytes=self.config.max_message_bytes, encoding=self.config.otlp_encoding
+            record,
+            max_bytes=self.config.max_message_bytes,
+            encoding=self.config.otlp_encoding,
+            hold_no_content=self._join is not None,
         )
         origin = KafkaCoordinates(record.topic, record.partition, record.offset)
+        batch.join.spans.extend(HeldSpan(span, origin) for span in decoded.held)
         for event in decoded.events:
             batch.events.append(event)
             batch.origins.append(origin)
@@ -389,11 +417,52 @@ class Ingestor:
         self.stats.spans_skipped += sum(decoded.skipped.values())
         OTLP_METRICS.observe(decoded)
 
+    def _decode_otlp_logs(self, record: Any, batch: _Batch) -> None:
+        """A record of OTLP logs: its GenAI events go to the join, the other log records are counted."""
+        decoded = decode_otlp_logs_record(
+            record, max_bytes=self.config.max_message_bytes, encoding=self.config.otlp_encoding
+        )
+        batch.join.logs.extend(decoded.parts)
+        if decoded.letter is not None:
+            batch.letters.append(decoded.letter)
+            _log_dead_letter(record, decoded.letter)
+        OTLP_METRICS.log_records.labels(HELD).inc(len(decoded.parts))
+        for outcome, count in decoded.skipped.items():
+            OTLP_METRICS.log_records.labels(outcome).inc(count)
+
+    def _otel_join(self) -> OtelJoin | None:
+        if not self.config.otlp_log_topics:
+            return None
+        return OtelJoin(
+            SqlJoinParts(self.store),
+            group_id=self.config.group_id,
+            span_topics=self.config.otlp_topics,
+            log_topics=self.config.otlp_log_topics,
+            window_s=self.config.otlp_join_window_s,
+        )
+
+    def _join_pass(self) -> None:
+        """While idle: submit an empty batch that carries a probe, so waiting parts time out."""
+        probe = self._join.probe(self.consumer) if self._join is not None else None
+        if probe is not None:
+            self._submit(_Batch(polled={}, join=JoinInput(probe=probe)))
+
     def _append(self, batch: _Batch) -> AppendResult:
         offsets = [
             ConsumerOffset(self.config.group_id, tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()
         ]
-        result = append_isolating(self.store, batch.events, batch.origins, batch.records, batch.letters, offsets)
+        events, origins, records, letters = batch.events, batch.origins, batch.records, batch.letters
+        joined = self._join.process(batch.join) if self._join is not None and batch.join else None
+        if joined is not None:  # the interactions the join brought out go with the batch (consumers/otel_join.py)
+            events, origins = [*events, *joined.events], [*origins, *joined.origins]
+            records, letters = [*records, *joined.records], [*letters, *joined.letters]
+            batch.join_skipped = sum(joined.skipped.values())
+        if events or letters or offsets:
+            result = append_isolating(self.store, events, origins, records, letters, offsets)
+        else:
+            result = AppendResult(appended=0, duplicates=0, dead_letters=0)
+        if joined is not None and self._join is not None:
+            self._join.settle(joined)
         if self.on_stored is not None and result.appended:
             self.on_stored()
         return result
@@ -425,8 +494,9 @@ class Ingestor:
                 )
                 return
             result = self._with_store_retry(lambda: self._append(batch), batch.polled)
-        self.stats.batches += 1
+        self.stats.batches += 1 if batch.count else 0  # not the join's idle passes
         self.stats.records += batch.count
+        self.stats.spans_skipped += batch.join_skipped
         self.stats.appended += result.appended
         self.stats.duplicates += result.duplicates
         self.stats.dead_letters += result.dead_letters
@@ -616,6 +686,10 @@ class _Batch:
     records: list[Any] = field(default_factory=list)
     next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
     count: int = 0
+    #: held spans, GenAI log records and an offsets probe for the OTLP join (consumers/otel_join.py)
+    join: JoinInput = field(default_factory=JoinInput)
+    #: spans the join brought out without an interaction (set by the writer)
+    join_skipped: int = 0
 
 
 class _Stopped(Exception):

@@ -22,14 +22,14 @@ import math
 import threading
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client import Counter
 
@@ -68,14 +68,29 @@ class _Metrics:
             ["reason"],
         )
         self.mapped = Counter("alignd_ingest_otlp_spans_mapped", "OpenTelemetry LLM spans turned into interactions")
+        self.held = Counter(
+            "alignd_ingest_otlp_spans_held",
+            "OpenTelemetry LLM spans without their content, held for the log records that carry it (topics.otlp_logs)",
+        )
+        self.log_records = Counter(
+            "alignd_ingest_otlp_log_records",
+            "OpenTelemetry log records from topics.otlp_logs, by outcome: held (a GenAI event, kept for its span), "
+            "joined (given to its span), orphaned (no LLM span waited for it within the join window), not_genai, "
+            "no_span (a GenAI event outside a span)",
+            ["outcome"],
+        )
         self._warned = 0.0
         self._lock = threading.Lock()
 
     def observe(self, decoded: OtlpDecoded) -> None:
         self.mapped.inc(len(decoded.events))
-        for reason, count in decoded.skipped.items():
+        self.held.inc(len(decoded.held))
+        self.observe_skipped(decoded.skipped)
+
+    def observe_skipped(self, skipped: Mapping[str, int]) -> None:
+        for reason, count in skipped.items():
             self.skipped.labels(reason).inc(count)
-        if decoded.skipped.get(NO_CONTENT):
+        if skipped.get(NO_CONTENT):
             with self._lock:
                 now = time.monotonic()
                 if now - self._warned < 600:
@@ -85,8 +100,10 @@ class _Metrics:
                 "OTLP: %d LLM spans had no prompt or response and were skipped (counted in "
                 'alignd_ingest_otlp_spans_skipped{reason="no_content"}): the instrumentation does not capture '
                 "content; enable it (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true for the OpenTelemetry "
-                "instrumentations, TRACELOOP_TRACE_CONTENT=true for OpenLLMetry). Logged at most every 10 minutes",
-                decoded.skipped[NO_CONTENT],
+                "instrumentations, TRACELOOP_TRACE_CONTENT=true for OpenLLMetry); the OpenTelemetry instrumentations "
+                "send it as log records: have the Collector export its logs to Kafka too and set topics.otlp_logs "
+                "(docs/otel.md). Logged at most every 10 minutes",
+                skipped[NO_CONTENT],
             )
 
 
@@ -103,6 +120,9 @@ class OtlpDecoded:
     #: spans skipped, by reason (consumers/otlp_genai.py's SKIP_REASONS)
     skipped: Mapping[str, int] = field(default_factory=dict)
     spans: int = 0
+    #: LLM spans without their content, held for the log records that carry it (consumers/otel_join.py); only
+    #: when ``hold_no_content`` was asked (a logs topic is consumed), else they are skipped as ``no_content``
+    held: tuple[SpanView, ...] = ()
 
 
 # --- bytes -> ExportTraceServiceRequest -----------------------------------------------------------------------
@@ -122,7 +142,7 @@ def parse_request(raw: bytes, encoding: str = "auto") -> ExportTraceServiceReque
         encoding = "otlp_json" if raw.lstrip()[:1] == b"{" else "otlp_proto"
     request = ExportTraceServiceRequest()
     if encoding == "otlp_json":
-        _parse_json(raw, request)
+        parse_json_into(raw, request, _id_holders)
     else:
         try:
             request.ParseFromString(raw)
@@ -141,7 +161,14 @@ def parse_request(raw: bytes, encoding: str = "auto") -> ExportTraceServiceReque
     return request
 
 
-def _parse_json(raw: bytes, request: ExportTraceServiceRequest) -> None:
+def parse_json_into(
+    raw: bytes, request: Message, id_holders: Callable[[dict[str, Any]], Iterator[tuple[str, dict[str, Any]]]]
+) -> None:
+    """Parse OTLP/JSON into ``request``, its hex ids (in the objects ``id_holders`` yields) turned to base64 first.
+
+    Raises:
+        OtlpDecodeError: what is wrong, with where.
+    """
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -151,10 +178,10 @@ def _parse_json(raw: bytes, request: ExportTraceServiceRequest) -> None:
     if not isinstance(document, dict):
         raise OtlpDecodeError(f"not OTLP/JSON: the message is a JSON {type(document).__name__}, expected an object")
     try:
-        for where, holder in _id_holders(document):
+        for where, holder in id_holders(document):
             for key, size in _ID_SIZES.items():
                 if key in holder:
-                    holder[key] = _hex_to_base64(holder[key], size, f"{where}.{key}")
+                    holder[key] = hex_to_base64(holder[key], size, f"{where}.{key}")
         json_format.ParseDict(document, request, ignore_unknown_fields=True)
     except OtlpDecodeError:
         raise
@@ -166,16 +193,16 @@ def _parse_json(raw: bytes, request: ExportTraceServiceRequest) -> None:
 
 def _id_holders(document: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """Every span and span link of an OTLP/JSON document (the objects whose ids are hex)."""
-    for r, rs in enumerate(_list(document, "resourceSpans", "resource_spans")):
-        for s, ss in enumerate(_list(rs, "scopeSpans", "scope_spans")):
-            for n, span in enumerate(_list(ss, "spans")):
+    for r, rs in enumerate(json_list(document, "resourceSpans", "resource_spans")):
+        for s, ss in enumerate(json_list(rs, "scopeSpans", "scope_spans")):
+            for n, span in enumerate(json_list(ss, "spans")):
                 where = f"resourceSpans[{r}].scopeSpans[{s}].spans[{n}]"
                 yield where, span
-                for k, link in enumerate(_list(span, "links")):
+                for k, link in enumerate(json_list(span, "links")):
                     yield f"{where}.links[{k}]", link
 
 
-def _list(holder: Any, *names: str) -> list[dict[str, Any]]:
+def json_list(holder: Any, *names: str) -> list[dict[str, Any]]:
     if not isinstance(holder, dict):
         return []
     for name in names:
@@ -185,7 +212,7 @@ def _list(holder: Any, *names: str) -> list[dict[str, Any]]:
     return []
 
 
-def _hex_to_base64(value: Any, size: int, where: str) -> str:
+def hex_to_base64(value: Any, size: int, where: str) -> str:
     """An OTLP/JSON id (hex, any case; empty for none) in the base64 form protobuf's JSON parser reads."""
     if value == "" or value is None:
         return ""
@@ -201,7 +228,7 @@ def _hex_to_base64(value: Any, size: int, where: str) -> str:
 # --- protobuf -> SpanView -----------------------------------------------------------------------------------
 
 
-def _any_value(value: Any) -> Any:
+def any_value(value: Any) -> Any:
     """An OTLP ``AnyValue`` as JSON-like Python (non-finite doubles as their names: JSON cannot hold them)."""
     kind = value.WhichOneof("value")
     if kind == "string_value":
@@ -214,22 +241,22 @@ def _any_value(value: Any) -> Any:
         number = value.double_value
         return number if math.isfinite(number) else str(number)
     if kind == "array_value":
-        return [_any_value(item) for item in value.array_value.values]
+        return [any_value(item) for item in value.array_value.values]
     if kind == "kvlist_value":
-        return {item.key: _any_value(item.value) for item in value.kvlist_value.values}
+        return {item.key: any_value(item.value) for item in value.kvlist_value.values}
     if kind == "bytes_value":
         return base64.b64encode(value.bytes_value).decode("ascii")
     return None
 
 
-def _attributes(pairs: Any) -> dict[str, Any]:
-    return {pair.key: _any_value(pair.value) for pair in pairs}
+def attributes_of(pairs: Any) -> dict[str, Any]:
+    return {pair.key: any_value(pair.value) for pair in pairs}
 
 
 def iter_spans(request: ExportTraceServiceRequest) -> Iterator[SpanView]:
     """Every span of a request, with its resource's attributes and its scope's name."""
     for rs in request.resource_spans:
-        resource = _attributes(rs.resource.attributes)
+        resource = attributes_of(rs.resource.attributes)
         for ss in rs.scope_spans:
             for span in ss.spans:
                 yield SpanView(
@@ -239,8 +266,8 @@ def iter_spans(request: ExportTraceServiceRequest) -> Iterator[SpanView]:
                     name=span.name,
                     start_ns=span.start_time_unix_nano,
                     end_ns=span.end_time_unix_nano,
-                    attributes=_attributes(span.attributes),
-                    events=tuple(SpanEvent(e.name, _attributes(e.attributes)) for e in span.events),
+                    attributes=attributes_of(span.attributes),
+                    events=tuple(SpanEvent(e.name, attributes_of(e.attributes)) for e in span.events),
                     status_code=span.status.code,
                     resource=resource,
                     scope=ss.scope.name,
@@ -274,6 +301,12 @@ def _occurred_at(span: SpanView) -> str:
         raise SpanMappingError(f"start_time_unix_nano: {moment} is past the year 9999") from None
 
 
+def check_span(span: SpanView) -> None:
+    """The ids and times an event of this span needs (raises :class:`SpanMappingError` as ``span_to_event``)."""
+    _check_ids(span)
+    _occurred_at(span)
+
+
 def span_to_event(span: SpanView, payload: Mapping[str, Any]) -> Event:
     """The event of one mapped span, validated by ``events.codec`` exactly as an inbound message is.
 
@@ -302,40 +335,51 @@ def span_to_event(span: SpanView, payload: Mapping[str, Any]) -> Event:
 
 
 def decode_otlp_record(
-    record: KafkaRecord, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, encoding: str = "auto"
+    record: KafkaRecord,
+    *,
+    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    encoding: str = "auto",
+    hold_no_content: bool = False,
 ) -> OtlpDecoded:
     """One Kafka record of OTLP traces: an event per LLM span, skipped spans counted, and at most one dead letter.
+
+    Args:
+        hold_no_content: an LLM span whose prompt or response is not on the span is held (``OtlpDecoded.held``)
+            rather than skipped: its content may come as log records (consumers/otel_join.py).
 
     Never raises for anything in the record: an exception alignd did not foresee becomes a dead letter of kind
     ``decoder_error``, as in consumers/decode.py.
     """
     origin = KafkaCoordinates(record.topic, record.partition, record.offset)
     try:
-        return _decode(record, origin, max_bytes, encoding)
+        return _decode(record, origin, max_bytes, encoding, hold_no_content)
     except Exception as exc:  # noqa: BLE001 - the record goes to dead letters, named (see the docstring)
         reason = (
             f"alignd failed to decode this OTLP message ({type(exc).__name__}: {str(exc)[:300]}); this is a bug in "
             "alignd, please report it. The message is kept here: `alignd dlq requeue` sends it back after a fix"
         )
-        return OtlpDecoded(letter=_letter(record, origin, DECODER_ERROR, reason, None))
+        return OtlpDecoded(letter=otlp_letter(record, origin, DECODER_ERROR, reason, None))
 
 
-def _decode(record: KafkaRecord, origin: KafkaCoordinates, max_bytes: int, encoding: str) -> OtlpDecoded:
+def _decode(
+    record: KafkaRecord, origin: KafkaCoordinates, max_bytes: int, encoding: str, hold_no_content: bool
+) -> OtlpDecoded:
     raw = record.value
     if not raw:
         reason = "message has no value (null or empty); expected OTLP traces from the Collector's kafka exporter"
-        return OtlpDecoded(letter=_letter(record, origin, "empty", reason, None))
+        return OtlpDecoded(letter=otlp_letter(record, origin, "empty", reason, None))
     if len(raw) > max_bytes:
         reason = (
             f"message is {len(raw):,} bytes, over the {max_bytes:,}-byte limit; raise ALIGND_INGEST_MAX_MESSAGE_BYTES "
             "to at least the Collector kafka exporter's producer.max_message_bytes"
         )
-        return OtlpDecoded(letter=_letter(record, origin, "oversized", reason, None))
+        return OtlpDecoded(letter=otlp_letter(record, origin, "oversized", reason, None))
     try:
         request = parse_request(raw, encoding)
     except OtlpDecodeError as exc:
-        return OtlpDecoded(letter=_letter(record, origin, OTLP_INVALID, str(exc), None))
+        return OtlpDecoded(letter=otlp_letter(record, origin, OTLP_INVALID, str(exc), None))
     events: list[Event] = []
+    held: list[SpanView] = []
     skipped: Tally[str] = Tally()
     problems: list[tuple[str, str]] = []  # (event id, what is wrong)
     spans = 0
@@ -343,6 +387,10 @@ def _decode(record: KafkaRecord, origin: KafkaCoordinates, max_bytes: int, encod
         spans += 1
         try:
             outcome = map_span(span)
+            if outcome.payload is None and outcome.skipped == NO_CONTENT and hold_no_content:
+                check_span(span)  # what the join will need of it, checked while its message is at hand
+                held.append(span)
+                continue
             if outcome.payload is None:
                 skipped[outcome.skipped or SKIP_REASONS[0]] += 1
                 continue
@@ -365,11 +413,19 @@ def _decode(record: KafkaRecord, origin: KafkaCoordinates, max_bytes: int, encod
             "sends the message back and those come back as duplicates"
         )
         event_id = problems[0][0] if len(problems[0][0]) <= 128 else None
-        letter = _letter(record, origin, OTLP_SPAN_INVALID, reason, event_id)
-    return OtlpDecoded(events=tuple(events), letter=letter, skipped=dict(skipped), spans=spans)
+        letter = otlp_letter(record, origin, OTLP_SPAN_INVALID, reason, event_id)
+    return OtlpDecoded(events=tuple(events), letter=letter, skipped=dict(skipped), spans=spans, held=tuple(held))
 
 
-def _letter(record: KafkaRecord, origin: KafkaCoordinates, kind: str, reason: str, event_id: str | None) -> DeadLetter:
+def otlp_letter(
+    record: KafkaRecord,
+    origin: KafkaCoordinates,
+    kind: str,
+    reason: str,
+    event_id: str | None,
+    signal: str = "OTLP traces",
+) -> DeadLetter:
+    """The dead letter of an OTLP message, with its bytes and coordinates; the reason starts with ``signal``."""
     value = record.value if isinstance(record.value, bytes | None) else None
     key = record.key if isinstance(record.key, bytes | None) else None
     try:
@@ -378,7 +434,7 @@ def _letter(record: KafkaRecord, origin: KafkaCoordinates, kind: str, reason: st
         headers = ()
     return DeadLetter(
         source_key=str(origin),
-        reason=f"OTLP traces: {reason}",
+        reason=f"{signal}: {reason}",
         error_kind=kind,
         value=value,
         key=key,

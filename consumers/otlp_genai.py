@@ -45,13 +45,31 @@ NOT_GENERATION = frozenset({"embeddings", "execute_tool", "create_agent", "invok
 #: OpenLLMetry's ``llm.request.type`` values that are not generation.
 OPENLLMETRY_NOT_GENERATION = frozenset({"embedding", "embeddings", "rerank"})
 
-#: The span events of GenAI conventions v1.28-v1.36 that carry one input message each, and its role.
+#: The events of GenAI conventions v1.28-v1.36 that carry one input message each, and its role. They are span
+#: events (Azure AI Inference) or log records (the OpenTelemetry Python instrumentations, consumers/otlp_logs.py).
 MESSAGE_EVENTS = {
     "gen_ai.system.message": "system",
     "gen_ai.user.message": "user",
     "gen_ai.assistant.message": "assistant",
     "gen_ai.tool.message": "tool",
 }
+#: Any ``gen_ai.<role>.message``: opentelemetry-instrumentation-openai-v2 names the event after the message's role
+#: (``f"gen_ai.{role}.message"``), so OpenAI's ``developer`` messages come as ``gen_ai.developer.message``.
+_MESSAGE_EVENT = re.compile(r"gen_ai\.([a-z][a-z0-9_]*)\.message")
+#: The event of one choice (the response), and v1.37's event with the whole exchange in its attributes.
+CHOICE_EVENT = "gen_ai.choice"
+DETAILS_EVENT = "gen_ai.client.inference.operation.details"
+
+
+def message_event_role(name: str) -> str | None:
+    """The role of an input-message event (``gen_ai.user.message`` -> ``user``), or None for another event."""
+    found = _MESSAGE_EVENT.fullmatch(name)
+    return found.group(1) if found else None
+
+
+def is_content_event(name: str) -> bool:
+    """Whether an event (a span event or a log record's event name) carries a GenAI call's prompt or response."""
+    return name in (CHOICE_EVENT, DETAILS_EVENT) or message_event_role(name) is not None
 
 
 class SpanMappingError(ValueError):
@@ -236,6 +254,18 @@ def _role(value: Any, where: str) -> str:
     return role
 
 
+def check_event(event: SpanEvent) -> None:
+    """Read one content event as a span holding it alone would be read, so that a malformed one is found while the
+    message that brought it is at hand.
+
+    Raises:
+        SpanMappingError: the event's body contradicts its convention (named in the message).
+    """
+    alone = SpanView("", "", "", "", 0, 0, {}, (event,), 0, {}, "")
+    read_input(alone)
+    read_output(alone)
+
+
 # --- what was sent ------------------------------------------------------------------------------------------
 
 
@@ -304,7 +334,7 @@ def _event_body(event: SpanEvent) -> dict[str, Any]:
 def _message_events(span: SpanView) -> Input | None:
     messages: list[dict[str, str]] = []
     for event in span.events:
-        role = MESSAGE_EVENTS.get(event.name)
+        role = MESSAGE_EVENTS.get(event.name) or message_event_role(event.name)
         if role is None:
             continue
         body = _event_body(event)

@@ -147,6 +147,11 @@ class TopicsSettings(BaseModel):
     #: OTLP traces from the OpenTelemetry Collector's kafka exporter (its default topic is ``otlp_spans``); LLM
     #: spans become interactions (docs/otel.md). Unset: not consumed.
     otlp_spans: str | None = Field(None, description="topic of OTLP traces (Collector kafka exporter); unset = off")
+    #: OTLP logs from the Collector's kafka exporter (its default topic is ``otlp_logs``): the GenAI events among them
+    #: carry the prompts and responses of the LLM spans of ``otlp_spans`` and are joined with them (docs/otel.md).
+    otlp_logs: str | None = Field(
+        None, description="topic of OTLP logs (Collector kafka exporter), joined with otlp_spans; unset = off"
+    )
 
 
 class IngestSettings(BaseModel):
@@ -161,7 +166,14 @@ class IngestSettings(BaseModel):
     )
     project: bool = Field(True, description="fold projections after each stored batch")
     otlp_encoding: Literal["auto", "otlp_proto", "otlp_json"] = Field(
-        "auto", description="encoding of topics.otlp_spans: auto (JSON if it starts with '{'), otlp_proto or otlp_json"
+        "auto",
+        description="encoding of topics.otlp_spans and topics.otlp_logs: auto (JSON if it starts with '{'), "
+        "otlp_proto or otlp_json",
+    )
+    otlp_join_window_s: float = Field(
+        60.0,
+        gt=0,
+        description="how long an LLM span and the log records with its content wait for each other (topics.otlp_logs)",
     )
 
 

@@ -8,7 +8,9 @@ know). One message holds a batch of spans, as the exporter sends them.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,9 +18,22 @@ from prometheus_client import REGISTRY
 
 from daemon.bootstrap import build_ingestor, open_store
 from tests.helpers import consume_all, create_topics, interaction, produce, settings_for, unique_topics
-from tests.otlp_spans import SpanKind, messages_json, otlp_json, otlp_proto, recorded
+from tests.otlp_spans import (
+    LogRecord,
+    SpanKind,
+    emit_choice,
+    emit_message,
+    messages_json,
+    otlp_json,
+    otlp_json_logs,
+    otlp_proto,
+    otlp_proto_logs,
+    recorded,
+    recorded_with_logs,
+)
 
 pytestmark = pytest.mark.integration
+logger = logging.getLogger(__name__)
 
 
 def _topics(bootstrap: str, partitions: int = 3) -> dict[str, str]:
@@ -225,4 +240,192 @@ def test_malformed_otlp_is_dead_lettered_with_a_reason_and_ingestion_goes_on(db_
     dlq = consume_all(kafka_bootstrap, topics["dlq"], expected=len(letters))
     assert sorted(r.value for r in dlq) == sorted(letter.dead_letter.value for letter in letters)
     assert {dict(r.headers)["alignd-dlq-error-kind"] for r in dlq} == {b"otlp_invalid", b"empty", b"otlp_span_invalid"}
+    store.dispose()
+
+
+# --- content sent as log records: the join (consumers/otel_join.py) ----------------------------------------------
+
+
+def _topics_with_logs(bootstrap: str, partitions: int = 3) -> dict[str, str]:
+    topics = _topics(bootstrap, partitions)
+    topics["otlp_logs"] = f"t-{uuid.uuid4().hex[:10]}.otlp_logs"
+    create_topics(bootstrap, [topics["otlp_logs"]], partitions)
+    topics["group"] = f"g-{uuid.uuid4().hex[:10]}"  # one consumer group across runs: a restart, not a newcomer
+    return topics
+
+
+def _run(ingestor: Any, until_idle: float = 3.0, rebuild: Any = None) -> Any:
+    """Run until idle. kafka-python 3.0's group join sometimes stalls when a new consumer's first join comes before
+    its metadata (an empty assignment, then a rejoin whose SyncGroup never completes; seen without the OTLP join
+    too, about 1 start in 5 on this machine): the run then ends with no partition ever assigned, and is done once
+    more by a new ingestor from ``rebuild`` (the same group: a restart, as the supervisor would do)."""
+    assigned: list[int] = []
+    on_assigned = ingestor._on_assigned
+
+    def spy(partitions: list[Any]) -> None:
+        assigned.append(len(partitions))
+        on_assigned(partitions)
+
+    ingestor._on_assigned = spy
+    try:
+        stats = ingestor.run(until_idle=until_idle)
+    finally:
+        ingestor.publisher.producer.close(5)
+    if not any(assigned) and rebuild is not None:
+        logger.warning("no partition was ever assigned (kafka-python's stalled group join); running again")
+        return _run(rebuild(), until_idle)
+    return stats
+
+
+def _ingest_joined(
+    db_url: str, bootstrap: str, topics: dict[str, str], window_s: float = 60.0, until_idle: float = 3.0
+) -> tuple[Any, Any]:
+    """Ingest until idle with the OTLP traces and logs topics joined, in the topics' one consumer group (so a second
+    call is a restart); returns the store and the run's stats."""
+    settings = settings_for(
+        db_url,
+        bootstrap,
+        topics,
+        topics["group"],
+        ALIGND_TOPICS_OTLP_SPANS=topics["otlp"],
+        ALIGND_TOPICS_OTLP_LOGS=topics["otlp_logs"],
+        ALIGND_INGEST_OTLP_JOIN_WINDOW_S=str(window_s),
+    )
+    store = open_store(settings)
+
+    def ingestor() -> Any:
+        built = build_ingestor(settings, store, project=False)
+        # What daemon/bootstrap.py's ingest_config gives once it passes topics.otlp_logs and ingest.otlp_join_window_s.
+        built.config = replace(built.config, otlp_log_topics=(topics["otlp_logs"],), otlp_join_window_s=window_s)
+        return built
+
+    return store, _run(ingestor(), until_idle, rebuild=ingestor)
+
+
+def _chat_with_logs(tracer: Any, logger: Any, question: str, *, with_choice: bool = True) -> None:
+    """One request of an app instrumented by opentelemetry-instrumentation-openai-v2 in its default mode: an HTTP
+    span, the chat span without content, the messages and the choice as log records in its context, and a log line
+    of the app's own on the same logs pipeline."""
+    with tracer.start_as_current_span("POST /chat", kind=SpanKind.SERVER):
+        attributes = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.system": "openai",
+            "gen_ai.request.model": "gpt-4o-mini",
+            "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+            "gen_ai.usage.input_tokens": 20,
+            "gen_ai.usage.output_tokens": 5,
+            "server.address": "api.openai.com",
+        }
+        with tracer.start_as_current_span("chat gpt-4o-mini", kind=SpanKind.CLIENT, attributes=attributes):
+            emit_message(logger, "system", "You are a helpful assistant.")
+            emit_message(logger, "user", question)
+            if with_choice:
+                emit_choice(logger, f"Answer to: {question}")
+        logger.emit(LogRecord(body=f"answered {question!r}", attributes={"http.route": "/chat"}))
+
+
+def _interaction(store: Any, span: Any) -> Any:
+    stored = store.get(f"otel:{span.context.trace_id:032x}:{span.context.span_id:016x}")
+    return stored.event if stored is not None else None
+
+
+def _waiting(store: Any) -> int:
+    from events.otel_join import SqlJoinParts
+
+    return SqlJoinParts(store).count()
+
+
+def test_content_sent_as_log_records_is_joined_with_its_span_whichever_topic_comes_first(
+    db_url: str, kafka_bootstrap: str
+) -> None:
+    topics = _topics_with_logs(kafka_bootstrap)
+    with recorded_with_logs() as (tracer, logger, spans_a, logs_a):
+        _chat_with_logs(tracer, logger, "How do I reset my password?")
+    with recorded_with_logs() as (tracer, logger, spans_b, logs_b):
+        _chat_with_logs(tracer, logger, "What is the refund policy?")
+    # a: the logs are in Kafka before the spans (proto); b: the spans before the logs (JSON), each read in its turn
+    produce(kafka_bootstrap, topics["otlp_logs"], [otlp_proto_logs(logs_a)], keyed=False)
+    produce(kafka_bootstrap, topics["otlp"], [otlp_json(spans_b)], keyed=False)
+    store, first = _ingest_joined(db_url, kafka_bootstrap, topics)
+    assert first.appended == 0 and store.count() == 0 and _waiting(store) == 4  # a's 3 records, b's span
+    produce(kafka_bootstrap, topics["otlp"], [otlp_proto(spans_a)], keyed=False)
+    produce(kafka_bootstrap, topics["otlp_logs"], [otlp_json_logs(logs_b)], keyed=False)
+    held = REGISTRY.get_sample_value("alignd_ingest_otlp_spans_held_total") or 0.0
+
+    store2, second = _ingest_joined(db_url, kafka_bootstrap, topics)
+
+    assert second.appended == 2 and second.dead_letters == 0 and store2.count() == 2
+    assert (REGISTRY.get_sample_value("alignd_ingest_otlp_spans_held_total") or 0.0) - held == 1
+    for spans, question in ((spans_a, "How do I reset my password?"), (spans_b, "What is the refund policy?")):
+        chat = next(s for s in spans if s.name == "chat gpt-4o-mini")
+        event = _interaction(store2, chat)
+        assert event is not None and event.source == "chat-api"
+        payload = event.payload
+        assert payload["messages"] == [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": question},
+        ]
+        assert payload["response"] == f"Answer to: {question}"
+        assert payload["model"] == {"name": "gpt-4o-mini", "version": "gpt-4o-mini-2024-07-18"}
+        assert payload["request_id"] == f"{chat.context.trace_id:032x}:{chat.context.span_id:016x}"
+        assert payload["metadata"]["usage"] == {"input_tokens": 20, "output_tokens": 5, "total_tokens": 25}
+        assert payload["metadata"]["otel"]["log_records"] == 3
+    assert _waiting(store2) == 0  # every part came out and was forgotten
+    store.dispose()
+    store2.dispose()
+
+
+def test_a_waiting_span_survives_a_restart_and_times_out_by_offsets_when_its_content_never_comes(
+    db_url: str, kafka_bootstrap: str
+) -> None:
+    """The join's state is in the store: a span held by one run is joined, or timed out, by the next; a log
+    record whose span never comes is dropped as an orphan; and the window is counted in offsets, not only time."""
+    topics = _topics_with_logs(kafka_bootstrap, partitions=1)
+    with recorded_with_logs() as (tracer, logger, spans_a, logs_a):
+        _chat_with_logs(tracer, logger, "joined after the restart")
+    with recorded_with_logs() as (tracer, logger, spans_b, _):
+        _chat_with_logs(tracer, logger, "its logs never come")
+    with recorded_with_logs() as (tracer, logger, _, logs_c):
+        _chat_with_logs(tracer, logger, "its span never comes")
+    produce(kafka_bootstrap, topics["otlp"], [otlp_proto(spans_a), otlp_proto(spans_b)], keyed=False)
+    store, stats = _ingest_joined(db_url, kafka_bootstrap, topics, window_s=600, until_idle=2.0)
+    assert stats.records == 2 and store.count() == 0 and _waiting(store) == 2
+    store.dispose()
+
+    # the next run (a restart, or another replica): a's records come, c's come without their span
+    produce(kafka_bootstrap, topics["otlp_logs"], [otlp_proto_logs(logs_a), otlp_json_logs(logs_c)], keyed=False)
+    store, _ = _ingest_joined(db_url, kafka_bootstrap, topics, window_s=600, until_idle=2.0)
+    chat_a = next(s for s in spans_a if s.name == "chat gpt-4o-mini")
+    assert _interaction(store, chat_a).payload["response"] == "Answer to: joined after the restart"
+    assert store.count() == 1 and _waiting(store) == 4  # b's span, c's 3 records: within the window still
+    store.dispose()
+
+    # a run with a short window: b's span and c's records have waited it, and both topics are stored to their end
+    no_content = _skipped("no_content")
+    orphaned = REGISTRY.get_sample_value("alignd_ingest_otlp_log_records_total", {"outcome": "orphaned"}) or 0.0
+    store, stats = _ingest_joined(db_url, kafka_bootstrap, topics, window_s=0.5, until_idle=3.0)
+    assert _waiting(store) == 0 and store.count() == 1
+    assert stats.spans_skipped == 1 and _skipped("no_content") - no_content == 1
+    chat_b = next(s for s in spans_b if s.name == "chat gpt-4o-mini")
+    assert _interaction(store, chat_b) is None
+    after = REGISTRY.get_sample_value("alignd_ingest_otlp_log_records_total", {"outcome": "orphaned"}) or 0.0
+    assert after - orphaned == 3
+    store.dispose()
+
+
+def test_unreadable_otlp_logs_are_dead_lettered_and_the_join_goes_on(db_url: str, kafka_bootstrap: str) -> None:
+    topics = _topics_with_logs(kafka_bootstrap, partitions=1)
+    with recorded_with_logs() as (tracer, logger, spans, logs):
+        _chat_with_logs(tracer, logger, "after the bad ones")
+    stream = [b"\x0a\x07garbage", otlp_proto(spans), otlp_proto_logs(logs)]  # traces sent to the logs topic too
+    produce(kafka_bootstrap, topics["otlp_logs"], stream, keyed=False)
+    produce(kafka_bootstrap, topics["otlp"], [otlp_proto(spans)], keyed=False)
+    store, stats = _ingest_joined(db_url, kafka_bootstrap, topics)
+
+    assert stats.dead_letters == 2 and store.count() == 1
+    letters = [x.dead_letter for x in store.list_dead_letters()]
+    assert [x.error_kind for x in letters] == ["otlp_invalid", "otlp_invalid"]
+    assert "not OTLP protobuf (ExportLogsServiceRequest)" in letters[0].reason
+    assert "it looks like OTLP traces: send those to topics.otlp_spans" in letters[1].reason
+    assert all(x.origin.topic == topics["otlp_logs"] and x.reason.startswith("OTLP logs: ") for x in letters)
     store.dispose()

@@ -4,7 +4,7 @@ the SDK's, as the Collector's kafka exporter writes them; tests/otlp_spans.py)."
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -15,10 +15,28 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyVa
 
 from alignd.client import otel_request_id
 from consumers.decode import DECODER_ERROR
+from consumers.otel_join import HeldSpan, JoinInput, OffsetsProbe, OtelJoin
 from consumers.otlp import OTLP_INVALID, OTLP_SPAN_INVALID, decode_otlp_record, parse_request
 from consumers.otlp_genai import FAILED_CALL, NO_CONTENT, NOT_LLM, TOOL_CALL_ONLY
+from consumers.otlp_logs import NO_SPAN, NOT_GENAI, OTLP_LOG_INVALID, decode_otlp_logs_record
 from events.codec import encode_event
-from tests.otlp_spans import SpanKind, Status, StatusCode, messages_json, otlp_json, otlp_proto, recorded
+from events.model import KafkaCoordinates
+from events.otel_join import SPAN_PART, JoinPart
+from tests.otlp_spans import (
+    LogRecord,
+    SpanKind,
+    Status,
+    StatusCode,
+    emit_choice,
+    emit_message,
+    messages_json,
+    otlp_json,
+    otlp_json_logs,
+    otlp_proto,
+    otlp_proto_logs,
+    recorded,
+    recorded_with_logs,
+)
 
 
 @dataclass
@@ -509,3 +527,317 @@ def test_parse_request_reads_what_the_sdk_encoder_wrote() -> None:
     for raw in (otlp_proto([span]), otlp_json([span])):
         parsed = parse_request(raw).resource_spans[0].scope_spans[0].spans[0]
         assert parsed.trace_id.hex() == f"{span.context.trace_id:032x}" and parsed.name == span.name
+
+
+# --- content sent as log records, and the join (consumers/otlp_logs.py, consumers/otel_join.py) ----------------
+
+
+def chat_with_logs(
+    question: str = "Hi", answer: str | None = "Hello!", *, system: str | None = "Be brief.", developer: bool = False
+):
+    """One chat call as opentelemetry-instrumentation-openai-v2 records it by default: the span without content,
+    and the messages and the choice as log records in its context (real SDK). Returns (span, log records)."""
+    with recorded_with_logs() as (tracer, logger, spans, records):
+        attributes = {"gen_ai.operation.name": "chat", "gen_ai.system": "openai", "gen_ai.request.model": "gpt-4o"}
+        with tracer.start_as_current_span("chat gpt-4o", kind=SpanKind.CLIENT, attributes=attributes) as span:
+            if system is not None:
+                emit_message(logger, "system", system)
+            if developer:
+                emit_message(logger, "developer", "Answer in French.")
+            emit_message(logger, "user", question)
+            if answer is not None:
+                emit_choice(logger, answer)
+            span.set_attribute("gen_ai.response.model", "gpt-4o-2024-08-06")
+            span.set_attribute("gen_ai.usage.input_tokens", 9)
+            span.set_attribute("gen_ai.usage.output_tokens", 2)
+        logger.emit(LogRecord(body="GET /health 200", attributes={"http.route": "/health"}))  # the app's own log
+    return spans[0], records
+
+
+def decode_logs(raw: bytes | None, **kwargs: Any):
+    return decode_otlp_logs_record(FakeRecord(raw, topic="otlp_logs"), **kwargs)
+
+
+@pytest.mark.parametrize("encode", [otlp_proto_logs, otlp_json_logs], ids=["otlp_proto", "otlp_json"])
+def test_genai_log_records_are_read_in_both_encodings_and_other_logs_are_counted(encode) -> None:
+    span, records = chat_with_logs(developer=True)
+    with recorded_with_logs() as (_, logger, _, outside):
+        emit_message(logger, "user", "no span is current")  # a GenAI event outside any span
+
+    decoded = decode_logs(encode([*records, *outside]))
+
+    assert decoded.letter is None and decoded.records == 6
+    assert decoded.skipped == {NOT_GENAI: 1, NO_SPAN: 1}
+    ids = (f"{span.context.trace_id:032x}", f"{span.context.span_id:016x}")
+    assert {(p.trace_id, p.span_id) for p in decoded.parts} == {ids}
+    names = [p.event.name for p in decoded.parts]
+    assert names == ["gen_ai.system.message", "gen_ai.developer.message", "gen_ai.user.message", "gen_ai.choice"]
+    choice = decoded.parts[-1].event.attributes["gen_ai.event.content"]
+    assert choice == {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Hello!"}}
+    assert [p.time_ns for p in decoded.parts] == sorted(p.time_ns for p in decoded.parts) and decoded.parts[0].time_ns
+    assert len({p.key for p in decoded.parts}) == 4  # a digest of each record's content
+    assert [p.key for p in decode_logs(encode(records)).parts] == [p.key for p in decoded.parts]
+
+
+def test_a_legacy_event_name_attribute_is_read_too() -> None:
+    """SDKs before LogRecord.event_name wrote the name as the ``event.name`` attribute (the Events API)."""
+    with recorded_with_logs() as (tracer, logger, _, records):
+        with tracer.start_as_current_span("chat", attributes={"gen_ai.system": "openai"}):
+            logger.emit(LogRecord(attributes={"event.name": "gen_ai.user.message"}, body={"content": "Hi"}))
+    (part,) = decode_logs(otlp_proto_logs(records)).parts
+    assert part.event.name == "gen_ai.user.message" and "event.name" not in part.event.attributes
+
+
+def test_an_unreadable_genai_log_record_is_a_dead_letter_and_the_others_are_kept() -> None:
+    span, records = chat_with_logs()
+    with recorded_with_logs() as (tracer, logger, _, broken):
+        with tracer.start_as_current_span("chat", attributes={"gen_ai.system": "openai"}):
+            logger.emit(LogRecord(event_name="gen_ai.choice", body={"index": 0, "message": {"content": 42}}))
+    raw = otlp_proto_logs([*records, *broken])
+
+    decoded = decode_logs(raw)
+
+    assert len(decoded.parts) == 3
+    assert decoded.letter is not None and decoded.letter.error_kind == OTLP_LOG_INVALID
+    assert decoded.letter.value == raw and decoded.letter.origin.topic == "otlp_logs"
+    assert decoded.letter.reason.startswith("OTLP logs: 1 of its 5 log records are GenAI events alignd cannot read")
+    assert "gen_ai.choice.message.content: expected a string" in decoded.letter.reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "kind", "reason"),
+    [
+        (b"", "empty", "no value"),
+        (b"\x0a\x07garbage", OTLP_INVALID, "not OTLP protobuf (ExportLogsServiceRequest)"),
+        (b"{oops", OTLP_INVALID, "invalid JSON"),
+        (b'{"resourceLogs":[{"scopeLogs":[{"logRecords":[{"traceId":"xyz"}]}]}]}', OTLP_INVALID, "is not 32 hex"),
+        (b'{"resourceSpans":[]}', OTLP_INVALID, "it looks like OTLP traces"),
+    ],
+)
+def test_bytes_that_are_not_otlp_logs_are_dead_letters_with_a_reason(raw: bytes, kind: str, reason: str) -> None:
+    decoded = decode_logs(raw)
+    assert decoded.parts == () and decoded.letter is not None
+    assert decoded.letter.error_kind == kind and reason in decoded.letter.reason, decoded.letter.reason
+    assert decoded.letter.reason.startswith("OTLP logs: ")
+
+
+def test_a_span_without_content_is_held_when_a_logs_topic_is_consumed() -> None:
+    span, _ = chat_with_logs()
+    assert decode(otlp_proto([span])).skipped == {NO_CONTENT: 1}
+    held = decode(otlp_proto([span]), hold_no_content=True)
+    assert held.skipped == {} and held.events == () and [s.name for s in held.held] == ["chat gpt-4o"]
+
+
+class FakeJoinParts:
+    """The parts table in memory: the same contract as events.otel_join.SqlJoinParts (keys, first-seen, deadlines)."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str, str], JoinPart] = {}
+        self.offsets: dict[tuple[str, int], int] = {}
+
+    def put(self, parts, seen_ms):
+        new = [p for p in parts if (p.trace_id, p.span_id, p.part) not in self.rows]
+        for p in new:
+            self.rows[(p.trace_id, p.span_id, p.part)] = replace(p, seen_ms=seen_ms)
+        return len(new)
+
+    def load(self, keys):
+        wanted = set(keys)
+        return sorted((p for p in self.rows.values() if p.key in wanted), key=lambda p: (p.key, p.part))
+
+    def set_deadlines(self, *, seen_before_ms, span_deadline, log_deadline):
+        changed = 0
+        for k, p in self.rows.items():
+            if p.deadline is None and p.seen_ms <= seen_before_ms:
+                self.rows[k] = replace(p, deadline=span_deadline if p.part == SPAN_PART else log_deadline)
+                changed += 1
+        return changed
+
+    def keys_with_deadlines(self, limit):
+        return sorted({p.key for p in self.rows.values() if p.deadline is not None})[:limit]
+
+    def forget(self, keys):
+        gone = [k for k, p in self.rows.items() if p.key in set(keys)]
+        for k in gone:
+            del self.rows[k]
+        return len(gone)
+
+    def load_offsets(self, group_id, partitions):
+        return {tp: o for tp, o in self.offsets.items() if tp in set(partitions)}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_join(parts: FakeJoinParts, clock: FakeClock, window_s: float = 60.0) -> OtelJoin:
+    return OtelJoin(
+        parts,
+        group_id="g",
+        span_topics=("otlp_spans",),
+        log_topics=("otlp_logs",),
+        window_s=window_s,
+        clock=clock,
+        monotonic=clock,
+    )
+
+
+def held(span) -> HeldSpan:
+    (view,) = decode(otlp_proto([span]), hold_no_content=True).held
+    return HeldSpan(view, KafkaCoordinates("otlp_spans", 0, 7))
+
+
+def log_parts(records) -> list:
+    return list(decode_logs(otlp_proto_logs(records)).parts)
+
+
+def passed(join: OtelJoin, given: JoinInput):
+    """One batch through the join as the ingestor does it: process, (append), settle."""
+    outcome = join.process(given)
+    join.settle(outcome)
+    return outcome
+
+
+@pytest.mark.parametrize("logs_first", [False, True], ids=["span first", "logs first"])
+def test_a_span_and_its_log_records_become_one_interaction_whichever_comes_first(logs_first: bool) -> None:
+    span, records = chat_with_logs(developer=True)
+    parts, clock = FakeJoinParts(), FakeClock()
+    join = make_join(parts, clock)
+    first, second = (JoinInput(logs=log_parts(records)), JoinInput(spans=[held(span)]))
+    if not logs_first:
+        first, second = second, first
+
+    assert passed(join, first).events == [] and len(parts.rows) == (4 if logs_first else 1)
+    outcome = passed(join, second)
+
+    (event,) = outcome.events
+    trace_id, span_id = f"{span.context.trace_id:032x}", f"{span.context.span_id:016x}"
+    assert event.event_id == f"otel:{trace_id}:{span_id}" and outcome.origins == [KafkaCoordinates("otlp_spans", 0, 7)]
+    payload = event.payload
+    assert payload["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "developer", "content": "Answer in French."},
+        {"role": "user", "content": "Hi"},
+    ]
+    assert payload["response"] == "Hello!" and payload["model"] == {"name": "gpt-4o", "version": "gpt-4o-2024-08-06"}
+    assert payload["metadata"]["usage"] == {"input_tokens": 9, "output_tokens": 2, "total_tokens": 11}
+    assert payload["metadata"]["finish_reasons"] == ["stop"]
+    otel = payload["metadata"]["otel"]
+    assert otel["log_records"] == 4 and otel["input_shape"] == "gen_ai.*.message events"
+    assert otel["output_shape"] == "gen_ai.choice events"
+    assert outcome.joined_records == 4 and parts.rows == {}  # forgotten once stored
+
+
+def test_log_records_sent_again_are_one_part_and_a_resent_span_after_the_join_is_a_duplicate() -> None:
+    span, records = chat_with_logs()
+    parts, clock = FakeJoinParts(), FakeClock()
+    join = make_join(parts, clock)
+    passed(join, JoinInput(logs=log_parts(records)))
+    passed(join, JoinInput(logs=log_parts(records)))  # the Collector retried
+    assert len(parts.rows) == 3
+    (first,) = passed(join, JoinInput(spans=[held(span)])).events
+    passed(join, JoinInput(logs=log_parts(records)))  # retried again, after the join: they wait as orphans
+    (again,) = passed(join, JoinInput(spans=[held(span)])).events  # and the span's resend joins them again
+    assert again.event_id == first.event_id and again.payload == first.payload  # the store keeps one
+
+
+def test_a_span_waits_for_its_response_even_when_its_prompt_came() -> None:
+    """The input messages are emitted when the request starts, the choice when it ends: they may come apart."""
+    span, records = chat_with_logs()
+    parts, clock = FakeJoinParts(), FakeClock()
+    join = make_join(parts, clock)
+    prompt, choice = log_parts(records)[:2], log_parts(records)[2:]
+    assert passed(join, JoinInput(spans=[held(span)], logs=prompt)).events == []
+    (event,) = passed(join, JoinInput(logs=choice)).events
+    assert event.payload["response"] == "Hello!" and len(event.payload["messages"]) == 2
+
+
+def probe(clock: FakeClock, spans_end: int, logs_end: int) -> OffsetsProbe:
+    return OffsetsProbe(int(clock.now * 1000), {"otlp_spans": {"0": spans_end}}, {"otlp_logs": {"0": logs_end}})
+
+
+def test_a_span_times_out_only_once_the_logs_written_within_the_window_are_stored() -> None:
+    span, records = chat_with_logs()
+    parts, clock = FakeJoinParts(), FakeClock()
+    join = make_join(parts, clock, window_s=60)
+    passed(join, JoinInput(spans=[held(span)]))
+
+    clock.now += 30
+    assert passed(join, JoinInput(probe=probe(clock, 1, 500))).finished == set()  # within the window
+    clock.now += 31
+    parts.offsets = {("otlp_logs", 0): 100}  # a backlog: the logs topic ends at 500, 100 stored
+    assert passed(join, JoinInput(probe=probe(clock, 1, 500))).finished == set()
+    assert {p.deadline for p in parts.rows.values()} == {'{"otlp_logs":{"0":500}}'}
+    clock.now += 3600  # however long, until the records that were there are stored
+    assert passed(join, JoinInput(probe=probe(clock, 1, 900))).finished == set()
+    (event,) = passed(join, JoinInput(logs=log_parts(records))).events  # the backlog brought them
+    assert event.payload["response"] == "Hello!"
+
+
+def test_a_span_whose_content_never_comes_is_skipped_as_no_content_after_the_window() -> None:
+    span, _ = chat_with_logs()
+    parts, clock = FakeJoinParts(), FakeClock()
+    join = make_join(parts, clock, window_s=60)
+    passed(join, JoinInput(spans=[held(span)]))
+    parts.offsets = {("otlp_logs", 0): 500}
+    clock.now += 61
+
+    outcome = passed(join, JoinInput(probe=probe(clock, 1, 500)))
+
+    assert outcome.events == [] and outcome.skipped == {NO_CONTENT: 1} and parts.rows == {}
+
+
+def test_log_records_without_their_span_are_orphans_after_the_window() -> None:
+    span, records = chat_with_logs()
+    parts, clock = FakeJoinParts(), FakeClock()
+    join = make_join(parts, clock, window_s=60)
+    passed(join, JoinInput(logs=log_parts(records)))
+    clock.now += 61
+    parts.offsets = {("otlp_spans", 0): 3}
+    assert passed(join, JoinInput(probe=probe(clock, 5, 9))).finished == set()  # spans not all stored yet
+    parts.offsets = {("otlp_spans", 0): 5}
+    outcome = passed(join, JoinInput(probe=probe(clock, 5, 9)))
+    assert outcome.orphaned_records == 3 and outcome.events == [] and parts.rows == {}
+
+
+def test_the_join_state_is_in_the_parts_alone_so_another_join_takes_over() -> None:
+    """What a restart (or another replica) finds: a new OtelJoin on the same parts completes the call."""
+    span, records = chat_with_logs()
+    parts, clock = FakeJoinParts(), FakeClock()
+    passed(make_join(parts, clock), JoinInput(spans=[held(span)]))
+    (event,) = passed(make_join(parts, clock), JoinInput(logs=log_parts(records))).events
+    assert event.payload["messages"][-1] == {"role": "user", "content": "Hi"}
+
+
+def test_content_not_captured_comes_out_at_once_as_no_content() -> None:
+    """Without OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT the events come without content: no waiting."""
+    with recorded_with_logs() as (tracer, logger, spans, records):
+        with tracer.start_as_current_span("chat gpt-4o", attributes={"gen_ai.operation.name": "chat"}):
+            emit_message(logger, "user", None)  # openai-v2 then emits no body at all
+            emit_choice(logger, None)
+    parts, clock = FakeJoinParts(), FakeClock()
+    outcome = passed(make_join(parts, clock), JoinInput(spans=[held(spans[0])], logs=log_parts(records)))
+    assert outcome.skipped == {NO_CONTENT: 1} and outcome.events == [] and parts.rows == {}
+
+
+def test_a_joined_span_that_breaks_the_contract_is_a_dead_letter_naming_it() -> None:
+    span, records = chat_with_logs(question="a NUL \x00 in a prompt")
+    parts, clock = FakeJoinParts(), FakeClock()
+    outcome = passed(make_join(parts, clock), JoinInput(spans=[held(span)], logs=log_parts(records)))
+    (letter,) = outcome.letters
+    assert letter.error_kind == OTLP_SPAN_INVALID and letter.origin is None
+    assert letter.source_key.startswith("otel-join:") and letter.event_id.startswith("otel:")
+    assert "joined with its 3 log records" in letter.reason and "not requeued" in letter.reason
+    assert json.loads(letter.value)["span"]["name"] == "chat gpt-4o" and parts.rows == {}
+
+
+def test_otlp_traces_sent_to_the_logs_topic_are_named_as_such() -> None:
+    span, _ = chat_with_logs()
+    for raw in (otlp_proto([span]), otlp_json([span])):
+        decoded = decode_logs(raw)
+        assert decoded.letter is not None and decoded.letter.error_kind == OTLP_INVALID
+        assert "it looks like OTLP traces: send those to topics.otlp_spans" in decoded.letter.reason
