@@ -1,6 +1,6 @@
 """alignd's client for applications: log interactions and feedback to Kafka without slowing a request down.
 
-See docs/client.md. This package imports nothing of the daemon (DESIGN.md §8): an application that logs its
+See docs/client.md. This package imports nothing of the daemon (docs/client.md): an application that logs its
 interactions needs kafka-python and nothing else.
 """
 

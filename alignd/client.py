@@ -1,6 +1,6 @@
 """Log interactions and feedback to alignd's Kafka topics from an application, off the request path.
 
-``log_interaction`` and ``log_feedback`` build a valid event envelope (DESIGN.md §2), put it in a bounded in-memory
+``log_interaction`` and ``log_feedback`` build a valid event envelope (docs/event-contract.md), put it in a bounded in-memory
 buffer and return: they never wait for the broker. A background thread sends the buffer with kafka-python's
 producer (batched, ``linger_ms``). When the buffer is full the event is dropped, counted and reported in a warning
 (at most one every ``drop_warning_interval_s``), never silently; so is an event the broker refused after the
@@ -9,7 +9,7 @@ producer's retries. ``flush`` waits for what is buffered, ``close`` flushes and 
 Event ids are derived from what identifies the event (the request id; for feedback also its kind, value and user,
 or an ``idempotency_key``), so logging the same thing again, after a retry or a crash, is stored once.
 
-This module imports nothing of alignd's daemon (DESIGN.md §8): an application needs kafka-python and the standard
+This module imports nothing of alignd's daemon (docs/client.md): an application needs kafka-python and the standard
 library. The envelopes it writes are checked against ``events.codec`` by tests/unit/test_client_envelopes.py.
 """
 
@@ -34,7 +34,7 @@ INTERACTION_LOGGED = "interaction.logged"
 FEEDBACK_RECEIVED = "feedback.received"
 FEEDBACK_KINDS = ("thumbs", "rating", "preference", "correction", "flag", "signal")
 FLAG_CATEGORIES = ("toxic", "jailbreak", "hallucination", "pii", "other")
-#: The implicit signals DESIGN.md names (any other non-empty name is accepted too).
+#: The implicit signals the event contract names (docs/event-contract.md) (any other non-empty name is accepted too).
 SIGNALS = ("regenerated", "copied", "edited", "abandoned", "escalated_to_human", "dwell_time_ms")
 
 _MAX_ID = 256  # request ids, users, sessions, names (the store's columns)
@@ -141,7 +141,7 @@ def interaction_envelope(
 
 
 def _feedback_value(kind: str, value: Any) -> Any:
-    """The value of one feedback kind, checked as DESIGN.md §2 states it."""
+    """The value of one feedback kind, checked as docs/event-contract.md states it."""
     if kind == "thumbs":
         if value not in ("up", "down"):
             raise ValueError(f"thumbs: value must be 'up' or 'down', got {value!r}")
@@ -194,7 +194,7 @@ def feedback_envelope(
     idempotency_key: str | None = None,
     occurred_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The ``feedback.received`` envelope of one kind (DESIGN.md §2).
+    """The ``feedback.received`` envelope of one kind (docs/event-contract.md).
 
     Its id is derived from the request id, the kind and ``idempotency_key`` when given, else the value and the
     user: the same feedback sent twice is one event; another user's, or a changed value, is another event.

@@ -1,1 +1,1 @@
-"""Benchmarks that print and save figures (DESIGN.md §1); never asserted as timed tests."""
+"""Benchmarks that print and save figures (docs/architecture.md); never asserted as timed tests."""

@@ -9,7 +9,7 @@ What it does, in one process:
 1. Starts a local Kafka broker (``daemon.local.kafka``) unless ``$KAFKA_BOOTSTRAP_SERVERS`` names one, and a
    local PostgreSQL (``daemon.local.postgres``) unless ``$ALIGND_TEST_POSTGRES_URL`` names a server (a fresh
    database is created on it for each run and dropped afterwards): :mod:`bench.harness`.
-2. Creates one topic (3 partitions by default) and produces ``--events`` realistic envelopes (DESIGN.md §2,
+2. Creates one topic (3 partitions by default) and produces ``--events`` realistic envelopes (docs/event-contract.md,
    :mod:`bench.workload`):
    ``interaction.logged`` with prompts of 200-500 and responses of 300-800 characters, ``feedback.received``
    of every kind, and about 0.5 % invalid messages (bad JSON, invalid UTF-8, missing or mistyped fields,

@@ -69,7 +69,7 @@ INBOUND_TYPES = ("interaction.logged", "feedback.received")
 HTTP_PATHS = ("/healthz", "/readyz", "/metrics", "/audit")
 MAX_MESSAGE_BYTES = 1024 * 1024  # alignd's default limit (events.model.DEFAULT_MAX_MESSAGE_BYTES)
 
-#: Every one of these must become a dead letter (DESIGN.md §2: never stored, never dropped silently).
+#: Every one of these must become a dead letter (docs/event-contract.md: never stored, never dropped silently).
 HOSTILE_KINDS = (
     "invalid_json",  # an interaction cut in half
     "invalid_utf8",  # 0xC3 0x28 inside the JSON text

@@ -1,4 +1,4 @@
-"""The realistic inbound stream the benchmarks produce: DESIGN.md §2 envelopes, deterministic from a seed.
+"""The realistic inbound stream the benchmarks produce: docs/event-contract.md envelopes, deterministic from a seed.
 
 :class:`EventFactory` yields ``(key, value)`` Kafka messages: ``interaction.logged`` with prompts of 200-500
 and responses of 300-800 characters (a share :data:`INTERACTION_SHARE` of the valid ones), ``feedback.received``

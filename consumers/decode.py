@@ -35,7 +35,7 @@ def decode_record(record: KafkaRecord, *, max_bytes: int = DEFAULT_MAX_MESSAGE_B
 
     Returns the event, or a :class:`DeadLetter` carrying the raw bytes, the coordinates and the reason.
     The fallback event id is ``topic:partition:offset`` so a redelivered message without an id is still
-    recognised as a duplicate (DESIGN.md §2). Never raises for anything in the record: an exception the
+    recognised as a duplicate (docs/event-contract.md). Never raises for anything in the record: an exception the
     decoder did not foresee becomes a dead letter of kind ``decoder_error`` with the exception named
     (defence in depth: an ``OverflowError`` from a date once stopped ingestion for good).
     """

@@ -1,6 +1,6 @@
 """The ingestion loop: Kafka -> event store, effectively once.
 
-Order of a batch (DESIGN.md §3):
+Order of a batch (docs/store.md):
 
 1. poll records; 2. decode each into an event or a dead letter (pure); 3. one database transaction
 appends the events (duplicates ignored), the dead letters and the next offset of every partition in the
@@ -59,7 +59,7 @@ class IngestConfig:
     retry_initial_s: float = 0.5
     retry_max_s: float = 10.0
     #: Kafka commits and DLQ publishing are batched over this interval (and done on stop). The stored
-    #: offsets are the ones that count (DESIGN.md §3); the Kafka commit only feeds lag monitoring, and a
+    #: offsets are the ones that count (docs/store.md); the Kafka commit only feeds lag monitoring, and a
     #: blocking commit and DLQ flush per batch cost ~25 ms, a third of the time of a 2,000-record batch.
     kafka_commit_interval_s: float = 1.0
     #: Topics of OTLP traces from the OpenTelemetry Collector's kafka exporter (consumers/otlp.py): their LLM spans

@@ -19,7 +19,7 @@ they meet or until waiting longer would not help:
    left waiting because each half was stored while the other was not yet visible.
 3. **Time out, by offsets.** A part that has waited ``window_s`` gets a *deadline*: the end offsets, at that moment,
    of the other side's topics (for a span, the logs topics; for a log record, the spans topics). The part is due
-   once the group's stored offsets (DESIGN.md §3: what every replica has *stored*, not merely read) have reached its
+   once the group's stored offsets (docs/store.md: what every replica has *stored*, not merely read) have reached its
    deadline: every record that reached the other topic within the window after the part was first seen has then
    been stored, so waiting longer cannot bring its other half, however far behind ingestion was (a backlog after
    downtime is read through first, not timed out against the wall clock). A due span is mapped with whatever
@@ -27,7 +27,7 @@ they meet or until waiting longer would not help:
    was not an LLM call, was mapped on its own, or was sampled out) is dropped and counted as ``orphaned``.
 4. **Forget.** The parts of a call that came out (an event, a skip, a dead letter, an orphan) are deleted after the
    append that stored its outcome. A crash in between leaves them; they come out again into a duplicate (the
-   event's id is the span's, DESIGN.md §2's idempotency), and are deleted then.
+   event's id is the span's, docs/event-contract.md's idempotency), and are deleted then.
 
 Restart: nothing of the join lives only in memory. The parts, their first-seen times and their deadlines are rows;
 the offsets are the store's; a restarted (or another) replica finds every waiting call where it was.

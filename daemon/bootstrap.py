@@ -72,7 +72,7 @@ class KafkaClients:
         kwargs: dict[str, Any] = {
             **s.kafka.client_kwargs(),
             "group_id": s.kafka.group_id,
-            # Offsets are committed by the loop after the store commits (DESIGN.md §3), never automatically.
+            # Offsets are committed by the loop after the store commits (docs/store.md), never automatically.
             "enable_auto_commit": False,
             "auto_offset_reset": s.kafka.auto_offset_reset,
             "max_poll_records": s.ingest.max_poll_records,

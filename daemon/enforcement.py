@@ -1,4 +1,4 @@
-"""The enforcement executor: carries out ``enforcement.requested`` events (DESIGN.md §4-§5).
+"""The enforcement executor: carries out ``enforcement.requested`` events (docs/monitors.md and docs/trainers.md).
 
 Monitors' rules emit requests (roll back the champion, pause training, quarantine, publish a guard rule);
 this carries them out through :class:`daemon.governance.Governance` and records each outcome as an

@@ -1,4 +1,4 @@
-"""Publishes events from the store to a Kafka topic: the store is the outbox (DESIGN.md §3).
+"""Publishes events from the store to a Kafka topic: the store is the outbox (docs/store.md).
 
 The publisher keeps its position (last ``seq`` published) under the name ``outbox:<topic>`` (a store position,
 events/store.py), and moves it only after the broker has acknowledged the messages, so a crash never

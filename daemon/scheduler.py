@@ -13,7 +13,7 @@ Jobs (ids stable across replicas; each ``max_instances=1, coalesce=True``):
   preference pairs, the policy after ``policy_after_examples`` new examples of its objective's dataset
   (pairs for DPO, demonstrations for SFT, prompts for RLOO), counted after the ``to_seq`` of the dataset
   the last successful training of that kind used. It also resumes a job that was interrupted.
-* ``evaluate``: cron, optional; the continuous evaluation of the champions (DESIGN.md §5,
+* ``evaluate``: cron, optional; the continuous evaluation of the champions (docs/trainers.md,
   ``trainers/champion_eval.py``), a request of kind ``evaluation`` that a pause does not block.
 
 The jobs only decide (by the pure rules of :mod:`daemon.training_rules`); a single worker thread runs what they ask for, one training at a time (a GPU holds

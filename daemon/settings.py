@@ -256,7 +256,7 @@ class ScheduleSettings(BaseModel):
     policy_cron: str | None = Field("0 4 * * *", description="cron for the policy (empty: off)")
     evaluation_cron: str | None = Field(
         None,
-        description="cron for re-evaluating the champions (safety suite, held-out reward accuracy; DESIGN.md §5); "
+        description="cron for re-evaluating the champions (safety suite, held-out reward accuracy; docs/trainers.md); "
         "runs while training is paused (empty: off)",
     )
     reward_after_pairs: int = Field(200, ge=0, description="retrain the reward model after N new pairs (0: off)")

@@ -3,7 +3,7 @@
 Conversations are built from templates over everyday topics; users give thumbs, ratings, corrections and
 preferences at rates close to what chat products report (most interactions get no feedback). An incident
 can be scripted: a model version that answers rudely a share of the time, and users who thumb it down.
-The envelopes follow DESIGN.md §2 exactly, so the demo exercises the real ingestion path.
+The envelopes follow docs/event-contract.md exactly, so the demo exercises the real ingestion path.
 """
 
 from __future__ import annotations

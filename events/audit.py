@@ -1,4 +1,4 @@
-"""The audit trail: one hash-chained record per decision event (DESIGN.md §3).
+"""The audit trail: one hash-chained record per decision event (docs/store.md).
 
 Record ``n`` stores ``hash = sha256(prev_hash + canonical_json(fields))`` where ``prev_hash`` is record
 ``n - 1``'s hash (``"0" * 64`` for the first) and ``fields`` are the :data:`HASHED` columns, its own position

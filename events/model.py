@@ -1,4 +1,4 @@
-"""The event contract (DESIGN.md §2) as plain frozen dataclasses.
+"""The event contract (docs/event-contract.md) as plain frozen dataclasses.
 
 Nothing here does I/O; every other package imports these names.
 """

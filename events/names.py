@@ -1,7 +1,7 @@
 """The names every floor shares, defined once: event types, registered models, training datasets.
 
 Stored type names are stable strings (``"anomaly.detected"``), not import paths, so renaming a class never
-breaks a replay, an audit hash or a Kafka consumer (DESIGN.md §2). The floors above import these instead of
+breaks a replay, an audit hash or a Kafka consumer (docs/event-contract.md). The floors above import these instead of
 spelling them out: a monitor and the daemon agree on ``enforcement.requested`` because both read it here.
 This module imports nothing, so that :mod:`events.model` and the lightest CLI parser can use it.
 """
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Literal
 
-# --- event types (DESIGN.md §2) -----------------------------------------------------------------------
+# --- event types (docs/event-contract.md) -----------------------------------------------------------------------
 
 INTERACTION_LOGGED = "interaction.logged"
 FEEDBACK_RECEIVED = "feedback.received"
@@ -59,7 +59,7 @@ ALIAS_CHANGE_TYPES: tuple[str, ...] = (MODEL_PROMOTED, MODEL_ROLLED_BACK)
 #: How bad an alert is (``anomaly.detected``'s ``severity``), from least to most.
 Severity = Literal["info", "warning", "critical"]
 
-# --- registered models (DESIGN.md §5) -----------------------------------------------------------------
+# --- registered models (docs/trainers.md) -----------------------------------------------------------------
 
 #: The MLflow registered model of each kind of training.
 MODEL_NAMES: Mapping[str, str] = MappingProxyType({"reward": "alignd-reward", "policy": "alignd-policy"})

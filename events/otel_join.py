@@ -8,7 +8,7 @@ a part stored again keeps its first time), ``deadline`` the end offsets of the o
 the part has waited the join window (JSON, ``{"topic": {"partition": offset}}``). The table is shared by every
 ingest replica, so a span and its log records meet whichever replica reads each.
 
-Why a table of its own and not events: the parts are not facts of the contract (DESIGN.md §2) but a waiting room;
+Why a table of its own and not events: the parts are not facts of the contract (docs/event-contract.md) but a waiting room;
 the interaction that comes out of it is the event, with the span's id, so the room can be emptied and refilled
 (a part stored twice, a join done twice) without a fact changing. Rows are written in their own transactions,
 before the append that moves the consumer's offsets past the records they came from, and deleted after the append

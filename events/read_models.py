@@ -1,7 +1,7 @@
 """Queries of the read models (the projections' tables) that the floors above ask, as functions of the store.
 
 The trainers' snapshots, the scheduler's volume trigger and the constitutional revision read the projections;
-their SQL lives here, with the tables, so that no floor above speaks SQL (DESIGN.md §1). Each returns plain
+their SQL lives here, with the tables, so that no floor above speaks SQL (docs/architecture.md). Each returns plain
 rows (``dict`` of column name to value, in the tables' own column names) or numbers; what a caller makes of
 them (a snapshot's hashed rows, a revision's reasons) stays with the caller.
 

@@ -1,4 +1,4 @@
-"""Validation schemas of the inbound envelope and payloads (DESIGN.md §2), as pydantic TypedDicts.
+"""Validation schemas of the inbound envelope and payloads (docs/event-contract.md), as pydantic TypedDicts.
 
 Every field is strict: a number where a string is expected, or ``"5"`` where an integer is expected, is
 a producer bug we report rather than coerce, because the stored event must be exactly what was sent.

@@ -1,6 +1,6 @@
 """The event store on SQL: SQLite (WAL, the embedded default) and PostgreSQL (production).
 
-Invariants this module keeps (DESIGN.md §3):
+Invariants this module keeps (docs/store.md):
 
 * An append is one transaction: new events (duplicates by ``event_id`` ignored), dead letters
   (duplicates by ``source_key`` ignored) and consumer offsets commit together or not at all.

@@ -111,7 +111,7 @@ class UnitOfWork(Protocol):
 
 
 class EventStore(Protocol):
-    """The append-only event store with consumer offsets, dead letters and readers' positions (DESIGN.md §3)."""
+    """The append-only event store with consumer offsets, dead letters and readers' positions (docs/store.md)."""
 
     def append(
         self,

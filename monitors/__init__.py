@@ -1,1 +1,1 @@
-"""Alignment-failure detectors (pure), and the runner that tails the event store (DESIGN.md §4)."""
+"""Alignment-failure detectors (pure), and the runner that tails the event store (docs/monitors.md)."""

@@ -1,6 +1,6 @@
 """Rules that turn alerts into ``enforcement.requested`` events (pure).
 
-A monitor never acts itself (DESIGN.md §1): it asks, with its reason and evidence, and the daemon carries
+A monitor never acts itself (docs/architecture.md): it asks, with its reason and evidence, and the daemon carries
 the request out through the trainers' registry and audits the outcome. Quarantine is the exception that
 needs no executor: the projections read the requests and leave the quarantined users and events out of
 the training sets (events/projections/quarantine.py).

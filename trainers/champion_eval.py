@@ -1,4 +1,4 @@
-"""Continuous evaluation of the champions (DESIGN.md §5): re-measure what serves, record it, let monitors judge.
+"""Continuous evaluation of the champions (docs/trainers.md): re-measure what serves, record it, let monitors judge.
 
 For the ``champion`` of ``alignd-reward``: pairwise accuracy and mean margin on the held-out split of the current
 ``preference_pairs`` snapshot (the split training uses: by a hash of each pair's id, with the fraction the

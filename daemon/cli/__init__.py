@@ -1,4 +1,4 @@
-"""The ``alignd`` command line (DESIGN.md §7): the parser, assembled from one module per noun, and ``main``.
+"""The ``alignd`` command line (README.md#cli-at-a-glance): the parser, assembled from one module per noun, and ``main``.
 
 Each module under ``daemon/cli/`` adds its commands (``add_<noun>_commands``) through
 :func:`daemon.cli.command.add_command`; a command takes its parts from the object graph of

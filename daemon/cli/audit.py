@@ -1,4 +1,4 @@
-"""``alignd audit list|show|verify|export``: the hash-chained record of every decision (DESIGN.md §3).
+"""``alignd audit list|show|verify|export``: the hash-chained record of every decision (docs/store.md).
 
 ``list``, ``show`` and ``export`` first chain the decision events not yet chained, so they show everything
 up to now. ``verify`` writes nothing: it checks the chain as it is in the database and exits 1 naming the

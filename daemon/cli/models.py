@@ -1,4 +1,4 @@
-"""``alignd models list|show|promote|rollback|evaluate``: the registered reward and policy versions (DESIGN.md §5).
+"""``alignd models list|show|promote|rollback|evaluate``: the registered reward and policy versions (docs/trainers.md).
 
 ``promote`` and ``rollback`` move the ``champion`` alias through :class:`daemon.governance.Governance`, which
 checks the gates and appends ``model.promoted`` / ``model.rolled_back``; the daemon's outbox publishes those on

@@ -1,4 +1,4 @@
-"""One typed, frozen record per internal event type (DESIGN.md §2), each with its payload codec and its audit
+"""One typed, frozen record per internal event type (docs/event-contract.md), each with its payload codec and its audit
 description. The type names themselves are in :mod:`events.names`.
 
 =========================  =================================================================

@@ -1,6 +1,6 @@
 """Champion regression: a continuous evaluation of a registered version that is worse than that version was.
 
-It reads ``gate.evaluated`` events (DESIGN.md §2), which training appends for every candidate and the scheduled
+It reads ``gate.evaluated`` events (docs/event-contract.md), which training appends for every candidate and the scheduled
 continuous evaluation (``trainers/champion_eval.py``, payload ``"phase": "continuous"``) for every champion.
 Per (model name, version) the baseline of each metric is the training-time gate value of that version, or the
 first continuous evaluation where training did not measure it (an event without ``phase`` was appended before

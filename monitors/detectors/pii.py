@@ -1,4 +1,4 @@
-"""PII and secret leaks in model responses (DESIGN.md §4).
+"""PII and secret leaks in model responses (docs/monitors.md).
 
 One finding per ``interaction.logged`` whose ``response`` holds personal data or credentials. Findings name the
 kinds and counts with masked previews only (``j***@a***.com``, ``Visa ending 1111``, ``ghp_… (40 chars)``):

@@ -170,7 +170,7 @@ def test_events_buffered_while_the_broker_is_down_are_sent_when_it_is_back(kafka
     assert sorted(r.key for r in records) == sorted(f"r{i}".encode() for i in range(50))
 
 
-# --- the client's own distribution (DESIGN.md §8) -----------------------------------------------------------
+# --- the client's own distribution (docs/client.md) -----------------------------------------------------------
 
 
 def test_the_client_wheel_holds_the_client_alone_and_imports_without_the_daemon(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """The client's envelopes meet the event contract (checked by events.codec: the schema is shared through this test,
-not an import, DESIGN.md §8), their ids are stable, and the client package imports nothing of the daemon."""
+not an import, docs/client.md), their ids are stable, and the client package imports nothing of the daemon."""
 
 from __future__ import annotations
 
@@ -261,7 +261,7 @@ def test_a_full_buffer_drops_counts_and_warns_without_blocking(caplog: pytest.Lo
 
 
 def test_client_module_imports_nothing_of_the_daemon() -> None:
-    """DESIGN.md §8: an application that logs interactions installs kafka-python, not torch."""
+    """docs/client.md: an application that logs interactions installs kafka-python, not torch."""
     allowed_roots = {
         "__future__",
         "atexit",

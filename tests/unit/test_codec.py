@@ -1,4 +1,4 @@
-"""The inbound event contract (DESIGN.md §2): what `decode_inbound` accepts, what it refuses and why."""
+"""The inbound event contract (docs/event-contract.md): what `decode_inbound` accepts, what it refuses and why."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ SECRETS_TARGET = "/run/secrets/"
 # Names of variables and settings that hold a secret.
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|API_?KEY|CREDENTIAL", re.I)
 
-# `alignd run [--role ingest|project|monitor|schedule|http ...]` (DESIGN.md §7).
+# `alignd run [--role ingest|project|monitor|schedule|http ...]` (README.md#cli-at-a-glance).
 ROLES = {"ingest", "project", "monitor", "schedule", "http"}
 DEPENDS_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
@@ -421,7 +421,9 @@ def roles_of(services: list[str]) -> dict[str, list[str]]:
 @pytest.mark.parametrize("active", [(), ("cpu",), ("gpu",)], ids=["no profile", "--profile cpu", "--profile gpu"])
 def test_every_role_runs_once(active: tuple[str, ...]) -> None:
     roles = roles_of(enabled(set(active)))
-    assert set(roles) <= ROLES, f"roles DESIGN.md §7 does not name: {sorted(set(roles) - ROLES)}"
+    assert set(roles) <= ROLES, (
+        f"roles the CLI does not name (README.md, CLI at a glance): {sorted(set(roles) - ROLES)}"
+    )
     expected = ROLES - {"http"} - (set() if active else {"schedule"})
     assert expected <= set(roles), f"roles no service runs: {sorted(expected - set(roles))}"
     for role, where in roles.items():

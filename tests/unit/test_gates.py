@@ -1,4 +1,4 @@
-"""The promotion gates (DESIGN.md §5) at and around each threshold, with and without a champion."""
+"""The promotion gates (docs/trainers.md) at and around each threshold, with and without a champion."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ def pairs(units: Sequence[Joined]) -> list[tuple[int, int | None]]:
     return [(u.interaction.seq, u.feedback.seq if u.feedback is not None else None) for u in units]
 
 
-# --- the cases of DESIGN.md §2 ----------------------------------------------------------------------------
+# --- the cases of docs/event-contract.md ----------------------------------------------------------------------------
 
 
 def test_feedback_before_its_interaction_is_joined_when_the_interaction_arrives() -> None:

@@ -1,4 +1,4 @@
-"""The dependency direction of DESIGN.md §1: daemon -> consumers | monitors | trainers -> events.
+"""The dependency direction of docs/architecture.md: daemon -> consumers | monitors | trainers -> events.
 
 Checked twice: by import-linter (the contract in pyproject.toml) and by an independent walk of the AST, so
 that a misconfigured contract cannot pass silently.
@@ -18,10 +18,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MIDDLE = ("consumers", "monitors", "trainers")
 PACKAGES = ("events", *MIDDLE, "daemon")
-#: The client for applications (alignd.client, DESIGN.md §8): its own distribution, importing none of the above.
+#: The client for applications (alignd.client, docs/client.md): its own distribution, importing none of the above.
 CLIENT = "alignd"
 
-#: What each package may not import (DESIGN.md §1).
+#: What each package may not import (docs/architecture.md).
 FORBIDDEN: dict[str, frozenset[str]] = {
     "events": frozenset({*MIDDLE, "daemon"}),
     **{package: frozenset({*(m for m in MIDDLE if m != package), "daemon"}) for package in MIDDLE},
