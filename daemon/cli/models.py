@@ -3,7 +3,7 @@
 ``promote`` and ``rollback`` move the ``champion`` alias through :class:`daemon.governance.Governance`, which
 checks the gates and appends ``model.promoted`` / ``model.rolled_back``; the daemon's outbox publishes those on
 the models topic, where serving hears of the new champion. ``list`` marks the versions ``champion`` was rolled
-back from and not put back since (issue 22; events.read_models folds them from the store), with who, when, why
+back from and not put back since (events.read_models folds them from the store), with who, when, why
 and the rollback's audit record.
 
 ``trainers.registry`` (and with it MLflow, about two seconds of imports) is imported inside the handlers, so
