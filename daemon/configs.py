@@ -34,6 +34,8 @@ def ingest_config(settings: Settings) -> IngestConfig:
         kafka_commit_interval_s=s.ingest.kafka_commit_interval_s,
         otlp_topics=(s.topics.otlp_spans,) if s.topics.otlp_spans else (),
         otlp_encoding=s.ingest.otlp_encoding,
+        otlp_log_topics=(s.topics.otlp_logs,) if s.topics.otlp_logs else (),
+        otlp_join_window_s=s.ingest.otlp_join_window_s,
     )
 
 

@@ -153,6 +153,16 @@ class TopicsSettings(BaseModel):
         None, description="topic of OTLP logs (Collector kafka exporter), joined with otlp_spans; unset = off"
     )
 
+    @model_validator(mode="after")
+    def _logs_need_spans(self) -> TopicsSettings:
+        # Refused here, where the CLI names the setting, rather than when the ingestor is built.
+        if self.otlp_logs and not self.otlp_spans:
+            raise ValueError(
+                "otlp_logs is set without otlp_spans: the log records carry the content of LLM spans and are "
+                "joined with them; set topics.otlp_spans to the Collector's traces topic too"
+            )
+        return self
+
 
 class IngestSettings(BaseModel):
     model_config = _FROZEN

@@ -476,3 +476,23 @@ def test_a_database_password_the_url_cannot_take_is_refused(url: str, problem: s
 
     assert problem in message and "ALIGND_DATABASE" in message
     assert "s3cret" not in message and "other" not in message
+
+
+def test_otlp_logs_without_otlp_spans_is_refused_naming_both() -> None:
+    message = refused(ALIGND_TOPICS_OTLP_LOGS="otlp_logs")
+    assert "ALIGND_TOPICS_" in message and "otlp_logs is set without otlp_spans" in message
+
+
+def test_the_ingestor_is_given_the_otlp_logs_topic_and_the_join_window() -> None:
+    from daemon.configs import ingest_config
+
+    settings = load_settings(
+        env={
+            "ALIGND_TOPICS_OTLP_SPANS": "otlp_spans",
+            "ALIGND_TOPICS_OTLP_LOGS": "otlp_logs",
+            "ALIGND_INGEST_OTLP_JOIN_WINDOW_S": "12.5",
+        }
+    )
+    config = ingest_config(settings)
+    assert config.otlp_topics == ("otlp_spans",) and config.otlp_log_topics == ("otlp_logs",)
+    assert config.otlp_join_window_s == 12.5
