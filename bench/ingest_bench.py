@@ -158,7 +158,7 @@ class Bench:
         from daemon.settings import load_settings
 
         group = self._group("baseline")
-        # Same fetch sizes as alignd's consumer (daemon.bootstrap.kafka_consumer), so only the work differs.
+        # Same fetch sizes as alignd's consumer (daemon.bootstrap's KafkaClients.consumer), so only the work differs.
         settings = load_settings(env=self.settings_env("sqlite:///unused.db", group))
         consumer = KafkaConsumer(
             bootstrap_servers=self.services.bootstrap.split(","),

@@ -537,6 +537,7 @@ def run_latency(args: argparse.Namespace, services: Services) -> dict[str, Any]:
     import queue
 
     from daemon import run as daemon_run
+    from daemon.bootstrap import build as build_app
     from daemon.bootstrap import open_store
     from daemon.settings import load_settings
     from events.sql_store import create_store_engine
@@ -578,7 +579,7 @@ def run_latency(args: argparse.Namespace, services: Services) -> dict[str, Any]:
     engine.dispose()
     store = open_store(settings)
     # The daemon's own parts and loops, as ``alignd run --role ingest --role monitor`` builds them.
-    supervisor = daemon_run.build(settings, ["ingest", "monitor"], store)
+    supervisor = daemon_run.build(build_app(settings, store=store), ["ingest", "monitor"])
     conf = {
         "bootstrap": services.bootstrap,
         "topics": topics,

@@ -3,7 +3,7 @@
 A promotion, a rollback or an alias sync is one call from the daemon (the CLI, the enforcement executor, the
 supervisor's alias loop) into :class:`trainers.governance.Governance`, which reads the registry and the store,
 decides and records; the daemon only wires it, with the store, the registry and the clock
-(:func:`daemon.bootstrap.governance` does, from the settings). The names the daemon uses are re-exported here.
+(``App.governance`` of daemon/bootstrap.py does, from the settings). The names the daemon uses are re-exported here.
 """
 
 from __future__ import annotations

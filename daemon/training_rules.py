@@ -214,7 +214,7 @@ def count_new_examples(store: SqlEventStore, dataset: str, after_seq: int) -> in
 
 
 def governance_training_paused(store: SqlEventStore) -> tuple[bool, str | None]:
-    # Imported here: daemon.governance loads MLflow (seconds), which `python -m daemon.scheduler` need not.
+    # Imported here: daemon.governance loads MLflow (seconds), which `alignd jobs drill` need not.
     from daemon.enforcement import training_paused
 
     return training_paused(store)

@@ -391,7 +391,7 @@ def assert_parses(argv: list[str], where: str) -> Any:
             return build_parser().parse_args(argv)
         except SystemExit:
             pass
-    pytest.fail(f"{where}: `alignd {' '.join(argv)}` is not a command daemon/cli.py knows: {stderr.getvalue().strip()}")
+    pytest.fail(f"{where}: `alignd {' '.join(argv)}` is not a command daemon/cli/ knows: {stderr.getvalue().strip()}")
 
 
 def test_image_runs_the_alignd_console_script() -> None:
