@@ -11,6 +11,7 @@ every message scrubbed of the secrets the settings hold.
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -54,8 +55,42 @@ NOUNS: tuple[Callable[[Any, AddCommand], None], ...] = (
 )
 
 
+def _version() -> str:
+    """The installed distribution's version ("unknown" when run from a tree that was never installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("alignd")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, saying which command was meant when a command, an action or a choice is mistyped.
+
+    The subparsers are made of this class too (``add_parser`` uses the parent's class).
+    """
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is None or value in action.choices:
+            return
+        choices = [str(c) for c in action.choices]
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001 - argparse exposes no other name
+            # "alignd models" -> "models "; the top level has no prefix.
+            prefix = self.prog.removeprefix("alignd").strip()
+            prefix = f"{prefix} " if prefix else ""
+            hint = f"did you mean '{prefix}{close[0]}'?" if close else f"`alignd {prefix}--help` lists them"
+            self.exit(2, f"alignd: no command '{prefix}{value}'; {hint}\n")
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise argparse.ArgumentError(
+            action, f"invalid choice: {value!r} (choose from {', '.join(map(repr, choices))}){hint}"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alignd", description="Continuous alignment daemon.")
+    parser = _Parser(prog="alignd", description="Continuous alignment daemon.")
+    parser.add_argument("--version", action="version", version=f"alignd {_version()}")
     parser.add_argument("--config", help="YAML settings file (default: $ALIGND_CONFIG)")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="overrides log.level")
     parser.add_argument("--log-format", choices=["json", "text"], help="overrides log.format")

@@ -1,0 +1,50 @@
+"""The CLI's manners (issue 22): its version, "did you mean", no files made by reading, true JSON types, cron as
+cron, empty states, one table style, and why a detector is off. SQLite only, no broker."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from daemon.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No ALIGND_* setting from the caller's environment, and an empty folder to run in."""
+    for name in list(os.environ):
+        if name.startswith("ALIGND_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ALIGND_LOG_LEVEL", "WARNING")
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's own exits (--version, a mistyped command)
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    code, out, _ = _run(["--version"], capsys)
+    assert code == 0 and out.strip() == f"alignd {version('alignd')}"
+
+
+def test_a_mistyped_command_says_what_was_meant(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(["modles", "list"], capsys)
+    assert code == 2 and err.strip() == "alignd: no command 'modles'; did you mean 'models'?"
+    code, _, err = _run(["models", "lst"], capsys)
+    assert code == 2 and err.strip() == "alignd: no command 'models lst'; did you mean 'models list'?"
+    code, _, err = _run(["zzzzzz"], capsys)
+    assert code == 2 and "no command 'zzzzzz'" in err and "alignd --help" in err
+    code, _, err = _run(["models", "list", "--kind", "rewrd"], capsys)
+    assert code == 2 and "did you mean 'reward'?" in err
