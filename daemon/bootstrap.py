@@ -129,12 +129,17 @@ class App:
         return self._part("store", self._open_store)
 
     def _open_store(self) -> SqlEventStore:
+        from events.errors import SchemaOutOfDateError
         from events.redact import mask_url
         from events.sql_errors import CONNECTION_ERRORS
         from events.sql_store import SqlEventStore, checked_store_engine
         from migrations.runner import ensure_current
 
         url = self.settings.database.url
+        missing = missing_sqlite_file(url) if self.check_schema else None
+        if missing is not None:
+            # Connecting would leave an empty file behind, and a database without the schema is refused anyway.
+            raise SchemaOutOfDateError(f"no database at {missing.absolute()}; run `alignd db upgrade` first")
         try:
             engine = checked_store_engine(url)
         except ConfigurationError as exc:  # its message is SQLAlchemy's reason, the URL's secrets masked
@@ -357,6 +362,22 @@ class App:
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.close()
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names when it does not exist (SQLite would create it on connecting); else None.
+
+    Parsed by hand (daemon/ does not import SQLAlchemy): ``sqlite[+driver]:///<path>[?query]``; in-memory and
+    ``file:`` URI databases name no file to check.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+")[0] != "sqlite" or not rest.startswith("/"):
+        return None
+    database = rest[1:].split("?")[0]
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    path = Path(database)
+    return None if path.exists() else path
 
 
 def build(

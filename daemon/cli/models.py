@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from daemon.cli.command import AddCommand, group, with_app
 from daemon.cli.evaluate import add_evaluate_command
 from daemon.cli.output import columns, note, pairs, print_json
-from events.errors import ConfigurationError, StoreError
+from events.errors import AlignmentError, ConfigurationError, StoreError
 from events.names import MODEL_KINDS, MODEL_PROMOTED
 
 if TYPE_CHECKING:
@@ -59,8 +59,23 @@ def _governance_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actor", default=None, help="who decided (default: your OS user name)")
 
 
+def _missing_registry(app: App) -> Path | None:
+    """The MLflow SQLite file the registry would be read from, when it does not exist (opening it creates it)."""
+    from daemon.bootstrap import missing_sqlite_file
+
+    m = app.settings.mlflow
+    return missing_sqlite_file(m.registry_uri or m.tracking_uri)
+
+
 @with_app
 def cmd_models_list(app: App, args: argparse.Namespace) -> int:
+    if (missing := _missing_registry(app)) is not None:
+        # Nothing was ever registered; a reading command leaves no file behind.
+        if args.json:
+            print_json([])
+        else:
+            print(f"no model versions (no MLflow database at {missing.absolute()} yet; `alignd train` registers them)")
+        return 0
     versions = app.registry.list_versions(args.kind)
     marks = _rolled_back(app, sorted({v.name for v in versions}))
     rows = [{**version_dict(v), "rolled_back": _mark_dict(marks.get((v.name, v.version)))} for v in versions]
@@ -131,6 +146,11 @@ def _mark_dict(mark: RolledBackVersion | None) -> dict[str, Any] | None:
 def cmd_models_show(app: App, args: argparse.Namespace) -> int:
     from trainers.registry import MODEL_NAMES, VersionNotFoundError
 
+    if (missing := _missing_registry(app)) is not None:
+        raise AlignmentError(
+            f"no MLflow database at {missing.absolute()}, so no {args.kind} version is registered; "
+            "`alignd train` registers them"
+        )
     registry = app.registry
     if args.version.isdigit():
         version = registry.get(args.kind, args.version)

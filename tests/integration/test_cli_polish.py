@@ -48,3 +48,43 @@ def test_a_mistyped_command_says_what_was_meant(capsys: pytest.CaptureFixture[st
     assert code == 2 and "no command 'zzzzzz'" in err and "alignd --help" in err
     code, _, err = _run(["models", "list", "--kind", "rewrd"], capsys)
     assert code == 2 and "did you mean 'reward'?" in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["events", "count"],
+        ["events", "tail"],
+        ["dlq", "list"],
+        ["dlq", "count"],
+        ["monitors", "list"],
+        ["audit", "list"],
+        ["audit", "verify"],
+        ["jobs", "list"],
+        ["replay"],
+    ],
+)
+def test_reading_commands_create_no_database(
+    args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(args, capsys)
+    assert code == 1 and f"no database at {tmp_path / 'alignd.db'}; run `alignd db upgrade` first" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_models_list_and_show_without_any_database_create_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = _run(["models", "list"], capsys)
+    assert code == 0 and out.startswith("no model versions")
+    code, out, _ = _run(["models", "list", "--json"], capsys)
+    assert code == 0 and out.strip() == "[]"
+    code, _, err = _run(["models", "show", "reward", "champion"], capsys)
+    assert code == 1 and "no MLflow database" in err
+    code, _, _ = _run(["config", "show"], capsys)
+    assert code == 0 and list(tmp_path.iterdir()) == []
+    # A writing command still makes it.
+    code, out, _ = _run(["db", "upgrade"], capsys)
+    assert code == 0 and (tmp_path / "alignd.db").exists()
+    code, out, _ = _run(["events", "count", "--json"], capsys)
+    assert code == 0
