@@ -138,7 +138,7 @@ def _mark_dict(mark: RolledBackVersion | None) -> dict[str, Any] | None:
         "actor": mark.actor,
         "reason": mark.reason,
         "occurred_at": mark.occurred_at.isoformat(),
-        "to_version": mark.to_version,
+        "to_version": _number(mark.to_version),
     }
 
 
@@ -218,7 +218,8 @@ def _actor(args: argparse.Namespace) -> str:
 def _report(change: ModelChange, args: argparse.Namespace) -> int:
     p = change.payload
     if args.json:
-        print_json({"event_id": change.event_id, "type": change.type, "changed": change.appended, **p})
+        versions = {k: _number(p[k]) for k in ("version", "previous_version") if k in p}
+        print_json({"event_id": change.event_id, "type": change.type, "changed": change.appended, **p, **versions})
         return 0
     verb = "promoted" if change.type == MODEL_PROMOTED else "rolled back"
     if not change.appended:
@@ -238,13 +239,12 @@ def _report(change: ModelChange, args: argparse.Namespace) -> int:
 
 def version_dict(version: RegisteredVersion) -> dict[str, Any]:
     tags = version.tags
-    dataset = {
-        key: tags.get(f"alignd.dataset.{key}") for key in ("name", "kind", "from_seq", "to_seq", "sha256", "rows")
-    }
+    dataset: dict[str, Any] = {key: tags.get(f"alignd.dataset.{key}") for key in ("name", "kind", "sha256")}
+    dataset.update({key: _number(tags.get(f"alignd.dataset.{key}")) for key in ("from_seq", "to_seq", "rows")})
     return {
         "kind": version.kind,
         "name": version.name,
-        "version": version.version,
+        "version": _number(version.version),
         "aliases": list(version.aliases),
         "created_at": version.created_at.isoformat(),
         "run_id": version.run_id,
@@ -255,6 +255,13 @@ def version_dict(version: RegisteredVersion) -> dict[str, Any]:
         "objective": tags.get("alignd.objective", ""),
         "tags": tags,
     }
+
+
+def _number(value: Any) -> Any:
+    """A version, a seq or a count as the number it is (MLflow keeps versions and tags as strings); else as is."""
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value
 
 
 def _seq_range(dataset: dict[str, Any]) -> str:

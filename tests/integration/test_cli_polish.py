@@ -88,3 +88,31 @@ def test_models_list_and_show_without_any_database_create_none(
     assert code == 0 and (tmp_path / "alignd.db").exists()
     code, out, _ = _run(["events", "count", "--json"], capsys)
     assert code == 0
+
+
+def test_models_json_gives_numbers_as_numbers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from trainers.registry import ModelRegistry
+
+    registry = ModelRegistry(f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_location=str(tmp_path / "mlruns"))
+    folder = tmp_path / "model-out"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text('{"r": 8}')
+    with registry.start_run("reward", "reward-test", {"lr": "0.001"}, {}) as run:
+        run.log_artifacts(folder, "model")
+    tags = {"alignd.dataset.from_seq": "3", "alignd.dataset.to_seq": "40", "alignd.dataset.rows": "12"}
+    registry.register("reward", run.run_id, "model", {"alignd.gates": "passed", **tags})
+
+    assert _run(["db", "upgrade"], capsys)[0] == 0
+    code, out, err = _run(["models", "list", "--json"], capsys)
+    [listed] = json.loads(out)
+    assert code == 0, err
+    assert listed["version"] == 1 and listed["aliases"] == ["challenger"] and listed["rolled_back"] is None
+    assert {k: listed["dataset"][k] for k in ("from_seq", "to_seq", "rows")} == {
+        "from_seq": 3,
+        "to_seq": 40,
+        "rows": 12,
+    }
+    code, out, _ = _run(["models", "show", "reward", "1", "--json"], capsys)
+    assert code == 0 and json.loads(out)["version"] == 1
