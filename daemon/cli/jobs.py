@@ -83,14 +83,29 @@ def stored_jobs(store: SqlEventStore, config: ScheduleConfig) -> tuple[list[dict
             # Written by our own scheduler in our own database: the same trust APScheduler gives it.
             state = pickle.loads(row.job_state)
             nxt = utc_timestamp_to_datetime(row.next_run_time)
-            jobs.append({"id": row.id, "trigger": str(state["trigger"]), "next_run_time": _iso(nxt)})
+            jobs.append({"id": row.id, "trigger": trigger_text(state["trigger"]), "next_run_time": _iso(nxt)})
         return jobs, True
     now = datetime.now(UTC)
     planned = planned_jobs(config)
     return [
-        {"id": job_id, "trigger": str(trigger), "next_run_time": _iso(trigger.get_next_fire_time(None, now))}
+        {"id": job_id, "trigger": trigger_text(trigger), "next_run_time": _iso(trigger.get_next_fire_time(None, now))}
         for job_id, trigger in planned
     ], False
+
+
+def trigger_text(trigger: Any) -> str:
+    """A cron trigger as its crontab line (``0 3 * * *``), with its time zone when not UTC; any other as APScheduler
+    writes it. A cron trigger that a crontab line cannot say (seconds, years, weeks) is APScheduler's text too."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    if not isinstance(trigger, CronTrigger):
+        return str(trigger)
+    fields = {f.name: str(f) for f in trigger.fields}
+    if fields.get("second") != "0" or fields.get("year") != "*" or fields.get("week") != "*":
+        return str(trigger)
+    line = " ".join(fields[name] for name in ("minute", "hour", "day", "month", "day_of_week"))
+    zone = str(trigger.timezone)
+    return line if zone in ("UTC", "Etc/UTC") else f"{line} ({zone})"
 
 
 def _iso(moment: datetime | None) -> str | None:

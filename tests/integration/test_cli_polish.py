@@ -116,3 +116,14 @@ def test_models_json_gives_numbers_as_numbers(tmp_path: Path, capsys: pytest.Cap
     }
     code, out, _ = _run(["models", "show", "reward", "1", "--json"], capsys)
     assert code == 0 and json.loads(out)["version"] == 1
+
+
+def test_jobs_list_shows_cron_as_cron(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert _run(["db", "upgrade"], capsys)[0] == 0
+    code, out, _ = _run(["jobs", "list", "--json"], capsys)
+    triggers = {j["id"]: j["trigger"] for j in json.loads(out)["schedule"]}
+    assert code == 0 and "0 3 * * *" in triggers.values() and "0 4 * * *" in triggers.values()
+    code, out, _ = _run(["jobs", "list"], capsys)
+    assert code == 0 and "0 3 * * *" in out and "cron[" not in out
