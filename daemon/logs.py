@@ -207,9 +207,11 @@ def configure_logging(
     os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
     if file is not None or not sys.stderr.isatty():
         # Progress bars are for a terminal: in a log they are lines of another format (MLflow's artifact
-        # downloads, transformers' weight loading, in this process and in its children).
+        # downloads, transformers' weight loading and GGUF conversion, in this process and in its children;
+        # tqdm reads TQDM_DISABLE when imported).
         os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
         os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        os.environ["TQDM_DISABLE"] = "1"
     os.environ[CHILD_LOG_ENV] = json.dumps(
         {"level": level, "format": fmt, "file": str(file) if file is not None else None}
     )

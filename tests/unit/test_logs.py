@@ -28,6 +28,7 @@ def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
     yield
     for handler in root.handlers:
         if handler not in handlers:
