@@ -68,7 +68,8 @@ def cmd_train(app: App, args: argparse.Namespace) -> int:
         "job_id": outcome.job_id,
         "attempt_id": outcome.attempt_id,
         "run_id": outcome.run_id,
-        "version": outcome.version,
+        # A number, as `models list --json` gives it (MLflow keeps versions as strings).
+        "version": int(outcome.version) if str(outcome.version).isdigit() else outcome.version,
         "dataset": outcome.snapshot,
         "reason": outcome.reason,
         "gates": outcome.result.get("gate_tags", {}).get("alignd.gates"),

@@ -46,12 +46,12 @@ def test_train_reward_then_list_and_show_the_version(
     trained = run_cli(["train", "reward", "--max-steps", "3", "--json"], env)
     assert trained.returncode == 0, trained.stderr
     summary = json.loads(trained.stdout)
-    assert summary["ok"] and summary["version"] == "1" and summary["dataset"]["to_seq"] == upto
+    assert summary["ok"] and summary["version"] == 1 and summary["dataset"]["to_seq"] == upto
 
     listed = run_cli(["models", "list", "--json"], env)
     assert listed.returncode == 0, listed.stderr
     [row] = json.loads(listed.stdout)
-    assert row["version"] == "1" and "challenger" in row["aliases"]
+    assert row["version"] == 1 and "challenger" in row["aliases"]  # JSON numbers are numbers
 
     shown = run_cli(["models", "show", "reward", "challenger"], env)
     assert shown.returncode == 0, shown.stderr
