@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -35,7 +34,7 @@ from events.model import (
     StoredDeadLetter,
     StoredEvent,
 )
-from events.store import EventStore, Key, Position, Row
+from events.store import EventStore, Key, Position, Row, tail_events
 
 if TYPE_CHECKING:
     from sqlalchemy import Table
@@ -397,17 +396,15 @@ class InMemoryEventStore:
         follow: bool = True,
     ) -> Iterator[StoredEvent]:
         """Yield events after ``after_seq`` in order; with ``follow``, wait for new ones until stopped."""
-        type_list = list(types) if types is not None else None
-        position = after_seq
-        while not should_stop():
-            batch = self.read(position, limit=batch_size, types=type_list)
-            for stored in batch:
-                yield stored
-                position = stored.seq
-            if len(batch) < batch_size:
-                if not follow:
-                    return
-                time.sleep(poll_interval)
+        return tail_events(
+            self.read,
+            after_seq,
+            types=types,
+            batch_size=batch_size,
+            poll_interval=poll_interval,
+            should_stop=should_stop,
+            follow=follow,
+        )
 
     # --- consumer offsets, dead letters, positions ---------------------------------------------
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -62,7 +61,7 @@ from events.redact import mask_secrets_in_text, url_secrets
 from events.sql_errors import database_message as _database_message
 from events.sql_errors import translate as _translate
 from events.sql_rows import clear_rows, load_rows, table_rows, write_rows
-from events.store import Key, Position
+from events.store import Key, Position, tail_events
 from events.store import Row as ReadModelRow
 from events.tables import consumer_offsets, dead_letters, events, monitor_checkpoints, projection_checkpoints
 
@@ -645,17 +644,15 @@ class SqlEventStore:
         follow: bool = True,
     ) -> Iterator[StoredEvent]:
         """Yield events after ``after_seq`` in order; with ``follow``, wait for new ones until stopped."""
-        type_list = list(types) if types is not None else None
-        position = after_seq
-        while not should_stop():
-            batch = self.read(position, limit=batch_size, types=type_list)
-            for stored in batch:
-                yield stored
-                position = stored.seq
-            if len(batch) < batch_size:
-                if not follow:
-                    return
-                time.sleep(poll_interval)
+        return tail_events(
+            self.read,
+            after_seq,
+            types=types,
+            batch_size=batch_size,
+            poll_interval=poll_interval,
+            should_stop=should_stop,
+            follow=follow,
+        )
 
     def table_rows(self, table: Table) -> Iterator[ReadModelRow]:
         """Every row of the read model ``table``, in primary-key order (for a projection's digest), streamed."""

@@ -19,6 +19,7 @@ not::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -209,3 +210,28 @@ class EventStore(Protocol):
         ...
 
     def dispose(self) -> None: ...
+
+
+def tail_events(
+    read: Callable[..., Sequence[StoredEvent]],
+    after_seq: int = 0,
+    *,
+    types: Iterable[str] | None = None,
+    batch_size: int = 500,
+    poll_interval: float = 0.5,
+    should_stop: Callable[[], bool] = lambda: False,
+    follow: bool = True,
+) -> Iterator[StoredEvent]:
+    """Events after ``after_seq`` in order, read in batches by ``read`` (a store's); with ``follow``, waits
+    ``poll_interval`` for new ones until ``should_stop``. Both stores' ``tail``."""
+    type_list = list(types) if types is not None else None
+    position = after_seq
+    while not should_stop():
+        batch = read(position, limit=batch_size, types=type_list)
+        for stored in batch:
+            yield stored
+            position = stored.seq
+        if len(batch) < batch_size:
+            if not follow:
+                return
+            time.sleep(poll_interval)
