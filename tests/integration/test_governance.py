@@ -456,7 +456,7 @@ def test_models_promote_and_rollback_commands(
     register(PASSED)
     assert _run(settings, ["models", "promote", "policy", "challenger", "--reason", "first", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert (shown["version"], shown["actor"], shown["changed"]) == ("1", getpass.getuser(), True)
+    assert (shown["version"], shown["actor"], shown["changed"]) == (1, getpass.getuser(), True)
 
     register(UNSAFE)
     assert _run(settings, ["models", "promote", "policy", "challenger", "--reason", "try it"]) == 2
@@ -476,7 +476,7 @@ def test_models_promote_and_rollback_commands(
         _run(settings, ["models", "rollback", "policy", "--reason", "unsafe answers", "--actor", "bo", "--json"]) == 0
     )
     rolled = json.loads(capsys.readouterr().out)
-    assert (rolled["type"], rolled["version"], rolled["previous_version"]) == ("model.rolled_back", "1", "2")
+    assert (rolled["type"], rolled["version"], rolled["previous_version"]) == ("model.rolled_back", 1, 2)
     assert champion(registry) == "1"
     with pytest.raises(SystemExit) as exited:
         _parse(["models", "rollback", "policy"])  # no --reason
@@ -492,9 +492,9 @@ def test_models_list_marks_the_versions_rolled_back(
     governance.rollback("policy", reason="rude answers", actor="bo")
     assert _run(settings, ["models", "list", "--json"]) == 0
     listed = {r["version"]: r for r in json.loads(capsys.readouterr().out)}
-    assert listed["1"]["rolled_back"] is None
-    mark = listed["2"]["rolled_back"]
-    assert (mark["actor"], mark["reason"], mark["to_version"]) == ("bo", "rude answers", "1")
+    assert listed[1]["rolled_back"] is None
+    mark = listed[2]["rolled_back"]
+    assert (mark["actor"], mark["reason"], mark["to_version"]) == ("bo", "rude answers", 1)
     assert _run(settings, ["models", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].split()[:4] == ["policy", "2", "(rolled", "back)"]  # newest first

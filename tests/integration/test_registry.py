@@ -263,10 +263,10 @@ def test_models_list_and_show(
 
     listed = json.loads(_cli(tracking_uri, ["models", "list", "--json"], capsys))
     assert [(r["kind"], r["version"], r["aliases"], r["gates"]) for r in listed] == [
-        ("policy", "1", ["challenger"], "passed"),
-        ("reward", "1", ["challenger"], "failed: kl"),
+        ("policy", 1, ["challenger"], "passed"),
+        ("reward", 1, ["challenger"], "failed: kl"),
     ]
-    assert listed[1]["dataset"]["from_seq"] == "0" and listed[1]["dataset"]["to_seq"] == "120"
+    assert listed[1]["dataset"]["from_seq"] == 0 and listed[1]["dataset"]["to_seq"] == 120
     assert listed[1]["objective"] == "bradley_terry"
     assert [
         r["kind"] for r in json.loads(_cli(tracking_uri, ["models", "list", "--kind", "reward", "--json"], capsys))
