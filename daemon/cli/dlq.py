@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from daemon.cli.command import AddCommand, CliError, group, with_app
-from daemon.cli.output import print_json, table
+from daemon.cli.output import columns, print_json
 from events.codec import format_timestamp
 
 if TYPE_CHECKING:
@@ -55,12 +55,27 @@ def cmd_dlq_list(app: App, args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     else:
-        table(
-            "dead letters",
+        columns(
             ["id", "source", "kind", "reason", "bytes", "requeued"],
             [(r["id"], r["source"], r["error_kind"], r["reason"], r["bytes"], r["requeued_at"] or "") for r in rows],
+            none=_no_dead_letters(args),
         )
     return 0
+
+
+def _no_dead_letters(args: argparse.Namespace) -> str:
+    """What an empty ``dlq list`` means, given its filters."""
+    if args.kind:
+        return (
+            f"no dead letters of kind {args.kind!r}"
+            + (" waiting" if args.pending else "")
+            + " (see `alignd dlq count`)"
+        )
+    if args.after_id:
+        return f"no dead letters after id {args.after_id}"
+    if args.pending:
+        return "no dead letters waiting to be requeued"
+    return "no dead letters: every message read so far was stored"
 
 
 @with_app
@@ -70,7 +85,11 @@ def cmd_dlq_count(app: App, args: argparse.Namespace) -> int:
     if args.json:
         print_json({"total": total, "by_kind": by_kind})
     else:
-        table("dead letters", ["kind", "count"], [*sorted(by_kind.items()), ("total", total)])
+        columns(
+            ["kind", "count"],
+            [*sorted(by_kind.items()), ("total", total)] if total else [],
+            none="no dead letters: every message read so far was stored",
+        )
     return 0
 
 

@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from daemon.cli.command import AddCommand, group, with_app
-from daemon.cli.output import print_json, table
+from daemon.cli.output import columns, print_json
 from events.codec import event_to_dict, format_timestamp
 from events.model import ALL_TYPES
 
@@ -37,7 +37,11 @@ def cmd_events_count(app: App, args: argparse.Namespace) -> int:
     if args.json:
         print_json({"total": total, "by_type": counts})
     else:
-        table("events", ["type", "count"], [*sorted(counts.items()), ("total", total)])
+        columns(
+            ["type", "count"],
+            [*sorted(counts.items()), ("total", total)] if total or args.type else [],
+            none="no events stored yet (`alignd ingest` or `alignd run` stores them)",
+        )
     return 0
 
 

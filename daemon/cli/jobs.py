@@ -199,7 +199,7 @@ def cmd_jobs_list(app: App, args: argparse.Namespace) -> int:
     print()
     print("schedule" + ("" if from_store else " (configured; no replica has stored it yet)"))
     listed = [(j["id"], j["trigger"], j["next_run_time"] or "paused") for j in jobs]
-    columns(["job", "trigger", "next run"], listed, none=NONE)
+    columns(["job", "trigger", "next run"], listed, none="(no jobs: every schedule in trainers.schedule is off)")
     print()
     print("volume triggers")
     columns(
@@ -215,7 +215,7 @@ def cmd_jobs_list(app: App, args: argparse.Namespace) -> int:
             )
             for v in volume
         ],
-        none=NONE,
+        none="(no volume triggers: none is set in trainers.volume)",
     )
     print()
     print(f"history (last {args.limit} attempts, newest first)")
@@ -225,7 +225,7 @@ def cmd_jobs_list(app: App, args: argparse.Namespace) -> int:
             (h["started_at"], h["kind"], h["objective"], h["outcome"], h["version"], h["to_seq"], h["reason"])
             for h in past
         ],
-        none=NONE,
+        none="(no training attempts yet)",
     )
     return 0
 

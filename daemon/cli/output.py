@@ -1,4 +1,4 @@
-"""How every ``alignd`` command prints: JSON for ``--json``, aligned columns or a table for people.
+"""How every ``alignd`` command prints: JSON for ``--json``, aligned columns for people.
 
 Data goes to standard output; progress and advice go to standard error, so that ``--json`` output stays
 parseable when a command also says what it is doing.
@@ -17,31 +17,24 @@ def print_json(data: Any, *, indent: int | None = 2) -> None:
     sys.stdout.write(json.dumps(data, indent=indent, ensure_ascii=False, default=str) + "\n")
 
 
-def columns(names: Sequence[str], rows: Sequence[Sequence[Any]], *, none: str | None = None) -> None:
-    """Plain aligned text under upper-case headers, a line per row.
+def columns(
+    names: Sequence[str], rows: Sequence[Sequence[Any]], *, none: str | None = None, title: str | None = None
+) -> None:
+    """The CLI's one table style: plain aligned text under upper-case headers, a line per row.
 
     Not a rich table: rich wraps cells at 80 columns when piped, and a line per row is what ``| grep`` needs.
-    ``none`` is printed under the headers when there are no rows.
+    ``title`` is a line above the headers. With no rows, ``none`` (a sentence saying what is empty and, where it
+    helps, what would fill it) is printed instead of the headers, so an empty listing never draws an empty grid.
     """
+    if title is not None:
+        print(title)
+    if not rows and none is not None:
+        print(none)
+        return
     cells = [[c.upper() for c in names], *[["" if v is None else str(v) for v in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(names))]
     for row in cells:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    if not rows and none is not None:
-        print(none)
-
-
-def table(title: str, names: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A rich table with a title, for short summaries (counts, digests) read on a terminal."""
-    from rich.console import Console
-    from rich.table import Table
-
-    shown = Table(title=title)
-    for name in names:
-        shown.add_column(name)
-    for row in rows:
-        shown.add_row(*("" if v is None else str(v) for v in row))
-    Console().print(shown)
 
 
 def pairs(values: Mapping[str, Any], indent: str = "") -> None:

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from daemon.cli.command import AddCommand, CliError, with_app
-from daemon.cli.output import print_json, table
+from daemon.cli.output import columns, print_json
 
 if TYPE_CHECKING:
     from daemon.bootstrap import App
@@ -33,9 +33,10 @@ def cmd_replay(app: App, args: argparse.Namespace) -> int:
     if args.json:
         print_json({name: {"events": folded[name], "digest": digests[name]} for name in folded})
     else:
-        table(
-            "projections rebuilt",
+        columns(
             ["projection", "events folded", "digest"],
             [(n, folded[n], digests[n]) for n in folded],
+            title="projections rebuilt",
+            none="(no projections to rebuild)",
         )
     return 0

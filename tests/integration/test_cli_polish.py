@@ -127,3 +127,52 @@ def test_jobs_list_shows_cron_as_cron(capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 0 and "0 3 * * *" in triggers.values() and "0 4 * * *" in triggers.values()
     code, out, _ = _run(["jobs", "list"], capsys)
     assert code == 0 and "0 3 * * *" in out and "cron[" not in out
+
+
+BOX_DRAWING = set("─━│┃┏┓┗┛┡┩╇┳┻╋┌┐└┘├┤┬┴┼")
+
+
+@pytest.mark.parametrize(
+    ("args", "empty_state"),
+    [
+        (["dlq", "list"], "no dead letters: every message read so far was stored"),
+        (["dlq", "list", "--kind", "oversized"], "no dead letters of kind 'oversized'"),
+        (["dlq", "list", "--pending"], "no dead letters waiting to be requeued"),
+        (["dlq", "count"], "no dead letters"),
+        (["events", "count"], "no events stored yet"),
+        (["monitors", "backtest"], "(no alerts in that range)"),
+        (["monitors", "list"], "detectors (monitors at seq 0)"),
+        (["jobs", "list"], "(no training attempts yet)"),
+    ],
+)
+def test_empty_listings_say_so_in_one_plain_style(
+    args: list[str], empty_state: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(["db", "upgrade"], capsys)[0] == 0
+    code, out, err = _run(args, capsys)
+    assert code == 0, err
+    assert empty_state in out
+    assert not BOX_DRAWING & set(out), out  # no rich grid, empty or not: one style, a line per row
+
+
+def test_monitors_list_says_why_each_detector_is_on_or_off(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    monkeypatch.setenv("ALIGND_MONITORS_DETECTORS", "toxicity,reward_drift")
+    assert _run(["db", "upgrade"], capsys)[0] == 0
+    code, out, err = _run(["monitors", "list", "--json"], capsys)
+    assert code == 0, err
+    by_name = {d["detector"]: d for d in json.loads(out)["detectors"]}
+    assert by_name["toxicity"]["runs"] is True and by_name["toxicity"]["why"].startswith("on:")
+    off = by_name["pii"]
+    assert off["runs"] is False and "not in monitors.detectors (ALIGND_MONITORS_DETECTORS)" in off["why"]
+    drift = by_name["reward_drift"]
+    assert drift["enabled"] is True and drift["runs"] is False
+    assert "no reward model is the champion" in drift["why"] and "refuse to start" in drift["why"]
+    assert "not in monitors.detectors" in by_name["over_optimisation"]["why"]
+    assert not (tmp_path / "mlflow.db").exists()  # asking did not create MLflow's database
+    code, out, _ = _run(["monitors", "list"], capsys)
+    line = next(x for x in out.splitlines() if x.startswith("reward_drift"))
+    assert line.split()[1] == "no" and "no reward model is the champion" in line
