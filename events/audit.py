@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, insert, or_, select
+from sqlalchemy import Connection, Select, func, insert, or_, select
 
 from events.codec import canonical_json, format_timestamp
 from events.messages import RECORDS
@@ -240,6 +240,13 @@ def list_records(
         query = query.limit(limit)
     with store.read_connection() as conn:
         return [AuditRecord.from_mapping(row) for row in conn.execute(query).mappings()]
+
+
+def last_position(store: SqlEventStore) -> int:
+    """The newest record's position (0 for an empty trail): records are only ever appended, so a listing is the
+    same for as long as this is."""
+    with store.read_connection() as conn:
+        return int(conn.execute(select(func.max(audit_records.c.position))).scalar() or 0)
 
 
 def get_record(store: SqlEventStore, position_or_event_id: int | str) -> AuditRecord | None:

@@ -226,18 +226,40 @@ def fold_rolled_back(history: Iterable[StoredEvent]) -> dict[tuple[str, str], Ro
     its reason in the trail) clears the mark. A move made in MLflow itself (``via`` ``mlflow``) does not:
     nobody reviewed it, and the alias watch raises an alert for it instead.
     """
-    marks: dict[tuple[str, str], RolledBackVersion] = {}
-    champions: dict[str, str | None] = {}
+    fold = RolledBackFold()
     for stored in history:
+        fold.apply(stored)
+    return dict(fold.marks)
+
+
+class RolledBackFold:
+    """:func:`fold_rolled_back` kept up to date: :meth:`catch_up` folds only the alias changes recorded since
+    the last call (an indexed read of a few rows), so a page that marks rolled-back versions does not re-read the
+    whole history each time. Not thread-safe: one caller at a time."""
+
+    def __init__(self) -> None:
+        self.marks: dict[tuple[str, str], RolledBackVersion] = {}
+        self.position = 0
+        self._champions: dict[str, str | None] = {}
+
+    def catch_up(self, store: EventStore) -> dict[str, RolledBackVersion]:
+        """Fold what ``store`` recorded since the last call; every mark, by ``name:version``."""
+        for stored in _alias_changes(store, after=self.position):
+            self.apply(stored)
+        return {mark.model: mark for mark in self.marks.values()}
+
+    def apply(self, stored: StoredEvent) -> None:
+        """Fold one event (in ``seq`` order)."""
+        self.position = max(self.position, stored.seq)
         event, payload = stored.event, dict(stored.event.payload)
         if event.type not in ALIAS_CHANGE_TYPES or payload.get("alias", "champion") != "champion":
-            continue
+            return
         name = str(payload.get("name"))
         version = None if payload.get("version") is None else str(payload["version"])
         left = payload.get("previous_version")
-        left = str(left) if left is not None else champions.get(name)
+        left = str(left) if left is not None else self._champions.get(name)
         if event.type == MODEL_ROLLED_BACK and version is not None and left is not None and left != version:
-            marks[(name, left)] = RolledBackVersion(
+            self.marks[(name, left)] = RolledBackVersion(
                 name=name,
                 version=left,
                 event_id=event.event_id,
@@ -248,13 +270,12 @@ def fold_rolled_back(history: Iterable[StoredEvent]) -> dict[tuple[str, str], Ro
                 to_version=version,
             )
         if version is not None and not _made_in_mlflow(payload):
-            marks.pop((name, version), None)
-        champions[name] = version
-    return marks
+            self.marks.pop((name, version), None)
+        self._champions[name] = version
 
 
-def _alias_changes(store: EventStore) -> Iterator[StoredEvent]:
-    position = 0
+def _alias_changes(store: EventStore, after: int = 0) -> Iterator[StoredEvent]:
+    position = after
     while batch := store.read(position, limit=1000, types=ALIAS_CHANGE_TYPES):
         yield from batch
         position = batch[-1].seq

@@ -34,7 +34,7 @@ from events.audit import AuditRecord, AuditTrail, VerifyReport
 from events.errors import StoreUnavailableError
 from events.sql_store import SqlEventStore
 
-from .test_review_page import TOKEN, decisions, fetch, migrated_store, serve
+from .test_review_page import TOKEN, decision, decisions, fetch, migrated_store, serve
 
 pytestmark = pytest.mark.integration
 
@@ -152,6 +152,9 @@ class FakeReader:
         raise self.error
 
     def catch_up(self) -> int:
+        raise self.error
+
+    def last_position(self) -> int:
         raise self.error
 
 
@@ -485,5 +488,33 @@ def test_probes_asking_together_share_one_readiness_check(sqlite_store: SqlEvent
         assert answers == [200] * 10 and len(checks) == 1
         time.sleep(1.1)
         assert fetch(server, "/readyz")[0] == 200 and len(checks) == 2  # asked again once the answer is old
+    finally:
+        server.stop()
+
+
+def test_a_page_viewed_again_is_served_as_rendered_until_the_trail_or_a_mark_changes(
+    sqlite_store: SqlEventStore,
+) -> None:
+    sqlite_store.append(decisions())
+    AuditTrail(sqlite_store).catch_up()
+    listed: list[dict[str, Any]] = []
+
+    class CountingReader(StoreAuditReader):
+        def list(self, **filters: Any) -> Sequence[AuditRecord]:
+            listed.append(filters)
+            return super().list(**filters)
+
+    server = serve(sqlite_store, reader=CountingReader(sqlite_store), limits=HttpLimits(chain_check_s=60))
+    try:
+        first = fetch(server, "/audit")
+        assert first[0] == 200 and fetch(server, "/audit")[2] == first[2] and len(listed) == 1
+        assert fetch(server, "/audit?actor=ana")[0] == 200 and len(listed) == 2  # another query, another page
+        # A new decision is a new page at once, without waiting for the chain check's window.
+        rollback = {"name": "alignd-policy", "version": "2", "previous_version": "3", "actor": "bo", "reason": "rude"}
+        sqlite_store.append([decision("model.rolled_back:alignd-policy:3", "model.rolled_back", rollback, 9)])
+        AuditTrail(sqlite_store).catch_up()
+        status, _, page = fetch(server, "/audit")
+        assert status == 200 and len(listed) == 3 and "rude" in page
+        assert 'class="badge rolled-back"' in page  # and the version it left is marked on its records
     finally:
         server.stop()
