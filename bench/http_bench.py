@@ -96,11 +96,12 @@ async def _load(
         await go.wait()
         loop = asyncio.get_running_loop()
         due = loop.time() + index / rate if rate else 0.0  # paced: the clients' starts spread over one interval
-        for _ in range(requests):
+        for n in range(requests):
             if rate:
                 await asyncio.sleep(max(0.0, due - loop.time()))
                 due += clients / rate
-            results.append(await _one(host, port, path, timeout))
+            # "{n}" in a path makes every request of the load a different page (no repeat views).
+            results.append(await _one(host, port, path.replace("{n}", str(index * requests + n)), timeout))
 
     tasks = [asyncio.create_task(worker(i)) for i in range(clients)]
     await asyncio.sleep(0.2)  # every worker waiting on the event
@@ -216,7 +217,8 @@ def one_run(args: argparse.Namespace, index: int) -> dict[str, Any]:
         port = server.start()
         ctx = multiprocessing.get_context("spawn")
         out = ctx.Queue()
-        plan = [(p, n) for p, n in (("/healthz", args.requests), ("/audit", args.audit_requests)) if n > 0]
+        wanted = (("/healthz", args.requests), ("/audit", args.audit_requests), ("/audit?after={n}", args.distinct))
+        plan = [(p, n) for p, n in wanted if n > 0]
         appender = Appender(store)
         load_before = os.getloadavg()
         try:
@@ -286,6 +288,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=200, help="simultaneous clients")
     parser.add_argument("--requests", type=int, default=20, help="/healthz requests per client")
     parser.add_argument("--audit-requests", type=int, default=5, help="/audit requests per client")
+    parser.add_argument(
+        "--distinct",
+        type=int,
+        default=0,
+        help="/audit?after=N requests per client, each a different page (the server keeps repeat views rendered)",
+    )
     parser.add_argument("--records", type=int, default=200, help="audit records in the store")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds before a request counts as failed")
     parser.add_argument("--rate", type=float, default=0.0, help="requests/s of all clients together (0: flat out)")
@@ -312,10 +320,10 @@ def main(argv: list[str] | None = None) -> int:
             f"run {i} ({run['server']}, {run['isolation']}): appends alone {run['append_per_s_alone']}/s, "
             f"load average {run['loadavg_before'][0]} -> {run['loadavg_after'][0]}"
         )
-        print(f"  {'path':10} {'requests':>8} {'failed':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'appends':>8}")
+        print(f"  {'path':16} {'requests':>8} {'failed':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'appends':>8}")
         for load in run["loads"]:
             print(
-                f"  {load['path']:10} {load['requests']:8d} {load['failed']:7d} {load['p50_ms'] or '-':>8} "
+                f"  {load['path']:16} {load['requests']:8d} {load['failed']:7d} {load['p50_ms'] or '-':>8} "
                 f"{load['p99_ms'] or '-':>8} {load['requests_per_s']:8.1f} {load['append_ratio'] or '-':>8}"
                 + (f"  failures: {load['failures']}" if load["failures"] else "")
             )

@@ -567,8 +567,9 @@ class ReviewServer:
         # it before. Rendering 100 records is most of a page's cost, and a flood of views is mostly the same page.
         report = self._chain_report()
         key: tuple[Any, ...] | None = None
+        rolled_back = self.reader.rolled_back() if filters else {}
         if filters and error is None:
-            marks = tuple(sorted((m, v.event_id) for m, v in self.reader.rolled_back().items()))
+            marks = tuple(sorted((m, v.event_id) for m, v in rolled_back.items()))
             key = (tuple(sorted(query.items())), self.reader.last_position(), dataclasses.astuple(report), marks)
             with self._pages_lock:
                 page = self._pages.get(key)
@@ -582,7 +583,7 @@ class ReviewServer:
         context = {"report": report, "records": records, "query": query, "error": error, "more": more, "types": types}
         # Each record as a list shows it (a skipped enforcement reads as such), and the versions rolled back.
         context["shown"] = {r.position: audit.shown(r) for r in records}
-        context["rolled_back"] = self.reader.rolled_back() if records else {}
+        context["rolled_back"] = rolled_back if records else {}
         answer = self._html("audit", status, "audit.html", **context)
         if key is not None:
             with self._pages_lock:
