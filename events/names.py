@@ -29,6 +29,8 @@ MODEL_REGISTERED = "model.registered"
 MODEL_PROMOTED = "model.promoted"
 MODEL_ROLLED_BACK = "model.rolled_back"
 DEMONSTRATION_GENERATED = "demonstration.generated"
+GUARD_RULE_LIFTED = "guard_rule.lifted"
+GUARD_DECIDED = "guard.decided"
 
 #: Types producers may send on the inbound topics.
 INBOUND_TYPES: frozenset[str] = frozenset({INTERACTION_LOGGED, FEEDBACK_RECEIVED})
@@ -48,6 +50,8 @@ INTERNAL_TYPES: frozenset[str] = frozenset(
         MODEL_PROMOTED,
         MODEL_ROLLED_BACK,
         DEMONSTRATION_GENERATED,
+        GUARD_RULE_LIFTED,
+        GUARD_DECIDED,
     }
 )
 

@@ -14,6 +14,8 @@ description. The type names themselves are in :mod:`events.names`.
 ``model.promoted``         :class:`ModelPromoted` (an :class:`AliasMoved`)
 ``model.rolled_back``      :class:`ModelRolledBack` (an :class:`AliasMoved`)
 ``demonstration.generated`` :class:`DemonstrationGenerated`
+``guard_rule.lifted``      :class:`GuardRuleLifted`
+``guard.decided``          :class:`GuardDecided`
 =========================  =================================================================
 """
 
@@ -24,6 +26,7 @@ from types import MappingProxyType
 
 from events.messages.alerts import AnomalyDetected, EnforcementApplied, EnforcementRequested
 from events.messages.base import Description, EventRecord
+from events.messages.guard import GuardDecided, GuardRuleLifted
 from events.messages.training import (
     CONTINUOUS,
     DatasetSnapshotted,
@@ -50,6 +53,8 @@ __all__ = [
     "EventRecord",
     "GateEvaluated",
     "GateOutcome",
+    "GuardDecided",
+    "GuardRuleLifted",
     "ModelPromoted",
     "ModelRegistered",
     "ModelRolledBack",
@@ -76,6 +81,8 @@ RECORDS: Mapping[str, type[EventRecord]] = MappingProxyType(
             ModelPromoted,
             ModelRolledBack,
             DemonstrationGenerated,
+            GuardRuleLifted,
+            GuardDecided,
         )
     }
 )

@@ -22,6 +22,8 @@ from events.messages import (
     EventRecord,
     GateEvaluated,
     GateOutcome,
+    GuardDecided,
+    GuardRuleLifted,
     ModelPromoted,
     ModelRegistered,
     ModelRolledBack,
@@ -109,6 +111,9 @@ EXAMPLES: list[EventRecord] = [
         source_event_id="chat-api:0:40",
         user="u-40",
     ),
+    GuardRuleLifted("enforcement:publish_guard_rule:1", "ana", "a false positive"),
+    GuardDecided("block", ("guard rule r-1 (jailbreak_success on event:e-1)",), ("r-1",), "r-41", "u-41", "m@2"),
+    GuardDecided("redact", ("pii in the prompt: email",), prompt="mail [email]", replica="guard-1:8090"),
 ]
 
 
