@@ -36,6 +36,7 @@ _DETAILS = {
     RESUME: "training resumed",
     "quarantine_user": "applied by the quarantine projection",
     "quarantine_events": "applied by the quarantine projection",
+    "lift_quarantine": "applied by the quarantine projection",
     "publish_guard_rule": "published: the request itself is the guard rule, on the alerts topic",
 }
 # Worth another attempt; anything else (no earlier champion, a deleted version) fails for good, is audited

@@ -63,6 +63,16 @@ ALIAS_CHANGE_TYPES: tuple[str, ...] = (MODEL_PROMOTED, MODEL_ROLLED_BACK)
 #: How bad an alert is (``anomaly.detected``'s ``severity``), from least to most.
 Severity = Literal["info", "warning", "critical"]
 
+# --- quarantine of training data (events/projections/quarantine.py) --------------------------------------------
+
+#: ``enforcement.requested`` actions the quarantine projection folds; target ``{"user": id}``...
+QUARANTINE_USER = "quarantine_user"
+#: ...or ``{"event_ids": [id, ...]}``.
+QUARANTINE_EVENTS = "quarantine_events"
+#: An operator's (``alignd quarantine remove``), never a monitor rule's: lifts the quarantine of the user or the
+#: events its target names.
+LIFT_QUARANTINE = "lift_quarantine"
+
 # --- registered models (docs/trainers.md) -----------------------------------------------------------------
 
 #: The MLflow registered model of each kind of training.

@@ -17,6 +17,8 @@ from events.messages import EnforcementRequested
 from monitors.base import Finding, Severity
 
 ACTIONS = ("rollback_champion", "pause_training", "quarantine_user", "quarantine_events", "publish_guard_rule")
+#: Actions only an operator asks for (the executor carries them out too); no alert calls for them, so no rule may.
+OPERATOR_ACTIONS = ("resume_training", "lift_quarantine")
 _RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
@@ -29,6 +31,10 @@ class EnforcementRule:
     min_severity: Severity = "critical"
 
     def __post_init__(self) -> None:
+        if self.action in OPERATOR_ACTIONS:
+            raise ValueError(
+                f"{self.action} is an operator's action, not a rule's; expected one of {', '.join(ACTIONS)}"
+            )
         if self.action not in ACTIONS:
             raise ValueError(f"unknown enforcement action {self.action!r}; expected one of {', '.join(ACTIONS)}")
         if self.min_severity not in _RANK:

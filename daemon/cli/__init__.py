@@ -19,6 +19,7 @@ from typing import Any
 from daemon.cli.audit import add_audit_commands
 from daemon.cli.command import AddCommand, CliError, add_command
 from daemon.cli.config import add_config_commands
+from daemon.cli.datasets import add_datasets_commands
 from daemon.cli.db import add_db_commands
 from daemon.cli.demo import add_demo_commands
 from daemon.cli.dlq import add_dlq_commands
@@ -27,6 +28,7 @@ from daemon.cli.ingest import add_ingest_commands
 from daemon.cli.jobs import add_jobs_commands
 from daemon.cli.models import add_models_commands
 from daemon.cli.monitors import add_monitors_commands
+from daemon.cli.quarantine import add_quarantine_commands
 from daemon.cli.replay import add_replay_commands
 from daemon.cli.run import add_run_commands
 from daemon.cli.train import add_train_commands
@@ -49,6 +51,8 @@ NOUNS: tuple[Callable[[Any, AddCommand], None], ...] = (
     add_demo_commands,
     add_train_commands,
     add_models_commands,
+    add_datasets_commands,
+    add_quarantine_commands,
     add_audit_commands,
     add_jobs_commands,
     add_config_commands,

@@ -84,11 +84,11 @@ def _describe_enforcement(payload: Mapping[str, Any]) -> Description:
 
 @dataclass(frozen=True)
 class EnforcementRequested(EventRecord):
-    """A request to act on an alert (the monitors' rules) or an operator's (``resume_training``).
+    """A request to act on an alert (the monitors' rules) or an operator's (``resume_training``, ``alignd quarantine``).
 
     Attributes:
         action: ``rollback_champion``, ``pause_training``, ``resume_training``, ``quarantine_user``,
-            ``quarantine_events`` or ``publish_guard_rule``.
+            ``quarantine_events``, ``lift_quarantine`` or ``publish_guard_rule``.
         target: what to act on (``{"model", "version"}``, ``{"user"}``, ``{"event_ids"}``, ``{"trainers": "all"}``...).
         anomaly_id, detector, severity: the alert that called for it; None (and no key) for an operator's.
         actor: the operator who asked; None (and no key) for the monitors'.

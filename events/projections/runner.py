@@ -112,8 +112,9 @@ def _fold_units(uow: UnitOfWork, projection: Projection, units: Sequence[Any]) -
     for unit in units:
         projection.fold(rows, unit)
     changed = [key for key, row in rows.items() if before.get(key) != row]
-    if changed:
-        stale = [key for key in changed if key in before]
+    removed = [key for key in before if key not in rows]  # fold deleted them (a lifted quarantine)
+    if changed or removed:
+        stale = [key for key in changed if key in before] + removed
         uow.write_rows(projection.table, stale=stale, rows=[rows[key] for key in changed])
 
 

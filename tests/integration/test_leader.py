@@ -302,9 +302,9 @@ def test_a_new_leader_updates_the_stored_schedule_to_its_configuration(store: Sq
         assert b.stop(10)
     by_id = {j["id"]: j for j in stored}
     assert set(by_id) == {"retrain_reward", "check_volume", "evaluate"}
-    assert by_id["retrain_reward"]["trigger"].startswith("0 5 * * *") and by_id["retrain_reward"]["next_run_time"].endswith(
-        "05:00:00+00:00"
-    )
+    assert by_id["retrain_reward"]["trigger"].startswith("0 5 * * *") and by_id["retrain_reward"][
+        "next_run_time"
+    ].endswith("05:00:00+00:00")
 
 
 # --- alignd jobs list -------------------------------------------------------------------------------------
