@@ -93,7 +93,7 @@ class DatasetCount:
     """Rows of one dataset from one source: ``kept`` (what training reads) and ``quarantined`` (left out).
 
     ``source`` is how the projections know where a row came from: a pair's or a demonstration's ``origin``
-    (``preference``, ``correction``, ``top_rated``, ``constitution``...), a prompt's kind (``text`` or
+    (``preference``, ``correction``, ``top_rated``, ``constitutional``...), a prompt's kind (``text`` or
     ``messages``).
     """
 
