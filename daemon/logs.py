@@ -229,6 +229,9 @@ def role_announcements(settings: Settings, roles: Iterable[str]) -> list[str]:
         "project": "project: folding the projections and the audit chain",
         "monitor": f"monitor: detectors {', '.join(settings.monitors.detectors)}; alerts to {topics.alerts}, "
         f"model changes to {topics.models} on Kafka at {kafka}",
+        "guard": f"guard: POST http://{settings.guard.host}:{settings.guard.port}/v1/guard, detectors "
+        f"{', '.join(settings.guard.detectors) or 'none'} (blocking on {', '.join(settings.guard.block_on) or 'rules only'}), "
+        f"guard rules read every {settings.guard.refresh_s:g} s",
         "schedule": f"schedule: reward cron {schedule.reward_cron or 'off'}, policy cron {schedule.policy_cron or 'off'} "
         f"({schedule.timezone}), volume checked every {schedule.check_interval_s:g} s, on the leader only",
     }

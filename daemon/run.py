@@ -6,7 +6,8 @@ Roles (``--role``, repeatable; all of them when none is given), so replicas can 
 * ``ingest`` — Kafka into the store (and the projections after each batch);
 * ``project`` — the projections and the audit chain, for replicas that ingest with ``--no-project`` or not at all;
 * ``monitor`` — the detectors, the enforcement executor, MLflow alias watching, and the alerts and models outboxes;
-* ``http`` — health, readiness, metrics and the audit review page.
+* ``http`` — health, readiness, metrics and the audit review page;
+* ``guard`` — ``POST /v1/guard`` with the guard rules in force (docs/guard.md); only when named.
 
 Parts stop in that order on SIGTERM/SIGINT (the scheduler first: no new jobs, the running one is cancelled
 and resumes later from its checkpoint; then ingestion, with a final commit), and the engines are disposed.
@@ -35,7 +36,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("schedule", "ingest", "project", "monitor", "http")
+ROLES = ("schedule", "ingest", "project", "monitor", "http", "guard")
+#: The roles run when none is named: the guard serves the request path and is deployed apart (docs/guard.md).
+DEFAULT_ROLES = ("schedule", "ingest", "project", "monitor", "http")
 
 
 class IngestPart:
@@ -95,6 +98,24 @@ class HttpPart:
             self.server.stop()
         else:
             self.process.stop()
+
+
+class GuardPart:
+    """The guard's server (daemon/guard.py): its own port, its rule refresher and its decision writer."""
+
+    name = "guard"
+
+    def __init__(self, app: App) -> None:
+        from daemon.guard import GuardServer
+
+        self.server = GuardServer.from_settings(app.store, app.settings.guard)
+
+    def run(self, stop: threading.Event) -> None:
+        self.server.start()
+        stop.wait()
+
+    def close(self) -> None:
+        self.server.stop()
 
 
 def _run_training(app: App, request: TrainingRequest, cancel: Callable[[], str | None]) -> object:
@@ -163,6 +184,8 @@ def build(app: App, roles: Sequence[str], *, shutdown_timeout_s: float = 120.0) 
         _add_monitor_parts(supervisor, app, stored)
     if "http" in roles:
         supervisor.add(HttpPart(app, roles))
+    if "guard" in roles:
+        supervisor.add(GuardPart(app))
     return supervisor
 
 
@@ -210,11 +233,12 @@ def _add_monitor_parts(supervisor: Supervisor, app: App, stored: threading.Event
 
 
 def run(app: App, roles: Sequence[str], *, shutdown_timeout_s: float = 120.0) -> int:
-    """``alignd run``: the parts of ``roles`` (all when none) until SIGTERM or SIGINT; the caller closes ``app``."""
+    """``alignd run``: the parts of ``roles`` (:data:`DEFAULT_ROLES` when none) until SIGTERM or SIGINT; the caller
+    closes ``app``."""
     unknown = [r for r in roles if r not in ROLES]
     if unknown:
         raise ValueError(f"unknown role {', '.join(unknown)}; roles: {', '.join(ROLES)}")
-    roles = list(roles) or list(ROLES)
+    roles = list(roles) or list(DEFAULT_ROLES)
     supervisor = build(app, roles, shutdown_timeout_s=shutdown_timeout_s)
     stopping = threading.Event()
 

@@ -318,6 +318,44 @@ class HttpSettings(_MaskedRepr):
     nice: int = Field(5, ge=0, le=19, description="priority the HTTP process gives up, so other roles come first")
 
 
+GUARD_DETECTORS = ("jailbreak_patterns", "pii", "toxicity")
+
+
+class GuardSettings(BaseModel):
+    """The guard (``alignd run --role guard``): ``POST /v1/guard`` with the fast detectors and the guard rules."""
+
+    model_config = _FROZEN
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in a container)")
+    port: int = Field(8090, ge=0, le=65535)
+    detectors: tuple[str, ...] = Field(
+        ("jailbreak_patterns", "pii"),
+        description="of jailbreak_patterns, pii, toxicity (comma-separated; toxicity costs ~1-2 ms a call)",
+    )
+    block_on: tuple[str, ...] = Field(
+        ("jailbreak_patterns",), description="detectors whose finding blocks; the others flag (pii redacts)"
+    )
+    refresh_s: float = Field(1.0, gt=0, description="seconds between reads of new guard rules")
+    rule_ttl_s: float = Field(86400.0, ge=0, description="life of a rule without expires_at (0: until lifted)")
+    max_body_bytes: int = Field(65536, ge=1024, description="request body; beyond: 413, connection closed")
+    header_timeout: float = Field(5.0, gt=0, description="seconds to send a complete request head (and a body)")
+    queue_size: int = Field(10000, ge=1, description="decisions waiting to be stored; beyond: dropped, counted")
+
+    @field_validator("detectors", "block_on", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
+
+    @field_validator("detectors", "block_on")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [v for v in value if v not in GUARD_DETECTORS]
+        if unknown:
+            raise ValueError(
+                f"unknown guard detector {', '.join(unknown)}; expected some of {', '.join(GUARD_DETECTORS)}"
+            )
+        return value
+
+
 class LogSettings(BaseModel):
     model_config = _FROZEN
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -335,6 +373,7 @@ class Settings(BaseModel):
     trainers: TrainersSettings = TrainersSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     http: HttpSettings = HttpSettings()
+    guard: GuardSettings = GuardSettings()
     log: LogSettings = LogSettings()
 
     def redacted(self) -> dict[str, Any]:
