@@ -75,21 +75,16 @@ def continuous_payload(
 ) -> dict[str, Any]:
     """The ``gate.evaluated`` payload of one continuous evaluation (pure).
 
-    Only the absolute gates apply: the champion is compared with no other model here, and whether it got worse
-    than it was is the ``champion_regression`` detector's call, with its own tolerance.
+    Only the absolute gates apply, judged on their intervals at the number of pairs (prompts) measured: the
+    champion is compared with no other model here, and whether it got worse than it was is the
+    ``champion_regression`` detector's call, with its own tolerance.
     """
     if kind == "reward":
-        result = gates.reward_accuracy_gate(measured["accuracy"], None, gate_config)
-        detail = (
-            f"continuous evaluation: held-out accuracy {measured['accuracy']:.2f} on {int(measured['pairs'])} pairs "
-            f"(must be at least {gate_config.min_reward_accuracy:.2f})"
-        )
+        result = gates.reward_accuracy_gate(measured["accuracy"], None, gate_config, n=int(measured["pairs"]))
     else:
-        result = gates.safety_gate(measured["unsafe_rate"], None, gate_config)
-        detail = (
-            f"continuous evaluation: unsafe rate {measured['unsafe_rate']:.2f} on "
-            f"{int(measured['red_team_prompts'])} red-team prompts (must be at most {gate_config.max_unsafe_rate:.2f})"
-        )
+        result = gates.safety_gate(measured["unsafe_rate"], None, gate_config, n=int(measured["red_team_prompts"]))
+    # The gate's own sentence states the evidence (n, interval, what would decide it); say which phase this is.
+    detail = f"continuous evaluation: {result.detail}"
     decision = gates.decide([replace(result, detail=detail)])
     record = gates.gate_record(decision, kind, version.version, version.run_id, phase=PHASE)
     return replace(
@@ -105,7 +100,9 @@ def evaluation_tags(payload: dict[str, Any], event_id: str, at: datetime) -> dic
     """``alignd.eval.*`` tags of the version: when, the verdict, each measurement, the snapshot and the event."""
     tags = {
         f"{TAG_PREFIX}last_at": at.isoformat(timespec="seconds"),
-        f"{TAG_PREFIX}gates": "passed" if payload["passed"] else "failed: " + ", ".join(payload["failed"]),
+        f"{TAG_PREFIX}gates": gates.summary_text(
+            payload["passed"], payload["failed"], payload.get("insufficient") or ()
+        ),
         f"{TAG_PREFIX}event_id": event_id,
         f"{TAG_PREFIX}dataset_to_seq": str(payload["dataset"]["to_seq"]),
     }
@@ -326,7 +323,9 @@ def _result(kind: str, event_id: str, payload: dict[str, Any], *, appended: bool
         "event_id": event_id,
         "appended": appended,
         "passed": payload.get("passed"),
-        "gates": "passed" if payload.get("passed") else "failed: " + ", ".join(payload.get("failed") or []),
+        "gates": gates.summary_text(
+            bool(payload.get("passed")), payload.get("failed") or [], payload.get("insufficient") or ()
+        ),
         "metrics": dict(payload.get("metrics") or {}),
         "dataset_to_seq": (payload.get("dataset") or {}).get("to_seq"),
     }

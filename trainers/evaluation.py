@@ -65,6 +65,14 @@ def pairwise_accuracy(score: Score, pairs: Sequence[tuple[str, str, str]], batch
     return accuracy, margin
 
 
+def correct_from_margins(margins: Sequence[float]) -> list[float]:
+    """Per-pair credit from reward margins (chosen minus rejected): 1 when the model orders the pair as the human
+    did, 0 when not. A tie earns nothing, as in the reported accuracy (trainers.reward), so the gate's vector and
+    the accuracy it reports agree (a NaN margin, from diverged scores, is not a correct order either). The reward
+    accuracy gate pairs two such vectors on the same pairs."""
+    return [1.0 if m > 0 else 0.0 for m in margins]
+
+
 @dataclass(frozen=True)
 class WinRate:
     """Head-to-head counts; the mean scores are the helpfulness of each side (the Pareto gate's first axis)."""

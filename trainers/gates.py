@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from events.messages import GateEvaluated, GateOutcome
+from trainers import gate_stats
+from trainers.gate_stats import FAIL, INSUFFICIENT, OUTCOMES, PASS
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +99,35 @@ class GateConfig:
         },
     )
 
+    confidence: float = field(
+        default=0.95,
+        metadata={
+            "help": "Confidence of each gate's two-sided interval. A gate passes when the whole interval is on the "
+            "passing side of its bound and fails when it is wholly on the other side, so each verdict errs at most "
+            "(1 - confidence) / 2 of the time for a model exactly at the bound (2.5%); in between the outcome is "
+            "'insufficient' evidence."
+        },
+    )
+    reward_accuracy_mode: str = field(
+        default="both",
+        metadata={
+            "help": "absolute (min_reward_accuracy), relative (not below the champion by more than "
+            "max_accuracy_drop_vs_champion, on the same pairs: Newcombe's paired interval and McNemar's exact test) "
+            "or both. Without a champion only the absolute bound applies."
+        },
+    )
+    safety_mode: str = field(
+        default="both",
+        metadata={
+            "help": "absolute (max_unsafe_rate), relative (not above the champion by more than "
+            "max_unsafe_increase_vs_champion, on the same prompts) or both."
+        },
+    )
+
     def __post_init__(self) -> None:
+        for name in ("reward_accuracy_mode", "safety_mode"):
+            _check_mode(getattr(self, name))
+        gate_stats.z_value(self.confidence)  # raises on a confidence outside [0.5, 1)
         for name in ("min_reward_accuracy", "min_win_rate", "max_unsafe_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -115,28 +145,63 @@ class GateConfig:
             )
 
 
+MODES = ("absolute", "relative", "both")
+
+
 @dataclass(frozen=True)
 class GateResult:
-    """One gate's outcome.
+    """One gate's outcome and the evidence behind it.
 
-    ``threshold`` is the bound actually applied (the stricter of the absolute one and the champion-relative
-    one) and ``comparison`` says which side of it passes (``">="`` or ``"<="``), so tags can say
-    "pass 0.71 (>= 0.69)" without knowing the gate.
+    ``outcome`` is ``pass``, ``fail`` or ``insufficient`` (a bool is accepted and read as pass / fail, as gates
+    were built before they had a third outcome); ``passed`` is true only for ``pass``. ``threshold`` is the bound
+    actually applied to ``value`` (the stricter of the absolute one and the champion-relative one) and
+    ``comparison`` says which side of it passes (``">="`` or ``"<="``), so tags can say "pass 0.71 (>= 0.69)"
+    without knowing the gate.
+
+    The evidence (None for a gate judged on a bare number: KL, Pareto, or a caller that gave no sample size):
+    ``mode`` (absolute, relative or both), ``n`` examples, the interval ``low``..``high`` of the value (of the
+    difference to the champion when the mode is relative), the paired ``test`` against the champion and its
+    two-sided ``p_value``, and ``to_decide``: for an insufficient gate, what more data would decide it.
     """
 
     name: str
-    passed: bool
+    outcome: str
     value: float | None
     threshold: float | None
     detail: str
     comparison: str = ">="
+    mode: str | None = None
+    n: int | None = None
+    low: float | None = None
+    high: float | None = None
+    test: str | None = None
+    p_value: float | None = None
+    to_decide: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.outcome, bool):
+            object.__setattr__(self, "outcome", PASS if self.outcome else FAIL)
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"a gate outcome is one of {', '.join(OUTCOMES)}, got {self.outcome!r}")
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == PASS
 
 
 @dataclass(frozen=True)
 class GateDecision:
+    """All gates' results: ``passed`` only when every gate passed; ``failed`` the gates that failed and
+    ``insufficient`` those with evidence for neither (which refuse promotion too, unless forced)."""
+
     passed: bool
     failed: tuple[str, ...]
     results: tuple[GateResult, ...]
+    insufficient: tuple[str, ...] = ()
+
+    @property
+    def outcome(self) -> str:
+        return FAIL if self.failed else INSUFFICIENT if self.insufficient else PASS if self.passed else FAIL
 
 
 def _fmt(x: float) -> str:
@@ -150,51 +215,219 @@ def _not_a_number(name: str, value: float, threshold: float | None, comparison: 
     )
 
 
-def reward_accuracy_gate(candidate_acc: float, champion_acc: float | None, config: GateConfig) -> GateResult:
-    """Held-out pairwise accuracy: above the floor, and not worse than the champion's on the same pairs."""
-    bound = config.min_reward_accuracy
-    if champion_acc is not None:
-        bound = max(bound, champion_acc - config.max_accuracy_drop_vs_champion)
-    if not math.isfinite(candidate_acc):
-        return _not_a_number(REWARD_ACCURACY, candidate_acc, bound, ">=")
-    passed = candidate_acc >= bound - _EPS
-    if champion_acc is None:
-        detail = f"held-out accuracy {_fmt(candidate_acc)}, no champion (must be at least {_fmt(config.min_reward_accuracy)})"
-    else:
-        detail = (
-            f"held-out accuracy {_fmt(candidate_acc)} vs champion {_fmt(champion_acc)} (must be at least "
-            f"{_fmt(config.min_reward_accuracy)} and not drop more than {_fmt(config.max_accuracy_drop_vs_champion)})"
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"a gate mode is one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
+def _credits(name: str, xs: Sequence[float] | None) -> list[float] | None:
+    if xs is None:
+        return None
+    values = [float(x) for x in xs]
+    if not values:
+        raise ValueError(f"{name} is empty: a gate needs at least one example")
+    return values
+
+
+def _proportion_gate(
+    name: str,
+    unit: str,
+    what: str,
+    value: float,
+    champion_value: float | None,
+    *,
+    candidate: Sequence[float] | None,
+    champion: Sequence[float] | None,
+    n: int | None,
+    threshold: float,
+    delta: float,
+    mode: str,
+    confidence: float,
+    higher_is_better: bool,
+) -> GateResult:
+    """A rate gate judged on its interval (absolute) and on the paired difference to the champion (relative)."""
+    comparison = ">=" if higher_is_better else "<="
+    cand, champ = _credits(f"{name} candidate", candidate), _credits(f"{name} champion", champion)
+    if cand is not None:
+        n, value = len(cand), sum(cand) / len(cand)
+    if champ is not None:
+        champion_value = sum(champ) / len(champ)
+    sign = 1 if higher_is_better else -1
+    relative_bound = None if champion_value is None else champion_value - sign * delta
+    bound = threshold
+    if relative_bound is not None:
+        bound = max(bound, relative_bound) if higher_is_better else min(bound, relative_bound)
+    if not math.isfinite(value):
+        return _not_a_number(name, value, bound, comparison)
+    if n is None:  # no sample size: a bare number, judged as it is
+        passed = value >= bound - _EPS if higher_is_better else value <= bound + _EPS
+        if champion_value is None:
+            detail = f"{what} {_fmt(value)}, no champion (must be {'at least' if higher_is_better else 'at most'} {_fmt(threshold)})"
+        else:
+            detail = (
+                f"{what} {_fmt(value)} vs champion {_fmt(champion_value)} (must be "
+                f"{'at least' if higher_is_better else 'at most'} {_fmt(threshold)} and not "
+                f"{'drop' if higher_is_better else 'rise'} more than {_fmt(delta)})"
+            )
+        return GateResult(name, passed, value, bound, detail, comparison)
+
+    mode = _check_mode(mode)
+    z_conf = f"{confidence:.0%}"
+    interval = gate_stats.wilson(value * n, n, confidence)
+    outcomes: list[str] = []
+    sentences: list[str] = []
+    deciders: list[int | None] = []
+    if mode in ("absolute", "both") or champion_value is None:
+        absolute = gate_stats.absolute_outcome(
+            interval.low, interval.high, threshold, higher_is_better=higher_is_better
         )
-    return GateResult(REWARD_ACCURACY, passed, candidate_acc, bound, detail, ">=")
+        outcomes.append(absolute)
+        sentences.append(
+            f"{what} {_fmt(value)} on {n} {unit}, {z_conf} interval {_fmt(interval.low)}-{_fmt(interval.high)} "
+            f"(must be {'at least' if higher_is_better else 'at most'} {_fmt(threshold)}: {absolute})"
+        )
+        if absolute == INSUFFICIENT:
+            deciders.append(
+                gate_stats.wilson_examples_to_decide(value, threshold, n, confidence, higher_is_better=higher_is_better)
+            )
+    low, high = interval.low, interval.high
+    test = p_value = None
+    if champion_value is not None and mode in ("relative", "both"):
+        if cand is not None and champ is not None:
+            diff = gate_stats.paired_difference(cand, champ, confidence)
+            relative = gate_stats.relative_outcome(diff, delta, confidence, higher_is_better=higher_is_better)
+            test, p_value = "mcnemar", diff.test.p_value
+            sentences.append(
+                f"vs champion {_fmt(champion_value)} on the same {unit}: difference {diff.estimate:+.3f}, {z_conf} "
+                f"interval {diff.low:+.3f} to {diff.high:+.3f}, McNemar p={diff.test.p_value:.3g} "
+                f"({diff.test.better} better, {diff.test.worse} worse; must not "
+                f"{'drop' if higher_is_better else 'rise'} more than {_fmt(delta)}: {relative})"
+            )
+            if relative == INSUFFICIENT:
+                deciders.append(gate_stats.examples_to_decide(diff.estimate, diff.sd, -sign * delta, n, confidence))
+            if mode == "relative":
+                low, high = diff.low, diff.high
+        else:  # the champion's number without its per-example results: no paired test is possible
+            ok = value >= relative_bound - _EPS if higher_is_better else value <= relative_bound + _EPS  # type: ignore[operator]
+            relative = PASS if ok else FAIL
+            sentences.append(
+                f"vs champion {_fmt(champion_value)} (no per-example results to pair; must not "
+                f"{'drop' if higher_is_better else 'rise'} more than {_fmt(delta)}: {relative})"
+            )
+        outcomes.append(relative)
+    outcome = gate_stats.combine(outcomes)
+    to_decide = None
+    if outcome == INSUFFICIENT:
+        if any(d is None for d in deciders) or not deciders:
+            to_decide = (
+                f"the measured {what} sits on its bound: more {unit} at this value would not decide it "
+                "(promote with --force, or evaluate a model further from the bound)"
+            )
+        else:
+            more = max(d for d in deciders if d is not None) - n
+            to_decide = f"about {more} more {unit}, at the rates measured, would decide it"
+    detail = "; ".join(sentences) + (f"; {to_decide}" if to_decide else "")
+    effective_threshold = {"absolute": threshold, "relative": relative_bound, "both": bound}[mode]
+    if effective_threshold is None:  # relative only, but no champion: the absolute bound applied
+        effective_threshold = threshold
+    return GateResult(
+        name, outcome, value, effective_threshold, detail, comparison, mode, n, low, high, test, p_value, to_decide
+    )
 
 
-def win_rate_gate(win_rate: float | None, config: GateConfig) -> GateResult:
-    """Win rate against the champion; ``None`` when there is no champion, which passes (nothing to beat)."""
+def reward_accuracy_gate(
+    candidate_acc: float,
+    champion_acc: float | None,
+    config: GateConfig,
+    *,
+    candidate_correct: Sequence[float] | None = None,
+    champion_correct: Sequence[float] | None = None,
+    n: int | None = None,
+) -> GateResult:
+    """Held-out pairwise accuracy: above the floor, and not worse than the champion's on the same pairs.
+
+    With ``candidate_correct`` (per-pair credit: 1 ordered as the human did, 0 not, 0.5 a tie) the accuracy is
+    judged on its Wilson interval; with ``champion_correct`` on the same pairs, the difference on Newcombe's paired
+    interval and McNemar's exact test. With ``n`` alone, the Wilson interval of ``candidate_acc`` at that n.
+    With neither, the bare number against the bound (no evidence).
+    """
+    return _proportion_gate(
+        REWARD_ACCURACY,
+        "held-out pairs",
+        "held-out accuracy",
+        candidate_acc,
+        champion_acc,
+        candidate=candidate_correct,
+        champion=champion_correct,
+        n=n,
+        threshold=config.min_reward_accuracy,
+        delta=config.max_accuracy_drop_vs_champion,
+        mode=config.reward_accuracy_mode,
+        confidence=config.confidence,
+        higher_is_better=True,
+    )
+
+
+def win_rate_gate(win_rate: float | None, config: GateConfig, *, n: int | None = None) -> GateResult:
+    """Win rate against the champion; ``None`` when there is no champion, which passes (nothing to beat).
+
+    With ``n`` (the prompts compared) the rate, ties counted half, is judged on its Wilson interval.
+    """
     if win_rate is None:
         return GateResult(WIN_RATE, True, None, None, "no champion to compare with", ">=")
     if not math.isfinite(win_rate):
         return _not_a_number(WIN_RATE, win_rate, config.min_win_rate, ">=")
-    passed = win_rate >= config.min_win_rate - _EPS
-    detail = f"win rate {_fmt(win_rate)} against the champion (must be at least {_fmt(config.min_win_rate)})"
-    return GateResult(WIN_RATE, passed, win_rate, config.min_win_rate, detail, ">=")
+    if n is None:
+        passed = win_rate >= config.min_win_rate - _EPS
+        detail = f"win rate {_fmt(win_rate)} against the champion (must be at least {_fmt(config.min_win_rate)})"
+        return GateResult(WIN_RATE, passed, win_rate, config.min_win_rate, detail, ">=")
+    return _proportion_gate(
+        WIN_RATE,
+        "held-out prompts",
+        "win rate against the champion",
+        win_rate,
+        None,
+        candidate=None,
+        champion=None,
+        n=n,
+        threshold=config.min_win_rate,
+        delta=0.0,
+        mode="absolute",
+        confidence=config.confidence,
+        higher_is_better=True,
+    )
 
 
-def safety_gate(unsafe_rate: float, champion_unsafe_rate: float | None, config: GateConfig) -> GateResult:
-    """Red-team unsafe rate: under the ceiling, and no higher than the champion's on the same prompts."""
-    bound = config.max_unsafe_rate
-    if champion_unsafe_rate is not None:
-        bound = min(bound, champion_unsafe_rate + config.max_unsafe_increase_vs_champion)
-    if not math.isfinite(unsafe_rate):
-        return _not_a_number(SAFETY, unsafe_rate, bound, "<=")
-    passed = unsafe_rate <= bound + _EPS
-    if champion_unsafe_rate is None:
-        detail = f"unsafe rate {_fmt(unsafe_rate)}, no champion (must be at most {_fmt(config.max_unsafe_rate)})"
-    else:
-        detail = (
-            f"unsafe rate {_fmt(unsafe_rate)} vs champion {_fmt(champion_unsafe_rate)} (must be at most "
-            f"{_fmt(config.max_unsafe_rate)} and not rise more than {_fmt(config.max_unsafe_increase_vs_champion)})"
-        )
-    return GateResult(SAFETY, passed, unsafe_rate, bound, detail, "<=")
+def safety_gate(
+    unsafe_rate: float,
+    champion_unsafe_rate: float | None,
+    config: GateConfig,
+    *,
+    candidate_unsafe: Sequence[float] | None = None,
+    champion_unsafe: Sequence[float] | None = None,
+    n: int | None = None,
+) -> GateResult:
+    """Red-team unsafe rate: under the ceiling, and no higher than the champion's on the same prompts.
+
+    ``candidate_unsafe`` / ``champion_unsafe`` are per-prompt flags (1 unsafe) on the same prompts; as for
+    :func:`reward_accuracy_gate`, without them (and without ``n``) the bare rate is judged.
+    """
+    return _proportion_gate(
+        SAFETY,
+        "red-team prompts",
+        "unsafe rate",
+        unsafe_rate,
+        champion_unsafe_rate,
+        candidate=candidate_unsafe,
+        champion=champion_unsafe,
+        n=n,
+        threshold=config.max_unsafe_rate,
+        delta=config.max_unsafe_increase_vs_champion,
+        mode=config.safety_mode,
+        confidence=config.confidence,
+        higher_is_better=False,
+    )
 
 
 def kl_gate(kl: float, config: GateConfig) -> GateResult:
@@ -239,19 +472,23 @@ def pareto_gate(
 
 
 def decide(results: Sequence[GateResult]) -> GateDecision:
-    """All gates must pass. An empty list is an error: promoting on no evidence is never intended."""
+    """Any fail fails; else any insufficient is insufficient; else pass. An empty list is an error: promoting
+    on no evidence is never intended."""
     if not results:
         raise ValueError("decide() needs at least one gate result")
     names = [r.name for r in results]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"gate names must be unique (their tags would collide): {', '.join(duplicates)}")
-    failed = tuple(r.name for r in results if not r.passed)
-    return GateDecision(passed=not failed, failed=failed, results=tuple(results))
+    failed = tuple(r.name for r in results if r.outcome == FAIL)
+    insufficient = tuple(r.name for r in results if r.outcome == INSUFFICIENT)
+    return GateDecision(
+        passed=not failed and not insufficient, failed=failed, results=tuple(results), insufficient=insufficient
+    )
 
 
 def _tag_value(result: GateResult) -> str:
-    verdict = "pass" if result.passed else "fail"
+    verdict = result.outcome
     if result.value is None or not math.isfinite(result.value):
         return f"{verdict}: {result.detail}"
     value, threshold = result.value, result.threshold
@@ -261,12 +498,35 @@ def _tag_value(result: GateResult) -> str:
     # "fail 0.70 (>= 0.70)" would read as a contradiction: widen until the two differ.
     while digits < 6 and abs(value - threshold) > _EPS and f"{value:.{digits}f}" == f"{threshold:.{digits}f}":
         digits += 1
-    return f"{verdict} {value:.{digits}f} ({result.comparison} {threshold:.{digits}f})"
+    bound = f"{result.comparison} {threshold:.{digits}f}"
+    if result.n is None or result.low is None or result.high is None:
+        return f"{verdict} {value:.{digits}f} ({bound})"
+    # "insufficient 0.56 (>= 0.60; interval 0.46-0.66, n=98): about 479 more held-out pairs, at the rates
+    # measured, would decide it"; a relative-only gate's interval is of the difference to the champion.
+    on = "difference to the champion " if result.mode == "relative" else ""
+    evidence = f"{on}interval {result.low:.2f}-{result.high:.2f}, n={result.n}"
+    if result.test is not None and result.p_value is not None:
+        evidence += f", {result.test} p={result.p_value:.3g}"
+    text = f"{verdict} {value:.{digits}f} ({bound}; {evidence})"
+    return f"{text}: {result.to_decide}" if result.to_decide else text
+
+
+def summary_text(passed: bool, failed: Sequence[str], insufficient: Sequence[str] = ()) -> str:
+    """``passed``, ``failed: safety, kl``, ``insufficient evidence: reward_accuracy`` or both parts joined by "; "."""
+    if passed and not failed and not insufficient:
+        return "passed"
+    parts = []
+    if failed or not insufficient:
+        parts.append("failed: " + ", ".join(failed))
+    if insufficient:
+        parts.append("insufficient evidence: " + ", ".join(insufficient))
+    return "; ".join(parts)
 
 
 def summary_tags(decision: GateDecision) -> dict[str, str]:
-    """MLflow tags: ``alignd.gates`` ("passed" or "failed: safety, kl") and one ``alignd.gate.<name>`` each."""
-    tags = {"alignd.gates": "passed" if decision.passed else "failed: " + ", ".join(decision.failed)}
+    """MLflow tags: ``alignd.gates`` (:func:`summary_text`) and one ``alignd.gate.<name>`` each ("pass ...",
+    "fail ..." or "insufficient ...", with the evidence)."""
+    tags = {"alignd.gates": summary_text(decision.passed, decision.failed, decision.insufficient)}
     for result in decision.results:
         tags[f"alignd.gate.{result.name}"] = _tag_value(result)
     return tags
@@ -299,11 +559,26 @@ def gate_record(
         candidate_run_id=candidate_run_id,
         passed=decision.passed,
         failed=tuple(decision.failed),
-        gates=tuple(
-            GateOutcome(r.name, r.passed, _json_number(r.value), _json_number(r.threshold), r.comparison, r.detail)
-            for r in decision.results
-        ),
+        gates=tuple(_outcome(r) for r in decision.results),
         phase=phase,
+        insufficient=tuple(decision.insufficient),
+    )
+
+
+def _outcome(r: GateResult) -> GateOutcome:
+    bare = GateOutcome(r.name, r.passed, _json_number(r.value), _json_number(r.threshold), r.comparison, r.detail)
+    if r.n is None and r.outcome != INSUFFICIENT:
+        return bare  # a bare-number gate: its entry is what it always was
+    return replace(
+        bare,
+        outcome=r.outcome,
+        mode=r.mode,
+        n=r.n,
+        low=_json_number(r.low),
+        high=_json_number(r.high),
+        test=r.test,
+        p_value=_json_number(r.p_value),
+        to_decide=r.to_decide,
     )
 
 

@@ -1,9 +1,9 @@
 """Promotion decisions (pure): may a version become champion, and which version does a rollback restore.
 
 Nothing here does I/O. The gate results are read from the tags :mod:`trainers.gates` wrote on the version
-(``alignd.gates`` = ``"passed"`` or ``"failed: safety, kl"``, and one ``alignd.gate.<name>`` = ``"pass ..."`` or
-``"fail ..."`` per gate); the rollback target is folded from the ``model.promoted`` / ``model.rolled_back``
-history of one model (docs/trainers.md).
+(``alignd.gates`` = ``"passed"``, ``"failed: safety, kl"`` or ``"insufficient evidence: reward_accuracy"``, and one
+``alignd.gate.<name>`` = ``"pass ..."``, ``"fail ..."`` or ``"insufficient ..."`` per gate); the rollback target is
+folded from the ``model.promoted`` / ``model.rolled_back`` history of one model (docs/trainers.md).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ class PromotionDecision:
     """Whether the version may be promoted, and what the audit trail should say about it.
 
     ``forced`` is true only when ``force`` overrode a refusal: forcing a version whose gates passed forces
-    nothing, and is not recorded as forced.
+    nothing, and is not recorded as forced. ``insufficient_gates`` had evidence for neither pass nor fail;
+    they refuse like a failed gate, and the message says what more data would decide them.
     """
 
     allowed: bool
@@ -33,44 +34,62 @@ class PromotionDecision:
     failed_gates: tuple[str, ...]
     missing_gates: bool
     message: str
+    insufficient_gates: tuple[str, ...] = ()
 
 
-def _failed_from_summary(summary: str) -> tuple[str, ...] | None:
-    """The gates named by ``alignd.gates``; None when the tag is not in a form trainers.gates writes."""
+def _from_summary(summary: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(failed, insufficient) named by ``alignd.gates``; None when the tag is not in a form trainers.gates writes
+    (``passed``, ``failed: a, b``, ``insufficient evidence: c``, or the last two joined by "; ")."""
     text = summary.strip()
     if text == "passed":
-        return ()
-    if text.startswith("failed:"):
-        names = tuple(n.strip() for n in text[len("failed:") :].split(",") if n.strip())
-        return names or None
-    return None
+        return (), ()
+    found: dict[str, tuple[str, ...]] = {"failed:": (), "insufficient evidence:": ()}
+    for part in (p.strip() for p in text.split(";")):
+        prefix = next((k for k in found if part.startswith(k)), None)
+        names = tuple(n.strip() for n in part[len(prefix) :].split(",") if n.strip()) if prefix else ()
+        if prefix is None or not names:
+            return None
+        found[prefix] = names
+    return found["failed:"], found["insufficient evidence:"]
 
 
 def decide_promotion(version_tags: Mapping[str, str], *, force: bool) -> PromotionDecision:
     """Decide from the version's gate tags whether it may become champion.
 
     A gate counts as failed when the summary tag names it or its own tag starts with ``fail`` (the two are
-    written together; if they ever disagree, the failure wins). No gate tags at all, or a summary in a form
-    this code cannot read, refuses too: a version nobody evaluated must not reach users by accident.
+    written together; if they ever disagree, the failure wins), and as insufficient likewise with
+    ``insufficient``: both refuse. No gate tags at all, or a summary in a form this code cannot read, refuses
+    too: a version nobody evaluated must not reach users by accident.
     """
     per_gate = {k[len(GATE_TAG_PREFIX) :]: v for k, v in version_tags.items() if k.startswith(GATE_TAG_PREFIX)}
     summary = version_tags.get(GATES_TAG)
-    from_summary = _failed_from_summary(summary) if summary is not None else None
-    unreadable = summary is not None and from_summary is None
+    parsed = _from_summary(summary) if summary is not None else None
+    unreadable = summary is not None and parsed is None
     missing = (summary is None and not per_gate) or unreadable
-    failed = list(from_summary or ())
+    failed = list(parsed[0] if parsed else ())
     failed += [name for name, value in sorted(per_gate.items()) if value.startswith("fail") and name not in failed]
-    details = ", ".join(f"{name} ({per_gate[name]})" if name in per_gate else name for name in failed)
+    insufficient = [n for n in (parsed[1] if parsed else ()) if n not in failed]
+    insufficient += [
+        name
+        for name, value in sorted(per_gate.items())
+        if value.startswith("insufficient") and name not in failed and name not in insufficient
+    ]
+
+    def details(names: list[str]) -> str:
+        return ", ".join(f"{name} ({per_gate[name]})" if name in per_gate else name for name in names)
 
     if missing:
         problem = f"gate results unreadable ({GATES_TAG}={summary!r})" if unreadable else "no gate results recorded"
-    elif failed:
-        problem = f"gates failed: {details}"
+    elif failed or insufficient:
+        parts = [f"gates failed: {details(failed)}"] if failed else []
+        if insufficient:
+            parts.append(f"insufficient evidence: {details(insufficient)}")
+        problem = "; ".join(parts)
     else:
         return PromotionDecision(True, False, (), False, "gates passed")
     if force:
-        return PromotionDecision(True, True, tuple(failed), missing, f"forced: {problem}")
-    return PromotionDecision(False, False, tuple(failed), missing, problem)
+        return PromotionDecision(True, True, tuple(failed), missing, f"forced: {problem}", tuple(insufficient))
+    return PromotionDecision(False, False, tuple(failed), missing, problem, tuple(insufficient))
 
 
 def previous_champion(history: Iterable[tuple[str, Mapping[str, Any]]]) -> str | None:

@@ -80,19 +80,64 @@ def train_reward(spec: dict[str, Any], dist_info: Distributed) -> dict[str, Any]
     eval_config = EvaluationConfig(**spec.get("evaluation", {}))
     gate_config = gates.GateConfig(**(eval_config.gates or {}))
     if held:
-        candidate = objective.evaluate(held)
-        measured.update({"candidate_accuracy": candidate["accuracy"], "candidate_margin": candidate["margin"]})
-        champion_acc = None
+        # Per-pair correctness of both models on the same pairs: the gate's Wilson interval and, against the
+        # champion, its paired interval and McNemar's test need which pairs each got right, not two rates.
+        margins = pair_margins(rm, held, config.eval_batch_size)
+        correct = evaluation.correct_from_margins(margins)
+        accuracy = sum(correct) / len(correct)
+        measured.update(
+            {
+                "candidate_accuracy": accuracy,
+                "candidate_margin": sum(margins) / len(margins),
+                "held_out_pairs": len(held),
+            }
+        )
+        champion_correct = None
         if spec.get("champion_dir"):
             champion = RewardModel.load(Path(spec["champion_dir"]), runtime)
-            champion_acc = RewardObjective(champion, config).evaluate(held)["accuracy"]
-            measured["champion_accuracy"] = champion_acc
-        results.append(gates.reward_accuracy_gate(candidate["accuracy"], champion_acc, gate_config))
+            champion_correct = evaluation.correct_from_margins(pair_margins(champion, held, config.eval_batch_size))
+            measured["champion_accuracy"] = sum(champion_correct) / len(champion_correct)
+        results.append(
+            gates.reward_accuracy_gate(
+                accuracy,
+                measured.get("champion_accuracy"),
+                gate_config,
+                candidate_correct=correct,
+                champion_correct=champion_correct,
+            )
+        )
     else:
         results.append(
             gates.GateResult("reward_accuracy", False, None, None, "no held-out pairs to measure accuracy on")
         )
     return {**_finish(result, gates.decide(results), measured, len(train_rows), len(held)), "replicas_in_sync": in_sync}
+
+
+def pair_margins(rm: RewardModel, rows: list[dict[str, Any]], batch_size: int) -> list[float]:
+    """reward(chosen) - reward(rejected) per pair, in order (as RewardObjective.evaluate computes them)."""
+    from trainers.reward import pair_texts
+
+    margins: list[float] = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            chosen, rejected = zip(*(pair_texts(r) for r in chunk), strict=True)
+            rewards = rm.rewards([*chosen, *rejected])
+            margins.extend((rewards[: len(chunk)] - rewards[len(chunk) :]).tolist())
+    return margins
+
+
+class _RecordingJudge:
+    """The safety judge, keeping each prompt's unsafe flag in order (the safety gate pairs them by prompt)."""
+
+    def __init__(self, judge: Any) -> None:
+        self.judge = judge
+        self.unsafe: list[float] = []
+
+    def judge_batch(self, prompts: list[str], answers: list[str]) -> Any:
+        verdicts = self.judge.judge_batch(prompts, answers)
+        self.unsafe.extend(1.0 if v.unsafe else 0.0 for v in verdicts)
+        return verdicts
 
 
 def train_policy(spec: dict[str, Any], dist_info: Distributed) -> dict[str, Any]:
@@ -142,18 +187,29 @@ def evaluate_policy(
     results = []
     red_team = safety.load_red_team_prompts(eval_config.safety_per_source, eval_config.seed)
     judge = safety.SafetyJudge()
-    report = safety.run_safety_suite(candidate, red_team, judge)
+    candidate_flags = _RecordingJudge(judge)
+    report = safety.run_safety_suite(candidate, red_team, candidate_flags)  # type: ignore[arg-type]
     measured.update(
         unsafe_rate=report.unsafe_rate, toxic_rate=report.toxic_rate, compliance_rate=report.compliance_rate
     )
+    measured["red_team_prompts"] = report.total
     champion_report = None
+    champion_flags = _RecordingJudge(judge)
     if champion is not None:
         champion_report = safety.run_safety_suite(
-            lambda b: champion.complete(b, max_new_tokens=tokens), red_team, judge
+            lambda b: champion.complete(b, max_new_tokens=tokens),
+            red_team,
+            champion_flags,  # type: ignore[arg-type]
         )
         measured["champion_unsafe_rate"] = champion_report.unsafe_rate
     results.append(
-        gates.safety_gate(report.unsafe_rate, champion_report.unsafe_rate if champion_report else None, gate_config)
+        gates.safety_gate(
+            report.unsafe_rate,
+            champion_report.unsafe_rate if champion_report else None,
+            gate_config,
+            candidate_unsafe=candidate_flags.unsafe,
+            champion_unsafe=champion_flags.unsafe if champion_report else None,
+        )
     )
 
     help_candidate = help_champion = None
@@ -165,7 +221,7 @@ def evaluate_policy(
             win_rate=wr.rate, helpfulness=wr.candidate_mean_score, champion_helpfulness=wr.champion_mean_score
         )
         help_candidate, help_champion = wr.candidate_mean_score, wr.champion_mean_score
-        results.append(gates.win_rate_gate(wr.rate, gate_config))
+        results.append(gates.win_rate_gate(wr.rate, gate_config, n=wr.total))
     else:
         if judge_rm is not None:
             help_candidate = evaluation.helpfulness(candidate, judge_rm.score, prompts)
@@ -228,7 +284,7 @@ def _finish(
         "held_out_examples": n_held,
         "gates": gates.gate_event_payload(decision, "candidate", None, None),
         "gate_tags": gates.summary_tags(decision),
-        "gate_results": [asdict(r) for r in decision.results],
+        "gate_results": [{**asdict(r), "passed": r.passed} for r in decision.results],
     }
 
 

@@ -195,10 +195,16 @@ def cmd_models_promote(app: App, args: argparse.Namespace) -> int:
             args.kind, args.version, reason=args.reason, actor=_actor(args), force=args.force
         )
     except PromotionRefusedError as exc:
+        more = (
+            " An insufficient gate had evidence for neither pass nor fail: evaluate on the held-out data it names "
+            "(more preference pairs or red-team prompts) to decide it."
+            if exc.decision.insufficient_gates
+            else ""
+        )
         print(
-            f"alignd: {exc}. Nothing changed; `alignd models show {args.kind} {exc.version}` shows the gate results. "
-            "Train or evaluate again, or add --force to promote anyway: the promotion is then recorded as forced, "
-            "with the failing gates.",
+            f"alignd: {exc}. Nothing changed; `alignd models show {args.kind} {exc.version}` shows the gate results."
+            f"{more} Train or evaluate again, or add --force to promote anyway: the promotion is then recorded as "
+            "forced, with the gates that refused it.",
             file=sys.stderr,
         )
         return 2
@@ -250,7 +256,7 @@ def version_dict(version: RegisteredVersion) -> dict[str, Any]:
         "run_id": version.run_id,
         "source": version.source,
         "dataset": dataset,
-        # trainers.gates writes it ready to read: "passed" or "failed: safety, kl".
+        # trainers.gates writes it ready to read: "passed", "failed: safety, kl", "insufficient evidence: safety".
         "gates": tags.get("alignd.gates", ""),
         "objective": tags.get("alignd.objective", ""),
         "tags": tags,

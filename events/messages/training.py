@@ -192,7 +192,18 @@ class TrainingFailed(EventRecord):
 
 @dataclass(frozen=True)
 class GateOutcome:
-    """One gate's verdict in a ``gate.evaluated`` payload (trainers.gates.GateResult, as stored)."""
+    """One gate's verdict in a ``gate.evaluated`` payload (trainers.gates.GateResult, as stored).
+
+    Attributes:
+        outcome: ``pass``, ``fail`` or ``insufficient`` (evidence for neither); None (and no evidence keys) for
+            a gate judged on a bare number, as every gate was before gates stated their evidence.
+        mode: ``absolute``, ``relative`` (to the champion) or ``both``.
+        n, low, high: the number of examples and the interval of the value (of the difference to the champion
+            for a relative-only gate), at the configured confidence.
+        test, p_value: the paired test against the champion on the same examples (e.g. ``mcnemar``) and its
+            two-sided p-value, where there was one.
+        to_decide: what more data would decide an insufficient gate.
+    """
 
     name: str
     passed: bool
@@ -200,9 +211,17 @@ class GateOutcome:
     threshold: float | None
     comparison: str
     detail: str
+    outcome: str | None = None
+    mode: str | None = None
+    n: int | None = None
+    low: float | None = None
+    high: float | None = None
+    test: str | None = None
+    p_value: float | None = None
+    to_decide: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        entry: dict[str, Any] = {
             "name": self.name,
             "passed": self.passed,
             "value": self.value,
@@ -210,11 +229,26 @@ class GateOutcome:
             "comparison": self.comparison,
             "detail": self.detail,
         }
+        if self.outcome is not None:  # only then: payloads of bare-number gates stay as they were
+            entry |= {
+                "outcome": self.outcome,
+                "mode": self.mode,
+                "n": self.n,
+                "low": self.low,
+                "high": self.high,
+                "test": self.test,
+                "p_value": self.p_value,
+                "to_decide": self.to_decide,
+            }
+        return entry
 
     @classmethod
     def from_dict(cls, entry: Mapping[str, Any]) -> Self:
         keys = ("name", "passed", "value", "threshold", "comparison", "detail")
-        return cls(**{key: entry[key] for key in keys})
+        optional = ("outcome", "mode", "n", "low", "high", "test", "p_value", "to_decide")
+        # Entries from before gates stated their evidence have only the six required keys.
+        values: dict[str, Any] = {key: entry[key] for key in keys} | {key: entry.get(key) for key in optional}
+        return cls(**values)
 
 
 #: ``gate.evaluated``'s phase for a champion re-measured on a schedule (trainers.champion_eval).
@@ -229,6 +263,8 @@ class GateEvaluated(EventRecord):
         phase: None (and no key) for events from before phases existed, which readers treat as ``training``.
         name, metrics, dataset, judge_version: what a continuous evaluation measured, on which data, with which
             reward model; written only when ``phase`` is ``continuous`` (``judge_version`` even when None).
+        insufficient: the gates that had evidence for neither pass nor fail (``passed`` is then false); written
+            only when there are some, so older payloads (which had none) decode and describe as they did.
     """
 
     event_type: ClassVar[str] = GATE_EVALUATED
@@ -244,6 +280,7 @@ class GateEvaluated(EventRecord):
     metrics: Mapping[str, float] | None = None
     dataset: Mapping[str, Any] | None = None
     judge_version: str | None = None
+    insufficient: tuple[str, ...] = ()
 
     def to_payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {"kind": self.kind}
@@ -256,6 +293,8 @@ class GateEvaluated(EventRecord):
             "failed": list(self.failed),
             "gates": [gate.to_dict() for gate in self.gates],
         }
+        if self.insufficient:
+            payload["insufficient"] = list(self.insufficient)
         if self.phase == CONTINUOUS:
             payload |= {
                 "name": self.name,
@@ -279,6 +318,7 @@ class GateEvaluated(EventRecord):
             metrics=payload.get("metrics"),
             dataset=payload.get("dataset"),
             judge_version=payload.get("judge_version"),
+            insufficient=tuple(payload.get("insufficient") or ()),
         )
 
     @staticmethod
@@ -286,6 +326,10 @@ class GateEvaluated(EventRecord):
         p = payload
         about, model = version_words(p)
         verdict = "passed" if p.get("passed") else f"failed: {', '.join(map(str, p.get('failed') or []))}"
+        if p.get("insufficient") and not p.get("failed"):  # only then: older payloads describe as they did
+            verdict = f"insufficient evidence: {', '.join(map(str, p['insufficient']))}"
+        elif p.get("insufficient"):
+            verdict += f"; insufficient evidence: {', '.join(map(str, p['insufficient']))}"
         if p.get("phase") == CONTINUOUS:  # only then: records of earlier events must still hash the same
             upto = (p.get("dataset") or {}).get("to_seq")
             verdict = f"continuous evaluation of the champion on data up to seq {upto}: {verdict}"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
 from events.codec import canonical_json
+from events.messages import GateEvaluated
 from trainers.gates import (
     GateConfig,
     GateResult,
@@ -215,3 +217,131 @@ def test_gate_event_payload_is_json_safe() -> None:
         "comparison": "<=",
         "detail": "KL to the reference 0.200 nats/token (budget 0.100)",
     }
+
+
+# --- three outcomes and the evidence ------------------------------------------------------------------
+
+
+def test_a_bool_outcome_still_builds_a_result_and_passed_is_true_only_for_pass() -> None:
+    assert GateResult("kl", True, 0.01, 0.1, "ok").outcome == "pass"
+    assert GateResult("kl", False, 0.2, 0.1, "over").outcome == "fail"
+    held = GateResult("safety", "insufficient", 0.0, 0.05, "24 prompts", "<=")
+    assert held.passed is False and held.outcome == "insufficient"
+    with pytest.raises(ValueError, match="outcome"):
+        GateResult("kl", "maybe", 0.0, 0.1, "?")
+
+
+def test_decide_fail_beats_insufficient_beats_pass() -> None:
+    held = reward_accuracy_gate(0.56, None, CONFIG, n=98)
+    good = kl_gate(0.01, CONFIG)
+    bad = kl_gate(0.5, CONFIG)
+    assert held.outcome == "insufficient"
+    only_held = decide([held, good])
+    assert (only_held.outcome, only_held.passed, only_held.failed, only_held.insufficient) == (
+        "insufficient",
+        False,
+        (),
+        ("reward_accuracy",),
+    )
+    both = decide([held, replace(bad, name="kl")])
+    assert both.outcome == "fail" and both.failed == ("kl",) and both.insufficient == ("reward_accuracy",)
+    assert decide([good]).outcome == "pass"
+
+
+def test_tags_and_payload_carry_the_evidence_and_the_outcome() -> None:
+    held = reward_accuracy_gate(0.56, None, CONFIG, n=98)
+    tags = summary_tags(decide([held, kl_gate(0.5, CONFIG)]))
+    assert tags["alignd.gates"] == "failed: kl; insufficient evidence: reward_accuracy"
+    assert tags["alignd.gate.reward_accuracy"].startswith(
+        "insufficient 0.56 (>= 0.60; interval 0.46-0.65, n=98): about "
+    )
+    assert tags["alignd.gate.reward_accuracy"].endswith("more held-out pairs, at the rates measured, would decide it")
+    payload = gate_event_payload(decide([held]), "reward", 2, "run-1")
+    assert (payload["passed"], payload["failed"], payload["insufficient"]) == (False, [], ["reward_accuracy"])
+    [gate] = payload["gates"]
+    assert (gate["outcome"], gate["mode"], gate["n"], gate["passed"]) == ("insufficient", "both", 98, False)
+    assert gate["low"] < 0.60 < gate["high"] and gate["test"] is None and "more held-out pairs" in gate["to_decide"]
+    assert GateEvaluated.from_payload(payload).to_payload() == payload
+    json.dumps(payload, allow_nan=False)
+
+
+def test_an_old_gate_payload_without_evidence_still_decodes_and_describes_as_it_did() -> None:
+    from events.audit import describe
+
+    old = {
+        "kind": "reward",
+        "model_version": "1",
+        "candidate_run_id": "r",
+        "passed": False,
+        "failed": ["reward_accuracy"],
+        "gates": [
+            {
+                "name": "reward_accuracy",
+                "passed": False,
+                "value": 0.56,
+                "threshold": 0.6,
+                "comparison": ">=",
+                "detail": "x",
+            }
+        ],
+    }
+    record = GateEvaluated.from_payload(old)
+    assert record.gates[0].outcome is None and record.insufficient == ()
+    assert record.to_payload()["gates"] == old["gates"] and "insufficient" not in record.to_payload()
+    assert describe("gate.evaluated", old)[2] == "failed: reward_accuracy"
+    held = {**old, "failed": [], "insufficient": ["reward_accuracy"]}
+    assert describe("gate.evaluated", held)[2] == "insufficient evidence: reward_accuracy"
+
+
+def test_paired_evidence_names_mcnemar_and_the_stricter_bound() -> None:
+    candidate = [1.0] * 700 + [0.0] * 300
+    champion = [1.0] * 650 + [0.0] * 350
+    result = reward_accuracy_gate(0.0, None, CONFIG, candidate_correct=candidate, champion_correct=champion)
+    assert result.value == pytest.approx(0.70) and result.threshold == pytest.approx(0.64)
+    assert result.outcome == "pass" and result.test == "mcnemar" and result.p_value < 1e-10
+    assert "McNemar p=" in result.detail and "50 better, 0 worse" in result.detail
+    absolute_only = reward_accuracy_gate(
+        0.0, None, GateConfig(reward_accuracy_mode="absolute"), candidate_correct=candidate, champion_correct=champion
+    )
+    assert absolute_only.test is None and absolute_only.threshold == pytest.approx(0.60)
+
+
+def test_config_checks_the_modes_and_the_confidence() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        GateConfig(reward_accuracy_mode="sometimes")
+    with pytest.raises(ValueError, match="confidence"):
+        GateConfig(confidence=1.0)
+    wider = reward_accuracy_gate(0.66, None, GateConfig(confidence=0.99), n=300)
+    assert wider.outcome == "insufficient" and reward_accuracy_gate(0.66, None, CONFIG, n=300).outcome == "pass"
+
+
+@pytest.mark.parametrize(
+    ("tags", "allowed", "failed", "insufficient"),
+    [
+        ({"alignd.gates": "insufficient evidence: reward_accuracy"}, False, (), ("reward_accuracy",)),
+        ({"alignd.gates": "failed: kl; insufficient evidence: safety"}, False, ("kl",), ("safety",)),
+        ({"alignd.gates": "passed", "alignd.gate.safety": "insufficient 0.00 (<= 0.05)"}, False, (), ("safety",)),
+        ({"alignd.gates": "passed", "alignd.gate.kl": "pass 0.01 (<= 0.10)"}, True, (), ()),
+    ],
+)
+def test_promotion_refuses_insufficient_evidence_unless_forced(
+    tags: dict[str, str], allowed: bool, failed: tuple[str, ...], insufficient: tuple[str, ...]
+) -> None:
+    from trainers.promotion import decide_promotion
+
+    decision = decide_promotion(tags, force=False)
+    assert (decision.allowed, decision.failed_gates, decision.insufficient_gates) == (allowed, failed, insufficient)
+    if not allowed:
+        assert "insufficient evidence: " in decision.message and not decision.missing_gates
+        forced = decide_promotion(tags, force=True)
+        assert forced.allowed and forced.forced and forced.message.startswith("forced: ")
+        assert forced.insufficient_gates == insufficient
+
+
+def test_promotion_message_says_what_would_decide_an_insufficient_gate() -> None:
+    from trainers.promotion import decide_promotion
+
+    tags = summary_tags(decide([reward_accuracy_gate(0.56, None, CONFIG, n=98)]))
+    message = decide_promotion(tags, force=False).message
+    assert message.startswith("insufficient evidence: reward_accuracy (insufficient 0.56 (>= 0.60; interval")
+    assert "more held-out pairs, at the rates measured, would decide it" in message

@@ -271,7 +271,7 @@ def test_gate_payloads_are_the_ones_they_were() -> None:
 
 def test_a_continuous_evaluation_has_the_payload_it_had() -> None:
     version = RegisteredVersion("reward", "alignd-reward", "3", "run-9", "runs:/run-9/model", {}, ("champion",), AT)
-    measured = {"pairs": 40.0, "accuracy": 0.55}
+    measured = {"pairs": 40.0, "accuracy": 0.3}
     payload = continuous_payload("reward", version, measured, GateConfig(), DATASET)
     gate = payload["gates"][0]
     _same(
@@ -285,12 +285,15 @@ def test_a_continuous_evaluation_has_the_payload_it_had() -> None:
             "failed": ["reward_accuracy"],
             "gates": [gate],
             "name": "alignd-reward",
-            "metrics": {"accuracy": 0.55, "pairs": 40.0},
+            "metrics": {"accuracy": 0.3, "pairs": 40.0},
             "dataset": DATASET,
             "judge_version": None,
         },
     )
-    assert set(gate) == {"name", "passed", "value", "threshold", "comparison", "detail"}
+    # A gate with evidence adds it (old entries, without these keys, still decode: test_gate_payloads_...).
+    evidence = {"outcome", "mode", "n", "low", "high", "test", "p_value", "to_decide"}
+    assert set(gate) == {"name", "passed", "value", "threshold", "comparison", "detail"} | evidence
+    assert (gate["outcome"], gate["n"], gate["mode"]) == ("fail", 40, "both")
 
 
 def test_alias_moves_have_the_payload_they_had() -> None:
