@@ -64,11 +64,23 @@ def _subject_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actor", default=None, help="who decided (default: your OS user name)")
 
 
-def _catch_up(store: SqlEventStore) -> None:
-    """Fold what the quarantine projection has not folded yet, with the runner the daemon uses."""
+def _catch_up(store: SqlEventStore, attempts: int = 3) -> None:
+    """Fold what the quarantine projection has not folded yet, with the runner the daemon uses.
+
+    A daemon's runner may fold the same requests at the same moment. On PostgreSQL the one that commits second
+    is refused (the rows and the position it writes exist by then); folding again starts from the position the
+    other saved. On SQLite write transactions queue, so the second reads the first's position.
+    """
+    from events.errors import StoreRefusedError
     from events.projections import ProjectionRunner
 
-    ProjectionRunner(store).catch_up(["quarantine"])
+    for attempt in range(1, attempts + 1):
+        try:
+            ProjectionRunner(store).catch_up(["quarantine"])
+            return
+        except StoreRefusedError:
+            if attempt == attempts:
+                raise
 
 
 def _current(store: SqlEventStore) -> dict[tuple[str, str], QuarantineEntry]:

@@ -260,3 +260,38 @@ def test_mistakes_are_refused_and_nothing_is_recorded(
     table = [line.split() for line in lines[1 : lines.index("")]]
     assert ["demonstrations", "top_rated", "1", "0"] in table and ["prompts", "(all)", "2", "1"] in table
     assert ["prompts", "messages", "0", "1"] in table and ["preference_pairs", "(all)", "3", "0"] in table
+
+
+def test_the_command_folds_beside_a_daemon_folding_the_same_request(
+    cli_store: SqlEventStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A daemon's runner folds the request the command must fold, and commits while the command waits on it: on
+    PostgreSQL the command's fold is then refused (its rows and position exist), and it folds again from there."""
+    import threading
+
+    from events.projections.runner import _fold_units
+
+    store = cli_store
+    _seed(store)
+    payload = {"action": "quarantine_user", "target": {"user": "bob"}, "reason": "flooding", "evidence": []}
+    store.append([Event("enforcement:quarantine_user:2", "enforcement.requested", T1, "alignd.monitors", payload)])
+    folding, done = threading.Event(), threading.Event()
+
+    def daemon_fold() -> None:
+        with store.unit_of_work(append_lock=False) as uow:
+            batch = uow.read(0, types=["enforcement.requested"])
+            _fold_units(uow, QuarantineProjection(), batch)
+            uow.save_position("quarantine", batch[-1].seq)
+            folding.set()
+            done.wait(1.5)  # the command starts its own fold meanwhile, and waits on these rows
+        done.set()
+
+    daemon = threading.Thread(target=daemon_fold)
+    daemon.start()
+    assert folding.wait(10)
+    try:
+        listed = _json(["quarantine", "list"], capsys)
+    finally:
+        done.set()
+        daemon.join(10)
+    assert [(e["subject"], e["actor"]) for e in listed] == [("bob", "alignd.monitors")]
