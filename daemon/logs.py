@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from events.redact import Scrubber, mask_url_list
+from events.redact import Scrubber, mask_url, mask_url_list
 
 if TYPE_CHECKING:
     from daemon.settings import Settings
@@ -229,6 +229,9 @@ def role_announcements(settings: Settings, roles: Iterable[str]) -> list[str]:
         "project": "project: folding the projections and the audit chain",
         "monitor": f"monitor: detectors {', '.join(settings.monitors.detectors)}; alerts to {topics.alerts}, "
         f"model changes to {topics.models} on Kafka at {kafka}",
+        "vllm-sync": f"vllm-sync: following {topics.models} (group {settings.vllm.group_id}); the {settings.vllm.kind} "
+        f"champion served as {settings.vllm.served_name} by vLLM at {mask_url(settings.vllm.url or '(unset)')}, "
+        f"adapters in {settings.vllm.adapter_dir}",
         "guard": f"guard: POST http://{settings.guard.host}:{settings.guard.port}/v1/guard, detectors "
         f"{', '.join(settings.guard.detectors) or 'none'} (blocking on {', '.join(settings.guard.block_on) or 'rules only'}), "
         f"guard rules read every {settings.guard.refresh_s:g} s",

@@ -7,7 +7,8 @@ Roles (``--role``, repeatable; all of them when none is given), so replicas can 
 * ``project`` — the projections and the audit chain, for replicas that ingest with ``--no-project`` or not at all;
 * ``monitor`` — the detectors, the enforcement executor, MLflow alias watching, and the alerts and models outboxes;
 * ``http`` — health, readiness, metrics and the audit review page;
-* ``guard`` — ``POST /v1/guard`` with the guard rules in force (docs/guard.md); only when named.
+* ``guard`` — ``POST /v1/guard`` with the guard rules in force (docs/guard.md); only when named;
+* ``vllm-sync`` — keeps a vLLM server's LoRA adapter on the registry's champion (docs/vllm.md); only when named.
 
 Parts stop in that order on SIGTERM/SIGINT (the scheduler first: no new jobs, the running one is cancelled
 and resumes later from its checkpoint; then ingestion, with a final commit), and the engines are disposed.
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("schedule", "ingest", "project", "monitor", "http", "guard")
+ROLES = ("schedule", "ingest", "project", "monitor", "http", "guard", "vllm-sync")
 #: The roles run when none is named: the guard serves the request path and is deployed apart (docs/guard.md).
 DEFAULT_ROLES = ("schedule", "ingest", "project", "monitor", "http")
 
@@ -186,6 +187,10 @@ def build(app: App, roles: Sequence[str], *, shutdown_timeout_s: float = 120.0) 
         supervisor.add(HttpPart(app, roles))
     if "guard" in roles:
         supervisor.add(GuardPart(app))
+    if "vllm-sync" in roles:
+        from daemon.vllm_sync import VllmSyncPart
+
+        supervisor.add(VllmSyncPart(app))
     return supervisor
 
 

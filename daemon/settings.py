@@ -356,6 +356,28 @@ class GuardSettings(BaseModel):
         return value
 
 
+class VllmSettings(_MaskedRepr):
+    """The ``vllm-sync`` role (``alignd run --role vllm-sync``): keeps a vLLM server's LoRA adapter on the champion
+    (docs/vllm.md)."""
+
+    model_config = _FROZEN
+    url: str | None = Field(None, description="the vLLM server, e.g. http://vllm:8000; the role needs it")
+    api_key: SecretStr | None = Field(None, description="the server's --api-key (VLLM_API_KEY), sent as a bearer token")
+    kind: Literal["policy", "reward"] = Field("policy", description="the registered model whose champion is served")
+    served_name: str = Field("alignd-policy-champion", description="the adapter's name: the `model` clients send")
+    adapter_dir: str = Field("adapters", description="where versions are downloaded: a folder vLLM reads too")
+    server_adapter_dir: str | None = Field(
+        None, description="adapter_dir as the vLLM server sees it (its mount point); unset: the same path"
+    )
+    group_id: str = Field("alignd-vllm-sync", description="the consumer group following the models topic")
+    request_timeout_s: float = Field(60.0, gt=0, description="seconds one call to vLLM may take (a load reads weights)")
+    retry_initial_s: float = Field(1.0, gt=0, description="first wait after vLLM or MLflow failed; doubles")
+    retry_max_s: float = Field(30.0, gt=0, description="longest wait between tries")
+    check_interval_s: float = Field(
+        30.0, gt=0, description="seconds between checks that the server still serves the champion (a restart)"
+    )
+
+
 class LogSettings(BaseModel):
     model_config = _FROZEN
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -373,6 +395,7 @@ class Settings(BaseModel):
     trainers: TrainersSettings = TrainersSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     http: HttpSettings = HttpSettings()
+    vllm: VllmSettings = VllmSettings()
     guard: GuardSettings = GuardSettings()
     log: LogSettings = LogSettings()
 

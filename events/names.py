@@ -29,6 +29,7 @@ MODEL_REGISTERED = "model.registered"
 MODEL_PROMOTED = "model.promoted"
 MODEL_ROLLED_BACK = "model.rolled_back"
 DEMONSTRATION_GENERATED = "demonstration.generated"
+SERVING_ADAPTER_LOADED = "serving.adapter_loaded"
 GUARD_RULE_LIFTED = "guard_rule.lifted"
 GUARD_DECIDED = "guard.decided"
 
@@ -50,6 +51,7 @@ INTERNAL_TYPES: frozenset[str] = frozenset(
         MODEL_PROMOTED,
         MODEL_ROLLED_BACK,
         DEMONSTRATION_GENERATED,
+        SERVING_ADAPTER_LOADED,
         GUARD_RULE_LIFTED,
         GUARD_DECIDED,
     }

@@ -14,6 +14,7 @@ description. The type names themselves are in :mod:`events.names`.
 ``model.promoted``         :class:`ModelPromoted` (an :class:`AliasMoved`)
 ``model.rolled_back``      :class:`ModelRolledBack` (an :class:`AliasMoved`)
 ``demonstration.generated`` :class:`DemonstrationGenerated`
+``serving.adapter_loaded``  :class:`AdapterLoaded`
 ``guard_rule.lifted``      :class:`GuardRuleLifted`
 ``guard.decided``          :class:`GuardDecided`
 =========================  =================================================================
@@ -27,6 +28,7 @@ from types import MappingProxyType
 from events.messages.alerts import AnomalyDetected, EnforcementApplied, EnforcementRequested
 from events.messages.base import Description, EventRecord
 from events.messages.guard import GuardDecided, GuardRuleLifted
+from events.messages.serving import AdapterLoaded
 from events.messages.training import (
     CONTINUOUS,
     DatasetSnapshotted,
@@ -43,6 +45,7 @@ from events.model import Event
 __all__ = [
     "CONTINUOUS",
     "RECORDS",
+    "AdapterLoaded",
     "AliasMoved",
     "AnomalyDetected",
     "DatasetSnapshotted",
@@ -81,6 +84,7 @@ RECORDS: Mapping[str, type[EventRecord]] = MappingProxyType(
             ModelPromoted,
             ModelRolledBack,
             DemonstrationGenerated,
+            AdapterLoaded,
             GuardRuleLifted,
             GuardDecided,
         )

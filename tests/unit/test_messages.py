@@ -13,6 +13,7 @@ from events.audit import describe
 from events.codec import canonical_json
 from events.messages import (
     RECORDS,
+    AdapterLoaded,
     AliasMoved,
     AnomalyDetected,
     DatasetSnapshotted,
@@ -114,6 +115,22 @@ EXAMPLES: list[EventRecord] = [
     GuardRuleLifted("enforcement:publish_guard_rule:1", "ana", "a false positive"),
     GuardDecided("block", ("guard rule r-1 (jailbreak_success on event:e-1)",), ("r-1",), "r-41", "u-41", "m@2"),
     GuardDecided("redact", ("pii in the prompt: email",), prompt="mail [email]", replica="guard-1:8090"),
+    AdapterLoaded(
+        "policy",
+        "alignd-policy",
+        "4",
+        "3",
+        "alignd-policy-champion",
+        "http://vllm:8000",
+        "/adapters/alignd-policy-v4",
+        "load_inplace",
+        "model.promoted:alignd-policy@champion:4:2",
+        1.25,
+        0.4,
+    ),
+    AdapterLoaded(
+        "policy", "alignd-policy", "4", None, "c", "http://vllm:8000", "/a/v4", "unload_then_load", None, None, 0.1
+    ),
 ]
 
 
