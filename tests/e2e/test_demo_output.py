@@ -1,5 +1,7 @@
-"""What a user of ``alignd demo`` sees, and what outlives it (issue 22).
+"""What a user of ``alignd demo`` sees, and what outlives it, from one run of the quick demo (CI's slowest step):
 
+* the story's outcome: the rude release rolled back, five versions registered, the audit chain intact (its JSON
+  summary, and the saved config's ``events count`` and ``audit verify``);
 * the quick demo's terminal: its steps in order ("step n of N", each with its measured time), milestones, and
   nothing else: no ERROR line, no warning; every log line in ``alignd.log`` in the demo folder, as JSON lines;
 * ``--keep-running``: after the story the broker, the review page and the MLflow UI stay up until Ctrl-C; the
@@ -14,6 +16,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -55,29 +58,6 @@ def _assert_json_log(log: Path) -> None:
     assert any(e["logger"].startswith("mlflow") for e in entries)  # MLflow's logger, in our format
 
 
-@pytest.mark.timeout(DEMO_S + 60)  # waits: DEMO_S
-def test_the_quick_demo_shows_its_steps_and_milestones_only_and_logs_to_its_folder(tmp_path: Path) -> None:
-    folder = tmp_path / "demo"
-    proc = alignd(["demo", "--quick", "--dir", str(folder)], {}, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        out, err = proc.communicate(timeout=DEMO_S)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    terminal = err.decode() + out.decode()
-    assert proc.returncode == 0, terminal
-    assert _problems(terminal) == []
-    _assert_steps_in_order(terminal, STEPS)
-    milestones = [line.strip() for line in terminal.splitlines() if line.strip().startswith("✓")]
-    assert "Kafka on" in milestones[0] and "first release" in milestones[1]
-    assert any("rolled the champion back" in m for m in milestones) and "audit trail" in milestones[-1]
-    assert "alignd demo serve" in terminal  # how to get the broker back, now that it is gone
-    _assert_json_log(folder / "alignd.log")
-    saved = (folder / "alignd.yaml").read_text()
-    assert "# Written by `alignd demo`" in saved and '"level": "INFO"' in saved
-
-
 class _Lines:
     """A child's stderr, read line by line in a thread (so the child never blocks on a full pipe)."""
 
@@ -97,6 +77,18 @@ class _Lines:
     def value(self, label: str) -> str:
         [value] = [line.split(label, 1)[1].strip() for line in self.lines if line.strip().startswith(label)]
         return value
+
+
+def _cli(folder: Path, args: list[str]) -> dict[str, object]:
+    """``alignd --config <the demo's saved config> ARGS --json``, as a process, its JSON answer."""
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "--config", str(folder / "alignd.yaml"), *args],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -120,9 +112,16 @@ def _processes_naming(text: str) -> list[str]:
 @pytest.mark.timeout(
     DEMO_S + 120 + 8 + 120 + 60 + 120 + 60
 )  # waits: the demo, the monitor's run and stop, pages, Ctrl-C
-def test_keep_running_serves_what_the_saved_config_points_at_until_ctrl_c(tmp_path: Path) -> None:
+def test_the_quick_demo_end_to_end_then_serving_what_its_saved_config_points_at(tmp_path: Path) -> None:
+    """One run of the quick demo (it is the slowest thing CI does) checked as a user and an operator would:
+    the story's outcome (its JSON summary), its terminal, its log, and what outlives the story."""
     folder = tmp_path / "demo"
-    demo = alignd(["demo", "--quick", "--keep-running", "--dir", str(folder)], {}, stderr=subprocess.PIPE)
+    demo = alignd(
+        ["demo", "--quick", "--keep-running", "--json", "--dir", str(folder)],
+        {},
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     terminal = _Lines(demo)
     try:
         wait_until(
@@ -133,6 +132,18 @@ def test_keep_running_serves_what_the_saved_config_points_at_until_ctrl_c(tmp_pa
         )
         assert demo.poll() is None, terminal.text()
         _assert_steps_in_order(terminal.text(), STEPS + 1)
+        milestones = [line.strip() for line in terminal.lines if line.strip().startswith("✓")]
+        assert "Kafka on" in milestones[0] and "first release" in milestones[1], milestones
+        assert any("rolled the champion back" in m for m in milestones) and "audit trail" in milestones[-1]
+        _assert_json_log(folder / "alignd.log")
+        saved = (folder / "alignd.yaml").read_text()
+        assert "# Written by `alignd demo`" in saved and '"level": "INFO"' in saved
+
+        # What the story did, read back through the saved config as an operator would.
+        counted = _cli(folder, ["events", "count", "--json"])["by_type"]
+        assert counted["model.rolled_back"] >= 1 and counted["model.registered"] == 5, counted
+        verified = _cli(folder, ["audit", "verify", "--json"])
+        assert verified["ok"] and verified["records"] >= 10, verified
         page, ui = terminal.value("review page:"), terminal.value("MLflow UI:")
 
         # The saved config works while the demo serves: the monitor role reaches the broker and stops cleanly.
@@ -176,4 +187,11 @@ def test_keep_running_serves_what_the_saved_config_points_at_until_ctrl_c(tmp_pa
             raise
     assert code == 0, terminal.text()
     assert _problems(terminal.text()) == []
+    assert demo.stdout is not None
+    summary = json.loads(demo.stdout.read())  # printed when the story ended, before the serving
+    assert summary["ok"] and summary["audit"]["intact"]
+    assert summary["events"]["model.rolled_back"] >= 1 and summary["events"]["model.registered"] == 5
+    assert summary["audit"]["by_action"]["enforcement.applied"] >= 2
+    assert summary["log"] == str(folder / "alignd.log")
+    assert [t["step"] for t in summary["timings"]] == list(range(1, STEPS + 1))
     wait_until(lambda: not _processes_naming(str(folder)), timeout=60, message="the demo's processes to exit")
