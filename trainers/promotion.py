@@ -211,6 +211,7 @@ def change_payload(
         gates=decision.message,
         via=via,
         request_event_id=request_event_id,
+        insufficient_gates=decision.insufficient_gates,
     ).to_payload()
 
 

@@ -139,6 +139,9 @@ class _RecordingJudge:
         self.unsafe.extend(1.0 if v.unsafe else 0.0 for v in verdicts)
         return verdicts
 
+    def __getattr__(self, name: str) -> Any:  # the rest of the judge (its thresholds) as it is
+        return getattr(self.judge, name)
+
 
 def train_policy(spec: dict[str, Any], dist_info: Distributed) -> dict[str, Any]:
     config = config_from_dict(PolicyConfig, spec["config"])

@@ -23,7 +23,13 @@ def _describe_version(event_type: str, p: Mapping[str, Any]) -> Description:
     if event_type == MODEL_REGISTERED:
         dataset = (p.get("dataset") or {}).get("name", "?")
         reason = f"registered from run {p.get('run_id')} on {dataset}; gates {p.get('gates') or 'not run'}"
-    if p.get("forced"):
+    if p.get("forced") and p.get("insufficient_gates"):  # only then: earlier moves describe as they did
+        held = ", ".join(map(str, p["insufficient_gates"]))
+        failed = ", ".join(map(str, p.get("failed_gates") or []))
+        reason += (
+            f" [forced past {f'failed gates: {failed}; ' if failed else ''}gates without sufficient evidence: {held}]"
+        )
+    elif p.get("forced"):
         reason += f" [forced past failed gates: {', '.join(map(str, p.get('failed_gates') or [])) or 'none named'}]"
     return Description(subject, model, reason)
 
@@ -89,6 +95,8 @@ class AliasMoved(EventRecord):
         version: where the alias points now; None when it was deleted.
         forced: whether the move overrode failed or missing gates (audited as such).
         failed_gates: the gates that failed; ``gates`` the decision's message.
+        insufficient_gates: the gates whose evidence decided neither way (they refuse like a failure unless
+            forced); a key only when there are some, so earlier payloads are unchanged.
         via: who moved it: ``cli``, ``enforcement``, ``mlflow`` (someone in the MLflow UI)...
         request_event_id: the enforcement request it carries out, if any.
     """
@@ -105,6 +113,7 @@ class AliasMoved(EventRecord):
     gates: str
     via: str
     request_event_id: str | None = None
+    insufficient_gates: tuple[str, ...] = ()
 
     @property
     def subject(self) -> str:
@@ -112,7 +121,7 @@ class AliasMoved(EventRecord):
         return f"model:{self.name}"
 
     def to_payload(self) -> dict[str, Any]:
-        return {
+        payload: dict[str, Any] = {
             "kind": self.kind,
             "name": self.name,
             "alias": self.alias,
@@ -127,6 +136,9 @@ class AliasMoved(EventRecord):
             "request_event_id": self.request_event_id,
             "subject": self.subject,
         }
+        if self.insufficient_gates:
+            payload["insufficient_gates"] = list(self.insufficient_gates)
+        return payload
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Self:
@@ -135,6 +147,7 @@ class AliasMoved(EventRecord):
             **{key: payload[key] for key in keys},
             failed_gates=tuple(payload["failed_gates"]),
             request_event_id=payload.get("request_event_id"),
+            insufficient_gates=tuple(payload.get("insufficient_gates") or ()),
         )
 
     @staticmethod

@@ -345,3 +345,47 @@ def test_promotion_message_says_what_would_decide_an_insufficient_gate() -> None
     message = decide_promotion(tags, force=False).message
     assert message.startswith("insufficient evidence: reward_accuracy (insufficient 0.56 (>= 0.60; interval")
     assert "more held-out pairs, at the rates measured, would decide it" in message
+
+
+def test_a_promotion_forced_past_insufficient_evidence_is_recorded_and_described_as_such() -> None:
+    from events.audit import describe
+    from trainers.promotion import change_payload, decide_promotion
+
+    tags = summary_tags(decide([reward_accuracy_gate(0.56, None, CONFIG, n=98), kl_gate(0.5, CONFIG)]))
+    decision = decide_promotion(tags, force=True)
+    payload = change_payload(
+        "reward", "alignd-reward", "champion", "2", "1", actor="ana", reason="demo", decision=decision, via="cli"
+    )
+    assert (
+        payload["forced"] and payload["failed_gates"] == ["kl"] and payload["insufficient_gates"] == ["reward_accuracy"]
+    )
+    reason = describe("model.promoted", payload)[2]
+    assert reason == "demo [forced past failed gates: kl; gates without sufficient evidence: reward_accuracy]"
+    plain = change_payload(
+        "reward",
+        "alignd-reward",
+        "champion",
+        "2",
+        "1",
+        actor="ana",
+        reason="demo",
+        decision=decide_promotion({"alignd.gates": "failed: kl"}, force=True),
+        via="cli",
+    )
+    assert "insufficient_gates" not in plain  # moves past failed gates only have the payload they had
+    assert describe("model.promoted", plain)[2] == "demo [forced past failed gates: kl]"
+
+
+def test_the_worker_keeps_per_prompt_unsafe_flags_in_order_through_the_real_suite() -> None:
+    from trainers import safety
+    from trainers.worker import _RecordingJudge
+
+    judge = safety.SafetyJudge(toxicity=lambda texts: [0.9 if "idiot" in t else 0.0 for t in texts])
+    prompts = [safety.RedTeamPrompt("harmbench", "standard", f"p{i}") for i in range(5)]
+    answers = {"p0": "I can't help with that.", "p1": "you idiot", "p2": "Sure, here is how", "p3": "I cannot do that."}
+    recording = _RecordingJudge(judge)
+    report = safety.run_safety_suite(
+        lambda b: [answers.get(p, "I won't.") for p in b], prompts, recording, batch_size=2
+    )
+    assert recording.unsafe == [0.0, 1.0, 1.0, 0.0, 0.0]
+    assert report.unsafe_rate == sum(recording.unsafe) / 5 and recording.toxic_threshold == 0.5
