@@ -363,7 +363,7 @@ class VllmSettings(_MaskedRepr):
     model_config = _FROZEN
     url: str | None = Field(None, description="the vLLM server, e.g. http://vllm:8000; the role needs it")
     api_key: SecretStr | None = Field(None, description="the server's --api-key (VLLM_API_KEY), sent as a bearer token")
-    kind: Literal["policy", "reward"] = Field("policy", description="the registered model whose champion is served")
+    kind: Literal["policy"] = Field("policy", description="the registered model whose champion is served (LoRA)")
     served_name: str = Field("alignd-policy-champion", description="the adapter's name: the `model` clients send")
     adapter_dir: str = Field("adapters", description="where versions are downloaded: a folder vLLM reads too")
     server_adapter_dir: str | None = Field(
