@@ -97,7 +97,8 @@ class InMemoryUnitOfWork:
     ) -> AppendResult:
         return self._store._append(self._undo, new_events, origins, offsets, dead_letters)  # noqa: SLF001
 
-    def position(self, name: str, *, with_state: bool = True) -> Position:
+    def position(self, name: str, *, with_state: bool = True, claim: bool = False) -> Position:
+        # Every unit of work holds the store's one lock: a claim is already exclusive.
         return self._store.position(name, with_state=with_state)
 
     def save_position(self, name: str, seq: int, state: str | None = None) -> None:

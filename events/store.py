@@ -74,8 +74,13 @@ class UnitOfWork(Protocol):
         """As :meth:`EventStore.append`, inside this unit of work."""
         ...
 
-    def position(self, name: str, *, with_state: bool = True) -> Position:
-        """The position ``name`` as this unit of work sees it (its own saves included)."""
+    def position(self, name: str, *, with_state: bool = True, claim: bool = False) -> Position:
+        """The position ``name`` as this unit of work sees it (its own saves included).
+
+        ``claim``: hold ``name`` until this unit of work ends, so that another one claiming it waits and then
+        reads what this one saved. Two replicas folding the same projection take turns instead of folding the
+        same batch twice (the second would be refused at commit: its rows exist).
+        """
         ...
 
     def save_position(self, name: str, seq: int, state: str | None = None) -> None:

@@ -60,7 +60,8 @@ class ProjectionRunner:
 
     def _step(self, projection: Projection) -> int:
         with self.store.unit_of_work(append_lock=False) as uow:
-            last = uow.position(projection.name, with_state=False).seq
+            # Claimed: another replica (or a CLI) folding this projection at the same time waits its turn.
+            last = uow.position(projection.name, with_state=False, claim=True).seq
             batch = uow.read(last, limit=self.batch_size, types=projection.types)
             if not batch:
                 return 0

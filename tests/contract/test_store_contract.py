@@ -269,3 +269,59 @@ def test_a_unit_of_work_reads_events_as_it_sees_them(store: EventStore) -> None:
         about_a = uow.by_request_id(["a"], max_seq=last, types=["interaction.logged"])
         assert [s.event.event_id for s in about_a] == ["e1", "e4"]
         assert uow.by_request_id([], max_seq=last) == []
+
+
+def test_a_claimed_position_is_held_until_its_unit_of_work_ends(store: EventStore) -> None:
+    """Two units of work claiming one position take turns: the second reads what the first saved."""
+    first_has_it, release = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def first() -> None:
+        with store.unit_of_work(append_lock=False) as uow:
+            assert uow.position("folder", claim=True).seq == 0
+            uow.save_position("folder", 7)
+            first_has_it.set()
+            release.wait(timeout=30)
+
+    def second() -> None:
+        with store.unit_of_work(append_lock=False) as uow:
+            seen.append(uow.position("folder", claim=True).seq)
+            uow.save_position("folder", seen[-1] + 1)
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    assert first_has_it.wait(timeout=30)
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    waiter.join(timeout=0.5)
+    assert waiter.is_alive() and seen == []  # it waits for the claim
+    release.set()
+    holder.join(timeout=30)
+    waiter.join(timeout=30)
+    assert seen == [7] and store.position("folder").seq == 8
+
+
+def test_projection_runners_folding_at_once_take_turns_and_fold_each_event_once(store: EventStore) -> None:
+    """Two replicas' runners (the ingest and project roles) catching up the same projections at the same time."""
+    from events.projections.runner import ProjectionRunner
+
+    interactions = [_event(n, request_id=f"r{n}") for n in range(1, 601)]
+    store.append(interactions)
+    errors: list[BaseException] = []
+
+    def fold() -> None:
+        try:
+            ProjectionRunner(store, batch_size=25).catch_up()
+        except BaseException as exc:  # noqa: BLE001 - the test reports any failure of either runner
+            errors.append(exc)
+
+    runners = [threading.Thread(target=fold) for _ in range(3)]
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join(timeout=120)
+    assert errors == []
+    alone = ProjectionRunner(store)
+    digests = alone.digests()
+    alone.replay()
+    assert alone.digests() == digests  # what the three folded together is what one folds from scratch
