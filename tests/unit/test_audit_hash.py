@@ -201,6 +201,26 @@ def decision_events(start: int = 0) -> list[Event]:
             "alignd.cli",
             {"rule_id": "enforcement:publish_guard_rule:1", "actor": "ana", "reason": "a false positive"},
         ),
+        Event(
+            f"serving.adapter_loaded:alignd-policy:3:{n}",
+            "serving.adapter_loaded",
+            _at(n + 13),
+            "alignd.vllm-sync",
+            {  # the shape daemon/vllm_sync.py appends
+                "kind": "policy",
+                "name": "alignd-policy",
+                "version": "3",
+                "previous_version": "2",
+                "served_name": "alignd-policy-champion",
+                "url": "http://vllm:8000",
+                "lora_path": "/adapters/alignd-policy-v3",
+                "method": "load_inplace",
+                "trigger_event_id": "model.promoted:alignd-policy:3",
+                "lag_s": 0.4,
+                "duration_s": 0.05,
+                "subject": "model:alignd-policy",
+            },
+        ),
     ]
     return decided
 
