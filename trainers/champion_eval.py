@@ -196,11 +196,17 @@ class ChampionEvaluation:
         return outcome
 
     def _eval_fraction(self, kind: str, champion: RegisteredVersion) -> float:
-        """The held-out fraction the champion was trained with (its run's param), else the configured one."""
+        """The held-out fraction the champion was trained with: the one its worker used (the run's
+        ``held_out_fraction`` metric: eval_fraction raised to reach the gates' min_held_out_pairs), else its
+        ``eval_fraction`` param, else the configured one. The split hashes ids, so this fraction of today's pairs
+        is the champion's own held-out pairs plus new ones, never one it was trained on."""
         configured = self.configs[kind].eval_fraction
         if not champion.run_id:
             return configured
         try:
+            used = self.registry.run_metrics(champion.run_id).get("held_out_fraction")
+            if used is not None:
+                return float(used)
             value = self.registry.run_params(champion.run_id).get("eval_fraction")
         except RegistryError as exc:
             logger.warning(

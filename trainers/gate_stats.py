@@ -135,7 +135,12 @@ def paired_difference(
     p1, p2 = (a + b) / n, (a + c) / n
     w1, w2 = wilson(a + b, n, confidence), wilson(a + c, n, confidence)
     denominator = (a + b) * (c + d) * (a + c) * (b + d)
-    phi = (a * d - b * c) / math.sqrt(denominator) if denominator > 0 else 0.0
+    # Newcombe's continuity-corrected correlation: uncorrected, pairs that all agree (phi = 1) would shrink the
+    # interval of the difference to a point, as if agreeing on 20 examples proved the models equal.
+    excess = a * d - b * c
+    if excess > 0:
+        excess = max(excess - n / 2, 0.0)
+    phi = excess / math.sqrt(denominator) if denominator > 0 else 0.0
     theta = p1 - p2
     dl = math.sqrt(max(0.0, (p1 - w1.low) ** 2 - 2 * phi * (p1 - w1.low) * (w2.high - p2) + (w2.high - p2) ** 2))
     du = math.sqrt(max(0.0, (w1.high - p1) ** 2 - 2 * phi * (w1.high - p1) * (p2 - w2.low) + (p2 - w2.low) ** 2))

@@ -99,6 +99,15 @@ class GateConfig:
         },
     )
 
+    min_held_out_pairs: int = field(
+        default=200,
+        metadata={
+            "help": "Fewest preference pairs the reward model holds out for its gate: the split is the larger of "
+            "eval_fraction and this count, but never more than half the pairs (training keeps the rest). 200 "
+            "pairs put a 95% interval of about +-0.065 around an accuracy of 0.65; the 10% of 980 pairs, 98 "
+            "pairs, gave +-0.095, which cannot tell 0.64 from the 0.60 floor."
+        },
+    )
     confidence: float = field(
         default=0.95,
         metadata={
@@ -128,6 +137,8 @@ class GateConfig:
         for name in ("reward_accuracy_mode", "safety_mode"):
             _check_mode(getattr(self, name))
         gate_stats.z_value(self.confidence)  # raises on a confidence outside [0.5, 1)
+        if self.min_held_out_pairs < 0:
+            raise ValueError(f"GateConfig.min_held_out_pairs must be 0 or more, got {self.min_held_out_pairs!r}")
         for name in ("min_reward_accuracy", "min_win_rate", "max_unsafe_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -146,6 +157,22 @@ class GateConfig:
 
 
 MODES = ("absolute", "relative", "both")
+
+#: The most of a dataset the held-out split takes to reach ``min_held_out_pairs``: training keeps the rest.
+MAX_HELD_OUT_FRACTION = 0.5
+
+
+def held_out_fraction(eval_fraction: float, rows: int, min_held_out: int) -> float:
+    """The share of ``rows`` to hold out: ``eval_fraction``, raised to reach ``min_held_out`` examples, at most
+    :data:`MAX_HELD_OUT_FRACTION` (unless ``eval_fraction`` itself is more).
+
+    The split is by a hash of each example's id (trainers.snapshot.split), so a larger fraction holds out a
+    superset. As data grows this fraction only falls, so a later snapshot's held-out examples are this one's
+    or new ones: a model is never evaluated on a pair it was trained on.
+    """
+    if rows <= 0 or min_held_out <= 0:
+        return eval_fraction
+    return max(eval_fraction, min(MAX_HELD_OUT_FRACTION, min_held_out / rows))
 
 
 @dataclass(frozen=True)

@@ -54,9 +54,13 @@ def train_reward(spec: dict[str, Any], dist_info: Distributed) -> dict[str, Any]
     config = config_from_dict(RewardConfig, spec["config"])
     assert isinstance(config, RewardConfig)
     rows = _load_rows(spec)
-    train_rows, held = split(rows, config.eval_fraction)
+    eval_config = EvaluationConfig(**spec.get("evaluation", {}))
+    gate_config = gates.GateConfig(**(eval_config.gates or {}))
+    # Sized for the gate's decision: at least min_held_out_pairs (up to half the pairs), by the same stable hash.
+    fraction = gates.held_out_fraction(config.eval_fraction, len(rows), gate_config.min_held_out_pairs)
+    train_rows, held = split(rows, fraction)
     if not train_rows:
-        raise ValueError(f"no training pairs after holding out {config.eval_fraction:.0%} of {len(rows)}")
+        raise ValueError(f"no training pairs after holding out {fraction:.0%} of {len(rows)}")
     runtime = pick_runtime(dist_info.local_rank, spec.get("device", "auto"))
     rm = RewardModel.create(config, runtime)
     objective = RewardObjective(rm, config)
@@ -75,10 +79,8 @@ def train_reward(spec: dict[str, Any], dist_info: Distributed) -> dict[str, Any]
     if not dist_info.is_main:
         return {}
     rm.save(Path(spec["output_dir"]) / "model", {"objective": "bradley_terry"})
-    measured: dict[str, float] = {}
+    measured: dict[str, float] = {"held_out_fraction": fraction}
     results = []
-    eval_config = EvaluationConfig(**spec.get("evaluation", {}))
-    gate_config = gates.GateConfig(**(eval_config.gates or {}))
     if held:
         # Per-pair correctness of both models on the same pairs: the gate's Wilson interval and, against the
         # champion, its paired interval and McNemar's test need which pairs each got right, not two rates.

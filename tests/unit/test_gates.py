@@ -389,3 +389,20 @@ def test_the_worker_keeps_per_prompt_unsafe_flags_in_order_through_the_real_suit
     )
     assert recording.unsafe == [0.0, 1.0, 1.0, 0.0, 0.0]
     assert report.unsafe_rate == sum(recording.unsafe) / 5 and recording.toxic_threshold == 0.5
+
+
+def test_the_held_out_split_is_sized_for_the_decision_and_only_shrinks_as_data_grows() -> None:
+    from trainers.gates import held_out_fraction
+    from trainers.snapshot import split
+
+    assert held_out_fraction(0.1, 980, 200) == pytest.approx(200 / 980)  # 98 pairs became 200
+    assert held_out_fraction(0.1, 5000, 200) == 0.1  # 500 pairs: the fraction is enough
+    assert held_out_fraction(0.1, 60, 200) == 0.5  # capped: training keeps half
+    assert held_out_fraction(0.1, 60, 0) == 0.1 and held_out_fraction(0.7, 60, 200) == 0.7
+    rows = [{"id": f"pair-{i}"} for i in range(3000)]
+    earlier = {r["id"] for r in split(rows[:980], held_out_fraction(0.1, 980, 200))[1]}
+    later_train, later_held = split(rows, held_out_fraction(0.1, 3000, 200))
+    assert 170 < len(earlier) < 230 and 270 < len(later_held) < 330
+    # The later held-out pairs are the earlier held-out ones or new ones: never a pair the earlier model trained on.
+    trained_earlier = {r["id"] for r in rows[:980]} - earlier
+    assert not trained_earlier & {r["id"] for r in later_held}
