@@ -478,6 +478,31 @@ def test_models_promote_and_rollback_commands(
     rolled = json.loads(capsys.readouterr().out)
     assert (rolled["type"], rolled["version"], rolled["previous_version"]) == ("model.rolled_back", 1, 2)
     assert champion(registry) == "1"
+
+
+def test_insufficient_evidence_refuses_promotion_says_what_would_decide_it_and_a_forced_move_records_it(
+    settings: Settings, registry: ModelRegistry, register: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainers.gates import GateConfig, decide, kl_gate, safety_gate, summary_tags
+
+    config = GateConfig()
+    register(PASSED)
+    assert _run(settings, ["models", "promote", "policy", "challenger", "--reason", "first"]) == 0
+    held = summary_tags(decide([safety_gate(0.0, None, config, n=24), kl_gate(0.02, config)]))
+    assert held["alignd.gates"] == "insufficient evidence: safety"
+    register(held)
+    capsys.readouterr()
+    assert _run(settings, ["models", "promote", "policy", "challenger", "--reason", "try it"]) == 2
+    err = capsys.readouterr().err
+    assert "refused to promote alignd-policy version 2: insufficient evidence: safety (insufficient 0.00" in err
+    assert "about 49 more red-team prompts, at the rates measured, would decide it" in err
+    assert "An insufficient gate had evidence for neither pass nor fail" in err and champion(registry) == "1"
+
+    argv = ["models", "promote", "policy", "2", "--reason", "demo", "--actor", "ana", "--force", "--json"]
+    assert _run(settings, argv) == 0
+    moved = json.loads(capsys.readouterr().out)
+    assert (moved["forced"], moved["failed_gates"], moved["insufficient_gates"]) == (True, [], ["safety"])
+    assert moved["gates"].startswith("forced: insufficient evidence: safety") and champion(registry) == "2"
     with pytest.raises(SystemExit) as exited:
         _parse(["models", "rollback", "policy"])  # no --reason
     assert exited.value.code == 2
