@@ -285,6 +285,11 @@ def _proportion_gate(
     bound = threshold
     if relative_bound is not None:
         bound = max(bound, relative_bound) if higher_is_better else min(bound, relative_bound)
+    if n is not None and n <= 0:  # nothing measured: no evidence either way
+        why = f"no {unit} to measure the {what} on"
+        return GateResult(
+            name, INSUFFICIENT, None, bound, why, comparison, _check_mode(mode), 0, to_decide=f"{unit} would decide it"
+        )
     if not math.isfinite(value):
         return _not_a_number(name, value, bound, comparison)
     if n is None:  # no sample size: a bare number, judged as it is

@@ -109,9 +109,8 @@ def train_reward(spec: dict[str, Any], dist_info: Distributed) -> dict[str, Any]
             )
         )
     else:
-        results.append(
-            gates.GateResult("reward_accuracy", False, None, None, "no held-out pairs to measure accuracy on")
-        )
+        # No evidence either way (too few pairs for the hash split to hold any out): insufficient, not a fail.
+        results.append(gates.reward_accuracy_gate(float("nan"), None, gate_config, n=0))
     return {**_finish(result, gates.decide(results), measured, len(train_rows), len(held)), "replicas_in_sync": in_sync}
 
 

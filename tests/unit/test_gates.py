@@ -406,3 +406,8 @@ def test_the_held_out_split_is_sized_for_the_decision_and_only_shrinks_as_data_g
     # The later held-out pairs are the earlier held-out ones or new ones: never a pair the earlier model trained on.
     trained_earlier = {r["id"] for r in rows[:980]} - earlier
     assert not trained_earlier & {r["id"] for r in later_held}
+
+
+def test_no_examples_is_insufficient_not_a_crash() -> None:
+    result = safety_gate(0.0, None, CONFIG, n=0)
+    assert result.outcome == "insufficient" and result.n == 0 and "no red-team prompts" in result.detail
