@@ -24,6 +24,7 @@ from daemon.cli.db import add_db_commands
 from daemon.cli.demo import add_demo_commands
 from daemon.cli.dlq import add_dlq_commands
 from daemon.cli.events import add_events_commands
+from daemon.cli.explain import add_explain_commands
 from daemon.cli.guard import add_guard_commands
 from daemon.cli.ingest import add_ingest_commands
 from daemon.cli.jobs import add_jobs_commands
@@ -55,6 +56,7 @@ NOUNS: tuple[Callable[[Any, AddCommand], None], ...] = (
     add_datasets_commands,
     add_quarantine_commands,
     add_audit_commands,
+    add_explain_commands,
     add_guard_commands,
     add_jobs_commands,
     add_config_commands,

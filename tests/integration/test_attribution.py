@@ -6,14 +6,22 @@ initial ones) through the real training loop, on CPU.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from daemon.cli import main
+from events.codec import decode_inbound
+from events.sql_store import SqlEventStore
 from trainers.attribution import DEFAULT_STEPS, attribute_reward, mark_response
 from trainers.config import RewardConfig
 from trainers.loop import train
+from trainers.registry import ModelRegistry
 from trainers.reward import RewardModel, RewardObjective, prompt_messages, render
+
+from ..helpers import encode, feedback, interaction
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +128,69 @@ def test_the_architectures_own_head_is_attributed_too() -> None:
     result = attribute_reward(rm, prompt, response)
     assert result.score == pytest.approx(rm.score([prompt], [response])[0], abs=1e-5)
     assert abs(result.delta) <= 0.05 * abs(result.score - result.baseline_score)
+
+
+# --- alignd explain reward ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("db_kind", ["sqlite"])
+def test_explain_reward_cli(
+    store: SqlEventStore,
+    registry: ModelRegistry,
+    reward_model: RewardModel,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    prompt, response = PAIRS[0]
+    inbound = [
+        interaction("req-1", event_id="ev-1", prompt=prompt, response=response),
+        feedback("req-1", "thumbs", "up", i=1),
+    ]
+    store.append([decode_inbound(encode(m), fallback_event_id=f"t:0:{n}") for n, m in enumerate(inbound)])
+    for name, value in {
+        "ALIGND_DATABASE_URL": str(store.engine.url),
+        "ALIGND_MLFLOW_TRACKING_URI": registry.tracking_uri,
+        "ALIGND_MLFLOW_ARTIFACT_LOCATION": registry.artifact_location or "",
+        "ALIGND_TRAINERS_WORK_DIR": str(tmp_path / "work"),
+        "ALIGND_LOG_LEVEL": "WARNING",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    def explain(*args: str) -> tuple[int, str, str]:
+        code = main(["explain", "reward", *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, _, err = explain("--event", "ev-1")
+    assert code == 2 and "no reward model is the champion" in err
+
+    with registry.start_run("reward", "attribution-test", {}, {}) as run:
+        run.log_artifacts(reward_model.save(tmp_path / "saved"), "model")
+    registry.register("reward", run.run_id, "model", {}, alias="champion")
+
+    code, out, err = explain("--event", "ev-1", "--json", "--top", "3")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["event_id"] == "ev-1" and shown["request_id"] == "req-1"
+    assert shown["reward_model"]["version"] == "1" and shown["steps"] == DEFAULT_STEPS
+    # The same explanation as the library's, of the same text and score.
+    direct = attribute_reward(reward_model, prompt, response)
+    assert shown["score"] == pytest.approx(direct.score, abs=1e-5)
+    assert [t["attribution"] for t in shown["tokens"]] == pytest.approx(
+        [t.attribution for t in direct.tokens], abs=1e-5
+    )
+    assert abs(shown["delta"]) <= 0.05 * abs(shown["score"] - shown["baseline_score"])
+    assert shown["top"] == [t.index for t in direct.top(3)]
+
+    # By request id, for people: the score, the bracketed response and the top tokens.
+    code, out, err = explain("--event", "req-1", "--top", "2", "--steps", "16")
+    assert code == 0, err
+    assert f"{direct.score:.4f}" in out and "16 steps" in out
+    assert mark_response(attribute_reward(reward_model, prompt, response, steps=16), 2) in out
+
+    code, _, err = explain("--event", "no-such-event")
+    assert code == 2 and "no interaction.logged event has id or request id 'no-such-event'" in err
+    feedback_id = next(e.event.event_id for e in store.read(0) if e.event.type == "feedback.received")
+    code, _, err = explain("--event", feedback_id)
+    assert code == 2 and "is a feedback.received, not an interaction.logged" in err
