@@ -272,3 +272,46 @@ def test_cli_lists_and_lifts_rules(
     AuditTrail(store).catch_up()
     [record] = list_records(store, action="guard_rule.lifted")
     assert (record.actor, record.subject, record.reason) == ("ana", "guard rule rule:cli lifted", "reviewed: harmless")
+
+
+def test_a_full_queue_drops_decisions_counted_and_logged(
+    store: SqlEventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from daemon.guard import DecisionWriter, GuardAnswer, GuardRequest, decision_event
+
+    def dropped() -> float:
+        return REGISTRY.get_sample_value("alignd_guard_decisions_dropped_total", {"reason": "queue_full"}) or 0.0
+
+    writer = DecisionWriter(store, queue_size=2)  # not started: nothing drains the queue yet
+    before = dropped()
+    answer = GuardAnswer("block", ("jailbreak patterns ignore_instructions (score 0.70)",))
+    events = [decision_event(GuardRequest(prompt=f"p{i}", request_id=f"r{i}"), answer, "t:1", T0) for i in range(5)]
+    with caplog.at_level(logging.WARNING, logger="daemon.guard"):
+        assert [writer.submit(e) for e in events] == [True, True, False, False, False]
+    assert dropped() - before == 3
+    assert "decision(s) not stored (queue full)" in caplog.text
+    writer.start()
+    writer.stop()  # drains what was queued before it returns
+    assert [d["request_id"] for d in stored_decisions(store)] == ["r0", "r1"]
+
+
+def test_what_blocks_and_what_flags_is_configured(store: SqlEventStore) -> None:
+    class Scorer:  # a toxicity scorer that finds every text toxic
+        def score(self, texts: Any) -> list[float]:
+            return [0.9 for _ in texts]
+
+    flagging = Guard(("jailbreak_patterns", "pii", "toxicity"), (), toxicity=Scorer())
+    blocking = Guard(("pii", "toxicity"), ("pii", "toxicity"), toxicity=Scorer())
+    server = serve(store)
+    try:
+        for guard, expected in ((flagging, ("flag", "redact")), (blocking, ("block", "block"))):
+            server.guard = guard
+            answer = decision(server, prompt=JAILBREAK if guard is flagging else "hello", response="you idiot")
+            assert answer["decision"] == expected[0], answer
+            assert "toxicity of the response 0.90" in answer["reasons"]
+            assert decision(server, response="write to a.b@corp.io")["decision"] == expected[1]
+        assert decision(server, prompt=JAILBREAK)["decision"] == "block"  # toxicity blocks here, patterns are off
+    finally:
+        server.stop()
