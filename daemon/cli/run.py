@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def add_run_commands(commands: Any, add: AddCommand) -> None:
-    from daemon.run import ROLES
+    from daemon.run import DEFAULT_ROLES, ROLES
 
     p = add(
         commands,
@@ -21,7 +21,12 @@ def add_run_commands(commands: Any, add: AddCommand) -> None:
         "the long-running daemon: ingestion, monitors, enforcement, scheduler, HTTP",
         json_flag=False,
     )
-    p.add_argument("--role", action="append", choices=ROLES, help="run only these parts (repeatable; default: all)")
+    p.add_argument(
+        "--role",
+        action="append",
+        choices=ROLES,
+        help=f"run only these parts (repeatable; default: {', '.join(DEFAULT_ROLES)})",
+    )
     p.add_argument("--shutdown-timeout", type=float, default=120.0, metavar="SECONDS", help="how long SIGTERM may take")
 
 
