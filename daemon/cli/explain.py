@@ -89,14 +89,14 @@ def cmd_explain_reward(app: App, args: argparse.Namespace) -> int:
             "event": f"{event.event_id} (request {event.request_id})",
             "reward model": f"version {champion.version} (champion)",
             "score": f"{result.score:.4f}",
-            "baseline": f"{result.baseline_score:.4f} (every token {args.baseline}, same length)",
+            "baseline": f"{result.baseline_score:.4f} (every token [{args.baseline.upper()}], same length)",
             "attributed": f"{result.total:.4f} (sum over {len(result.tokens)} tokens)",
             "delta": f"{result.delta:+.2e} ({result.relative_delta:.2%} of score - baseline, {steps} steps)",
             "truncated": "yes: the oldest turns were cut" if result.truncated else "no",
         }
     )
     print()
-    print("response, top tokens [bracketed]:")
+    print(f"response, its top {args.top} tokens [bracketed]:")
     print(mark_response(result, args.top))
     print()
     columns(
