@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from events.codec import format_timestamp
-from events.model import StoredEvent
+from events.model import StoredEvent, user_prompt
 from events.names import ENFORCEMENT_REQUESTED, GUARD_RULE_LIFTED
 from events.store import EventStore
 
@@ -52,17 +52,8 @@ def prompt_hash(text: str) -> str:
     return hashlib.sha256(normalise_prompt(text).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def prompt_of(payload: Mapping[str, Any]) -> str | None:
-    """The prompt of an ``interaction.logged`` payload: ``prompt``, or the user turns of ``messages``."""
-    prompt = payload.get("prompt")
-    if isinstance(prompt, str):
-        return prompt
-    messages = payload.get("messages")
-    if isinstance(messages, list):
-        turns = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-        text = "\n\n".join(t for t in turns if isinstance(t, str))
-        return text or None
-    return None
+#: The prompt a rule's evidence and a request are compared on (events.model.user_prompt).
+prompt_of = user_prompt
 
 
 @dataclass(frozen=True)

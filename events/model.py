@@ -145,3 +145,18 @@ class AppendResult:
     dead_letters: int
     offsets: int = 0
     dead_letter_ids: tuple[int, ...] = field(default=())
+
+
+def user_prompt(payload: Mapping[str, Any]) -> str | None:
+    """What the user asked in an ``interaction.logged`` payload: its ``prompt``, or the user turns of its
+    ``messages`` joined by blank lines (None when there are none). The guard's rules and the jailbreak detector
+    read prompts this way."""
+    prompt = payload.get("prompt")
+    if isinstance(prompt, str):
+        return prompt
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        turns = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        text = "\n\n".join(t for t in turns if isinstance(t, str))
+        return text or None
+    return None

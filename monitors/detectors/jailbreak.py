@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from events.model import user_prompt
 from events.names import INTERACTION_LOGGED
 from monitors.base import Finding, Observation
 from monitors.detectors.jailbreak_text import normalise
@@ -235,17 +236,8 @@ _NOTHING_FIELDS = (0.0, (), (), (), None, None, False)
 _NOTHING = Assessment(*_NOTHING_FIELDS)
 
 
-def prompt_text(payload: Mapping[str, Any]) -> str | None:
-    """The prompt of an ``interaction.logged`` payload: ``prompt``, or the user turns of ``messages``."""
-    prompt = payload.get("prompt")
-    if isinstance(prompt, str):
-        return prompt
-    messages = payload.get("messages")
-    if isinstance(messages, list):
-        turns = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-        text = "\n\n".join(t for t in turns if isinstance(t, str))
-        return text or None
-    return None
+#: The prompt the detector reads (events.model.user_prompt: the user's turns of a chat).
+prompt_text = user_prompt
 
 
 class JailbreakScorer:
