@@ -65,7 +65,9 @@ bench: services
 	$(BIN)/python -m bench.jailbreak_bench
 	$(BIN)/python -m bench.reward_bench
 	$(BIN)/python -m bench.dpo_bench
-	$(BIN)/python -m bench.http_bench
+	$(BIN)/python -m bench.http_bench --distinct 5
+	$(BIN)/python -m bench.guard_bench
+	$(BIN)/python -m bench.attribution_bench
 	$(BIN)/python -m bench.soak_bench
 
 demo: services
