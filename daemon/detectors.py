@@ -2,19 +2,50 @@
 
 Each detector's module, and the model it scores with (profanity-check, a Hugging Face classifier, MiniLM),
 is imported only when that detector is wanted. The champion reward model, which two detectors score with,
-comes from the registry: the :class:`~daemon.bootstrap.App` loads it and hands it in.
+comes from the registry: the :class:`~daemon.bootstrap.App` loads it and hands it in. With
+``monitors.explain_alerts``, their alerts carry an integrated-gradients attribution computed on that same loaded
+model (:class:`AttributionExplainer`), so it is never loaded twice.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from daemon.settings import MonitorsSettings
     from monitors.base import Detector
+    from monitors.detectors.drift import RewardExplainer
     from monitors.detectors.jailbreak import JailbreakScorer
     from trainers.reward import RewardModel
+
+
+class AttributionExplainer:
+    """The reward detectors' :class:`~monitors.detectors.drift.RewardExplainer`: integrated gradients
+    (``trainers.attribution.attribute_reward``) over the reward model they score with, ``steps`` steps."""
+
+    def __init__(self, model: RewardModel, steps: int) -> None:
+        self.model = model
+        self.steps = steps
+
+    def explain(self, prompt: str, response: str) -> dict[str, Any]:
+        from trainers.attribution import attribute_reward
+
+        result = attribute_reward(self.model, prompt, response, steps=self.steps)
+        tokens = []
+        for t in result.tokens:
+            start, end = t.start, t.end
+            if t.part == "response":  # offsets in the response, and its own characters (not word pieces)
+                start, end = start - result.response_start, end - result.response_start
+            text = response[start:end] if t.part == "response" else result.text[start:end] or t.token
+            tokens.append({"text": text, "start": start, "end": end, "part": t.part, "value": t.attribution})
+        return {
+            "tokens": tokens,
+            "score": result.score,
+            "baseline_score": result.baseline_score,
+            "delta": result.delta,
+            "steps": result.steps,
+        }
 
 
 def build_detectors(
@@ -27,6 +58,11 @@ def build_detectors(
     from monitors.detectors.pii import PiiDetector
     from monitors.detectors.rates import HallucinationReportDetector
 
+    explainer = (
+        AttributionExplainer(reward_scorer, settings.explain_steps)
+        if reward_scorer is not None and settings.explain_alerts
+        else None
+    )
     jailbreak_scorer = None
     if {"jailbreak_attempt", "jailbreak_success"} & set(names):
         from monitors.detectors.jailbreak import JailbreakConfig, JailbreakScorer, MiniLMEmbedder
@@ -45,18 +81,20 @@ def build_detectors(
         "toxicity": lambda: _toxicity(settings),
         "jailbreak_attempt": lambda: _jailbreak("attempt", jailbreak_scorer),
         "jailbreak_success": lambda: _jailbreak("success", jailbreak_scorer),
-        "reward_drift": lambda: _reward_detector("reward_drift", reward_scorer),
-        "over_optimisation": lambda: _reward_detector("over_optimisation", reward_scorer),
+        "reward_drift": lambda: _reward_detector("reward_drift", reward_scorer, explainer),
+        "over_optimisation": lambda: _reward_detector("over_optimisation", reward_scorer, explainer),
     }
     return [factories[name]() for name in names]
 
 
-def _reward_detector(name: str, scorer: RewardModel | None) -> Detector:
+def _reward_detector(name: str, scorer: RewardModel | None, explainer: RewardExplainer | None) -> Detector:
     from monitors.detectors.drift import OverOptimisationDetector, RewardDriftDetector
 
     if scorer is None:
         raise ValueError(f"{name} scores with the champion reward model, and none was handed in")
-    return (RewardDriftDetector if name == "reward_drift" else OverOptimisationDetector)(scorer)
+    if name == "reward_drift":
+        return RewardDriftDetector(scorer, explainer=explainer)
+    return OverOptimisationDetector(scorer, explainer=explainer)
 
 
 def _champion_regression(settings: MonitorsSettings) -> Detector:

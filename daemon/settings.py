@@ -223,6 +223,12 @@ class MonitorsSettings(BaseModel):
     regression_unsafe_rise: float = Field(
         0.05, ge=0, le=1, description="champion_regression: red-team unsafe-rate rise that alerts (absolute)"
     )
+    explain_alerts: bool = Field(
+        True,
+        description="reward_drift and over_optimisation alerts carry the integrated-gradients attribution of their "
+        "most extreme evidence example (docs/attribution.md)",
+    )
+    explain_steps: int = Field(32, ge=1, le=1024, description="integration steps of an alert's attribution")
 
     @field_validator("detectors", "rules", mode="before")
     @classmethod

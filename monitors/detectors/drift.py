@@ -21,14 +21,23 @@ Over-optimisation: per version, scored interactions are grouped in buckets of ``
 ``buckets_per_window`` buckets are compared with the ones before: it fires when the mean proxy reward rose
 (Welch z >= z and standardised difference >= ``min_reward_effect``) while mean approval fell (Welch z <= -z and
 drop >= ``min_approval_drop``), each with enough samples.
+
+Attribution: given a :class:`RewardExplainer`, both reward detectors explain one example of an alert's evidence,
+the most extreme one, and put the explanation into the alert's ``statistics`` (:func:`attribution_details`):
+for ``reward_drift`` the highest-scored interaction among the evidence when the median rose, the lowest when
+it fell; for ``over_optimisation`` the highest-scored one (rewards rose while approval fell). To do that
+without reading the store, they keep the prompt and response of those candidates in their state: a handful per
+version, and none without an explainer. An explainer that fails never stops the detector: the alert is raised
+without attribution and a warning names it.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,11 +45,78 @@ import numpy as np
 from events.names import FEEDBACK_RECEIVED, INTERACTION_LOGGED
 from monitors.base import Finding, Observation
 
+logger = logging.getLogger(__name__)
+
+#: Event ids an alert of the distribution tests carries as evidence (the version's latest values).
+EVIDENCE = 20
+#: Response tokens an alert's attribution carries (the reward model reads at most 256 tokens anyway).
+ATTRIBUTION_TOKENS = 256
+#: Response tokens listed as the top ones, by |attribution|.
+TOP_TOKENS = 10
+
 
 class RewardScorer(Protocol):
     """Scores (prompt, response) pairs with a reward model; the daemon wires in the champion."""
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]: ...
+
+
+class RewardExplainer(Protocol):
+    """Explains one score of the scorer's reward model token by token; the daemon wires in integrated gradients
+    over the same champion model (``trainers.attribution``).
+
+    ``explain`` returns ``score``, ``baseline_score``, ``delta`` (the attributions' sum minus
+    ``score - baseline_score``) and ``tokens``: ``{text, start, end, part, value}`` for every token the model
+    read, ``part`` being ``prompt``, ``response`` or ``special``; a response token's ``text`` is the response's
+    own characters ``response[start:end]``.
+    """
+
+    def explain(self, prompt: str, response: str) -> Mapping[str, Any]: ...
+
+
+def attribution_details(event_id: str, explained: Mapping[str, Any]) -> dict[str, Any]:
+    """What an alert carries of an explanation: ``attribution`` (the response's tokens with their values, at
+    most :data:`ATTRIBUTION_TOKENS`, the sum over the prompt's tokens, the scores and the completeness gap)
+    and ``top_tokens`` (the :data:`TOP_TOKENS` response tokens with the largest |value|, largest first)."""
+    tokens = list(explained["tokens"])
+    response = [
+        {"text": str(t["text"]), "start": int(t["start"]), "end": int(t["end"]), "value": round(float(t["value"]), 7)}
+        for t in tokens
+        if t.get("part") == "response"
+    ]
+    top = sorted(response, key=lambda t: -abs(t["value"]))[:TOP_TOKENS]
+    return {
+        "attribution": {
+            "event_id": event_id,
+            "tokens": response[:ATTRIBUTION_TOKENS],
+            "response_tokens": len(response),
+            "prompt_value": round(sum(float(t["value"]) for t in tokens if t.get("part") == "prompt"), 7),
+            "score": float(explained["score"]),
+            "baseline_score": float(explained["baseline_score"]),
+            "delta": float(explained["delta"]),
+        },
+        "top_tokens": [{"text": t["text"], "value": t["value"]} for t in top],
+    }
+
+
+def with_attribution(finding: Finding, explainer: RewardExplainer | None, example: Sequence[str] | None) -> Finding:
+    """``finding`` with the explanation of ``example`` (event id, prompt, response) in its statistics; the
+    finding as it is when there is no explainer or example, or when explaining fails (a warning says so)."""
+    if explainer is None or not example:
+        return finding
+    event_id, prompt, response = example
+    try:
+        details = attribution_details(event_id, explainer.explain(prompt, response))
+    except Exception:  # any failure of the model or its answer: the alert goes out without attribution
+        logger.warning(
+            "%s: alert %s raised without attribution: explaining %s failed",
+            finding.detector,
+            finding.anomaly_id,
+            event_id,
+            exc_info=True,
+        )
+        return finding
+    return replace(finding, statistics={**finding.statistics, **details})
 
 
 def prompt_text(payload: Mapping[str, Any]) -> str:
@@ -129,6 +205,17 @@ def _copy_versions(versions: Mapping[str, Any]) -> dict[str, Any]:
     return {key: {k: list(x) if isinstance(x, list) else x for k, x in v.items()} for key, v in versions.items()}
 
 
+def _keep_extremes(version: dict[str, Any], entry: list[Any]) -> None:
+    """Keep, per version, the candidates for the evidence's highest (``high``) and lowest (``low``) value:
+    [index, value, event id, prompt, response], each list in index order and strictly decreasingly extreme, so
+    its head is the extreme of the last :data:`EVIDENCE` values (a monotonic queue: about ln 20 ~ 3 each)."""
+    oldest = version["seen"] - EVIDENCE  # values at or before this index have left the evidence
+    for side, sign in (("high", 1.0), ("low", -1.0)):
+        kept = [e for e in version.get(side, ()) if e[0] > oldest and sign * e[1] > sign * entry[1]]
+        kept.append(entry)
+        version[side] = kept
+
+
 class _DistributionDrift:
     """The per-version reference/window test; subclasses feed values with :meth:`_record`."""
 
@@ -142,7 +229,10 @@ class _DistributionDrift:
         self._versions: dict[str, dict[str, Any]] = {}
         self._references: dict[str, tuple[np.ndarray, PsiBins]] = {}  # derived: each version's sorted reference
 
-    def _record(self, key: str, event_id: str, value: float, trigger_seq: int) -> list[Finding]:
+    def _record(
+        self, key: str, event_id: str, value: float, trigger_seq: int, example: Sequence[str] | None = None
+    ) -> list[Finding]:
+        """Record one value; ``example`` (prompt, response) is kept while it is the evidence's most extreme."""
         v = self._versions.setdefault(
             key, {"seen": 0, "reference": [], "recent": [], "ids": [], "since": 0, "quiet_until": 0}
         )
@@ -155,7 +245,9 @@ class _DistributionDrift:
         recent.append(value)
         del recent[: -self.config.window]
         ids.append(event_id)
-        del ids[:-20]
+        del ids[:-EVIDENCE]
+        if example is not None:
+            _keep_extremes(v, [v["seen"], value, event_id, *example])
         v["since"] += 1
         if (
             len(v["recent"]) < self.config.window
@@ -192,9 +284,16 @@ class _DistributionDrift:
             },
             evidence=tuple(v["ids"]),
         )
+        finding = self._explained(finding, v, shift)
         v["quiet_until"] = v["seen"] + self.config.cooldown
         v["recent"], v["ids"] = [], []
+        for side in ("high", "low"):
+            v.pop(side, None)
         return [finding]
+
+    def _explained(self, finding: Finding, version: dict[str, Any], shift: float) -> Finding:
+        """The finding with attribution, where a subclass explains its values (none here)."""
+        return finding
 
     def state(self) -> dict[str, Any]:
         return {"versions": _copy_versions(self._versions)}
@@ -209,7 +308,8 @@ class _Scoring:
     scorer: RewardScorer
     _pending: list[dict[str, Any]]
 
-    def _scored(self, observation: Observation, batch_size: int) -> list[tuple[str, str, float]]:
+    def _scored(self, observation: Observation, batch_size: int) -> list[tuple[str, str, float, tuple[str, str]]]:
+        """(version key, event id, score, (prompt, response)) of each interaction scored now."""
         event, model = observation.event.event, observation.model
         if event.type != INTERACTION_LOGGED or model is None or not isinstance(event.payload.get("response"), str):
             return []
@@ -221,7 +321,10 @@ class _Scoring:
             return []
         batch, self._pending = self._pending, []
         scores = self.scorer.score([b["prompt"] for b in batch], [b["response"] for b in batch])
-        return [(b["model"], b["event_id"], float(s)) for b, s in zip(batch, scores, strict=True)]
+        return [
+            (b["model"], b["event_id"], float(s), (b["prompt"], b["response"]))
+            for b, s in zip(batch, scores, strict=True)
+        ]
 
 
 class RewardDriftDetector(_DistributionDrift, _Scoring):
@@ -229,15 +332,31 @@ class RewardDriftDetector(_DistributionDrift, _Scoring):
     quantity = "reward score"
 
     def __init__(
-        self, scorer: RewardScorer, config: DriftConfig | None = None, reference: Sequence[float] | None = None
+        self,
+        scorer: RewardScorer,
+        config: DriftConfig | None = None,
+        reference: Sequence[float] | None = None,
+        explainer: RewardExplainer | None = None,
     ) -> None:
         super().__init__(config, reference)
         self.scorer = scorer
+        self.explainer = explainer
         self._pending = []
 
     def observe(self, observation: Observation) -> list[Finding]:
         scored = self._scored(observation, self.config.batch_size)
-        return [f for key, event_id, score in scored for f in self._record(key, event_id, score, observation.event.seq)]
+        keep = self.explainer is not None
+        return [
+            f
+            for key, event_id, score, texts in scored
+            for f in self._record(key, event_id, score, observation.event.seq, texts if keep else None)
+        ]
+
+    def _explained(self, finding: Finding, version: dict[str, Any], shift: float) -> Finding:
+        # The example furthest out in the direction the scores moved: the highest when the median rose.
+        candidates = version.get("high" if shift >= 0 else "low") or []
+        example = candidates[0][2:5] if candidates else None
+        return with_attribution(finding, self.explainer, example)
 
     def state(self) -> dict[str, Any]:
         return {**super().state(), "pending": [dict(p) for p in self._pending]}
@@ -311,9 +430,15 @@ def _welch(a: tuple[int, float, float], b: tuple[int, float, float]) -> float:
 class OverOptimisationDetector(_Scoring):
     name = "over_optimisation"
 
-    def __init__(self, scorer: RewardScorer, config: OverOptimisationConfig | None = None) -> None:
+    def __init__(
+        self,
+        scorer: RewardScorer,
+        config: OverOptimisationConfig | None = None,
+        explainer: RewardExplainer | None = None,
+    ) -> None:
         self.scorer = scorer
         self.config = config or OverOptimisationConfig()
+        self.explainer = explainer
         self._versions: dict[str, dict[str, Any]] = {}
         self._pending = []
 
@@ -331,16 +456,21 @@ class OverOptimisationDetector(_Scoring):
                     bucket["neg"].append(event.event_id)
             return []
         findings = []
-        for key, event_id, reward in self._scored(observation, self.config.batch_size):
+        k = self.config.buckets_per_window
+        for key, event_id, reward, texts in self._scored(observation, self.config.batch_size):
             v = self._version(key)
             bucket = v["open"]
             bucket["r"] = [bucket["r"][0] + 1, bucket["r"][1] + reward, bucket["r"][2] + reward * reward]
             if bucket["top"][0] is None or reward > bucket["top"][0]:
                 bucket["top"] = [reward, event_id]
+                if self.explainer is not None:
+                    bucket["text"] = list(texts)  # the prompt and response of the bucket's top, to explain
             v["scored"] += 1
             if bucket["r"][0] >= self.config.bucket:
-                v["closed"] = [*v["closed"][-(2 * self.config.buckets_per_window - 1) :], bucket]
+                v["closed"] = [*v["closed"][-(2 * k - 1) :], bucket]
                 v["open"] = _new_bucket()
+                for older in v["closed"][:-k]:
+                    older.pop("text", None)  # past the recent window: never explained, not kept
                 findings.extend(self._test(key, v, observation.event.seq))
         return findings
 
@@ -359,34 +489,37 @@ class OverOptimisationDetector(_Scoring):
             return []
         v["quiet_until"] = v["scored"] + c.cooldown
         evidence = [e for b in recent for e in (*b["neg"], b["top"][1]) if e is not None][-20:]
-        return [
-            Finding(
-                detector=self.name,
-                subject=f"model:{key}",
-                severity="critical",
-                summary=f"{key}: proxy reward rose {r1[1] - r0[1]:+.3g} ({effect:.2f} sd) while human approval fell {a0[1]:.0%} -> {a1[1]:.0%}",
-                trigger_seq=trigger_seq,
-                window={
-                    "model": key,
-                    "buckets": k,
-                    "bucket": c.bucket,
-                    "scored": r1[0],
-                    "approvals": a1[0],
-                    "version_scored": v["scored"],
-                },
-                statistics={
-                    "reward_before": r0[1],
-                    "reward_recent": r1[1],
-                    "reward_z": round(z_reward, 3),
-                    "reward_effect": round(effect, 3),
-                    "approval_before": round(a0[1], 4),
-                    "approval_recent": round(a1[1], 4),
-                    "approval_z": round(z_approval, 3),
-                    "z": c.z,
-                },
-                evidence=tuple(evidence),
-            )
-        ]
+        # Rewards rose: the example explained is the highest-scored of the recent window.
+        explainable = [b for b in recent if b["top"][0] is not None and b.get("text")]
+        top = max(explainable, key=lambda b: b["top"][0], default=None)
+        example = (top["top"][1], *top["text"]) if top is not None else None
+        finding = Finding(
+            detector=self.name,
+            subject=f"model:{key}",
+            severity="critical",
+            summary=f"{key}: proxy reward rose {r1[1] - r0[1]:+.3g} ({effect:.2f} sd) while human approval fell {a0[1]:.0%} -> {a1[1]:.0%}",
+            trigger_seq=trigger_seq,
+            window={
+                "model": key,
+                "buckets": k,
+                "bucket": c.bucket,
+                "scored": r1[0],
+                "approvals": a1[0],
+                "version_scored": v["scored"],
+            },
+            statistics={
+                "reward_before": r0[1],
+                "reward_recent": r1[1],
+                "reward_z": round(z_reward, 3),
+                "reward_effect": round(effect, 3),
+                "approval_before": round(a0[1], 4),
+                "approval_recent": round(a1[1], 4),
+                "approval_z": round(z_approval, 3),
+                "z": c.z,
+            },
+            evidence=tuple(evidence),
+        )
+        return [with_attribution(finding, self.explainer, example)]
 
     def state(self) -> dict[str, Any]:
         return {"versions": copy.deepcopy(self._versions), "pending": [dict(p) for p in self._pending]}

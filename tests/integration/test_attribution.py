@@ -13,15 +13,20 @@ from typing import Any
 import pytest
 
 from daemon.cli import main
+from daemon.detectors import AttributionExplainer, build_detectors
+from daemon.settings import load_settings
 from events.codec import decode_inbound
+from events.model import Event, StoredEvent
 from events.sql_store import SqlEventStore
+from monitors.base import Observation
+from monitors.detectors.drift import DriftConfig, OverOptimisationDetector, RewardDriftDetector
 from trainers.attribution import DEFAULT_STEPS, attribute_reward, mark_response
 from trainers.config import RewardConfig
 from trainers.loop import train
 from trainers.registry import ModelRegistry
 from trainers.reward import RewardModel, RewardObjective, prompt_messages, render
 
-from ..helpers import encode, feedback, interaction
+from ..helpers import T0, encode, feedback, interaction
 
 pytestmark = pytest.mark.integration
 
@@ -194,3 +199,61 @@ def test_explain_reward_cli(
     feedback_id = next(e.event.event_id for e in store.read(0) if e.event.type == "feedback.received")
     code, _, err = explain("--event", feedback_id)
     assert code == 2 and "is a feedback.received, not an interaction.logged" in err
+
+
+# --- alerts: the reward detectors explain their most extreme example -----------------------------------------
+
+
+def _interaction(seq: int, prompt: str, response: str) -> Observation:
+    payload = {"request_id": f"r{seq}", "model": {"name": "assistant", "version": "7"}, "prompt": prompt}
+    payload["response"] = response
+    return Observation(StoredEvent(seq, Event(f"i{seq}", "interaction.logged", T0, "chat-api", payload), T0))
+
+
+def test_a_reward_drift_alert_carries_the_attribution_of_its_evidence(reward_model: RewardModel) -> None:
+    """Through the daemon's wiring: the explainer is built on the very model the detector scores with."""
+    settings = load_settings(None, env={}).monitors
+    (built,) = build_detectors(settings, ["reward_drift"], reward_model)
+    assert isinstance(built, RewardDriftDetector) and isinstance(built.explainer, AttributionExplainer)
+    assert built.explainer.model is reward_model and built.explainer.steps == DEFAULT_STEPS == settings.explain_steps
+    off = load_settings(None, env={"ALIGND_MONITORS_EXPLAIN_ALERTS": "false"}).monitors
+    assert getattr(build_detectors(off, ["reward_drift"], reward_model)[0], "explainer", "missing") is None
+    fewer = load_settings(None, env={"ALIGND_MONITORS_EXPLAIN_STEPS": "8"}).monitors
+    (over,) = build_detectors(fewer, ["over_optimisation"], reward_model)
+    assert isinstance(over, OverOptimisationDetector) and isinstance(over.explainer, AttributionExplainer)
+    assert over.explainer.model is reward_model and over.explainer.steps == 8
+
+    # A small window, so that a few dozen real scores make a drift: helpful answers, then dismissive ones.
+    config = DriftConfig(reference_size=24, window=24, check_every=8, alpha=0.01, bins=4, batch_size=8)
+    detector = RewardDriftDetector(reward_model, config, explainer=built.explainer)
+    topics = ["bread", "rivers", "taxes", "gardens", "music", "trains"]
+    texts = [f"Of course! Here is a helpful overview of {topics[i % 6]}, happy to explain more." for i in range(24)]
+    texts += [["No.", "Figure it out yourself.", "Not my problem, go away."][i % 3] for i in range(40)]
+    findings = []
+    for seq, response in enumerate(texts, start=1):
+        findings += detector.observe(
+            _interaction(seq, f"Could you tell me something about {topics[seq % 6]}?", response)
+        )
+    assert findings, "the real reward model's scores did not drift"
+    finding = findings[0]
+    payload = finding.payload()
+    attribution, top = payload["statistics"]["attribution"], payload["statistics"]["top_tokens"]
+    assert attribution["event_id"] in finding.evidence
+    # The example explained is the evidence's lowest-scored (the scores fell), and the score is the model's.
+    shown = {f"i{seq}": (f"Could you tell me something about {topics[seq % 6]}?", r) for seq, r in enumerate(texts, 1)}
+    evidence = [shown[e] for e in finding.evidence]
+    scores = reward_model.score([p for p, _ in evidence], [r for _, r in evidence])
+    assert payload["statistics"]["median_shift"] < 0
+    assert attribution["score"] == pytest.approx(min(scores), abs=1e-4)
+    prompt, response = shown[attribution["event_id"]]
+    assert reward_model.score([prompt], [response])[0] == pytest.approx(min(scores), abs=1e-6)
+    # The response's tokens, in its own characters; with the prompt's share they add up to score - baseline.
+    tokens = attribution["tokens"]
+    assert [response[t["start"] : t["end"]] for t in tokens] == [t["text"] for t in tokens]
+    assert "".join(t["text"] for t in tokens) == response.replace(" ", "")
+    gap = attribution["score"] - attribution["baseline_score"]
+    total = sum(t["value"] for t in tokens) + attribution["prompt_value"]
+    assert abs(total - gap) <= 0.05 * abs(gap), (total, gap)
+    assert abs(attribution["delta"]) <= 0.05 * abs(gap)
+    ranked = sorted(tokens, key=lambda t: -abs(t["value"]))[: len(top)]
+    assert top == [{"text": t["text"], "value": t["value"]} for t in ranked] and 0 < len(top) <= 10

@@ -12,6 +12,7 @@ import json
 import random
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,9 +20,11 @@ import pytest
 from events.model import Event, StoredEvent
 from monitors.base import Detector, Observation
 from monitors.detectors.drift import (
+    ATTRIBUTION_TOKENS,
     LengthDriftDetector,
     OverOptimisationDetector,
     RewardDriftDetector,
+    attribution_details,
     ks_two_sample,
     prompt_text,
     psi,
@@ -174,3 +177,150 @@ def test_ks_and_psi_match_references() -> None:
 def test_prompt_text_falls_back_to_messages() -> None:
     assert prompt_text({"prompt": "hi"}) == "hi"
     assert prompt_text({"messages": [{"role": "user", "content": "hi"}]}) == "user: hi"
+
+
+# --- attribution of an alert's most extreme example ---------------------------------------------------------
+
+
+class FakeExplainer:
+    """Deterministic: the response in 3-character tokens valued by position, a prompt token and [CLS]/[SEP]."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls: list[tuple[str, str]] = []
+
+    def explain(self, prompt: str, response: str) -> dict[str, Any]:
+        self.calls.append((prompt, response))
+        if self.fail:
+            raise RuntimeError("the model fell over")
+        tokens: list[dict[str, Any]] = [{"text": "[CLS]", "start": 0, "end": 0, "part": "special", "value": 0.0}]
+        tokens.append({"text": prompt, "start": 0, "end": len(prompt), "part": "prompt", "value": 0.25})
+        for start in range(0, len(response), 3):
+            value = ((start * 7919) % 13 - 6) / 10
+            tokens.append(
+                {
+                    "text": response[start : start + 3],
+                    "start": start,
+                    "end": start + 3,
+                    "part": "response",
+                    "value": value,
+                }
+            )
+        tokens.append({"text": "[SEP]", "start": 0, "end": 0, "part": "special", "value": 0.0})
+        total = sum(t["value"] for t in tokens)
+        return {"tokens": tokens, "score": 1.5, "baseline_score": 1.5 - total, "delta": 0.0}
+
+
+def _rewards(observations: Sequence[Observation]) -> dict[str, float]:
+    """The reward FakeRewardScorer gives each interaction, by event id."""
+    return {
+        o.event.event.event_id: float(o.event.event.payload["response"].rsplit(" ", 1)[1])
+        for o in observations
+        if o.event.event.type == "interaction.logged"
+    }
+
+
+def _first_finding(detector: Detector, observations: Sequence[Observation]) -> Any:
+    return next(f for obs in observations for f in detector.observe(obs))
+
+
+@pytest.mark.parametrize(("name", "shift"), [("reward_drift", 1.0), ("reward_drift", -1.0), ("over_optimisation", 1.0)])
+def test_an_alert_carries_the_attribution_of_its_most_extreme_example(name: str, shift: float) -> None:
+    feedback = name == "over_optimisation"
+    observations = [
+        obs for _, _, obs in _stream(9000, random.Random(2), incident_at=4500, feedback=feedback, reward_shift=shift)
+    ]
+    explainer = FakeExplainer()
+    plain_detector: Detector
+    if name == "reward_drift":
+        detector: Detector = RewardDriftDetector(FakeRewardScorer(), explainer=explainer)
+        plain_detector = RewardDriftDetector(FakeRewardScorer())
+    else:
+        detector = OverOptimisationDetector(FakeRewardScorer(), explainer=explainer)
+        plain_detector = OverOptimisationDetector(FakeRewardScorer())
+    finding, plain = _first_finding(detector, observations), _first_finding(plain_detector, observations)
+    # The alert is the same alert, its payload's keys and statistics kept, with two more statistics.
+    assert finding.anomaly_id == plain.anomaly_id and finding.evidence == plain.evidence
+    assert finding.payload().keys() == plain.payload().keys()
+    assert {k: v for k, v in finding.statistics.items() if k not in ("attribution", "top_tokens")} == plain.statistics
+    assert len(explainer.calls) == 1
+    attribution = finding.statistics["attribution"]
+    # The explained example is of the evidence, the most extreme in the direction the rewards moved.
+    rewards = _rewards(observations)
+    scored = {e: rewards[e] for e in finding.evidence if e in rewards}
+    expected = (max if shift > 0 else min)(scored, key=scored.__getitem__)
+    assert attribution["event_id"] == expected
+    response = next(o.event.event.payload["response"] for o in observations if o.event.event.event_id == expected)
+    assert explainer.calls == [("p", response)]
+    # The response's tokens only, with their values; the prompt's as one sum; the top 10 by |value|.
+    tokens = attribution["tokens"]
+    assert "".join(t["text"] for t in tokens) == response and attribution["response_tokens"] == len(tokens)
+    assert attribution["prompt_value"] == 0.25
+    assert attribution["score"] == 1.5 and attribution["delta"] == 0.0
+    assert sum(t["value"] for t in tokens) + attribution["prompt_value"] == pytest.approx(
+        attribution["score"] - attribution["baseline_score"]
+    )
+    top = finding.statistics["top_tokens"]
+    assert len(top) == 10 and [abs(t["value"]) for t in top] == sorted((abs(t["value"]) for t in top), reverse=True)
+    assert abs(top[-1]["value"]) >= max(sorted(abs(t["value"]) for t in tokens)[:-10])
+    json.dumps(finding.payload())  # the payload stays JSON
+
+
+def test_a_failing_explainer_raises_the_alert_without_attribution_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    observations = [obs for _, _, obs in _stream(9000, random.Random(3), incident_at=4500)]
+    explainer = FakeExplainer(fail=True)
+    finding = _first_finding(RewardDriftDetector(FakeRewardScorer(), explainer=explainer), observations)
+    plain = _first_finding(RewardDriftDetector(FakeRewardScorer()), observations)
+    assert explainer.calls and finding == plain
+    assert "attribution" not in finding.payload()["statistics"]
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and r.name == "monitors.detectors.drift"]
+    assert len(warnings) == 1 and finding.anomaly_id in warnings[0].getMessage()
+    assert "without attribution" in warnings[0].getMessage() and warnings[0].exc_info is not None
+
+
+@pytest.mark.parametrize("name", ["reward_drift", "over_optimisation"])
+def test_the_examples_kept_to_explain_are_few_resume_identically_and_none_without_an_explainer(name: str) -> None:
+    feedback = name == "over_optimisation"
+    observations = [obs for _, _, obs in _stream(7000, random.Random(9), incident_at=4500, feedback=feedback)]
+
+    def make(explainer: FakeExplainer | None) -> Detector:
+        if name == "reward_drift":
+            return RewardDriftDetector(FakeRewardScorer(), explainer=explainer)
+        return OverOptimisationDetector(FakeRewardScorer(), explainer=explainer)
+
+    whole = make(FakeExplainer())
+    expected = [f for obs in observations for f in whole.observe(obs)]
+    first, second = make(FakeExplainer()), make(FakeExplainer())
+    cut = len(observations) * 2 // 3 + 5
+    found = [f for obs in observations[:cut] for f in first.observe(obs)]
+    state = json.loads(json.dumps(first.state()))
+    second.restore(state)
+    found += [f for obs in observations[cut:] for f in second.observe(obs)]
+    assert expected and found == expected and "attribution" in expected[0].statistics
+
+    # A few texts per version: the candidates for the evidence's extremes, or the recent buckets' tops.
+    def kept(state: dict[str, Any]) -> list[int]:
+        if name == "reward_drift":
+            return [len(v.get("high", [])) + len(v.get("low", [])) for v in state["versions"].values()]
+        return [sum("text" in b for b in (*v["closed"], v["open"])) for v in state["versions"].values()]
+
+    assert len(kept(state)) == 3 and 0 < max(kept(state)) <= (2 * 20 if name == "reward_drift" else 7)
+    plain = make(None)
+    for obs in observations[:cut]:
+        plain.observe(obs)
+    assert kept(plain.state()) == [0, 0, 0]
+
+
+def test_attribution_details_keep_at_most_256_response_tokens_and_rank_the_top_by_magnitude() -> None:
+    tokens = [{"text": "q", "start": 0, "end": 1, "part": "prompt", "value": -0.5}]
+    tokens += [
+        {"text": f"w{i}", "start": 3 * i, "end": 3 * i + 2, "part": "response", "value": (-1) ** i * i / 1000}
+        for i in range(300)
+    ]
+    details = attribution_details("i7", {"tokens": tokens, "score": 2.0, "baseline_score": 0.5, "delta": 0.01})
+    attribution = details["attribution"]
+    assert attribution["event_id"] == "i7" and len(attribution["tokens"]) == ATTRIBUTION_TOKENS
+    assert attribution["response_tokens"] == 300 and attribution["prompt_value"] == -0.5
+    assert attribution["tokens"][1] == {"text": "w1", "start": 3, "end": 5, "value": -0.001}
+    assert [t["text"] for t in details["top_tokens"]] == [f"w{i}" for i in range(299, 289, -1)]
+    assert details["top_tokens"][0] == {"text": "w299", "value": -0.299}
