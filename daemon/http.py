@@ -28,6 +28,7 @@ import functools
 import hmac
 import json
 import logging
+import math
 import re
 import socket
 import threading
@@ -278,6 +279,50 @@ def mlflow_links(evidence: dict[str, Any], ui_url: str | None) -> list[dict[str,
         href = f"{ui}/#/models/{quote(name, safe='')}/versions/{quote(str(version), safe='')}" if ui else None
         links.append({"label": f"registered model {name} version {version}", "href": href})
     return links
+
+
+#: Shades of an attributed token on the record page: classes attr-pos-1..N and attr-neg-1..N (base.html).
+ATTRIBUTION_SHADES = 8
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def attribution_view(evidence: Any) -> dict[str, Any] | None:
+    """An alert's attribution (its statistics' ``attribution`` and ``top_tokens``) as the record page shows it:
+    the response's tokens in order, each with the whitespace before it, its shade class (the value's sign, and
+    its |value| / max |value| in :data:`ATTRIBUTION_SHADES` steps) and its value; None for other records."""
+    statistics = evidence.get("statistics") if isinstance(evidence, dict) else None
+    found = statistics.get("attribution") if isinstance(statistics, dict) else None
+    if not isinstance(found, dict) or not isinstance(found.get("tokens"), list):
+        return None
+    tokens = [
+        (t, value)
+        for t in found["tokens"]
+        if isinstance(t, dict) and isinstance(t.get("text"), str) and (value := _number(t.get("value"))) is not None
+    ]
+    peak = max((abs(value) for _, value in tokens), default=0.0)
+    shown, cursor = [], None
+    for token, value in tokens:
+        start, end = token.get("start"), token.get("end")
+        spaced = isinstance(start, int) and cursor is not None and start > cursor
+        cursor = end if isinstance(end, int) else None
+        step = math.ceil(ATTRIBUTION_SHADES * abs(value) / peak) if peak > 0 else 0
+        shade = f"attr-{'pos' if value > 0 else 'neg'}-{step}" if step else "attr-zero"
+        shown.append({"gap": " " if spaced else "", "text": token["text"], "shade": shade, "value": f"{value:+.4g}"})
+    top = [
+        {"text": t["text"], "value": f"{value:+.4g}"}
+        for t in (statistics.get("top_tokens") or [])
+        if isinstance(t, dict) and isinstance(t.get("text"), str) and (value := _number(t.get("value"))) is not None
+    ]
+    numbers = {key: _number(found.get(key)) for key in ("score", "baseline_score", "delta")}
+    return {
+        "event_id": str(found.get("event_id", "")),
+        "tokens": shown,
+        "top": top,
+        **{key: f"{value:.4f}" if value is not None else "" for key, value in numbers.items()},
+    }
 
 
 class ReviewServer:
@@ -550,6 +595,7 @@ class ReviewServer:
             links = mlflow_links(evidence, self.mlflow_ui_url) if isinstance(evidence, dict) else []
             rolled_back = self.reader.rolled_back().get(record.model) if record.model else None
             context = {"record": record, "evidence": pretty, "links": links, "shown": audit.shown(record)}
+            context |= {"attribution": attribution_view(evidence), "shades": ATTRIBUTION_SHADES}
             return self._html("record", 200, "record.html", **context, rolled_back=rolled_back)
         return self._html("other", 404, "error.html", status=404, message="no such page")
 

@@ -29,6 +29,8 @@ from events.audit import AuditTrail
 from events.model import Event
 from events.sql_store import SqlEventStore, create_store_engine
 from migrations.runner import upgrade
+from monitors.base import Finding
+from monitors.detectors.drift import attribution_details
 
 from ..helpers import REPO, T0
 
@@ -434,6 +436,71 @@ def test_the_page_on_sqlite_and_postgresql(store: SqlEventStore) -> None:
         server.stop()
 
 
+# --- an alert's attribution ----------------------------------------------------------------------------------
+
+#: A response as the reward detectors' explainer splits it: (text, start, end, value); one token is hostile.
+ATTRIBUTED = [("Not", 0, 3, 0.02), ("my", 4, 6, -0.01), ("problem", 7, 14, -0.4), (SCRIPT, 15, 15 + len(SCRIPT), 0.2)]
+
+
+def attributed_alert(i: int) -> Event:
+    """A reward_drift alert made as the detector makes it: its statistics carry the explanation."""
+    tokens = [{"text": "Why?", "start": 0, "end": 4, "part": "prompt", "value": 0.1}]
+    tokens += [{"text": t, "start": a, "end": b, "part": "response", "value": v} for t, a, b, v in ATTRIBUTED]
+    explained = {"tokens": tokens, "score": -0.5, "baseline_score": -0.41, "delta": 0.0}
+    finding = Finding(
+        "reward_drift",
+        "model:assistant@7",
+        "critical",
+        "reward score of assistant@7 drifted",
+        40,
+        {"model": "assistant@7"},
+        {"psi": 0.9, **attribution_details("i33", explained)},
+        ("i31", "i33"),
+    )
+    return finding.record().to_event(finding.anomaly_id, T0 + timedelta(minutes=i), "alignd.monitors")
+
+
+@pytest.fixture
+def attributed(chained: SqlEventStore) -> Iterator[tuple[ReviewServer, str]]:
+    alert = attributed_alert(8)
+    chained.append([alert])
+    assert AuditTrail(chained).catch_up() == 1
+    server = serve(chained)
+    yield server, f"/audit/{alert.event_id}"
+    server.stop()
+
+
+def test_an_alert_with_attribution_shows_its_response_shaded_and_escaped(attributed: tuple[ReviewServer, str]) -> None:
+    server, path = attributed
+    status, headers, page = fetch(server, path)
+    assert status == 200 and "Record 8: anomaly.detected" in page
+    assert "<script" not in page.lower()
+    spans = re.findall(r'<span class="attr (attr-[a-z]+-?\d*)" title="([^"]*)">(.*?)</span>', page)
+    # In order, shaded by sign and by |value| / max |value| (0.4) in eight steps, each with its value.
+    assert spans == [
+        ("attr-pos-1", "+0.02", "Not"),
+        ("attr-neg-1", "-0.01", "my"),
+        ("attr-neg-8", "-0.4", "problem"),
+        ("attr-pos-4", "+0.2", "&lt;script&gt;window.__pwned = 1&lt;/script&gt;"),
+    ]
+    shaded = re.search(r'<p id="attribution" class="attr-text">(.*?)</p>', page, re.S)
+    assert shaded is not None and re.sub(r"<[^>]+>", "", shaded.group(1)) == "Not my problem " + SCRIPT.replace(
+        "<", "&lt;"
+    ).replace(">", "&gt;")
+    assert re.findall(r"<li><code>(.*?)</code> ([^<]*)</li>", page) == [
+        ("problem", "-0.4"),
+        ("&lt;script&gt;window.__pwned = 1&lt;/script&gt;", "+0.2"),
+        ("Not", "+0.02"),
+        ("my", "-0.01"),
+    ]
+    assert '<code id="attribution-event">i33</code>: reward -0.5000, baseline -0.4100' in page
+    # The shades are classes of the page's own stylesheet: nothing inline for the policy to weigh.
+    assert " style=" not in page and ".attr-neg-8 { background: rgba(234, 88, 12, 0.72); }" in page
+    assert "script-src" not in headers["Content-Security-Policy"]
+    # A record without attribution shows none.
+    assert 'id="attribution"' not in fetch(server, "/audit/4")[2]
+
+
 # --- a real browser -------------------------------------------------------------------------------------------
 
 
@@ -518,3 +585,45 @@ def test_the_page_in_a_headless_browser(server: ReviewServer, tmp_path: Path) ->
         shot = ARTIFACTS / name
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
         shutil.copyfile(shot, tmp_path / name)
+
+
+def test_the_attribution_shading_in_a_headless_browser(attributed: tuple[ReviewServer, str], tmp_path: Path) -> None:
+    try:
+        from playwright.sync_api import Error as PlaywrightError
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed (pip install 'alignd[dev]')")
+    if not Path(CHROMIUM).exists():
+        _unavailable(f"{CHROMIUM} is missing (apt-get install chromium; make services installs it)")
+    server, path = attributed
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch_persistent_context(
+                str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+            )
+        except PlaywrightError as exc:
+            _unavailable(f"{CHROMIUM} cannot start: {exc}")
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            page.goto(f"{server.url}{path}")
+            spans = page.locator("#attribution span.attr")
+            assert spans.all_inner_texts() == ["Not", "my", "problem", SCRIPT]
+            colours = [spans.nth(i).evaluate("e => getComputedStyle(e).backgroundColor") for i in range(4)]
+            # The stylesheet applies under the page's Content-Security-Policy: blue raised, orange lowered.
+            assert colours == [
+                "rgba(37, 99, 235, 0.09)",
+                "rgba(234, 88, 12, 0.09)",
+                "rgba(234, 88, 12, 0.72)",
+                "rgba(37, 99, 235, 0.36)",
+            ]
+            assert spans.nth(2).get_attribute("title") == "-0.4"
+            assert page.locator("#top-tokens li").all_inner_texts()[0] == "problem -0.4"
+            assert page.evaluate("typeof window.__pwned") == "undefined"
+            assert page.locator("main script").count() == 0
+            page.screenshot(path=str(ARTIFACTS / "review-attribution.png"), full_page=True)
+        finally:
+            browser.close()
+    shot = ARTIFACTS / "review-attribution.png"
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
