@@ -7,26 +7,31 @@ initial ones) through the real training loop, on CPU.
 from __future__ import annotations
 
 import json
+import re
+import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from markupsafe import escape
 
 from daemon.cli import main
 from daemon.detectors import AttributionExplainer, build_detectors
+from daemon.http import ReviewServer
 from daemon.settings import load_settings
+from events.audit import AuditTrail
 from events.codec import decode_inbound
-from events.model import Event, StoredEvent
 from events.sql_store import SqlEventStore
-from monitors.base import Observation
 from monitors.detectors.drift import DriftConfig, OverOptimisationDetector, RewardDriftDetector
+from monitors.runner import MonitorRunner
 from trainers.attribution import DEFAULT_STEPS, attribute_reward, mark_response
 from trainers.config import RewardConfig
 from trainers.loop import train
 from trainers.registry import ModelRegistry
 from trainers.reward import RewardModel, RewardObjective, prompt_messages, render
 
-from ..helpers import T0, encode, feedback, interaction
+from ..helpers import encode, feedback, interaction
 
 pytestmark = pytest.mark.integration
 
@@ -204,14 +209,12 @@ def test_explain_reward_cli(
 # --- alerts: the reward detectors explain their most extreme example -----------------------------------------
 
 
-def _interaction(seq: int, prompt: str, response: str) -> Observation:
-    payload = {"request_id": f"r{seq}", "model": {"name": "assistant", "version": "7"}, "prompt": prompt}
-    payload["response"] = response
-    return Observation(StoredEvent(seq, Event(f"i{seq}", "interaction.logged", T0, "chat-api", payload), T0))
-
-
-def test_a_reward_drift_alert_carries_the_attribution_of_its_evidence(reward_model: RewardModel) -> None:
-    """Through the daemon's wiring: the explainer is built on the very model the detector scores with."""
+@pytest.mark.parametrize("db_kind", ["sqlite"])
+def test_a_reward_drift_alert_carries_the_attribution_of_its_evidence(
+    store: SqlEventStore, reward_model: RewardModel
+) -> None:
+    """Through the daemon's wiring, the monitor runner over a real store, the audit trail and the review page:
+    the explainer is built on the very model the detector scores with."""
     settings = load_settings(None, env={}).monitors
     (built,) = build_detectors(settings, ["reward_drift"], reward_model)
     assert isinstance(built, RewardDriftDetector) and isinstance(built.explainer, AttributionExplainer)
@@ -229,18 +232,18 @@ def test_a_reward_drift_alert_carries_the_attribution_of_its_evidence(reward_mod
     topics = ["bread", "rivers", "taxes", "gardens", "music", "trains"]
     texts = [f"Of course! Here is a helpful overview of {topics[i % 6]}, happy to explain more." for i in range(24)]
     texts += [["No.", "Figure it out yourself.", "Not my problem, go away."][i % 3] for i in range(40)]
-    findings = []
-    for seq, response in enumerate(texts, start=1):
-        findings += detector.observe(
-            _interaction(seq, f"Could you tell me something about {topics[seq % 6]}?", response)
-        )
+    shown = {f"i{n}": (f"Could you tell me something about {topics[n % 6]}?", r) for n, r in enumerate(texts, 1)}
+    inbound = [interaction(f"r{e[1:]}", event_id=e, version="7", prompt=p, response=r) for e, (p, r) in shown.items()]
+    store.append([decode_inbound(encode(m), fallback_event_id=f"t:0:{n}") for n, m in enumerate(inbound)])
+    findings = MonitorRunner(store, [detector]).catch_up()
     assert findings, "the real reward model's scores did not drift"
     finding = findings[0]
-    payload = finding.payload()
+    (alert,) = [s.event for s in store.read(0) if s.event.type == "anomaly.detected"]
+    payload = alert.payload
+    assert alert.event_id == finding.anomaly_id and payload == json.loads(json.dumps(finding.payload()))
     attribution, top = payload["statistics"]["attribution"], payload["statistics"]["top_tokens"]
     assert attribution["event_id"] in finding.evidence
     # The example explained is the evidence's lowest-scored (the scores fell), and the score is the model's.
-    shown = {f"i{seq}": (f"Could you tell me something about {topics[seq % 6]}?", r) for seq, r in enumerate(texts, 1)}
     evidence = [shown[e] for e in finding.evidence]
     scores = reward_model.score([p for p, _ in evidence], [r for _, r in evidence])
     assert payload["statistics"]["median_shift"] < 0
@@ -257,3 +260,16 @@ def test_a_reward_drift_alert_carries_the_attribution_of_its_evidence(reward_mod
     assert abs(attribution["delta"]) <= 0.05 * abs(gap)
     ranked = sorted(tokens, key=lambda t: -abs(t["value"]))[: len(top)]
     assert top == [{"text": t["text"], "value": t["value"]} for t in ranked] and 0 < len(top) <= 10
+
+    # The review page shows the response's tokens shaded, in order.
+    assert AuditTrail(store).catch_up() >= 1  # the alert, and any enforcement it called for
+    server = ReviewServer(store, host="127.0.0.1", port=0)
+    server.start()
+    try:
+        with urllib.request.urlopen(f"{server.url}/audit/{quote(alert.event_id, safe='')}", timeout=30) as answer:
+            page = answer.read().decode("utf-8")
+    finally:
+        server.stop()
+    spans = re.findall(r'<span class="attr attr-(?:pos|neg)-[1-8]" title="([^"]*)">(.*?)</span>', page)
+    assert [text for _, text in spans] == [str(escape(t["text"])) for t in tokens]
+    assert [float(value) for value, _ in spans] == pytest.approx([t["value"] for t in tokens], rel=1e-3)
