@@ -270,6 +270,6 @@ def test_a_reward_drift_alert_carries_the_attribution_of_its_evidence(
             page = answer.read().decode("utf-8")
     finally:
         server.stop()
-    spans = re.findall(r'<span class="attr attr-(?:pos|neg)-[1-8]" title="([^"]*)">(.*?)</span>', page)
+    spans = re.findall(r'<span class="attr attr-(?:pos-[1-8]|neg-[1-8]|zero)" title="([^"]*)">(.*?)</span>', page)
     assert [text for _, text in spans] == [str(escape(t["text"])) for t in tokens]
     assert [float(value) for value, _ in spans] == pytest.approx([t["value"] for t in tokens], rel=1e-3)
