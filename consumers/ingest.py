@@ -249,9 +249,20 @@ class Ingestor:
 
     # --- the loop ------------------------------------------------------------------------------
 
+    def _records_behind(self) -> int:
+        """Records the assigned partitions hold past this consumer's positions (0: caught up). When the broker
+        cannot say, 0: an idle stop is never held up by a question it cannot answer."""
+        try:
+            assigned = list(self.consumer.assignment())
+            ends = self.consumer.end_offsets(assigned)
+            return sum(max(0, int(ends[tp]) - int(self.consumer.position(tp))) for tp in assigned)
+        except Exception as exc:  # noqa: BLE001 - kafka-python raises several kinds here; the answer is "unknown"
+            logger.debug("could not tell how far behind the consumer is: %s", exc)
+            return 0
+
     def run(self, *, until_idle: float | None = None, max_events: int | None = None) -> IngestStats:
-        """Consume until :meth:`stop`, ``until_idle`` seconds without records (counted while partitions are
-        assigned), or ``max_events`` records.
+        """Consume until :meth:`stop`, ``until_idle`` seconds without records while caught up (counted while
+        partitions are assigned and none holds records past the consumer's position), or ``max_events`` records.
 
         One batch is written while the next is polled and decoded (a single writer thread), so database
         time overlaps Kafka and validation time. Offsets of a batch are committed to Kafka only after
@@ -298,8 +309,21 @@ class Ingestor:
                     else:
                         unassigned_since = now
                         if until_idle is not None and now - idle_since >= until_idle:
-                            logger.info("no records for %.1fs; stopping", until_idle)
-                            break
+                            # Idle means caught up: right after an assignment, fetching the first records of a
+                            # partition (its offsets looked up, then reset) can take longer than until_idle on a
+                            # busy broker, and stopping then would leave the topic unread.
+                            behind = self._records_behind()
+                            if not behind:
+                                logger.info("no records for %.1fs; stopping", until_idle)
+                                break
+                            if now - idle_since >= until_idle + 60:
+                                logger.warning(
+                                    "no records for %.0fs although %d are waiting on %s; stopping",
+                                    now - idle_since,
+                                    behind,
+                                    ", ".join(sorted({tp.topic for tp in self.consumer.assignment()})),
+                                )
+                                break
                     continue
                 idle_since = unassigned_since = time.monotonic()
                 batch = self._decode(polled)

@@ -20,13 +20,14 @@ def _ingest(
     group: str | None = None,
     *,
     project: bool = False,
+    until_idle: float = 3.0,
     **extra: str,
 ):
     settings = settings_for(db_url, bootstrap, topics, group, **extra)
     store = open_store(settings)
     ingestor = build_ingestor(settings, store, project=project)
     try:
-        stats = ingestor.run(until_idle=3.0)
+        stats = ingestor.run(until_idle=until_idle)
     finally:
         ingestor.publisher.producer.close(5)
     return store, stats
@@ -49,6 +50,16 @@ def test_same_event_id_twice_and_same_message_delivered_twice_are_stored_once(
     assert store.count() == 70
     derived = [s.event.event_id for s in store.read(0, limit=1000) if s.event.request_id.startswith("anon-")]
     assert all(eid.startswith(topics["interactions"] + ":") for eid in derived) and len(derived) == 20
+    store.dispose()
+
+
+def test_until_idle_stops_only_once_caught_up(db_url: str, kafka_bootstrap: str) -> None:
+    """An idle stop shorter than the first fetch after an assignment (offsets looked up, then reset) still reads
+    the whole topic: idle counts only while nothing is waiting past the consumer's position."""
+    topics = unique_topics(kafka_bootstrap)
+    produce(kafka_bootstrap, topics["interactions"], [interaction(f"r{i}", i=i) for i in range(30)])
+    store, stats = _ingest(db_url, kafka_bootstrap, topics, until_idle=0.01)
+    assert stats.records == 30 and stats.appended == 30 and store.count() == 30
     store.dispose()
 
 
