@@ -1,6 +1,6 @@
 """``alignd run``: the long-running service, its parts grouped by role, under the supervisor.
 
-Roles (``--role``, repeatable; all of them when none is given), so replicas can split the work:
+Roles (``--role``, repeatable; :data:`DEFAULT_ROLES` when none is given), so replicas can split the work:
 
 * ``schedule`` — training by cron and data volume, on the replica that holds the leader lease;
 * ``ingest`` — Kafka into the store (and the projections after each batch);
