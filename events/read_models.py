@@ -292,4 +292,4 @@ def rolled_back_versions(store: EventStore, name: str) -> dict[str, RolledBackVe
 
 def rolled_back_models(store: EventStore) -> dict[str, RolledBackVersion]:
     """Every rolled-back version of every registered model, by ``name:version`` (the audit's ``model``)."""
-    return {mark.model: mark for mark in fold_rolled_back(_alias_changes(store)).values()}
+    return RolledBackFold().catch_up(store)

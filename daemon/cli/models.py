@@ -112,19 +112,19 @@ def _rolled_back(app: App, names: list[str]) -> dict[tuple[str, str], RolledBack
     The listing itself comes from MLflow: without the store (not reachable, not migrated) it is still printed,
     with a note that the marks are missing.
     """
-    from events.read_models import rolled_back_versions
+    from daemon.bootstrap import missing_sqlite_file
+    from events.read_models import rolled_back_models
 
     if not names:
         return {}
     url = app.settings.database.url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///").split("?")[0]).exists():
+    if missing_sqlite_file(url) is not None:
         # Connecting would create an empty database file here; with no database there is no rollback to mark.
         note(f"rolled-back versions are not marked: no event store at {url}")
         return {}
     try:
-        return {
-            (name, version): mark for name in names for version, mark in rolled_back_versions(app.store, name).items()
-        }
+        # One read of the alias changes for every model listed, not one per model.
+        return {(m.name, m.version): m for m in rolled_back_models(app.store).values() if m.name in names}
     except (StoreError, ConfigurationError) as exc:
         note(f"rolled-back versions are not marked: the event store cannot be read ({exc})")
         return {}
