@@ -54,10 +54,12 @@ from daemon.settings import HttpSettings
 from events import audit
 from events.audit import AuditRecord, VerifyReport
 from events.errors import SchemaOutOfDateError
+from events.names import ANOMALY_DETECTED
 from events.read_models import RolledBackFold, RolledBackVersion
 from events.redact import without_credentials
 from events.sql_errors import is_unavailable
 from events.sql_store import SqlEventStore
+from events.verdicts import Verdict
 from migrations.runner import current_revision, ensure_current, head_revision
 
 logger = logging.getLogger(__name__)
@@ -596,8 +598,15 @@ class ReviewServer:
             rolled_back = self.reader.rolled_back().get(record.model) if record.model else None
             context = {"record": record, "evidence": pretty, "links": links, "shown": audit.shown(record)}
             context |= {"attribution": attribution_view(evidence), "shades": ATTRIBUTION_SHADES}
+            context |= {"alert": record.action == ANOMALY_DETECTED, "can_review": self.token is not None}
+            context["verdict"] = self._standing_verdict(record.event_id) if context["alert"] else None
             return self._html("record", 200, "record.html", **context, rolled_back=rolled_back)
         return self._html("other", 404, "error.html", status=404, message="no such page")
+
+    def _standing_verdict(self, alert_id: str) -> Verdict | None:
+        from events.verdicts import latest_verdicts
+
+        return latest_verdicts(self.store).get(alert_id)
 
     def _chain_report(self, *, fresh: bool = False) -> VerifyReport:
         """The audit chain's check, shared: one runs at a time, and its report serves every page for
@@ -644,10 +653,10 @@ class ReviewServer:
     async def _changing(self, request: Request, method: str, path: str) -> _Answer:
         try:
             async with asyncio.timeout(self.limits.header_timeout):
-                size = 0
+                body = bytearray()
                 async for chunk in request.stream():  # read to the end, so the connection can be reused
-                    size += len(chunk)
-                    if size > self.limits.max_body_bytes:  # chunked, so no Content-Length to refuse it by
+                    body += chunk
+                    if len(body) > self.limits.max_body_bytes:  # chunked, so no Content-Length to refuse it by
                         return _too_large(self.limits.max_body_bytes)
         except TimeoutError:
             name, status, ctype, body, _ = _text("post", 408, "the request body did not arrive in time")
@@ -656,13 +665,52 @@ class ReviewServer:
             return _text("post", 400, "the client went away")  # nobody reads this answer
         if self.token is None:
             return _text("post", 403, "no token is configured: this server changes nothing over HTTP")
+        verdict = method == "POST" and path.startswith("/audit/") and path.endswith("/verdict") and path.count("/") == 3
+        # The record page's verdict form cannot set a header: it sends the operator token as a form field. A
+        # page of another site cannot forge the form without the token, so this is no way around it.
+        form = _form(request, bytes(body)) if verdict else {}
         scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" and "token" in form:
+            scheme, given = "bearer", form["token"]
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"), self.token):
-            name, status, ctype, body, _ = _text("post", 401, "a valid 'Authorization: Bearer <token>' is needed")
-            return name, status, ctype, body, {"WWW-Authenticate": 'Bearer realm="alignd"'}
+            name, status, ctype, answer, _ = _text("post", 401, "a valid 'Authorization: Bearer <token>' is needed")
+            return name, status, ctype, answer, {"WWW-Authenticate": 'Bearer realm="alignd"'}
+        if verdict:
+            return await self._blocking(request, self._verdict, path.split("/")[2], form)
         if method != "POST" or path != "/audit/verify":
             return _text("post", 404, "no such action")
         return await self._blocking(request, self._verify)
+
+    def _verdict(self, segment: str, form: dict[str, str]) -> _Answer:
+        """A reviewer's verdict on the alert of the record ``segment`` (the record page's form): appended, then
+        back to the record page (303), which shows it; a verdict that cannot be recorded is a 400 saying why."""
+        from daemon.verdicts import VerdictError, record_verdict
+
+        try:
+            key = record_key(unquote(segment))
+        except BadRequestError as exc:
+            return self._html("verdict", 400, "error.html", status=400, message=str(exc))
+        record = self.reader.get(key) if key is not None else None
+        if record is None:
+            return self._html("verdict", 404, "error.html", status=404, message="no audit record there")
+        if record.action != ANOMALY_DETECTED:
+            message = f"record {record.position} is a {record.action}: only an alert (anomaly.detected) takes a verdict"
+            return self._html("verdict", 400, "error.html", status=400, message=message)
+        try:
+            done = record_verdict(
+                self.store,
+                record.event_id,
+                form.get("verdict", ""),
+                actor=form.get("actor", ""),
+                reason=form.get("reason", ""),
+                source="alignd.review-page",
+            )
+        except VerdictError as exc:
+            return self._html("verdict", 400, "error.html", status=400, message=f"{exc}; nothing was recorded")
+        logger.info(
+            "verdict %s on alert %s by %s over HTTP (%s)", done.verdict, done.alert_id, done.actor, done.event_id
+        )
+        return "verdict", 303, "text/plain; charset=utf-8", b"recorded\n", {"Location": f"/audit/{record.position}"}
 
     def _verify(self) -> _Answer:
         chained = self.reader.catch_up()
@@ -670,6 +718,17 @@ class ReviewServer:
         logger.info("audit caught up over HTTP: %d records chained; chain ok=%s", chained, report.ok)
         body = {"chained": chained, **{k: getattr(report, k) for k in _REPORT_FIELDS}}
         return "verify", 200, "application/json", json.dumps(body).encode("utf-8"), {}
+
+
+def _form(request: Request, body: bytes) -> dict[str, str]:
+    """A urlencoded form body's fields (the last of each name); anything else reads as no fields."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        return {}
+    try:
+        pairs = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=16)
+    except ValueError:  # not UTF-8, or more fields than the form has
+        return {}
+    return {k: v[-1] for k, v in pairs.items()}
 
 
 def _text(name: str, status: int, message: str) -> _Answer:

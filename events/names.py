@@ -32,6 +32,7 @@ DEMONSTRATION_GENERATED = "demonstration.generated"
 SERVING_ADAPTER_LOADED = "serving.adapter_loaded"
 GUARD_RULE_LIFTED = "guard_rule.lifted"
 GUARD_DECIDED = "guard.decided"
+ALERT_REVIEWED = "alert.reviewed"
 
 #: Types producers may send on the inbound topics.
 INBOUND_TYPES: frozenset[str] = frozenset({INTERACTION_LOGGED, FEEDBACK_RECEIVED})
@@ -54,6 +55,7 @@ INTERNAL_TYPES: frozenset[str] = frozenset(
         SERVING_ADAPTER_LOADED,
         GUARD_RULE_LIFTED,
         GUARD_DECIDED,
+        ALERT_REVIEWED,
     }
 )
 
@@ -61,6 +63,11 @@ INTERNAL_TYPES: frozenset[str] = frozenset(
 TRAINING_TYPES: tuple[str, ...] = (TRAINING_STARTED, TRAINING_COMPLETED, TRAINING_FAILED)
 #: The moves of an alias (``champion``, ``challenger``), which the outbox publishes on the models topic.
 ALIAS_CHANGE_TYPES: tuple[str, ...] = (MODEL_PROMOTED, MODEL_ROLLED_BACK)
+
+#: A reviewer's verdict on an alert (``alert.reviewed``'s ``verdict``): the detector was right, or it was not.
+TRUE_POSITIVE = "true_positive"
+FALSE_POSITIVE = "false_positive"
+VERDICTS: tuple[str, ...] = (TRUE_POSITIVE, FALSE_POSITIVE)
 
 #: How bad an alert is (``anomaly.detected``'s ``severity``), from least to most.
 Severity = Literal["info", "warning", "critical"]

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from daemon.cli.alerts import add_alerts_commands
 from daemon.cli.audit import add_audit_commands
 from daemon.cli.command import AddCommand, CliError, add_command
 from daemon.cli.config import add_config_commands
@@ -49,6 +50,7 @@ NOUNS: tuple[Callable[[Any, AddCommand], None], ...] = (
     add_dlq_commands,
     add_replay_commands,
     add_monitors_commands,
+    add_alerts_commands,
     add_run_commands,
     add_demo_commands,
     add_train_commands,

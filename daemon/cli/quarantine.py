@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from daemon.cli.command import AddCommand, CliError, group, with_app
 from daemon.cli.output import columns, print_json
 from events.names import (
+    ALERT_REVIEWED,
     DEMONSTRATION_GENERATED,
     ENFORCEMENT_REQUESTED,
     FEEDBACK_RECEIVED,
@@ -36,8 +37,9 @@ if TYPE_CHECKING:
 
 #: The ``source`` of the requests an operator makes here.
 SOURCE = "alignd.operator"
-#: The events whose data training reads: feedback (pairs, demonstrations) and generated demonstrations.
-_TRAINING_TYPES = (FEEDBACK_RECEIVED, DEMONSTRATION_GENERATED)
+#: The events whose data training reads: feedback (pairs, demonstrations), generated demonstrations, and
+#: reviewers' verdicts (the detectors' labels, events/verdicts.py).
+_TRAINING_TYPES = (FEEDBACK_RECEIVED, DEMONSTRATION_GENERATED, ALERT_REVIEWED)
 _MAX_USER = 256  # the quarantine table's subject column
 
 
@@ -58,7 +60,7 @@ def _subject_arguments(p: argparse.ArgumentParser) -> None:
         metavar="ID",
         action="append",
         default=[],
-        help="a feedback.received or demonstration.generated event id (repeat for several)",
+        help="a feedback.received, demonstration.generated or alert.reviewed event id (repeat for several)",
     )
     p.add_argument("--reason", required=True, help="why, in a sentence; it goes in the audit trail")
     p.add_argument("--actor", default=None, help="who decided (default: your OS user name)")
@@ -137,7 +139,8 @@ def _check_events_exist(store: SqlEventStore, ids: list[str]) -> None:
             else ""
         )
         raise CliError(
-            f"{', '.join(wrong)}: only feedback.received and demonstration.generated events become training data, "
+            f"{', '.join(wrong)}: only feedback.received, demonstration.generated and alert.reviewed events become "
+            "training data, "
             f"so only they can be quarantined; nothing was quarantined.{hint}"
         )
 

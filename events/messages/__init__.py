@@ -17,6 +17,7 @@ description. The type names themselves are in :mod:`events.names`.
 ``serving.adapter_loaded``  :class:`AdapterLoaded`
 ``guard_rule.lifted``      :class:`GuardRuleLifted`
 ``guard.decided``          :class:`GuardDecided`
+``alert.reviewed``         :class:`AlertReviewed`
 =========================  =================================================================
 """
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from events.messages.alerts import AnomalyDetected, EnforcementApplied, EnforcementRequested
+from events.messages.alerts import AlertReviewed, AnomalyDetected, EnforcementApplied, EnforcementRequested
 from events.messages.base import Description, EventRecord
 from events.messages.guard import GuardDecided, GuardRuleLifted
 from events.messages.serving import AdapterLoaded
@@ -46,6 +47,7 @@ __all__ = [
     "CONTINUOUS",
     "RECORDS",
     "AdapterLoaded",
+    "AlertReviewed",
     "AliasMoved",
     "AnomalyDetected",
     "DatasetSnapshotted",
@@ -87,6 +89,7 @@ RECORDS: Mapping[str, type[EventRecord]] = MappingProxyType(
             AdapterLoaded,
             GuardRuleLifted,
             GuardDecided,
+            AlertReviewed,
         )
     }
 )

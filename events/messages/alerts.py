@@ -1,4 +1,5 @@
-"""Alerts and what they call for: ``anomaly.detected``, ``enforcement.requested``, ``enforcement.applied``."""
+"""Alerts, what they call for and what reviewers make of them: ``anomaly.detected``, ``enforcement.requested``,
+``enforcement.applied``, ``alert.reviewed``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 from events.messages.base import Description, EventRecord, subject_words, target_words, version_words
-from events.names import ANOMALY_DETECTED, ENFORCEMENT_APPLIED, ENFORCEMENT_REQUESTED, Severity
+from events.names import ALERT_REVIEWED, ANOMALY_DETECTED, ENFORCEMENT_APPLIED, ENFORCEMENT_REQUESTED, Severity
 
 
 @dataclass(frozen=True)
@@ -192,3 +193,52 @@ class EnforcementApplied(EventRecord):
     @staticmethod
     def describe_payload(payload: Mapping[str, Any]) -> Description:
         return _describe_enforcement(payload)
+
+
+@dataclass(frozen=True)
+class AlertReviewed(EventRecord):
+    """A reviewer's verdict on an alert (``alignd alerts verdict``, or the review page with the operator token).
+
+    Verdicts are the labels a detector that learns is retrained on (docs/monitors.md#verdicts): a false positive
+    on a jailbreak alert is a benign prompt the detector flagged, a true positive an attack it caught. A later
+    verdict on the same alert replaces an earlier one (a reviewer may change their mind); both stay in the trail.
+
+    Attributes:
+        alert_id: the event id of the ``anomaly.detected`` judged.
+        detector: the detector that raised it (copied, so training sets are read without loading every alert).
+        verdict: ``true_positive`` or ``false_positive`` (events.names.VERDICTS).
+        actor: who judged; reason: why, in a sentence.
+    """
+
+    event_type: ClassVar[str] = ALERT_REVIEWED
+
+    alert_id: str
+    detector: str
+    verdict: str
+    actor: str
+    reason: str
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.alert_id,
+            "detector": self.detector,
+            "verdict": self.verdict,
+            "actor": self.actor,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> Self:
+        return cls(
+            alert_id=payload["alert_id"],
+            detector=payload["detector"],
+            verdict=payload["verdict"],
+            actor=payload["actor"],
+            reason=payload["reason"],
+        )
+
+    @staticmethod
+    def describe_payload(payload: Mapping[str, Any]) -> Description:
+        verdict = str(payload.get("verdict", "")).replace("_", " ")
+        subject = f"alert {payload.get('alert_id')} of {payload.get('detector')}: {verdict}"
+        return Description(subject, None, str(payload.get("reason", "")))

@@ -241,7 +241,10 @@ def test_mistakes_are_refused_and_nothing_is_recorded(
     ]
     interaction_id = store.read(0, limit=1)[0].event.event_id
     refused.append(
-        (["add", "--event", interaction_id, "--reason", "x"], "only feedback.received and demonstration.generated")
+        (
+            ["add", "--event", interaction_id, "--reason", "x"],
+            "only feedback.received, demonstration.generated and alert.reviewed",
+        )
     )
     for args, message in refused:
         code, out, err = _cli(["quarantine", *args], capsys)

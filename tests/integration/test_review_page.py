@@ -579,6 +579,17 @@ def test_the_page_in_a_headless_browser(server: ReviewServer, tmp_path: Path) ->
             assert page.locator("#evidence script, #evidence img, main script, main img").count() == 0
             assert dialogs == []
             page.screenshot(path=str(ARTIFACTS / "review-record.png"), full_page=True)
+
+            # A reviewer marks the alert a false positive with the operator token; the page then shows the verdict.
+            assert page.inner_text("#verdict") == "No one has reviewed this alert yet."
+            page.check("#verdict-form input[value=false_positive]")
+            page.fill("#verdict-form input[name=reason]", "a red-team exercise, announced")
+            page.fill("#verdict-form input[name=actor]", "ana")
+            page.fill("#verdict-form input[name=token]", TOKEN)
+            page.click("#verdict-form button[type=submit]")
+            page.wait_for_url("**/audit/4")
+            shown_verdict = page.inner_text("#verdict")
+            assert shown_verdict.startswith("false positive by ana at ") and "announced" in shown_verdict
         finally:
             browser.close()
     for name in ("review-page.png", "review-record.png"):

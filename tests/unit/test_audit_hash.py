@@ -221,6 +221,19 @@ def decision_events(start: int = 0) -> list[Event]:
                 "subject": "model:alignd-policy",
             },
         ),
+        Event(
+            f"alert.reviewed:{n}",
+            "alert.reviewed",
+            _at(n + 14),
+            "alignd.cli",
+            {  # the shape daemon/verdicts.py appends
+                "alert_id": "anomaly:jailbreak_attempt:e-7",
+                "detector": "jailbreak_attempt",
+                "verdict": "false_positive",
+                "actor": "ana",
+                "reason": "a question about iPhone jailbreaking, not an attack",
+            },
+        ),
     ]
     return decided
 
@@ -348,6 +361,12 @@ EXPECTED = {
         "guard rule enforcement:publish_guard_rule:1 lifted",
         None,
         "a false positive",
+    ),
+    ("alert.reviewed", 0): (
+        "ana",
+        "alert anomaly:jailbreak_attempt:e-7 of jailbreak_attempt: false positive",
+        None,
+        "a question about iPhone jailbreaking, not an attack",
     ),
 }
 

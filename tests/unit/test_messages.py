@@ -14,6 +14,7 @@ from events.codec import canonical_json
 from events.messages import (
     RECORDS,
     AdapterLoaded,
+    AlertReviewed,
     AliasMoved,
     AnomalyDetected,
     DatasetSnapshotted,
@@ -113,6 +114,7 @@ EXAMPLES: list[EventRecord] = [
         user="u-40",
     ),
     GuardRuleLifted("enforcement:publish_guard_rule:1", "ana", "a false positive"),
+    AlertReviewed("anomaly:jailbreak_attempt:e-7", "jailbreak_attempt", "false_positive", "ana", "a chess coach"),
     GuardDecided("block", ("guard rule r-1 (jailbreak_success on event:e-1)",), ("r-1",), "r-41", "u-41", "m@2"),
     GuardDecided("redact", ("pii in the prompt: email",), prompt="mail [email]", replica="guard-1:8090"),
     AdapterLoaded(
@@ -180,7 +182,9 @@ def test_alias_moves_share_their_payload_and_key_by_model() -> None:
 def test_names_are_defined_once_for_every_floor() -> None:
     assert dict(MODEL_NAMES) == {"reward": "alignd-reward", "policy": "alignd-policy"}
     assert dict(DATASETS) == {"reward": "preference_pairs", "sft": "demonstrations", "dpo": "preference_pairs"} | {
-        "rloo": "prompts"
+        "rloo": "prompts",
+        "ppo": "prompts",
+        "grpo": "prompts",
     }
     with pytest.raises(TypeError):
         MODEL_NAMES["reward"] = "other"  # type: ignore[index]
