@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from events.redact import Scrubber, url_secrets
-from trainers import evaluation, gates, safety
+from trainers import bias, evaluation, gates, safety
 from trainers.config import EvaluationConfig, PolicyConfig, RewardConfig, config_from_dict
 from trainers.loop import Distributed, init_distributed, train
 from trainers.models import pick_runtime
@@ -111,7 +111,17 @@ def train_reward(spec: dict[str, Any], dist_info: Distributed) -> dict[str, Any]
     else:
         # No evidence either way (too few pairs for the hash split to hold any out): insufficient, not a fail.
         results.append(gates.reward_accuracy_gate(float("nan"), None, gate_config, n=0))
-    return {**_finish(result, gates.decide(results), measured, len(train_rows), len(held)), "replicas_in_sync": in_sync}
+    tags: dict[str, str] = {}
+    if eval_config.bias:
+        items = bias.suite_items(eval_config.bias_templates, eval_config.bias_reward_items, eval_config.seed)
+        relative = spec.get("champion_dir") and gate_config.bias_mode != "absolute"  # else no use for its gaps
+        champion_rm = RewardModel.load(Path(spec["champion_dir"]), runtime) if relative else None
+        judged = bias.reward_bias(rm.score, items, gate_config, champion_rm.score if champion_rm else None)
+        results.append(judged.result)
+        measured.update(judged.metrics)
+        tags = judged.tags
+    finished = _finish(result, gates.decide(results), measured, len(train_rows), len(held), tags)
+    return {**finished, "replicas_in_sync": in_sync}
 
 
 def pair_margins(rm: RewardModel, rows: list[dict[str, Any]], batch_size: int) -> list[float]:
@@ -170,14 +180,21 @@ def train_policy(spec: dict[str, Any], dist_info: Distributed) -> dict[str, Any]
     if not dist_info.is_main:
         return {}
     policy.save(Path(spec["output_dir"]) / "model", {"objective": config.objective})
-    decision, measured = evaluate_policy(policy, judge_rm, spec, held or train_rows)
-    return {**_finish(result, decision, measured, len(train_rows), len(held)), "replicas_in_sync": in_sync}
+    tags: dict[str, str] = {}
+    decision, measured = evaluate_policy(policy, judge_rm, spec, held or train_rows, tags)
+    return {**_finish(result, decision, measured, len(train_rows), len(held), tags), "replicas_in_sync": in_sync}
 
 
 def evaluate_policy(
-    policy: Policy, judge_rm: RewardModel | None, spec: dict[str, Any], rows: list[dict[str, Any]]
+    policy: Policy,
+    judge_rm: RewardModel | None,
+    spec: dict[str, Any],
+    rows: list[dict[str, Any]],
+    tags: dict[str, str] | None = None,
 ) -> tuple[gates.GateDecision, dict[str, float]]:
-    """Win rate and helpfulness (judged by the champion reward model), the safety suite, KL to the reference."""
+    """Win rate and helpfulness (judged by the champion reward model), the safety suite, KL to the reference,
+    and the bias suite (its figures also into ``tags``)."""
+    tags = {} if tags is None else tags
     eval_config = EvaluationConfig(**spec.get("evaluation", {}))
     gate_config = gates.GateConfig(**(eval_config.gates or {}))
     prompts = _prompt_texts(rows[: eval_config.prompts])
@@ -249,6 +266,18 @@ def evaluate_policy(
             else None
         )
         results.append(gates.pareto_gate((help_candidate, harmless), champion_point, gate_config.pareto_tolerance))
+    if eval_config.bias:
+        items = bias.suite_items(eval_config.bias_templates, eval_config.bias_policy_items, eval_config.seed)
+        judged = bias.policy_bias(
+            candidate,
+            judge,
+            items,
+            gate_config,
+            (lambda b: champion.complete(b, max_new_tokens=tokens)) if champion else None,
+        )
+        results.append(judged.result)
+        measured.update(judged.metrics)
+        tags.update(judged.tags)
     return gates.decide(results), measured
 
 
@@ -277,7 +306,12 @@ def _prompt_texts(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _finish(
-    result: Any, decision: gates.GateDecision, measured: dict[str, float], n_train: int, n_held: int
+    result: Any,
+    decision: gates.GateDecision,
+    measured: dict[str, float],
+    n_train: int,
+    n_held: int,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     return {
         "steps": result.steps,
@@ -287,7 +321,7 @@ def _finish(
         "train_examples": n_train,
         "held_out_examples": n_held,
         "gates": gates.gate_event_payload(decision, "candidate", None, None),
-        "gate_tags": gates.summary_tags(decision),
+        "gate_tags": {**gates.summary_tags(decision), **(tags or {})},
         "gate_results": [{**asdict(r), "passed": r.passed} for r in decision.results],
     }
 
