@@ -11,7 +11,7 @@ Jobs (ids stable across replicas; each ``max_instances=1, coalesce=True``):
 * ``retrain_reward`` / ``retrain_policy``: cron; train if anything arrived since the last successful run.
 * ``check_volume``: every ``check_interval_s``; train the reward model after ``reward_after_pairs`` new
   preference pairs, the policy after ``policy_after_examples`` new examples of its objective's dataset
-  (pairs for DPO, demonstrations for SFT, prompts for RLOO), counted after the ``to_seq`` of the dataset
+  (pairs for DPO, demonstrations for SFT, prompts for RLOO, PPO and GRPO), counted after the ``to_seq`` of the dataset
   the last successful training of that kind used. It also resumes a job that was interrupted.
 * ``evaluate``: cron, optional; the continuous evaluation of the champions (docs/trainers.md,
   ``trainers/champion_eval.py``), a request of kind ``evaluation`` that a pause does not block.

@@ -96,7 +96,14 @@ DEMONSTRATIONS = "demonstrations"
 PROMPTS = "prompts"
 #: The kinds of dataset snapshot (``dataset.snapshotted``'s ``kind``).
 DATASET_KINDS: tuple[str, ...] = (PREFERENCE_PAIRS, DEMONSTRATIONS, PROMPTS)
-#: The dataset each kind of training reads: the reward model and the policy objectives (sft, dpo, rloo).
+#: The dataset each kind of training reads: the reward model and the policy objectives (sft, dpo, rloo, ppo, grpo).
 DATASETS: Mapping[str, str] = MappingProxyType(
-    {"reward": PREFERENCE_PAIRS, "sft": DEMONSTRATIONS, "dpo": PREFERENCE_PAIRS, "rloo": PROMPTS}
+    {
+        "reward": PREFERENCE_PAIRS,
+        "sft": DEMONSTRATIONS,
+        "dpo": PREFERENCE_PAIRS,
+        "rloo": PROMPTS,
+        "ppo": PROMPTS,
+        "grpo": PROMPTS,
+    }
 )

@@ -13,7 +13,7 @@ from typing import Any
 
 from trainers.losses import LOSSES
 
-OBJECTIVES = ("sft", "dpo", "rloo")
+OBJECTIVES = ("sft", "dpo", "rloo", "ppo", "grpo")
 LR_SCHEDULES = ("constant", "linear")
 #: Where the reward head reads the encoder: the mean of the token states, or the architecture's own
 #: sequence-classification head (BERT's pooler over [CLS], the last token of a decoder).
@@ -120,26 +120,35 @@ class RewardConfig(TrainConfig):
 
 @dataclass(frozen=True)
 class PolicyConfig(TrainConfig):
-    """Policy: a causal LM with LoRA, trained by SFT, DPO or RLOO.
+    """Policy: a causal LM with LoRA, trained by SFT, DPO, RLOO, PPO or GRPO.
 
-    Parameters that control the objectives: ``beta`` (DPO's KL strength), ``rloo_k`` (samples per prompt),
-    ``kl_coef`` (RLOO's KL penalty to the reference; the KL budget itself is a gate, see
-    ``trainers.gates.GateConfig``), generation lengths.
+    Parameters that control the objectives: ``beta`` (DPO's KL strength), ``rloo_k`` and ``grpo_group_size``
+    (samples per prompt), ``kl_coef`` (the KL penalty to the reference of RLOO, PPO and GRPO; the KL budget itself
+    is a gate, see ``trainers.gates.GateConfig``), PPO's ``ppo_epochs``, ``clip_range``, ``value_clip_range``,
+    ``vf_coef``, ``gamma``, ``lam`` (TRL's PPO defaults), GRPO's ``grpo_iterations``, generation lengths.
     """
 
     model: str = _help(
         "policy: SmolLM2-135M-Instruct (offline), tiny-random-llama (tests), or any HF causal LM",
         "SmolLM2-135M-Instruct",
     )
-    objective: str = _help("sft, dpo or rloo", "dpo")
+    objective: str = _help("sft, dpo, rloo, ppo or grpo", "dpo")
     learning_rate: float = _help("AdamW learning rate", 5e-4)
     batch_size: int = _help("examples per optimizer step on each process", 4)
     max_prompt_length: int = _help("prompt tokens kept (from the end) before the response", 192)
     beta: float = _help("DPO temperature β", 0.1)
     rloo_k: int = _help("RLOO samples per prompt", 4)
-    kl_coef: float = _help("RLOO KL penalty β", 0.05)
-    max_new_tokens: int = _help("tokens generated per sample (RLOO, evaluation)", 48)
-    temperature: float = _help("sampling temperature for RLOO", 1.0)
+    kl_coef: float = _help("KL penalty β to the reference: RLOO's, PPO's per token, GRPO's k3 term", 0.05)
+    max_new_tokens: int = _help("tokens generated per sample (RLOO, PPO, GRPO, evaluation)", 48)
+    temperature: float = _help("sampling temperature for RLOO, PPO and GRPO", 1.0)
+    ppo_epochs: int = _help("PPO: optimizer steps on each rollout batch (its epochs)", 4)
+    clip_range: float = _help("PPO and GRPO: the probability ratio is clipped to [1-ε, 1+ε]", 0.2)
+    value_clip_range: float = _help("PPO: how far the value head may move from the rollout's values per step", 0.2)
+    vf_coef: float = _help("PPO: weight of the value loss beside the policy loss", 0.1)
+    gamma: float = _help("PPO: discount γ over response tokens (GAE)", 1.0)
+    lam: float = _help("PPO: GAE's λ (1: Monte Carlo returns, 0: one-step TD)", 0.95)
+    grpo_group_size: int = _help("GRPO: samples per prompt G, the group its advantages are relative to", 4)
+    grpo_iterations: int = _help("GRPO: optimizer steps on each rollout batch (μ in Shao et al. 2024)", 1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -147,6 +156,14 @@ class PolicyConfig(TrainConfig):
             raise ValueError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
         if self.objective == "rloo" and self.rloo_k < 2:
             raise ValueError("rloo_k must be >= 2 (the leave-one-out baseline needs another sample)")
+        if self.objective == "grpo" and self.grpo_group_size < 2:
+            raise ValueError("grpo_group_size must be >= 2 (advantages are relative to the other samples)")
+        if self.ppo_epochs < 1 or self.grpo_iterations < 1:
+            raise ValueError("ppo_epochs and grpo_iterations must be >= 1")
+        if self.clip_range <= 0 or self.value_clip_range <= 0:
+            raise ValueError("clip_range and value_clip_range must be > 0")
+        if not (0.0 <= self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
+            raise ValueError(f"gamma and lam must be in [0, 1], got {self.gamma} and {self.lam}")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.max_prompt_length >= self.max_length:
@@ -165,7 +182,9 @@ class EvaluationConfig:
     bias: bool = _help("measure counterfactual bias and apply the bias gate (trainers.bias, docs/bias.md)", True)
     bias_reward_items: int = _help("counterfactual items per attribute the reward model scores (0: all)", 0)
     bias_policy_items: int = _help("counterfactual items per attribute the policy answers (0: all)", 8)
-    bias_templates: str | None = _help("YAML file of counterfactual templates (None: trainers/bias_templates.yaml)", None)
+    bias_templates: str | None = _help(
+        "YAML file of counterfactual templates (None: trainers/bias_templates.yaml)", None
+    )
 
 
 def config_dict(config: TrainConfig) -> dict[str, Any]:

@@ -152,7 +152,7 @@ class TrainingJobs:
         """Snapshot, start, run the child, then record the completion or the failure.
 
         Raises:
-            NothingToTrainError: the snapshot is empty, or RLOO has no reward model to score with.
+            NothingToTrainError: the snapshot is empty, or RLOO, PPO or GRPO has no reward model to score with.
         """
         limits = limits or JobLimits()
         attempt = self._plan(config, upto_seq, dataset_limit)
@@ -186,9 +186,10 @@ class TrainingJobs:
             if kind == "reward"
             else self.registry.get_by_alias("reward", "champion") or _latest(self.registry, "reward")
         )
-        if kind == "policy" and objective == "rloo" and judge is None:
+        if kind == "policy" and objective in ("rloo", "ppo", "grpo") and judge is None:
             raise NothingToTrainError(
-                "RLOO scores samples with a reward model and none is registered; run `alignd train reward` first"
+                f"{objective.upper()} scores samples with a reward model and none is registered; "
+                "run `alignd train reward` first"
             )
         folder = self.work_dir / "jobs" / job_id / attempt_id
         checkpoint_dir = self.work_dir / "checkpoints" / job_id

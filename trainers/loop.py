@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +29,15 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 
 class Objective(Protocol):
+    """A batch's loss and held-out metrics.
+
+    Two optional parts, looked up with ``getattr``: ``losses(batch)``, a generator of one loss per optimizer step
+    in place of ``loss`` (PPO and GRPO take several steps on each rollout; the generator computes each after the
+    previous step), and ``modules``, trainable ``torch.nn.Module``s beside the adapter (PPO's value head) that the
+    loop optimises and checkpoints with it. A loop step is one batch, however many optimizer steps it takes, so
+    a resumed job starts at the batch after its checkpoint.
+    """
+
     #: What forward passes that need gradients go through (the DDP wrapper when distributed).
     train_model: Any
 
@@ -81,6 +90,23 @@ def lr_factor(step: int, total: int, warmup_steps: int, schedule: str) -> float:
     if schedule == "linear":
         return max(0.0, (total - step) / max(1, total - warmup_steps))
     return 1.0
+
+
+def _updates(objective: Objective, batch: Sequence[dict[str, Any]]) -> Iterator[LossOutput]:
+    many = getattr(objective, "losses", None)
+    return many(batch) if many is not None else iter([objective.loss(batch)])
+
+
+def _extra_modules(objective: Objective) -> dict[str, torch.nn.Module]:
+    return dict(getattr(objective, "modules", {}))
+
+
+def _all_reduce_grads(params: Sequence[torch.nn.Parameter], world_size: int) -> None:
+    """Average the gradients of parameters DDP does not hold (the extra modules) over the processes."""
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
@@ -144,7 +170,9 @@ def train(
     from torch.utils.data import DistributedSampler
 
     dist_info = distributed or Distributed()
-    params = [p for p in model.parameters() if p.requires_grad]
+    extra = _extra_modules(objective)
+    extra_params = [p for m in extra.values() for p in m.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] + extra_params
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
     objective.train_model = model
     if dist_info.world_size > 1:
@@ -170,6 +198,8 @@ def train(
     if checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
         load_trainable_state(model, saved["adapter"])
+        for name, module in extra.items():
+            module.load_state_dict(saved["modules"][name])
         optimizer.load_state_dict(saved["optimizer"])
         step, best_score, bad_evals = saved["step"], saved["best_score"], saved["bad_evals"]
         best_state, history = saved.get("best_state"), saved.get("history", [])
@@ -191,13 +221,17 @@ def train(
                 if not batch:
                     break
                 model.train()
-                out = objective.loss(batch)
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                for module in extra.values():
+                    module.train()
                 for group in optimizer.param_groups:
                     group["lr"] = config.learning_rate * lr_factor(step, total, warmup_steps, config.lr_schedule)
-                optimizer.step()
+                for out in _updates(objective, batch):
+                    optimizer.zero_grad(set_to_none=True)
+                    out.loss.backward()
+                    if dist_info.world_size > 1 and extra_params:
+                        _all_reduce_grads(extra_params, dist_info.world_size)
+                    torch.nn.utils.clip_grad_norm_(params, 1.0)
+                    optimizer.step()
                 step += 1
                 last = {"loss": out.loss.item(), **{f"train_{k}": v for k, v in out.metrics.items()}}
                 if dist_info.is_main and on_metrics is not None:
@@ -218,7 +252,9 @@ def train(
                     and step % config.checkpoint_every == 0
                     and step < total
                 ):
-                    _save_checkpoint(checkpoint, model, optimizer, step, best_score, bad_evals, best_state, history)
+                    _save_checkpoint(
+                        checkpoint, model, extra, optimizer, step, best_score, bad_evals, best_state, history
+                    )
                 if step >= total or stopped_early:
                     break
     finally:
@@ -253,6 +289,7 @@ def _evaluate(
 def _save_checkpoint(
     path: Path,
     model: Any,
+    extra: dict[str, torch.nn.Module],
     optimizer: Any,
     step: int,
     best_score: float,
@@ -266,6 +303,8 @@ def _save_checkpoint(
     torch.save(
         {
             "adapter": trainable_state(model),
+            # Beside the adapter, not in best_state: the value head serves training only, the adapter is the model.
+            "modules": {name: module.state_dict() for name, module in extra.items()},
             "optimizer": optimizer.state_dict(),
             "step": step,
             "best_score": best_score,

@@ -138,6 +138,177 @@ def kl_per_token(
     return ((policy_token_logps - reference_token_logps) * mask).sum() / tokens
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` where ``mask`` is set (response tokens), 0 where none is."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Zero mean, unit variance over the masked entries (the usual normalisation of PPO's advantages)."""
+    mean = masked_mean(values, mask)
+    var = masked_mean((values - mean) ** 2, mask)
+    return (values - mean) * torch.rsqrt(var + eps) * mask
+
+
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, clip_range: float) -> torch.Tensor:
+    """Per token: ``min(ρ_t Â_t, clip(ρ_t, 1-ε, 1+ε) Â_t)`` with ``ρ_t = π_θ(a_t|s_t) / π_θ_old(a_t|s_t)``.
+
+    Schulman et al. 2017, "Proximal Policy Optimization Algorithms", arXiv:1707.06347, Eq. 7 (L^CLIP); to be
+    maximised. GRPO uses the same term (Shao et al. 2024, Eq. 3).
+    """
+    return torch.min(ratio * advantages, torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range) * advantages)
+
+
+def ppo_token_rewards(
+    scores: torch.Tensor,
+    policy_logps: torch.Tensor,
+    reference_logps: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+) -> torch.Tensor:
+    """The KL-penalised reward of the RLHF recipe, spread over tokens (shape ``(batch, length)``):
+
+    ``R_t = -β (log π(y_t) - log π_ref(y_t)) + [t = T] r(x, y)``
+
+    Ouyang et al. 2022, "Training language models to follow instructions with human feedback",
+    arXiv:2203.02155, Eq. 2 (objective = r_θ(x, y) - β log(π^RL(y|x) / π^SFT(y|x))), paid per token as Ziegler et
+    al. 2019 (arXiv:1909.08593) do: the KL term at every token, the reward model's score ``scores`` at the last
+    response token ``T`` of each row. ``mask`` marks response tokens (contiguous in each row).
+    """
+    mask = mask.to(policy_logps.dtype)
+    rewards = -kl_coef * (policy_logps - reference_logps) * mask
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    last = (positions * mask).argmax(-1)  # the index of each row's last response token
+    has_tokens = mask.sum(-1) > 0
+    rewards[torch.arange(mask.shape[0], device=mask.device), last] += torch.where(
+        has_tokens, scores.to(rewards.dtype), torch.zeros_like(scores, dtype=rewards.dtype)
+    )
+    return rewards
+
+
+def gae_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over each row's response tokens, and the returns ``Â_t + V(s_t)``:
+
+    ``δ_t = R_t + γ V(s_{t+1}) - V(s_t)``,  ``Â_t = Σ_{l≥0} (γλ)^l δ_{t+l}``  (so ``Â_t = δ_t + γλ Â_{t+1}``)
+
+    Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage Estimation",
+    arXiv:1506.02438, Eq. 16. The episode ends after the last response token (``V`` of the state after it is 0);
+    entries outside ``mask`` are 0. ``values`` are constants here (detached by the caller).
+    """
+    mask = mask.to(values.dtype)
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[:, 0])
+    next_value = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        # Past the last response token next_value is 0 and running restarts: the episode's end.
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+        next_value = values[:, t] * mask[:, t]
+    returns = (advantages + values) * mask
+    return advantages, returns
+
+
+def ppo_policy_loss(
+    policy_logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+) -> LossOutput:
+    """PPO's clipped surrogate as a loss: ``-Ê_t[min(ρ_t Â_t, clip(ρ_t, 1-ε, 1+ε) Â_t)]`` over response tokens.
+
+    Schulman et al. 2017, arXiv:1707.06347, Eq. 7. Per-token log-probabilities; ``old_logps`` (the policy that
+    sampled) and ``advantages`` are constants.
+    """
+    ratio = torch.exp(policy_logps - old_logps.detach())
+    loss = -masked_mean(clipped_surrogate(ratio, advantages.detach(), clip_range), mask)
+    with torch.no_grad():
+        clipped = ((ratio - 1.0).abs() > clip_range).float()
+        metrics = {
+            "clip_fraction": masked_mean(clipped, mask).item(),
+            "approx_kl_old": masked_mean(old_logps - policy_logps, mask).item(),
+        }
+    return LossOutput(loss, metrics)
+
+
+def ppo_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> LossOutput:
+    """The clipped value loss: ``½ Ê_t[max((V_t - R̂_t)², (clip(V_t, V_old ± ε) - R̂_t)²)]``.
+
+    The value function's counterpart of L^CLIP, as OpenAI's baselines ``ppo2`` and the RLHF implementations
+    after it (Ziegler et al. 2019; TRL) apply it; Schulman et al. 2017, Eq. 9 combine it with the policy term as
+    ``L^CLIP - c_1 L^VF``.
+    """
+    clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    with torch.no_grad():
+        metrics = {"value_error": masked_mean((values - returns) ** 2, mask).item()}
+    return LossOutput(loss, metrics)
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO's outcome advantage for ``G`` samples per prompt (``rewards`` shaped ``(prompts, G)``):
+
+    ``Â_i = (r_i - mean(r)) / std(r)`` within each prompt's group (no critic)
+
+    Shao et al. 2024, "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models",
+    arXiv:2402.03300, §4.1.2. ``std`` is the sample standard deviation (as TRL's GRPOTrainer), ``eps`` keeps a
+    group of equal rewards at 0 rather than 0/0.
+    """
+    if rewards.shape[-1] < 2:
+        raise ValueError("GRPO needs at least two samples per prompt (a group of G >= 2)")
+    mean = rewards.mean(-1, keepdim=True)
+    std = rewards.std(-1, keepdim=True)
+    return (rewards - mean) / (std + eps)
+
+
+def kl_k3(policy_logps: torch.Tensor, reference_logps: torch.Tensor) -> torch.Tensor:
+    """Per token: ``π_ref/π_θ - log(π_ref/π_θ) - 1``, an unbiased, never negative estimate of KL(π_θ ‖ π_ref).
+
+    Schulman 2020, "Approximating KL Divergence" (k3); Shao et al. 2024, Eq. 4.
+    """
+    log_ratio = reference_logps - policy_logps
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+def grpo_loss(
+    policy_logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    reference_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+    kl_coef: float,
+) -> LossOutput:
+    """Group Relative Policy Optimization, Shao et al. 2024, arXiv:2402.03300, Eq. 3, as a loss:
+
+    ``-(1/G) Σ_i (1/|o_i|) Σ_t [min(ρ_{i,t} Â_i, clip(ρ_{i,t}, 1-ε, 1+ε) Â_i) - β D_KL^{k3}(π_θ ‖ π_ref)_{i,t}]``
+
+    Per-token log-probabilities shaped ``(G·prompts, length)``; ``advantages`` (one per sequence,
+    :func:`group_advantages`) and ``old_logps`` are constants, ``reference_logps`` too.
+    """
+    mask = mask.to(policy_logps.dtype)
+    ratio = torch.exp(policy_logps - old_logps.detach())
+    surrogate = clipped_surrogate(ratio, advantages.detach().unsqueeze(-1), clip_range)
+    kl = kl_k3(policy_logps, reference_logps.detach())
+    per_token = surrogate - kl_coef * kl
+    per_sequence = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    loss = -per_sequence.mean()
+    with torch.no_grad():
+        clipped = ((ratio - 1.0).abs() > clip_range).float()
+        metrics = {
+            "kl_k3": masked_mean(kl, mask).item(),
+            "clip_fraction": masked_mean(clipped, mask).item(),
+            "advantage_abs": advantages.abs().mean().item(),
+        }
+    return LossOutput(loss, metrics)
+
+
 LossFn = Callable[..., LossOutput]
 
 #: Objectives by the name configs use; the configs validate names against these keys.
@@ -146,4 +317,6 @@ LOSSES: dict[str, LossFn] = {
     "sft": sft_loss,
     "dpo": dpo_loss,
     "rloo": rloo_loss,
+    "ppo": ppo_policy_loss,
+    "grpo": grpo_loss,
 }

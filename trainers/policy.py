@@ -1,15 +1,16 @@
-"""The policy: a causal LM with a LoRA adapter, and its three objectives (SFT, DPO, RLOO).
+"""The policy: a causal LM with a LoRA adapter, and its objectives (SFT, DPO, RLOO, PPO, GRPO).
 
-The reference model of DPO and RLOO is the same network with the adapter disabled (peft's
+The reference model of DPO, RLOO, PPO and GRPO is the same network with the adapter disabled (peft's
 ``disable_adapter``), so no second copy of the weights is held. Prompts are rendered with the tokenizer's
-chat template; losses count response tokens only.
+chat template; losses count response tokens only. PPO and GRPO take several optimizer steps per rollout
+(their epochs): they give the loop a generator of losses (``losses``), one per step, rather than one ``loss``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,23 @@ from trainers.losses import (
     IGNORE_INDEX,
     LossOutput,
     dpo_loss,
+    gae_advantages,
+    group_advantages,
+    grpo_loss,
     kl_penalised_rewards,
+    masked_mean,
+    ppo_policy_loss,
+    ppo_token_rewards,
+    ppo_value_loss,
     rloo_advantages,
     rloo_loss,
     sft_loss,
     token_logps,
+    whiten,
 )
 from trainers.models import Runtime, disable_dropout, load_policy_model, load_tokenizer, pick_runtime, with_lora
 from trainers.reward import prompt_messages
+from trainers.value_head import ValueHead
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +125,14 @@ class Policy:
     def logits(self, batch: dict[str, torch.Tensor], model: Any = None) -> torch.Tensor:
         with self.runtime.autocast:
             return (model or self.model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def logits_and_hidden(self, batch: dict[str, torch.Tensor], model: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits and the last layer's hidden states (after the final norm) of one forward pass."""
+        with self.runtime.autocast:
+            out = (model or self.model)(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+            )
+        return out.logits, out.hidden_states[-1]
 
     def token_logps(
         self, batch: dict[str, torch.Tensor], model: Any = None, reference: bool = False
@@ -260,17 +278,18 @@ class DPOObjective:
         }
 
 
-class RLOOObjective:
-    """REINFORCE leave-one-out: k samples per prompt, scored by the reward model, KL-shaped rewards."""
+class _SampledObjective:
+    """What the objectives that learn from the policy's own scored samples share: rollouts and evaluation."""
 
     def __init__(self, policy: Policy, scorer: Scorer) -> None:
         self.policy, self.scorer, self.train_model = policy, scorer, policy.model
         self.config = policy.config
 
     def _rollout(
-        self, rows: Sequence[dict[str, Any]], sample: bool
+        self, rows: Sequence[dict[str, Any]], sample: bool, k: int = 1
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, list[Any]]:
-        p, k = self.policy, (self.config.rloo_k if sample else 1)
+        """``k`` completions per prompt (prompt-major), their rewards, and their tokens collated for scoring."""
+        p = self.policy
         responses = p.generate(rows, sample=sample, num_samples=k, temperature=self.config.temperature)
         prompts = [r for r in rows for _ in range(k)]
         texts = [p.tokenizer.decode(r, skip_special_tokens=True) for r in responses]
@@ -280,20 +299,9 @@ class RLOOObjective:
         )
         return enc, rewards, prompts
 
-    def loss(self, batch: Sequence[dict[str, Any]]) -> LossOutput:
-        enc, rewards, _ = self._rollout(batch, sample=True)
-        policy_tokens, mask = self.policy.token_logps(enc, self.train_model)
-        reference_tokens, _ = self.policy.token_logps(enc, reference=True)
-        policy_logps = policy_tokens.sum(-1)
-        shaped = kl_penalised_rewards(rewards, policy_logps.detach(), reference_tokens.sum(-1), self.config.kl_coef)
-        advantages = rloo_advantages(shaped.view(len(batch), self.config.rloo_k)).view(-1)
-        out = rloo_loss(policy_logps, advantages)
-        with torch.no_grad():
-            kl = ((policy_tokens - reference_tokens) * mask).sum() / mask.sum().clamp(min=1)
-        return LossOutput(out.loss, {**out.metrics, "reward": rewards.mean().item(), "kl": kl.item()})
-
     @torch.no_grad()
     def evaluate(self, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+        """Greedy answers' mean reward (the score) and per-token KL to the reference."""
         rewards: list[float] = []
         kl_sum, tokens = 0.0, 0.0
         for chunk in _chunks(rows, self.config.eval_batch_size):
@@ -307,6 +315,92 @@ class RLOOObjective:
         return {"reward": reward, "kl": kl_sum / max(tokens, 1.0), "score": reward}
 
 
+class RLOOObjective(_SampledObjective):
+    """REINFORCE leave-one-out: k samples per prompt, scored by the reward model, KL-shaped rewards."""
+
+    def loss(self, batch: Sequence[dict[str, Any]]) -> LossOutput:
+        enc, rewards, _ = self._rollout(batch, sample=True, k=self.config.rloo_k)
+        policy_tokens, mask = self.policy.token_logps(enc, self.train_model)
+        reference_tokens, _ = self.policy.token_logps(enc, reference=True)
+        policy_logps = policy_tokens.sum(-1)
+        shaped = kl_penalised_rewards(rewards, policy_logps.detach(), reference_tokens.sum(-1), self.config.kl_coef)
+        advantages = rloo_advantages(shaped.view(len(batch), self.config.rloo_k)).view(-1)
+        out = rloo_loss(policy_logps, advantages)
+        with torch.no_grad():
+            kl = ((policy_tokens - reference_tokens) * mask).sum() / mask.sum().clamp(min=1)
+        return LossOutput(out.loss, {**out.metrics, "reward": rewards.mean().item(), "kl": kl.item()})
+
+
+class PPOObjective(_SampledObjective):
+    """PPO as in the RLHF recipe: one sample per prompt, per-token KL-penalised reward, GAE from a value head on
+    the policy, then ``ppo_epochs`` clipped updates of policy and value head on that rollout."""
+
+    def __init__(self, policy: Policy, scorer: Scorer) -> None:
+        super().__init__(policy, scorer)
+        self.value_head = ValueHead(policy.model.config.hidden_size).to(policy.runtime.device)
+        #: Trainable beside the adapter: the loop optimises and checkpoints these too.
+        self.modules: dict[str, torch.nn.Module] = {"value_head": self.value_head}
+
+    def _forward(self, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, hidden = self.policy.logits_and_hidden(enc, self.train_model)
+        logps, mask = token_logps(logits, enc["labels"])
+        # hidden[:, t] is the state from which token t + 1 is chosen, as logits[:, t] is: V(s_t) aligns with logps.
+        values = self.value_head(hidden[:, :-1]) * mask
+        return logps, values, mask
+
+    def losses(self, batch: Sequence[dict[str, Any]]) -> Iterator[LossOutput]:
+        c = self.config
+        enc, scores, _ = self._rollout(batch, sample=True)
+        reference, _ = self.policy.token_logps(enc, reference=True)
+        for epoch in range(c.ppo_epochs):
+            logps, values, mask = self._forward(enc)
+            if epoch == 0:
+                # The first pass is the sampling policy itself: its log-probabilities and values are the "old"
+                # ones every epoch's ratio and value clipping refer to (no separate no-grad pass).
+                old_logps, old_values = logps.detach(), values.detach()
+                rewards = ppo_token_rewards(scores, old_logps, reference, mask, c.kl_coef)
+                advantages, returns = gae_advantages(rewards, old_values, mask, c.gamma, c.lam)
+                advantages = whiten(advantages, mask)
+                kl = masked_mean(old_logps - reference, mask).item()
+            policy_out = ppo_policy_loss(logps, old_logps, advantages, mask, c.clip_range)
+            value_out = ppo_value_loss(values, old_values, returns, mask, c.value_clip_range)
+            metrics = {
+                **policy_out.metrics,
+                **value_out.metrics,
+                "policy_loss": policy_out.loss.item(),
+                "value_loss": value_out.loss.item(),
+                "reward": scores.mean().item(),
+                "kl": kl,
+            }
+            yield LossOutput(policy_out.loss + c.vf_coef * value_out.loss, metrics)
+
+
+class GRPOObjective(_SampledObjective):
+    """GRPO: a group of G samples per prompt, advantages relative to the group (no critic), the clipped ratio
+    objective with the k3 KL to the reference in the loss, ``grpo_iterations`` updates per rollout."""
+
+    def losses(self, batch: Sequence[dict[str, Any]]) -> Iterator[LossOutput]:
+        c, g = self.config, self.config.grpo_group_size
+        enc, scores, _ = self._rollout(batch, sample=True, k=g)
+        reference, _ = self.policy.token_logps(enc, reference=True)
+        advantages = group_advantages(scores.view(len(batch), g)).view(-1)
+        for iteration in range(c.grpo_iterations):
+            logps, mask = self.policy.token_logps(enc, self.train_model)
+            if iteration == 0:
+                old_logps = logps.detach()  # the sampling policy (see PPOObjective.losses)
+                kl = masked_mean(old_logps - reference, mask).item()
+            out = grpo_loss(logps, old_logps, reference, advantages, mask, c.clip_range, c.kl_coef)
+            yield LossOutput(out.loss, {**out.metrics, "reward": scores.mean().item(), "kl": kl})
+
+
+#: The objectives that sample from the policy and score the samples with the reward model.
+SAMPLED_OBJECTIVES: dict[str, type[_SampledObjective]] = {
+    "rloo": RLOOObjective,
+    "ppo": PPOObjective,
+    "grpo": GRPOObjective,
+}
+
+
 def build_objective(policy: Policy, scorer: Scorer | None = None) -> Any:
     objective = policy.config.objective
     if objective == "sft":
@@ -314,5 +408,7 @@ def build_objective(policy: Policy, scorer: Scorer | None = None) -> Any:
     if objective == "dpo":
         return DPOObjective(policy)
     if scorer is None:
-        raise ValueError("RLOO needs a reward model to score samples (train one with `alignd train reward`)")
-    return RLOOObjective(policy, scorer)
+        raise ValueError(
+            f"{objective.upper()} needs a reward model to score samples (train one with `alignd train reward`)"
+        )
+    return SAMPLED_OBJECTIVES[objective](policy, scorer)

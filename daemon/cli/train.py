@@ -26,7 +26,9 @@ def add_train_commands(commands: Any, add: AddCommand) -> None:
         p.set_defaults(kind=kind)
         if kind == "policy":
             p.add_argument(
-                "--objective", choices=["sft", "dpo", "rloo"], help="default: trainers.policy.objective (dpo)"
+                "--objective",
+                choices=["sft", "dpo", "rloo", "ppo", "grpo"],
+                help="default: trainers.policy.objective (dpo)",
             )
         p.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps")
         p.add_argument(

@@ -102,4 +102,4 @@ def test_kl_penalty_lowers_the_reward_of_drifting_samples() -> None:
 
 
 def test_losses_are_looked_up_by_name() -> None:
-    assert set(LOSSES) == {"bradley_terry", "sft", "dpo", "rloo"}
+    assert set(LOSSES) == {"bradley_terry", "sft", "dpo", "rloo", "ppo", "grpo"}
