@@ -229,14 +229,6 @@ class MonitorsSettings(BaseModel):
         "most extreme evidence example (docs/attribution.md)",
     )
     explain_steps: int = Field(32, ge=1, le=1024, description="integration steps of an alert's attribution")
-    agreement_alpha: float = Field(
-        1e-4, gt=0, lt=1, description="contributor_agreement: one-sided level of each contributor's binomial test"
-    )
-    agreement_margin: float = Field(
-        0.1, ge=0, lt=1, description="contributor_agreement: agreement an honest contributor may lack against others'"
-    )
-    agreement_min_pairs: int = Field(20, ge=1, description="contributor_agreement: scored pairs before a model test")
-    agreement_min_peer: int = Field(5, ge=1, description="contributor_agreement: peer comparisons before a peer test")
 
     @field_validator("detectors", "rules", mode="before")
     @classmethod
@@ -390,38 +382,6 @@ class VllmSettings(_MaskedRepr):
     check_interval_s: float = Field(
         30.0, gt=0, description="seconds between checks that the server still serves the champion (a restart)"
     )
-    keep_adapters: int = Field(
-        2, ge=1, description="versions kept in adapter_dir after a swap, the served one included; older ones deleted"
-    )
-
-
-class ServeSettings(_MaskedRepr):
-    """The ``serve`` role (``alignd run --role serve``): an OpenAI-compatible chat server answering with the
-    registry's champion policy, guarded, every exchange logged (docs/serve.md)."""
-
-    model_config = _FROZEN
-    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in a container)")
-    port: int = Field(8100, ge=0, le=65535)
-    served_name: str = Field("alignd-policy", description="the `model` clients send and /v1/models lists")
-    api_key: SecretStr | None = Field(None, description="bearer token clients must send; none: any is accepted")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the policy runs (auto: CUDA if present)")
-    base_model: str | None = Field(
-        None, description="served when no champion is registered (default: trainers.policy_model)"
-    )
-    adapter_dir: str = Field(".alignd/serve", description="where champion versions are downloaded")
-    max_tokens: int = Field(256, ge=1, description="tokens generated when a request gives no max_tokens")
-    max_tokens_limit: int = Field(2048, ge=1, description="largest max_tokens a request may ask (beyond: 400)")
-    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="request body; beyond: 413, connection closed")
-    header_timeout: float = Field(5.0, gt=0, description="seconds to send a complete request head (and a body)")
-    max_queue: int = Field(64, ge=1, description="requests waiting for the model; beyond: 503")
-    guard: bool = Field(True, description="prompts and answers through the guard (the guard: section's detectors)")
-    stream_holdback_chars: int = Field(
-        64, ge=0, description="characters a stream holds back so PII split across tokens is redacted before it goes"
-    )
-    log_buffer: int = Field(10000, ge=1, description="interactions/feedback waiting for Kafka; beyond: dropped, counted")
-    check_interval_s: float = Field(30.0, gt=0, description="seconds between checks of the registry's champion")
-    retry_initial_s: float = Field(1.0, gt=0, description="first wait after MLflow failed; doubles")
-    retry_max_s: float = Field(30.0, gt=0, description="longest wait between tries")
 
 
 class LogSettings(BaseModel):
@@ -443,7 +403,6 @@ class Settings(BaseModel):
     http: HttpSettings = HttpSettings()
     vllm: VllmSettings = VllmSettings()
     guard: GuardSettings = GuardSettings()
-    serve: ServeSettings = ServeSettings()
     log: LogSettings = LogSettings()
 
     def redacted(self) -> dict[str, Any]:
