@@ -382,6 +382,9 @@ class VllmSettings(_MaskedRepr):
     check_interval_s: float = Field(
         30.0, gt=0, description="seconds between checks that the server still serves the champion (a restart)"
     )
+    keep_adapters: int = Field(
+        2, ge=1, description="versions kept in adapter_dir after a swap, the served one included; older ones deleted"
+    )
 
 
 class LogSettings(BaseModel):

@@ -63,6 +63,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SOURCE = "alignd.vllm-sync"
+#: kafka-python's default: the broker drops a consumer that has not polled for this long from its group.
+MAX_POLL_INTERVAL_MS = 300_000
+#: How often the consumer polls (paused) while a swap waits to be retried: well inside MAX_POLL_INTERVAL_MS.
+KEEPALIVE_S = 1.0
 LOAD = "/v1/load_lora_adapter"
 UNLOAD = "/v1/unload_lora_adapter"
 MODELS = "/v1/models"
@@ -243,6 +247,19 @@ class VllmSync:
             shutil.rmtree(partial, ignore_errors=True)
         return final
 
+    def prune(self, served: str) -> list[Path]:
+        """Delete the downloaded versions past the newest ``keep_adapters`` (the served one always kept), so a
+        sidecar that follows months of promotions does not fill the shared volume. vLLM reads an adapter's files
+        when it loads them, so an older folder is not in use once another is loaded in place of it."""
+        folders = [f for f in self.adapter_dir.glob(f"{self.model}-v*") if f.is_dir() and f != self.folder(served)]
+        folders.sort(key=lambda f: f.stat().st_mtime, reverse=True)
+        removed = folders[max(self.settings.keep_adapters - 1, 0) :]
+        for folder in removed:
+            shutil.rmtree(folder, ignore_errors=True)
+        if removed:
+            logger.info("removed %d older adapter folder(s) from %s", len(removed), self.adapter_dir)
+        return removed
+
     # --- the swap -------------------------------------------------------------------------------------------
 
     def record_pending(self) -> None:
@@ -306,6 +323,7 @@ class VllmSync:
         loaded_at = self.clock()
         lag = (loaded_at - trigger.occurred_at).total_seconds() if trigger.occurred_at is not None else None
         self.applied = version
+        self.prune(version)
         logger.info(
             "%s: %s v%s served as %s by vLLM at %s (%s, %.3f s%s)",
             about,
@@ -381,26 +399,50 @@ class VllmSyncPart:
         self.consumer: KafkaConsumer | None = None
 
     def _until_done(self, step: Callable[[], object], stop: threading.Event, about: str) -> bool:
-        """Run ``step`` until it succeeds or is settled; False when the daemon stopped first."""
+        """Run ``step`` until it succeeds or is settled; False when the daemon stopped first.
+
+        While it waits to try again the consumer keeps polling, its partitions paused: a vLLM server down for
+        longer than the consumer's ``max_poll_interval_ms`` would otherwise have the broker drop the sidecar
+        from its group, and the commit after the swap would fail and restart the role.
+        """
         delay = self.settings.retry_initial_s
-        while not stop.is_set():
-            try:
-                step()
-                return True
-            except RETRIED as exc:
-                logger.warning("%s: %s; trying again in %.1f s", about, exc, delay)
-            except SETTLED as exc:
-                logger.error("%s: %s; skipped, the next champion move is applied", about, exc)
-                return True
-            stop.wait(delay)
-            delay = min(delay * 2, self.settings.retry_max_s)
-        return False
+        paused = False
+        try:
+            while not stop.is_set():
+                try:
+                    step()
+                    return True
+                except RETRIED as exc:
+                    logger.warning("%s: %s; trying again in %.1f s", about, exc, delay)
+                except SETTLED as exc:
+                    logger.error("%s: %s; skipped, the next champion move is applied", about, exc)
+                    return True
+                if self.consumer is not None and not paused:
+                    self.consumer.pause(*self.consumer.assignment())
+                    paused = True
+                deadline = time.monotonic() + delay
+                while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                    if self.consumer is not None:
+                        got = self.consumer.poll(timeout_ms=int(min(left, KEEPALIVE_S) * 1000))
+                        for tp, records in got.items():  # a partition assigned meanwhile: not read yet, after all
+                            self.consumer.seek(tp, records[0].offset)
+                            self.consumer.pause(tp)
+                    else:
+                        stop.wait(min(left, KEEPALIVE_S))
+                delay = min(delay * 2, self.settings.retry_max_s)
+            return False
+        finally:
+            if paused and self.consumer is not None:
+                self.consumer.resume(*self.consumer.paused())
 
     def run(self, stop: threading.Event) -> None:
+        from kafka.errors import CommitFailedError
         from kafka.structs import OffsetAndMetadata, TopicPartition
 
         topic = self.app.settings.topics.models
-        self.consumer = consumer = self.app.kafka.consumer(group_id=self.settings.group_id, max_poll_records=50)
+        self.consumer = consumer = self.app.kafka.consumer(
+            group_id=self.settings.group_id, max_poll_records=50, max_poll_interval_ms=MAX_POLL_INTERVAL_MS
+        )
         consumer.subscribe([topic])
         next_check = 0.0
         try:
@@ -423,9 +465,16 @@ class VllmSyncPart:
                                 about = f"event {trigger.event_id} ({self.sync.model} v{trigger.version})"
                                 if not self._until_done(lambda t=trigger: self._converge(t), stop, about):
                                     return  # stopping: the offset stays, the event is applied after a restart
-                        consumer.commit(
-                            {TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(record.offset + 1, "", -1)}
-                        )
+                        try:
+                            consumer.commit(
+                                {TopicPartition(tp.topic, tp.partition): OffsetAndMetadata(record.offset + 1, "", -1)}
+                            )
+                        except CommitFailedError as exc:
+                            # The group moved the partition elsewhere meanwhile: its new owner applies the event
+                            # again, which is harmless (the registry is the truth, a swap to what is served is none).
+                            logger.warning(
+                                "%s: offset not committed (%s); the partition's new owner has it", about, exc
+                            )
         finally:
             consumer.close()
             self.consumer = None

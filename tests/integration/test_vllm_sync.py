@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -237,6 +238,49 @@ def test_a_late_sidecar_reconciles_and_an_outage_loses_no_event(
     assert [(e["version"], e["trigger_event_id"]) for e in events] == [(v1, None), (v2, promoted_2), (v2, None)]
     assert events[0]["lag_s"] is None and events[1]["lag_s"] > 0
     assert rig.caught_up()  # every message committed, the one that waited for vLLM included
+
+
+def test_an_outage_past_the_poll_interval_keeps_the_role_in_its_group_and_old_adapters_are_pruned(
+    tmp_path: Path,
+    tracking_uri: str,
+    kafka_bootstrap: str,
+    fake: FakeVllm,
+    rigs: list[Rig],
+    caplog: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from daemon import vllm_sync
+
+    # The broker drops a consumer that does not poll for this long; vLLM stays down for three times as long.
+    monkeypatch.setattr(vllm_sync, "MAX_POLL_INTERVAL_MS", 3000)
+    caplog.set_level(logging.WARNING, logger="kafka")
+    caplog.set_level(logging.INFO, logger="daemon.vllm_sync")  # last: the capture handler takes this level
+    fake.api_key = None
+    rig = make_rig(tmp_path, tracking_uri, kafka_bootstrap, fake, keep_adapters=2, check_interval_s=60.0)
+    rigs.append(rig)
+    v1, v2, v3 = rig.register(), rig.register(), rig.register()
+    supervisor = build(rig.app, ["vllm-sync"])
+    supervisor.start()
+    try:
+        rig.promote(v1)
+        wait_until(lambda: serves(fake, rig.path(v1)), 30, message="v1 served")
+        rig.promote(v2)
+        wait_until(lambda: serves(fake, rig.path(v2)), 30, message="v2 served")
+        fake.stop()
+        rig.promote(v3)
+        wait_until(lambda: "did not answer" in caplog.text, 20, message="a retried failure")
+        time.sleep(9)  # three poll intervals without vLLM
+        fake.start()
+        wait_until(lambda: serves(fake, rig.path(v3)), 30, message="v3 once vLLM is back")
+        wait_until(rig.caught_up, 30, message="every event committed")
+        assert supervisor.status()["vllm-sync"]["restarts"] == 0, supervisor.status()
+        # It kept polling (paused) while it waited: the broker never saw it stall and never moved its partitions.
+        assert "Consumer poll timeout has expired" not in caplog.text
+    finally:
+        assert supervisor.stop(30)
+    kept = sorted(p.name for p in (tmp_path / "adapters").iterdir() if not p.name.startswith("."))
+    assert kept == [f"alignd-policy-v{v2}", f"alignd-policy-v{v3}"]
+    assert "removed 1 older adapter folder(s)" in caplog.text
 
 
 def test_an_unservable_version_is_skipped_and_an_old_server_is_swapped_by_unload_and_load(
