@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 _Part = TypeVar("_Part")
 
 #: Detectors that score responses with the champion reward model (loaded from the registry).
-NEEDS_REWARD_MODEL = ("reward_drift", "over_optimisation")
+NEEDS_REWARD_MODEL = ("reward_drift", "over_optimisation", "contributor_agreement")
 #: Every detector ``monitors.detectors`` may name (ALIGND_MONITORS_DETECTORS).
 DETECTOR_NAMES = (*LIGHT_DETECTORS, *NEEDS_REWARD_MODEL)
 
@@ -286,8 +286,8 @@ class App:
         champion = self.registry.get_by_alias("reward", "champion")
         if champion is None:
             raise ConfigurationError(
-                "reward_drift and over_optimisation score responses with the champion reward model and none is "
-                "promoted: run `alignd train reward`, then `alignd models promote reward challenger --reason ...`, "
+                "reward_drift, over_optimisation and contributor_agreement score with the champion reward model and "
+                "none is promoted: run `alignd train reward`, then `alignd models promote reward challenger --reason ...`, "
                 "or leave them out of ALIGND_MONITORS_DETECTORS"
             )
         folder = Path(self.settings.trainers.work_dir) / "monitors" / f"reward-{champion.version}"

@@ -83,6 +83,7 @@ def build_detectors(
         "jailbreak_success": lambda: _jailbreak("success", jailbreak_scorer),
         "reward_drift": lambda: _reward_detector("reward_drift", reward_scorer, explainer),
         "over_optimisation": lambda: _reward_detector("over_optimisation", reward_scorer, explainer),
+        "contributor_agreement": lambda: _agreement(settings, reward_scorer),
     }
     return [factories[name]() for name in names]
 
@@ -95,6 +96,23 @@ def _reward_detector(name: str, scorer: RewardModel | None, explainer: RewardExp
     if name == "reward_drift":
         return RewardDriftDetector(scorer, explainer=explainer)
     return OverOptimisationDetector(scorer, explainer=explainer)
+
+
+def _agreement(settings: MonitorsSettings, scorer: RewardModel | None) -> Detector:
+    from monitors.detectors.agreement import AgreementConfig, ContributorAgreementDetector
+
+    if scorer is None:
+        raise ValueError(
+            "contributor_agreement scores preferences with the champion reward model, and none was handed in"
+        )
+    config = AgreementConfig(
+        alpha=settings.agreement_alpha,
+        margin=settings.agreement_margin,
+        min_pairs=settings.agreement_min_pairs,
+        min_peer=settings.agreement_min_peer,
+        min_population=settings.agreement_min_population,
+    )
+    return ContributorAgreementDetector(scorer, config)
 
 
 def _champion_regression(settings: MonitorsSettings) -> Detector:

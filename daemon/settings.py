@@ -229,6 +229,17 @@ class MonitorsSettings(BaseModel):
         "most extreme evidence example (docs/attribution.md)",
     )
     explain_steps: int = Field(32, ge=1, le=1024, description="integration steps of an alert's attribution")
+    agreement_alpha: float = Field(
+        1e-4, gt=0, lt=1, description="contributor_agreement: one-sided level of each contributor's binomial test"
+    )
+    agreement_margin: float = Field(
+        0.1, ge=0, lt=1, description="contributor_agreement: agreement an honest contributor may lack against others'"
+    )
+    agreement_min_pairs: int = Field(20, ge=1, description="contributor_agreement: scored pairs before a model test")
+    agreement_min_peer: int = Field(5, ge=1, description="contributor_agreement: peer comparisons before a peer test")
+    agreement_min_population: int = Field(
+        100, ge=1, description="contributor_agreement: everyone else's observations before either test"
+    )
 
     @field_validator("detectors", "rules", mode="before")
     @classmethod

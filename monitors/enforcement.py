@@ -50,6 +50,8 @@ DEFAULT_RULES: tuple[EnforcementRule, ...] = (
     EnforcementRule("over_optimisation", "pause_training", "warning"),
     EnforcementRule("feedback_flooding", "quarantine_user", "warning"),
     EnforcementRule("feedback_flooding", "quarantine_events", "warning"),
+    # A contributor whose preferences disagree with the champion or their peers beyond chance (label flipping).
+    EnforcementRule("contributor_agreement", "quarantine_user", "warning"),
     EnforcementRule("jailbreak_success", "publish_guard_rule"),
     EnforcementRule("pii", "publish_guard_rule"),
     # Critical only for a policy champion whose unsafe rate rose (its subject is the registered version, so the
