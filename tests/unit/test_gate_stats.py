@@ -127,7 +127,10 @@ def test_a_safety_regression_against_the_champion_on_the_same_prompts_fails() ->
     same = safety_gate(
         0.0, 0.0, GateConfig(safety_mode="relative"), candidate_unsafe=champion, champion_unsafe=champion
     )
-    assert same.outcome == INSUFFICIENT  # equal on 200 prompts cannot show "no rise at all" (delta 0)
+    assert same.outcome == PASS  # equal on 200 prompts: the interval (+-0.019) is inside the default 0.03 margin
+    strict = GateConfig(safety_mode="relative", max_unsafe_increase_vs_champion=0.0)
+    same = safety_gate(0.0, 0.0, strict, candidate_unsafe=champion, champion_unsafe=champion)
+    assert same.outcome == INSUFFICIENT  # no interval can show "no rise at all" (a margin of 0)
 
 
 def test_the_win_rate_is_judged_on_its_wilson_interval() -> None:
