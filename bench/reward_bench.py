@@ -9,7 +9,13 @@
 
 Data: ``--data`` (default ``../shared/data/hh-rlhf/harmless-base-test.jsonl.gz``, read in place), 2,312 pairs
 split 50/50 by line order: the first half trains, the second half is held out. ``--train-pairs`` /
-``--held-pairs`` take the first N of each half. Both trainers read the same texts: each whole dialogue
+``--held-pairs`` take the first N of each half.
+
+Choosing settings: ``--split validation`` carves a validation split out of the training half (its last
+``--validation-fraction``, 20% by default: 231 pairs), trains on the rest and scores the validation split; the
+held-out half is not read. Compare settings that way, then run each setting you adopt once with ``--split
+heldout`` (the default) for the figure to report, so that no held-out figure steers a choice
+(docs/benchmarks.md says which earlier figures were chosen while looking at the held-out half). Both trainers read the same texts: each whole dialogue
 (``chosen`` / ``rejected``), stripped.
 
 Model: all-MiniLM-L6-v2 (the packaged copy, ``trainers.models.resolve_reward_backbone``) with a one-output head
@@ -111,6 +117,14 @@ def split_half(rows: list[Any]) -> tuple[list[Any], list[Any]]:
     """The fixed split: first half trains, second half is held out (line order, no shuffling)."""
     half = len(rows) // 2
     return rows[:half], rows[half:]
+
+
+def carve_validation(train: list[Any], fraction: float) -> tuple[list[Any], list[Any]]:
+    """(train, validation): the training half's last ``fraction`` (line order) validates settings."""
+    if not 0 < fraction < 1:
+        raise SystemExit(f"--validation-fraction must be within (0, 1), got {fraction}")
+    cut = len(train) - max(1, round(fraction * len(train)))
+    return train[:cut], train[cut:]
 
 
 def make_runtime(device: str, bf16: bool) -> Any:
@@ -437,6 +451,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-pairs", type=int, default=0, help="first N pairs of the train half (0: all)")
     parser.add_argument("--held-pairs", type=int, default=0, help="first N pairs of the held-out half (0: all)")
     parser.add_argument(
+        "--split",
+        choices=("heldout", "validation"),
+        default="heldout",
+        help="score the held-out half (report once per adopted setting) or a validation split carved from the "
+        "training half (choose settings with it)",
+    )
+    parser.add_argument("--validation-fraction", type=float, default=0.2, help="share of the training half")
+    parser.add_argument(
         "--max-length", type=int, default=DEFAULTS.max_length, help="tokens per sequence (left truncation)"
     )
     parser.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
@@ -463,8 +485,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the first repeat (+1 each repeat)")
     parser.add_argument("--sides", default="alignd,trl", help="comma-separated subset of alignd,trl")
     add_runtime_args(parser)
-    parser.add_argument("--output", type=Path, default=RESULTS_DIR / "reward.json")
-    return parser.parse_args(argv)
+    parser.add_argument("--output", type=Path, default=None, help="default: reward.json, reward-validation.json")
+    args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = RESULTS_DIR / ("reward.json" if args.split == "heldout" else "reward-validation.json")
+    return args
 
 
 def add_runtime_args(parser: argparse.ArgumentParser) -> None:
@@ -507,10 +532,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runtime = make_runtime(args.device, args.bf16)
     pairs = load_hh(args.data)
     train_pairs, held_pairs = split_half(pairs)
+    if args.split == "validation":
+        # The held-out half is not read: settings are compared on pairs carved from the training half.
+        train_pairs, held_pairs = carve_validation(train_pairs, args.validation_fraction)
     train = reward_rows(train_pairs[: args.train_pairs or None], "train")
-    held = reward_rows(held_pairs[: args.held_pairs or None], "held")
+    held = reward_rows(held_pairs[: args.held_pairs or None], "held" if args.split == "heldout" else "validation")
+    scored = "held out" if args.split == "heldout" else "validation (from the training half)"
     print(
-        f"HH-RLHF harmless-base: {len(pairs)} pairs; training on {len(train)}, held out {len(held)}; "
+        f"HH-RLHF harmless-base: {len(pairs)} pairs; training on {len(train)}, {scored} {len(held)}; "
         f"{BACKBONE}, max_length {args.max_length}, batch {args.batch_size}, {args.epochs} epoch(s), "
         f"lr {args.learning_rate:g} ({DEFAULTS.lr_schedule}, warm-up {DEFAULTS.warmup_ratio:g}), "
         f"{args.pooling} pooling, {args.device}{' bf16' if args.bf16 else ''}, {torch.get_num_threads()} threads"
@@ -558,7 +587,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(args.device),
-        "data": {"path": str(args.data), "pairs": len(pairs), "train_pairs": len(train), "held_pairs": len(held)},
+        "data": {
+            "path": str(args.data),
+            "pairs": len(pairs),
+            "split": args.split,
+            "train_pairs": len(train),
+            "held_pairs": len(held),
+        },
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "targets": TARGETS,
         "runs": runs,
@@ -567,7 +602,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print()
     print(f"{'trainer':<8} {'pairs/s':>8} {'(min-max)':>15} {'pairs/CPU-s':>11} {'train s':>8} {'cores':>6} "
-          f"{'held-out acc':>13} {'(min-max)':>13} {'margin':>7} {'eval s':>7}")  # fmt: skip
+          f"{'held-out acc' if args.split == 'heldout' else 'validation':>13} {'(min-max)':>13} {'margin':>7} {'eval s':>7}")  # fmt: skip
     for name, s in summary.items():
         lo, hi = s["pairs_per_s_range"]
         alo, ahi = s["accuracy_range"]
