@@ -8,7 +8,9 @@ Roles (``--role``, repeatable; :data:`DEFAULT_ROLES` when none is given), so rep
 * ``monitor`` — the detectors, the enforcement executor, MLflow alias watching, and the alerts and models outboxes;
 * ``http`` — health, readiness, metrics and the audit review page;
 * ``guard`` — ``POST /v1/guard`` with the guard rules in force (docs/guard.md); only when named;
-* ``vllm-sync`` — keeps a vLLM server's LoRA adapter on the registry's champion (docs/vllm.md); only when named.
+* ``vllm-sync`` — keeps a vLLM server's LoRA adapter on the registry's champion (docs/vllm.md); only when named;
+* ``serve`` — the champion policy behind an OpenAI-compatible API, guarded, logged, swapped live (docs/serve.md);
+  only when named.
 
 Parts stop in that order on SIGTERM/SIGINT (the scheduler first: no new jobs, the running one is cancelled
 and resumes later from its checkpoint; then ingestion, with a final commit), and the engines are disposed.
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("schedule", "ingest", "project", "monitor", "http", "guard", "vllm-sync")
+ROLES = ("schedule", "ingest", "project", "monitor", "http", "guard", "vllm-sync", "serve")
 #: The roles run when none is named: the guard serves the request path and is deployed apart (docs/guard.md).
 DEFAULT_ROLES = ("schedule", "ingest", "project", "monitor", "http")
 
@@ -191,6 +193,10 @@ def build(app: App, roles: Sequence[str], *, shutdown_timeout_s: float = 120.0) 
         from daemon.vllm_sync import VllmSyncPart
 
         supervisor.add(VllmSyncPart(app))
+    if "serve" in roles:
+        from daemon.serve_swap import ServePart
+
+        supervisor.add(ServePart(app))
     return supervisor
 
 

@@ -398,6 +398,35 @@ class VllmSettings(_MaskedRepr):
     )
 
 
+class ServeSettings(_MaskedRepr):
+    """The ``serve`` role (``alignd run --role serve``): an OpenAI-compatible chat server answering with the
+    registry's champion policy, guarded, every exchange logged (docs/serve.md)."""
+
+    model_config = _FROZEN
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in a container)")
+    port: int = Field(8100, ge=0, le=65535)
+    served_name: str = Field("alignd-policy", description="the `model` clients send and /v1/models lists")
+    api_key: SecretStr | None = Field(None, description="bearer token clients must send; none: any is accepted")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the policy runs (auto: CUDA if present)")
+    base_model: str | None = Field(
+        None, description="served when no champion is registered (default: trainers.policy_model)"
+    )
+    adapter_dir: str = Field(".alignd/serve", description="where champion versions are downloaded")
+    max_tokens: int = Field(256, ge=1, description="tokens generated when a request gives no max_tokens")
+    max_tokens_limit: int = Field(2048, ge=1, description="largest max_tokens a request may ask (beyond: 400)")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="request body; beyond: 413, connection closed")
+    header_timeout: float = Field(5.0, gt=0, description="seconds to send a complete request head (and a body)")
+    max_queue: int = Field(64, ge=1, description="requests waiting for the model; beyond: 503")
+    guard: bool = Field(True, description="prompts and answers through the guard (the guard: section's detectors)")
+    stream_holdback_chars: int = Field(
+        64, ge=0, description="characters a stream holds back so PII split across tokens is redacted before it goes"
+    )
+    log_buffer: int = Field(10000, ge=1, description="interactions/feedback waiting for Kafka; beyond: dropped, counted")
+    check_interval_s: float = Field(30.0, gt=0, description="seconds between checks of the registry's champion")
+    retry_initial_s: float = Field(1.0, gt=0, description="first wait after MLflow failed; doubles")
+    retry_max_s: float = Field(30.0, gt=0, description="longest wait between tries")
+
+
 class LogSettings(BaseModel):
     model_config = _FROZEN
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -417,6 +446,7 @@ class Settings(BaseModel):
     http: HttpSettings = HttpSettings()
     vllm: VllmSettings = VllmSettings()
     guard: GuardSettings = GuardSettings()
+    serve: ServeSettings = ServeSettings()
     log: LogSettings = LogSettings()
 
     def redacted(self) -> dict[str, Any]:

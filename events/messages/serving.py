@@ -1,4 +1,5 @@
-"""What production serves: ``serving.adapter_loaded``, appended by the ``vllm-sync`` role (docs/vllm.md)."""
+"""What production serves: ``serving.adapter_loaded``, appended by the ``vllm-sync`` role (docs/vllm.md) and the
+``serve`` role (docs/serve.md)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ class AdapterLoaded(EventRecord):
         url: the vLLM server, its credentials masked.
         lora_path: the adapter folder as the server read it.
         method: ``load_inplace`` (one call, the name never unserved) or ``unload_then_load`` (a server that
-            predates ``load_inplace``: the name is unserved between the two calls).
+            predates ``load_inplace``: the name is unserved between the two calls); ``embedded``: the serve role
+            switched its own model between two answers.
         trigger_event_id: the ``model.promoted`` / ``model.rolled_back`` that asked for it; None when the sidecar
             found the server behind the registry on its own (a start, a restarted server).
         lag_s: seconds from the trigger's ``occurred_at`` to the successful load; None without a trigger.
@@ -74,7 +76,7 @@ class AdapterLoaded(EventRecord):
         why = f"after {trigger}" + (f" ({lag:.1f} s later)" if isinstance(lag, int | float) else "")
         if not trigger:
             why = "the server was behind the registry's champion"
-        reason = (
-            f"served as {payload.get('served_name')} by vLLM at {payload.get('url')} ({payload.get('method')}); {why}"
-        )
+        # method "embedded": alignd's own serve role switched its model (docs/serve.md), not a vLLM server.
+        server = "alignd serve" if payload.get("method") == "embedded" else "vLLM"
+        reason = f"served as {payload.get('served_name')} by {server} at {payload.get('url')} ({payload.get('method')}); {why}"
         return Description(subject, model, reason)
