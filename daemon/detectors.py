@@ -111,6 +111,7 @@ def _agreement(settings: MonitorsSettings, scorer: RewardModel | None) -> Detect
         min_pairs=settings.agreement_min_pairs,
         min_peer=settings.agreement_min_peer,
         min_population=settings.agreement_min_population,
+        peer_floor=settings.agreement_peer_floor,
     )
     return ContributorAgreementDetector(scorer, config)
 

@@ -240,6 +240,9 @@ class MonitorsSettings(BaseModel):
     agreement_min_population: int = Field(
         100, ge=1, description="contributor_agreement: everyone else's observations before either test"
     )
+    agreement_peer_floor: float = Field(
+        0.6, ge=0, lt=1, description="contributor_agreement: peer agreement honest users are held to at least"
+    )
 
     @field_validator("detectors", "rules", mode="before")
     @classmethod

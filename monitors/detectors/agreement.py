@@ -13,7 +13,8 @@ feedback this detector records, per contributor (the payload's ``user``):
 
 Each time a contributor's count grows, it is tested: a one-sided exact binomial test of ``k`` agreements in
 ``n`` against the rate of everyone else (pooled, flagged contributors left out) less ``margin``:
-``P(X <= k | X ~ Bin(n, p_others - margin)) < alpha``. The margin is the shortfall an honest contributor may
+``P(X <= k | X ~ Bin(n, p_others - margin)) < alpha`` (for peers, ``p_others`` is at least ``peer_floor``: a
+large campaign drags everyone else's peer rate down with it). The margin is the shortfall an honest contributor may
 show (tastes differ; the champion is imperfect) without being suspected; alpha is per test, and a contributor
 is tested after each of their pairs, so it is small (the false alarms it gives on honest traffic are measured
 in docs/poisoning.md). A test needs ``min_pairs`` (model) or ``min_peer`` (peer) observations of the
@@ -62,6 +63,11 @@ class AgreementConfig:
     min_pairs: int = 20  # a contributor's scored pairs before the model test
     min_peer: int = 5  # a contributor's peer comparisons before the peer test
     min_population: int = 100  # everyone else's observations before either test
+    #: Peer agreement an honest contributor is held to even when everyone else's rate is lower: a campaign that
+    #: relabels many comparisons drags the pooled peer rate down (its accounts are the "others" of one another,
+    #: and honest users who came after it disagree with it) until no one could fall below it. Honest annotators
+    #: of HH-RLHF-like comparisons agree with one another well above 60%.
+    peer_floor: float = 0.6
     max_users: int = 50_000
     max_keys: int = 50_000
     evidence: int = 50
@@ -71,6 +77,8 @@ class AgreementConfig:
             raise ValueError(f"alpha must be within (0, 1), got {self.alpha!r}")
         if not 0 <= self.margin < 1:
             raise ValueError(f"margin must be within [0, 1), got {self.margin!r}")
+        if not 0 <= self.peer_floor < 1:
+            raise ValueError(f"peer_floor must be within [0, 1), got {self.peer_floor!r}")
         if min(self.min_pairs, self.min_peer, self.min_population, self.max_users, self.max_keys, self.evidence) < 1:
             raise ValueError("min_pairs, min_peer, min_population, max_users, max_keys and evidence must be >= 1")
 
@@ -228,7 +236,7 @@ class ContributorAgreementDetector:
         if n < (c.min_pairs if signal == MODEL else c.min_peer) or others_n < c.min_population:
             return None
         rate = others_k / others_n
-        null = max(rate - c.margin, 1e-9)
+        null = max((rate if signal == MODEL else max(rate, c.peer_floor)) - c.margin, 1e-9)
         return {
             "pairs": n,
             "agreed": k,

@@ -188,3 +188,37 @@ def test_config_is_checked() -> None:
         AgreementConfig(alpha=0)
     with pytest.raises(ValueError, match="margin"):
         AgreementConfig(margin=1.0)
+
+
+def _campaign(detector: ContributorAgreementDetector, seed: int) -> set[str]:
+    """300 comparisons labelled once by honest users, then six accounts relabelling 50 of them each, flipped,
+    interleaved with 150 honest labels (half of them of those comparisons): who gets flagged."""
+    rng = random.Random(seed)
+    flagged: set[str] = set()
+    seq = 0
+
+    def feed(user: str, pair: int, flip: bool) -> None:
+        nonlocal seq
+        seq += 10
+        flagged.update(f.statistics["user"] for o in _pair(seq, user, pair, flip) for f in detector.observe(o))
+
+    for pair in range(300):
+        feed(f"u{rng.randrange(50)}", pair, False)
+    for step in range(600):  # 450 relabels, 150 honest labels
+        if step % 4 == 0:  # honest users label new comparisons and, half the time, ones others labelled
+            feed(f"u{rng.randrange(50)}", rng.randrange(300) if rng.random() < 0.5 else 1000 + step, False)
+        else:
+            feed(f"mallory-{rng.randrange(6)}", rng.randrange(300), True)
+    return flagged
+
+
+def test_a_large_relabelling_campaign_does_not_lower_the_peer_bar_for_itself() -> None:
+    # Six accounts relabelling 300 comparisons are most of the peer votes, and the pooled peer rate falls with
+    # them (to ~0.4). The floor (0.6) keeps the bar where honest annotators are: five of the six are flagged in
+    # each of these seeds (the sixth's relabels are mostly ties or after other accounts'), never an honest user;
+    # without the floor, none is.
+    mallories = {f"mallory-{i}" for i in range(6)}
+    for seed in range(3):
+        flagged = _campaign(ContributorAgreementDetector(None), seed)
+        assert flagged <= mallories and len(flagged) >= 5
+        assert _campaign(ContributorAgreementDetector(None, AgreementConfig(peer_floor=0.0)), seed) == set()
