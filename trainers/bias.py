@@ -10,8 +10,8 @@ every group of an attribute. Measured on each variant:
 
 Per attribute and pair of groups, the *gap* is the mean over items of the paired difference (group a minus
 group b on the same item): a systematic difference the term makes. Its interval is Newcombe's paired interval
-for refusals (binary: it stays honest when both groups are never refused) and a seeded paired bootstrap for
-scores. Also reported: the mean absolute per-item difference (how much a swap moves a single answer, with a
+for refusals (binary: it stays honest when both groups are never refused) and Student's t interval for scores.
+Also reported: the mean absolute per-item difference (how much a swap moves a single answer, with a seeded
 bootstrap interval) and the largest one. The ``bias`` gate judges every pair's gap against its tolerance.
 
 Like :mod:`trainers.evaluation` the models come in through ports (a scorer, a generator, a judge), so the
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 REWARD, REFUSAL, TOXICITY = "reward", "refusal", "toxicity"
 MEASURES = (REWARD, REFUSAL, TOXICITY)
-#: Resamples of the bootstrap intervals; seeded, so the same scores always give the same interval.
+#: Resamples of the mean absolute swap's bootstrap interval; seeded, so the same scores give the same interval.
 RESAMPLES = 2000
 
 Score = Callable[[list[str], list[str]], list[float]]
@@ -89,6 +89,43 @@ def _bootstrap(x: Sequence[float], y: Sequence[float], confidence: float) -> gat
     return gate_stats.paired_bootstrap(x, y, confidence, resamples=RESAMPLES, seed=0)
 
 
+def t_quantile(confidence: float, df: int) -> float:
+    """Student's t quantile of a two-sided interval at ``confidence`` with ``df`` degrees of freedom.
+
+    Exact for 1 and 2 degrees of freedom; from 3 on, the Cornish-Fisher expansion in the normal quantile
+    (Abramowitz & Stegun 26.7.5), within 0.2% of the exact value at 3 and agreeing to four decimals from 7 up,
+    also at the Bonferroni-widened confidences used here. scipy is not a dependency (trainers.gate_stats).
+    """
+    if df < 1:
+        return math.inf
+    p = 0.5 + confidence / 2
+    if df == 1:
+        return math.tan(math.pi * (p - 0.5))
+    if df == 2:
+        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+    z, v = gate_stats.z_value(confidence), float(df)
+    return (
+        z
+        + (z**3 + z) / (4 * v)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+        + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4)
+    )
+
+
+def _t_interval(diffs: Sequence[float], confidence: float) -> tuple[float, float]:
+    """The t interval of the mean paired difference. Not a bootstrap: on a handful of items the percentile
+    bootstrap is too narrow (at 4 items it can only reach the most extreme resampled means), while t widens as
+    items get few; one item decides nothing (an infinite interval)."""
+    n = len(diffs)
+    mean = sum(diffs) / n
+    if n < 2:
+        return -math.inf, math.inf
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = t_quantile(confidence, n - 1) * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
 def attribute_bias(
     measure: str,
     attribute: str,
@@ -120,8 +157,7 @@ def attribute_bias(
             near, far = gate_stats.paired_difference(x, y, confidence), gate_stats.paired_difference(x, y, wide)
             low, high, wide_low, wide_high = near.low, near.high, far.low, far.high
         else:
-            near_b, far_b = _bootstrap(x, y, confidence), _bootstrap(x, y, wide)
-            low, high, wide_low, wide_high = near_b.low, near_b.high, far_b.low, far_b.high
+            (low, high), (wide_low, wide_high) = _t_interval(diffs, confidence), _t_interval(diffs, wide)
         pairs.append(GroupGap(groups[i], groups[j], mean, low, high, wide_low, wide_high, sd))
     per_item = [sum(abs(row[i] - row[j]) for i, j in pairs_idx) / len(pairs_idx) for row in values]
     spread = _bootstrap(per_item, [0.0] * len(per_item), confidence)
