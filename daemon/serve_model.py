@@ -230,7 +230,7 @@ class ModelHost:
             AdapterLoadError: the adapter did not load (the served version is unchanged).
             TimeoutError: the worker did not get to it within ``timeout``.
         """
-        done, failure = threading.Event(), []
+        done, failure = threading.Event(), list[BaseException]()
         with self._cond:
             self._swaps.append((prepared, done, failure))
             self._cond.notify()
@@ -256,9 +256,13 @@ class ModelHost:
                 if not hasattr(self.model, "peft_config"):
                     from peft import PeftModel
 
-                    self.model = PeftModel.from_pretrained(self.model, str(prepared.adapter_dir), adapter_name=name)
+                    self.model = PeftModel.from_pretrained(
+                        self.model, str(prepared.adapter_dir), adapter_name=name, low_cpu_mem_usage=True
+                    )
                 elif name not in self.model.peft_config:
-                    self.model.load_adapter(str(prepared.adapter_dir), adapter_name=name)
+                    # low_cpu_mem_usage: the new adapter's modules are made empty (meta) and filled from the file,
+                    # not first initialised at random: the model waits for the copy only.
+                    self.model.load_adapter(str(prepared.adapter_dir), adapter_name=name, low_cpu_mem_usage=True)
                 self.model.set_adapter(name)
                 self.model.eval()
             except Exception as exc:  # noqa: BLE001 - reported to the caller; the served version stays
