@@ -22,6 +22,7 @@ from .test_training_jobs import events_of, seed_preferences, store  # noqa: F401
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+@pytest.mark.timeout(1800)  # SmolLM2 loads and answers in about a minute alone; far longer on a shared machine
 def test_the_packaged_models_run_the_bias_suite() -> None:
     from trainers.policy import Policy
     from trainers.reward import RewardModel
