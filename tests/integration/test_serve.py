@@ -274,6 +274,7 @@ def test_a_guard_rule_in_force_blocks_and_pii_is_redacted(rig_factory: Any, adap
     assert logged["model"]["version"] == "base" and logged["metadata"]["guard"]["prompt"]["decision"] == "redact"
 
 
+@pytest.mark.slow  # 20 clients on a shared CPU: tens of seconds
 def test_hot_swap_under_load_every_answer_from_a_whole_version_and_logged_with_it(
     rig_factory: Any, adapters: list[Path]
 ) -> None:
