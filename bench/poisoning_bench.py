@@ -328,11 +328,16 @@ class LinearScorer:
 
 
 def linear_champion(
-    history: list[dict[str, Any]], held: list[dict[str, Any]], work: Path, args: argparse.Namespace
+    history: list[dict[str, Any]],
+    everything: list[dict[str, Any]],
+    held: list[dict[str, Any]],
+    work: Path,
+    args: argparse.Namespace,
 ) -> tuple[LinearScorer, dict[str, Any]]:
-    """The linear reward model trained on the history, C chosen on a validation split carved from it."""
+    """The linear reward model trained on the history, C chosen on a validation split carved from it; it keeps
+    the features of ``everything`` it will be asked to score at hand."""
     result = linear_models({"champion": history}, held, work, args, validate_on="champion")
-    features = embed(history + held, work, args)
+    features = embed(everything, work, args)
     return LinearScorer(result.pop("_weights")["champion"], features, work, args), {**result["champion"],
         "validation": result["linear_validation"]}  # fmt: skip
 
@@ -450,9 +455,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         champion = train_child("champion", pairs[: args.history], work, args)
         scorer: Any = None
     else:
-        scorer, champion = linear_champion(pairs[: args.history], held, work, args)
+        scorer, champion = linear_champion(pairs[: args.history], pairs + held, held, work, args)
     # The monitors write alerts and quarantines: they run on a copy of the ingested store, one per champion.
-    detect_db = work / f"detect-{args.champion}.db"
+    detect_db = work / f"detect-{args.champion}-{args.monitor_from}-{args.min_population}.db"
     if not detect_db.exists():
         import sqlite3
 
@@ -508,19 +513,23 @@ def detect(
     args: argparse.Namespace,
     scorer: Any = None,
 ) -> dict[str, Any]:
-    """Runs the monitors from the end of the history with the champion; returns delays and false quarantines."""
-    from events.names import ENFORCEMENT_REQUESTED, FEEDBACK_RECEIVED
+    """Runs the monitors (from --monitor-from) with the champion; returns delays and false quarantines."""
+    from events.names import ANOMALY_DETECTED, ENFORCEMENT_REQUESTED, FEEDBACK_RECEIVED, INTERACTION_LOGGED
     from events.projections.runner import ProjectionRunner
     from monitors.detectors.agreement import AgreementConfig, ContributorAgreementDetector
     from monitors.detectors.flooding import FeedbackFloodingDetector
     from monitors.runner import MonitorRunner
     from trainers.reward import RewardModel
 
-    if store.position("monitors", with_state=False).seq == 0:
-        with store.unit_of_work(append_lock=False) as uow:
-            uow.save_position("monitors", history_seq)
+    if not store.position("monitors").state:  # not started: from where --monitor-from says
+        with store.unit_of_work(append_lock=False) as uow:  # from the start: the history's votes are peers too
+            uow.save_position("monitors", history_seq if args.monitor_from == "history" else 0)
+    inbound = (FEEDBACK_RECEIVED, INTERACTION_LOGGED)
+    if store.read(store.position("monitors", with_state=False).seq, limit=1, types=inbound):  # not finished
         scorer = scorer or RewardModel.load(work / "model-champion")
-        config = AgreementConfig(alpha=args.alpha, margin=args.margin, min_pairs=args.min_pairs)
+        config = AgreementConfig(
+            alpha=args.alpha, margin=args.margin, min_pairs=args.min_pairs, min_population=args.min_population
+        )
         detectors = [FeedbackFloodingDetector(), ContributorAgreementDetector(scorer, config)]
         t = time.perf_counter()
         MonitorRunner(store, detectors).catch_up()
@@ -531,13 +540,18 @@ def detect(
     for e in feedback:
         by_user_first.setdefault(e.event.payload.get("user"), e.seq)
     feedback_seqs = [e.seq for e in feedback]
+    # The monitors ran after the whole stream was stored, so a request's own seq says nothing of when: its
+    # alert's trigger_seq (the feedback that made it fire) does.
+    triggers = {
+        a.event.event_id: a.event.payload["trigger_seq"] for a in store.read(0, limit=10**7, types=(ANOMALY_DETECTED,))
+    }
     requests = store.read(0, limit=10**7, types=(ENFORCEMENT_REQUESTED,))
     quarantined: dict[str, dict[str, Any]] = {}
     for r in requests:
         p = r.event.payload
         user = (p.get("target") or {}).get("user")
         if p.get("action") == "quarantine_user" and user and user not in quarantined:
-            quarantined[user] = {"seq": r.seq, "detector": p.get("detector")}
+            quarantined[user] = {"seq": triggers.get(p.get("anomaly_id"), r.seq), "detector": p.get("detector")}
 
     def events_between(a: int, b: int) -> int:
         return sum(1 for s in feedback_seqs if a <= s <= b)
@@ -589,9 +603,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=1e-4)
     p.add_argument("--margin", type=float, default=0.1)
     p.add_argument("--min-pairs", type=int, default=20)
+    p.add_argument("--min-population", type=int, default=100)
     p.add_argument("--max-length", type=int, default=128, help="reward model tokens (128: half the default's cost)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--monitor-from",
+        choices=("history", "start"),
+        default="history",
+        help="where the monitors start: after the history (the champion never scores its own training pairs) or at "
+        "the first event (the history's votes count as peers; the champion scores the pairs it learnt from)",
+    )
     p.add_argument("--reuse-unscored", action="store_true", help="use a saved model whose scoring was cut short")
     p.add_argument(
         "--champion",
