@@ -185,7 +185,7 @@ class EvaluationConfig:
     seed: int = _help("seed of the red-team sample", 0)
     gates: dict[str, Any] = _help("GateConfig overrides (trainers.gates)", None)  # type: ignore[assignment]
     bias: bool = _help("measure counterfactual bias and apply the bias gate (trainers.bias, docs/bias.md)", True)
-    bias_reward_items: int = _help("counterfactual items per attribute the reward model scores (0: all)", 0)
+    bias_reward_items: int = _help("counterfactual items per attribute the reward model scores (0: all)", 8)
     bias_policy_items: int = _help("counterfactual items per attribute the policy answers (0: all)", 8)
     bias_templates: str | None = _help(
         "YAML file of counterfactual templates (None: trainers/bias_templates.yaml)", None
