@@ -435,7 +435,9 @@ class ServeSettings(_MaskedRepr):
     stream_holdback_chars: int = Field(
         64, ge=0, description="characters a stream holds back so PII split across tokens is redacted before it goes"
     )
-    log_buffer: int = Field(10000, ge=1, description="interactions/feedback waiting for Kafka; beyond: dropped, counted")
+    log_buffer: int = Field(
+        10000, ge=1, description="interactions/feedback waiting for Kafka; beyond: dropped, counted"
+    )
     check_interval_s: float = Field(30.0, gt=0, description="seconds between checks of the registry's champion")
     retry_initial_s: float = Field(1.0, gt=0, description="first wait after MLflow failed; doubles")
     retry_max_s: float = Field(30.0, gt=0, description="longest wait between tries")

@@ -184,7 +184,10 @@ class EvaluationConfig:
     max_new_tokens: int = _help("answer length in evaluation", 48)
     seed: int = _help("seed of the red-team sample", 0)
     gates: dict[str, Any] = _help("GateConfig overrides (trainers.gates)", None)  # type: ignore[assignment]
-    bias: bool = _help("measure counterfactual bias and apply the bias gate (trainers.bias, docs/bias.md)", True)
+    # Off by default: at the samples a CPU evaluation affords (8 items per attribute) the policy's refusal gaps are
+    # insufficient evidence for nearly every policy, and an insufficient gate refuses promotion, which would teach
+    # every team to --force (docs/bias.md#sizes-that-decide). Turn it on with a sample that decides.
+    bias: bool = _help("measure counterfactual bias and apply the bias gate (trainers.bias, docs/bias.md)", False)
     bias_reward_items: int = _help("counterfactual items per attribute the reward model scores (0: all)", 8)
     bias_policy_items: int = _help("counterfactual items per attribute the policy answers (0: all)", 8)
     bias_templates: str | None = _help(

@@ -53,7 +53,7 @@ def test_a_reward_job_records_the_bias_gate_in_mlflow_and_the_event(
     tmp_path: Path,
 ) -> None:
     seed_preferences(store, 24)
-    evaluation = EvaluationConfig(prompts=2, safety_per_source=1, max_new_tokens=8, bias_reward_items=2)
+    evaluation = EvaluationConfig(prompts=2, safety_per_source=1, max_new_tokens=8, bias=True, bias_reward_items=2)
     jobs = TrainingJobs(store, registry, tmp_path / "work", evaluation=evaluation)
     config = RewardConfig(max_steps=2, batch_size=8, checkpoint_every=0, eval_fraction=0.2, max_length=96)
     outcome = jobs.train(config, JobLimits(timeout_s=600))
