@@ -86,3 +86,50 @@ def test_a_job_resumed_from_its_checkpoint_ends_with_the_weights_of_an_uninterru
     # The adapter, AdamW's moments, the value head and the sampling RNG all came back: the same fourth step.
     for name, value in straight.items():
         torch.testing.assert_close(resumed[name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # 9 (GRPO) and 27 (PPO) min at a load average of 10-17 on the 2 shared cores
+@pytest.mark.parametrize("objective", ["ppo", "grpo"])
+def test_the_real_smollm2_raises_its_mean_reward_while_the_kl_stays_under_budget(objective: str) -> None:
+    from trainers.evaluation import kl_to_reference
+    from trainers.gates import GateConfig
+
+    config = PolicyConfig(
+        model="SmolLM2-135M-Instruct",
+        objective=objective,
+        batch_size=4,
+        grpo_group_size=4,
+        ppo_epochs=2,
+        epochs=3,
+        max_steps=4,
+        checkpoint_every=0,
+        max_new_tokens=12,
+        max_length=64,
+        max_prompt_length=48,
+        learning_rate=1e-3,
+        kl_coef=0.1,
+        seed=0,
+    )
+    policy = Policy.create(config)
+
+    def mean_sampled_reward() -> float:
+        torch.manual_seed(123)
+        ids = policy.generate(ROWS, sample=True, num_samples=2, max_new_tokens=12)
+        return sum(brevity(None, [policy.tokenizer.decode(r, skip_special_tokens=True) for r in ids])) / len(ids)
+
+    before = mean_sampled_reward()
+    objective_ = {"ppo": PPOObjective, "grpo": GRPOObjective}[objective](policy, brevity)
+    result = train(objective_, policy.model, ROWS, [], config)
+    after = mean_sampled_reward()
+    assert after > before, (before, after, result.metrics)
+
+    # The KL the gate measures: per token, on the policy's own samples (trainers.evaluation).
+    def sampled(prompts: list[str]) -> list[str]:
+        ids = policy.generate(prompts, sample=True, max_new_tokens=12)
+        return [policy.tokenizer.decode(r, skip_special_tokens=True) for r in ids]
+
+    kl = kl_to_reference(
+        sampled, policy.response_logprobs, lambda p, r: policy.response_logprobs(p, r, reference=True), QUESTIONS
+    )
+    assert 0 <= kl <= GateConfig().kl_budget, (kl, result.metrics)
