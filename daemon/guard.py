@@ -36,7 +36,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from daemon.http_protocol import DEFAULT_HEADER_TIMEOUT, SecurityHeaders, head_timeout_protocol
+from daemon.http_protocol import (
+    DEFAULT_HEADER_TIMEOUT,
+    GRACE_SECONDS,
+    ServerStartError,
+    hardened_server,
+    listening_socket,
+    serve_in_thread,
+)
 from daemon.settings import GuardSettings
 from events.guard_rules import GuardRule, GuardRuleFold, RuleIndex
 from events.messages import GuardDecided
@@ -59,7 +66,7 @@ STORED_CHARS = 2000
 #: A pattern score at or above this is a jailbreak attempt (monitors.detectors.jailbreak.JailbreakConfig's).
 PATTERN_THRESHOLD = 0.5
 TOXICITY_THRESHOLD = 0.5
-_GRACE_SECONDS = 5
+_GRACE_SECONDS = GRACE_SECONDS
 _RAW_HEADERS = [(b"X-Content-Type-Options", b"nosniff"), (b"Cache-Control", b"no-store")]
 
 _REQUESTS = Counter("alignd_guard_requests", "guard requests answered", ["decision"])
@@ -385,15 +392,7 @@ class GuardServer:
     # --- lifecycle ---------------------------------------------------------------------------------------------
 
     def start(self) -> int:
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
-            sock.listen(2048)
-        except OSError:
-            sock.close()
-            raise
+        sock = listening_socket(self.host, self.port, 2048)
         self.port = int(sock.getsockname()[1])
         self._replica = f"{socket.gethostname()}:{self.port}"
         self._stop.clear()
@@ -405,34 +404,15 @@ class GuardServer:
         self.writer.start()
         self._refresher = threading.Thread(target=self._refresh_loop, name="alignd-guard-rules", daemon=True)
         self._refresher.start()
-        config = uvicorn.Config(
-            SecurityHeaders(self.asgi_app(), _RAW_HEADERS),
-            host=self.host,
-            port=self.port,
-            http=head_timeout_protocol(self.header_timeout),
-            ws="none",
-            lifespan="off",
-            loop="asyncio",
-            interface="asgi3",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            date_header=False,
-            proxy_headers=False,
-            backlog=2048,
-            timeout_keep_alive=5,
-            h11_max_incomplete_event_size=16 * 1024,
-            timeout_graceful_shutdown=_GRACE_SECONDS,
+        server = self._server = hardened_server(
+            self.asgi_app(), _RAW_HEADERS, host=self.host, port=self.port, header_timeout=self.header_timeout
         )
-        server = self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="alignd-guard", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the guard on {self.url} did not start (see the log)")
-            time.sleep(0.005)
+        try:
+            self._thread = serve_in_thread(server, sock, "alignd-guard")
+        except ServerStartError as exc:
+            self._thread = exc.thread
+            self.stop()
+            raise RuntimeError(f"the guard on {self.url} did not start (see the log)") from None
         logger.info("guard listening on %s%s", self.url, PATH, extra={"url": self.url})
         return self.port
 

@@ -30,7 +30,6 @@ import json
 import logging
 import math
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,7 +48,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from daemon.http_protocol import DEFAULT_HEADER_TIMEOUT, SecurityHeaders, head_timeout_protocol
+from daemon.http_protocol import (
+    DEFAULT_HEADER_TIMEOUT,
+    GRACE_SECONDS,
+    ServerStartError,
+    hardened_server,
+    listening_socket,
+    serve_in_thread,
+)
 from daemon.settings import HttpSettings
 from events import audit
 from events.audit import AuditRecord, VerifyReport
@@ -87,7 +93,7 @@ _METHODS = ["GET", "HEAD", *_STATE_CHANGING, "OPTIONS"]
 #: How long one readiness answer serves the probes that ask meanwhile.
 _READY_REUSE_S = 1.0
 # How long stop() lets requests in progress finish before they are cancelled.
-_GRACE_SECONDS = 5
+_GRACE_SECONDS = GRACE_SECONDS
 _REPORT_FIELDS = ("ok", "records", "first_bad", "problem", "event_id", "last_hash", "pending")
 _REQUESTS = Counter("alignd_http_requests", "HTTP requests served", ["route", "status"])
 _LATENCY = Histogram("alignd_http_request_seconds", "HTTP request latency", ["route"])
@@ -391,37 +397,18 @@ class ReviewServer:
 
     def start(self) -> int:
         limits = self.limits
-        # Bound and listening here, not in the server's thread: an address in use raises in the caller, the
-        # port asked as 0 is known at once, and connections queue from now on.
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-            # Accepted sockets inherit it. uvicorn writes a response's head and body in two sends, and with Nagle
-            # on the body waited for the client's delayed ACK: 44 ms per request on a keep-alive connection.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.listen(limits.backlog)
-        except OSError:
-            sock.close()
-            raise
+        sock = listening_socket(self.host, self.port, limits.backlog)
         self.port = int(sock.getsockname()[1])
-        config = uvicorn.Config(
-            SecurityHeaders(self.asgi_app(), _RAW_SECURITY_HEADERS),
+        server = hardened_server(
+            self.asgi_app(),
+            _RAW_SECURITY_HEADERS,
             host=self.host,
             port=self.port,
-            http=head_timeout_protocol(limits.header_timeout),
-            ws="none",
-            lifespan="off",
-            loop="asyncio",
-            interface="asgi3",
-            log_config=None,  # the daemon configures logging once; uvicorn must not reconfigure it
-            access_log=False,  # one structured line per request is logged by _endpoint instead
-            server_header=False,  # no "Server: uvicorn": the software and its version are nobody's business
-            proxy_headers=False,  # X-Forwarded-* from anyone is not trusted
+            header_timeout=limits.header_timeout,
             backlog=limits.backlog,
-            timeout_keep_alive=limits.keep_alive_timeout,
-            h11_max_incomplete_event_size=limits.max_header_bytes,
-            timeout_graceful_shutdown=_GRACE_SECONDS,
+            keep_alive_timeout=limits.keep_alive_timeout,
+            max_header_bytes=limits.max_header_bytes,
+            date_header=True,
         )
         self._pool = ThreadPoolExecutor(limits.threads, thread_name_prefix="alignd-http")
         self._slots = asyncio.Semaphore(limits.threads)  # a new one per start: it belongs to one event loop
@@ -431,16 +418,13 @@ class ReviewServer:
         # (in the soak, /readyz's p50 rose from 70 to 740 ms while it shared its thread with /metrics).
         if self.metrics is not None:
             self._metrics_pool = ThreadPoolExecutor(1, thread_name_prefix="alignd-http-metrics")
-        server = self._server = uvicorn.Server(config)
-        # uvicorn installs no signal handlers outside the main thread: the daemon's supervisor owns them.
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="alignd-http", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the HTTP server on {self.url} did not start (see the log)")
-            time.sleep(0.005)
+        self._server = server
+        try:
+            self._thread = serve_in_thread(server, sock, "alignd-http")
+        except ServerStartError as exc:
+            self._thread = exc.thread
+            self.stop()
+            raise RuntimeError(f"the HTTP server on {self.url} did not start (see the log)") from None
         logger.info("HTTP server listening on %s", self.url, extra={"url": self.url})
         return self.port
 

@@ -47,7 +47,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from daemon.guard import DecisionWriter, Guard, GuardAnswer, GuardRequest, decision_event
-from daemon.http_protocol import SecurityHeaders, head_timeout_protocol
+from daemon.http_protocol import GRACE_SECONDS, ServerStartError, hardened_server, listening_socket, serve_in_thread
 from daemon.serve_api import ApiError, ChatRequest, model_json, parse_chat_request
 from daemon.serve_exchange import REQUESTS, Exchange, hand, json_response
 from daemon.serve_log import ExchangeLog, feedback_envelope
@@ -61,7 +61,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_GRACE_SECONDS = 5
+_GRACE_SECONDS = GRACE_SECONDS
 _RAW_HEADERS = [(b"X-Content-Type-Options", b"nosniff"), (b"Cache-Control", b"no-store")]
 _KNOWN_IDS = 100_000  # completion ids remembered for feedback (older ones are looked up in the store)
 _FEEDBACK_FIELDS = {"request_id", "kind", "value", "user", "comment", "idempotency_key"}
@@ -130,15 +130,7 @@ class ServeServer:
     # --- lifecycle -------------------------------------------------------------------------------------------
 
     def start(self) -> int:
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
-            sock.listen(2048)
-        except OSError:
-            sock.close()
-            raise
+        sock = listening_socket(self.host, self.port, 2048)
         self.port = int(sock.getsockname()[1])
         self._stop.clear()
         if self.fold is not None and self.store is not None:
@@ -149,34 +141,15 @@ class ServeServer:
             self.decisions.start()
         self.model.start()
         self.log.start()
-        config = uvicorn.Config(
-            SecurityHeaders(self.asgi_app(), _RAW_HEADERS),
-            host=self.host,
-            port=self.port,
-            http=head_timeout_protocol(self.settings.header_timeout),
-            ws="none",
-            lifespan="off",
-            loop="asyncio",
-            interface="asgi3",
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            date_header=False,
-            proxy_headers=False,
-            backlog=2048,
-            timeout_keep_alive=5,
-            h11_max_incomplete_event_size=16 * 1024,
-            timeout_graceful_shutdown=_GRACE_SECONDS,
+        server = self._server = hardened_server(
+            self.asgi_app(), _RAW_HEADERS, host=self.host, port=self.port, header_timeout=self.settings.header_timeout
         )
-        server = self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="alignd-serve", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"serve on {self.url} did not start (see the log)")
-            time.sleep(0.005)
+        try:
+            self._thread = serve_in_thread(server, sock, "alignd-serve")
+        except ServerStartError as exc:
+            self._thread = exc.thread
+            self.stop()
+            raise RuntimeError(f"serve on {self.url} did not start (see the log)") from None
         logger.info("serving %s (v%s) on %s/v1/chat/completions", self.settings.served_name, self.version, self.url)
         return self.port
 
