@@ -68,6 +68,8 @@ class KafkaClients:
     def consumer(self, **overrides: Any) -> KafkaConsumer:
         from kafka import KafkaConsumer
 
+        from daemon.kafka_join import keep_join_results
+
         s = self.settings
         kwargs: dict[str, Any] = {
             **s.kafka.client_kwargs(),
@@ -81,7 +83,9 @@ class KafkaClients:
             # A message over the ingest limit must still be fetched, to be dead-lettered with its bytes.
             "max_partition_fetch_bytes": max(2 * s.ingest.max_message_bytes, 1024 * 1024),
         }
-        return KafkaConsumer(**{**kwargs, **overrides})
+        consumer = KafkaConsumer(**{**kwargs, **overrides})
+        keep_join_results(consumer)  # kafka-python 3.0 can drop a group join's result for good (its docstring)
+        return consumer
 
     def producer(self, **overrides: Any) -> KafkaProducer:
         from kafka import KafkaProducer
