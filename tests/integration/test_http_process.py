@@ -76,13 +76,17 @@ def _metrics(port: int) -> dict[str, float]:
 
 
 def test_alignd_run_serves_http_from_its_own_process_with_the_daemons_metrics(
-    db_url: str, kafka_bootstrap: str
+    db_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     topics = unique_topics(kafka_bootstrap, partitions=1)
     port = _free_port()
-    env = settings_env(db_url, kafka_bootstrap, topics, ALIGND_LOG_LEVEL="WARNING", ALIGND_HTTP_PORT=str(port))
+    env = settings_env(db_url, kafka_bootstrap, topics, ALIGND_LOG_LEVEL="INFO", ALIGND_HTTP_PORT=str(port))
     assert alignd(["db", "upgrade"], env).wait(timeout=120) == 0
-    daemon = alignd(["run", "--role", "ingest", "--role", "project", "--role", "http"], env)
+    # The daemon's log in a file: a failure below shows what the daemon was doing (CI once saw the count stall
+    # for 60 s with nothing at WARNING, and nothing to say why).
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as stderr:
+        daemon = alignd(["run", "--role", "ingest", "--role", "project", "--role", "http"], env, stderr=stderr)
     try:
         wait_until(lambda: _get(port, "/healthz")[0] == 200, timeout=60, message="/healthz")
         servers = _children(daemon.pid)
@@ -91,11 +95,17 @@ def test_alignd_run_serves_http_from_its_own_process_with_the_daemons_metrics(
 
         produce(kafka_bootstrap, topics["interactions"], [interaction(f"h{i}", i=i) for i in range(30)])
         # Counted in the daemon's process, shown by the server's: the pipe carries them.
-        wait_until(
-            lambda: _metrics(port).get("alignd_ingest_events_appended_total") == 30,
-            timeout=60,
-            message="30 appended events on /metrics",
-        )
+        seen: list[float | None] = []
+
+        def appended() -> bool:
+            seen.append(_metrics(port).get("alignd_ingest_events_appended_total"))
+            return seen[-1] == 30
+
+        try:
+            wait_until(appended, timeout=120, message="30 appended events on /metrics")
+        except AssertionError as exc:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+            raise AssertionError(f"{exc}; last count {seen[-1:]}; the daemon's log ends:\n{tail}") from None
         status, page = _get(port, "/audit")
         assert status == 200 and "audit" in page.lower()
         counted = text_string_to_metric_families(_get(port, "/metrics")[1])
