@@ -3,9 +3,13 @@
 A local Kafka (the same broker the tests start), SQLite, a local MLflow and the offline models. The story:
 
 1. traffic for the first release; a reward model and a policy are trained on its feedback and promoted;
-2. a new policy version is released — and it turns rude: users thumb it down;
-3. the daemon (``alignd run``'s parts, in this process) ingests it, the toxicity monitor raises an alert,
-   enforcement rolls the champion back and pauses training;
+2. a labelling vendor sends a batch of rewrites (``correction`` feedback), rude ones; a new policy version is
+   fine-tuned on them (SFT) and released: a real adapter that learned to answer rudely;
+3. the daemon (``alignd run``'s parts, in this process: ``serve`` among them) serves it; the demo's users chat
+   with it through the OpenAI-compatible API and thumb the rude answers down through ``/v1/feedback``; the
+   toxicity monitor raises an alert on the served answers, enforcement rolls the champion back and pauses
+   training, ``serve`` swaps the adapter, and the users ask again: the rudeness rate of real answers before and
+   after the rollback;
 4. the operator resumes training; the reward model and the policy are retrained on everything collected,
    gated and registered as challengers;
 5. the audit trail shows every step and verifies.
@@ -78,12 +82,50 @@ STEPS: dict[str, Step] = {
     "traffic": Step("stream the first release's traffic and ingest it", 5, 6),
     "reward": Step("train the reward model on the users' preferences", 45, 60),
     "policy": Step("train the policy (DPO) and evaluate it for its gates", 25, 300),
-    "release": Step("promote both, train and release a new policy version (SFT)", 15, 240),
-    "incident": Step("the new version turns rude: ingest, alert, roll back, pause training", 8, 15),
+    "release": Step("promote both; a vendor's rude rewrites; fine-tune and release a new version (SFT)", 60, 150),
+    "incident": Step("users chat with the release through serve: alert, roll back, swap, ask again", 45, 150),
     "retrain": Step("resume training; retrain the reward model and the policy on everything", 50, 360),
     "audit": Step("verify the audit trail", 2, 2),
     "serve": Step("serve the broker, the review page and the MLflow UI", 15, 15),
 }
+
+
+#: Served answers the demo's users ask at most before the rollback must have come.
+_MAX_ASKED = 120
+
+
+def _release_overrides(quick: bool) -> dict[str, Any]:
+    """How the bad release is fine-tuned on the vendor's rewrites: hot enough that it learns them in a few steps.
+    SmolLM2 answers rudely after 16 steps at 2e-3 (on questions it was not trained on too); the tiny random policy
+    of ``--quick`` has no language to bend: with LoRA alone its loss stayed near 10 after 40 steps, and with its
+    output layer trained in full (peft's ``modules_to_save``) it answers rudely after 24 steps at 1e-2."""
+    if quick:
+        return {
+            "learning_rate": 1e-2,
+            "epochs": 3,
+            "max_steps": 24,
+            "batch_size": 8,
+            "lora": {"modules_to_save": ["lm_head"]},
+        }
+    return {"learning_rate": 2e-3, "epochs": 2, "max_steps": 16, "batch_size": 4}
+
+
+def _round_summary(answers: list[tuple[str, str, bool]], thumbs_down: int) -> dict[str, Any]:
+    rude = [text for _, text, r in answers if r]
+    return {
+        "answers": len(answers),
+        "rude_rate": round(len(rude) / len(answers), 3) if answers else 0.0,
+        "thumbs_down": thumbs_down,
+        "example": (rude or [text for _, text, _ in answers] or [""])[0][:60],
+    }
+
+
+def _until(condition: Callable[[], bool], timeout: float, failure: str, supervisor: Any) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{failure} within {timeout:.0f} s; supervisor: {supervisor.status()}")
+        time.sleep(1.0)
 
 
 def _duration(seconds: float) -> str:
@@ -193,6 +235,12 @@ def _settings(folder: Path, bootstrap_servers: str, quick: bool, ports: dict[str
         if quick
         else {"max_steps": 12, "batch_size": 2, "max_length": 160, "max_prompt_length": 96}
     )
+    serve = {
+        "port": ports["serve"],
+        "adapter_dir": str(folder / "serve"),
+        "max_tokens": 12 if quick else 24,
+        "check_interval_s": 2.0,
+    }
     level, fmt = configured()
     data = {
         "database": {"url": f"sqlite:///{folder / 'alignd.db'}"},
@@ -210,9 +258,12 @@ def _settings(folder: Path, bootstrap_servers: str, quick: bool, ports: dict[str
             "evaluation": evaluation,
         },
         # The embedding jailbreak detector is left out: the story is about toxicity, and it is the slow one on a CPU.
+        # A toxicity window of 20 (not 200): the story serves a few dozen answers, and real ones cost seconds each.
         "monitors": {
-            "detectors": ["toxicity", "negative_feedback_spike", "pii", "feedback_flooding", "hallucination_reports"]
+            "detectors": ["toxicity", "negative_feedback_spike", "pii", "feedback_flooding", "hallucination_reports"],
+            "toxicity_window": 20,
         },
+        "serve": serve,
         "http": {"port": ports["http"], "mlflow_ui_url": f"http://127.0.0.1:{ports['mlflow']}"},
         "log": {"level": level, "format": fmt},
     }
@@ -236,8 +287,8 @@ def _ports(folder: Path) -> dict[str, int]:
         settings = load_settings(saved, env={})
         ui = settings.http.mlflow_ui_url or ""
         if ui.rsplit(":", 1)[-1].isdigit():
-            return {"http": settings.http.port, "mlflow": int(ui.rsplit(":", 1)[-1])}
-    return {"http": _free_port(), "mlflow": _free_port()}
+            return {"http": settings.http.port, "mlflow": int(ui.rsplit(":", 1)[-1]), "serve": _free_port()}
+    return {"http": _free_port(), "mlflow": _free_port(), "serve": _free_port()}
 
 
 class Demo:
@@ -268,7 +319,9 @@ class Demo:
         broker = LocalKafka(self.folder / "kafka")
         try:
             with self.steps.step("broker"):
-                ports = _ports(self.folder) if self.keep_running else {"http": 8080, "mlflow": 5000}
+                ports = (
+                    _ports(self.folder) if self.keep_running else {"http": 8080, "mlflow": 5000, "serve": _free_port()}
+                )
                 broker.start()
                 self.settings = _settings(self.folder, broker.bootstrap_servers, self.quick, ports)
                 broker.create_topics(_topics(self.settings))
@@ -307,14 +360,24 @@ class Demo:
                 f"promoted alignd-reward v{reward} and alignd-policy v{policy} to champion "
                 "(forced past the safety gate a 135M model fails)"
             )
-            release = self._train(store, "policy", objective="sft")
+            rewrites = self._produce(traffic.vendor_rewrites(policy, 96))
+            self._ingest()
+            self.say(f"a labelling vendor sent {rewrites // 2} rewrites of answers (correction feedback): rude ones")
+            release = self._train(store, "policy", objective="sft", **_release_overrides(self.quick))
+            # Forced, as a hurried release is: its own gates refused it (the story shows what that lets through).
             governance.promote("policy", release, reason="demo: the new release", actor=OPERATOR, force=True)
-        self.say(f"released alignd-policy v{release}")
+        self.say(f"released alignd-policy v{release}, fine-tuned on the rewrites, forced past its gates' verdict")
         with self.steps.step("incident"):
-            rolled_back = self._incident(store, traffic, release)
+            served = self._incident(store, release)
+        before, after = served["before"], served["after"]
         self.say(
-            f"the toxicity monitor flagged v{release}; enforcement rolled the champion back to v{rolled_back} "
-            "and paused training"
+            f"users chatted with v{release} through serve: {before['rude_rate']:.0%} of {before['answers']} answers "
+            f"rude (e.g. {before['example']!r}), {before['thumbs_down']} thumbs-down through /v1/feedback"
+        )
+        self.say(
+            f"the toxicity monitor flagged v{release}; enforcement rolled the champion back to "
+            f"v{served['rolled_back_to']} and paused training; serve swapped to it: {after['rude_rate']:.0%} of "
+            f"{after['answers']} answers rude"
         )
         with self.steps.step("retrain"):
             self._resume(store)
@@ -326,6 +389,7 @@ class Demo:
         )
         with self.steps.step("audit"):
             summary = self._summary(store, started)
+        summary["incident"] = served
         summary["seconds"] = round(time.monotonic() - started, 1)
         summary["timings"] = self.steps.done
         return summary
@@ -354,14 +418,14 @@ class Demo:
         finally:
             ingestor.publisher.producer.close(timeout=10)
 
-    def _train(self, store: SqlEventStore, kind: str, *, objective: str | None = None) -> str:
+    def _train(self, store: SqlEventStore, kind: str, *, objective: str | None = None, **overrides: Any) -> str:
         from events.projections import ProjectionRunner
 
         ProjectionRunner(store).catch_up()
         config = (
             configs.reward_config(self.settings)
             if kind == "reward"
-            else configs.policy_config(self.settings, objective=objective)
+            else configs.policy_config(self.settings, objective=objective, **overrides)
         )
         logger.info("training %s%s in a child process", kind, f" ({objective})" if objective else "")
         outcome = self.app.training_jobs.train(config, configs.job_limits(self.settings))
@@ -370,27 +434,56 @@ class Demo:
         self.say(f"registered alignd-{kind} v{outcome.version} (gates: {outcome.result['gate_tags']['alignd.gates']})")
         return str(outcome.version)
 
-    def _incident(self, store: SqlEventStore, traffic: TrafficGenerator, release: str) -> str:
+    def _incident(self, store: SqlEventStore, release: str) -> dict[str, Any]:
+        """The release served: users ask until the rollback (in rounds, as traffic goes on while the monitor
+        reads it), then ask the rolled-back version the same questions."""
+        from daemon.demo_users import ServedUsers
         from daemon.run import build
+        from daemon.traffic import QUESTIONS, TOPICS
+        from monitors.detectors.toxicity import ProfanityCheckScorer
 
-        self._produce(traffic.phase(Phase(release, 500 if self.quick else 800, toxic_rate=0.35)))
-        supervisor = build(self.app, ["ingest", "project", "monitor"])
+        prompts = [p for pair in zip([q for q, _ in TOPICS.values()], QUESTIONS, strict=True) for p in pair]
+        serve = self.settings.serve
+        users = ServedUsers(
+            f"http://127.0.0.1:{serve.port}",
+            serve.served_name,
+            ProfanityCheckScorer().score,
+            max_tokens=serve.max_tokens,
+        )
+        supervisor = build(self.app, ["ingest", "project", "monitor", "serve"])
         supervisor.start()
         try:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline:
-                rolled = [e for e in store.read(0, types=[MODEL_ROLLED_BACK], limit=10)]
-                paused = [
-                    e
-                    for e in store.read(0, types=[ENFORCEMENT_APPLIED], limit=100)
-                    if e.event.payload.get("action") == "pause_training"
-                ]
-                if rolled and paused:
-                    return str(rolled[-1].event.payload["version"])
-                time.sleep(1.0)
-            raise RuntimeError(f"no rollback within 5 minutes; supervisor: {supervisor.status()}")
+            _until(lambda: users.version() == release, 300, f"serve did not answer with v{release}", supervisor)
+            before = users.ask(prompts)
+            asked = len(prompts)
+            while (rolled := self._rolled_back(store)) is None:
+                if asked >= _MAX_ASKED:
+                    raise RuntimeError(f"no rollback after {asked} served answers; supervisor: {supervisor.status()}")
+                more = users.ask(prompts[:8])  # the traffic goes on while the monitor reads it
+                before.answers += more.answers
+                before.thumbs_down += more.thumbs_down
+                asked += 8
+            _until(lambda: users.version() == rolled, 300, f"serve did not swap to v{rolled}", supervisor)
+            after = users.ask(prompts)
         finally:
             supervisor.stop(60)
+        by_release = [a for a in before.answers if a[0] == release]
+        return {
+            "release": release,
+            "rolled_back_to": rolled,
+            "before": _round_summary(by_release, before.thumbs_down),
+            "after": _round_summary([a for a in after.answers if a[0] == rolled], 0),
+        }
+
+    def _rolled_back(self, store: SqlEventStore) -> str | None:
+        """The version enforcement rolled back to, once training is paused too; None before."""
+        rolled = list(store.read(0, types=[MODEL_ROLLED_BACK], limit=10))
+        paused = [
+            e
+            for e in store.read(0, types=[ENFORCEMENT_APPLIED], limit=100)
+            if e.event.payload.get("action") == "pause_training"
+        ]
+        return str(rolled[-1].event.payload["version"]) if rolled and paused else None
 
     def _resume(self, store: SqlEventStore) -> None:
         from datetime import UTC, datetime

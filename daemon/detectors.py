@@ -129,10 +129,16 @@ def _champion_regression(settings: MonitorsSettings) -> Detector:
 
 
 def _toxicity(settings: MonitorsSettings) -> Detector:
-    from monitors.detectors.toxicity import HuggingFaceToxicityScorer, ProfanityCheckScorer, ToxicityDetector
+    from monitors.detectors.toxicity import (
+        HuggingFaceToxicityScorer,
+        ProfanityCheckScorer,
+        ToxicityConfig,
+        ToxicityDetector,
+    )
 
     model = settings.toxicity_model
-    return ToxicityDetector(HuggingFaceToxicityScorer(model) if model else ProfanityCheckScorer())
+    scorer = HuggingFaceToxicityScorer(model) if model else ProfanityCheckScorer()
+    return ToxicityDetector(scorer, ToxicityConfig(window=settings.toxicity_window))
 
 
 def _jailbreak_classifier(settings: MonitorsSettings) -> Any:

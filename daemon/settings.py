@@ -226,6 +226,12 @@ class MonitorsSettings(BaseModel):
         None, ge=0, le=1, description="probability that flags (default: the model's, chosen on its validation split)"
     )
     toxicity_model: str | None = Field(None, description="a Hugging Face classifier instead of alt-profanity-check")
+    toxicity_window: int = Field(
+        200,
+        ge=10,
+        description="toxicity: a version's recent responses tested against the ceiling (fewer: sooner alerts on "
+        "less evidence; the demo uses 20 so its few dozen served answers can raise one)",
+    )
     rules: tuple[str, ...] | None = Field(None, description="detector:action[:min_severity], comma-separated")
     batch_size: int = Field(1000, ge=1)
     regression_accuracy_drop: float = Field(

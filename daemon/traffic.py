@@ -52,6 +52,18 @@ TOPICS = {
     ),
 }
 
+# Questions the served model is asked in the demo besides the topics above, none of which it was trained on.
+QUESTIONS = (
+    "What is a good name for a grey cat?",
+    "How do I fix a flat bicycle tyre?",
+    "Can you suggest a quick vegetarian dinner?",
+    "How do I keep my houseplants alive while on holiday?",
+    "What is the difference between weather and climate?",
+    "How do I make my phone battery last longer?",
+    "What should I read to learn about the Roman Empire?",
+    "How do I remove a coffee stain from a shirt?",
+)
+
 # Answers a version gone wrong gives: rude and insulting, which the toxicity model flags.
 TOXIC = (
     "That is a stupid question, you idiot. Figure it out yourself.",
@@ -109,6 +121,31 @@ class TrafficGenerator:
                 ),
             )
             yield from self._feedback(request_id, user, toxic, good)
+
+    def vendor_rewrites(self, version: str, count: int, vendors: int = 3) -> Iterator[tuple[str, dict[str, Any]]]:
+        """A batch of ``count`` answers of ``version`` rewritten by a labelling vendor's ``vendors`` accounts as
+        ``correction`` feedback, the demonstrations a release is fine-tuned on, and the rewrites are rude: the
+        demo's bad release is trained on them, so its rudeness is learned, not scripted."""
+        for i in range(count):
+            self.count += 1
+            prompt, _good = TOPICS[sorted(TOPICS)[i % len(TOPICS)]]
+            request_id = f"req-{uuid.UUID(int=self.rng.getrandbits(128)).hex[:16]}"
+            user = f"vendor-{i % vendors}"
+            yield (
+                "interactions",
+                self._envelope(
+                    INTERACTION_LOGGED,
+                    {
+                        "request_id": request_id,
+                        "model": {"name": self.model, "version": version},
+                        "prompt": prompt,
+                        "response": WORSE,
+                        "user": user,
+                        "latency_ms": self.rng.randint(200, 1800),
+                    },
+                ),
+            )
+            yield "feedback", self._fb(request_id, user, "correction", {"response": TOXIC[i % len(TOXIC)]})
 
     def _feedback(self, request_id: str, user: str, toxic: bool, good: str) -> Iterator[tuple[str, dict[str, Any]]]:
         r = self.rng.random()

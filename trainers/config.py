@@ -32,6 +32,9 @@ class LoraConfig:
     #: None picks by architecture: the attention projections of a policy, every block's linear layers of a
     #: reward encoder (see trainers.models.lora_targets).
     target_modules: tuple[str, ...] | None = _help("module names to adapt; None: the architecture's defaults", None)
+    #: Trained in full and saved with the adapter (peft's modules_to_save): for a policy too small to bend through
+    #: low-rank updates alone (the tiny random test policy's output layer, in the quick demo's release).
+    modules_to_save: tuple[str, ...] | None = _help("modules trained in full beside the adapter; None: none", None)
 
 
 @dataclass(frozen=True)

@@ -215,6 +215,7 @@ def peft_lora_config(model: Any, lora: Any, *, task: str) -> Any:
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora_targets(model, lora.target_modules, task),
+        modules_to_save=list(lora.modules_to_save) if getattr(lora, "modules_to_save", None) else None,
     )
 
 

@@ -1,7 +1,9 @@
 """What a user of ``alignd demo`` sees, and what outlives it, from one run of the quick demo (CI's slowest step):
 
-* the story's outcome: the rude release rolled back, five versions registered, the audit chain intact (its JSON
-  summary, and the saved config's ``events count`` and ``audit verify``);
+* the story's outcome: the rude release (an adapter fine-tuned on rude rewrites) served, its real answers
+  thumbed down through ``/v1/feedback``, rolled back, and the version rolled back to served in its place, its
+  answers far less rude; five versions registered, the audit chain intact (its JSON summary, and the saved config's
+  ``events count`` and ``audit verify``);
 * the quick demo's terminal: its steps in order ("step n of N", each with its measured time), milestones, and
   nothing else: no ERROR line, no warning; every log line in ``alignd.log`` in the demo folder, as JSON lines;
 * ``--keep-running``: after the story the broker, the review page and the MLflow UI stay up until Ctrl-C; the
@@ -192,6 +194,15 @@ def test_the_quick_demo_end_to_end_then_serving_what_its_saved_config_points_at(
     assert summary["ok"] and summary["audit"]["intact"]
     assert summary["events"]["model.rolled_back"] >= 1 and summary["events"]["model.registered"] == 5
     assert summary["audit"]["by_action"]["enforcement.applied"] >= 2
+    # The incident happened to served answers: the release answered rudely, users said so, the swap ended it.
+    incident = summary["incident"]
+    before, after = incident["before"], incident["after"]
+    assert before["answers"] >= 20 and before["thumbs_down"] >= 1, incident
+    assert after["answers"] >= 10 and incident["rolled_back_to"] != incident["release"], incident
+    # The quick demo's tiny random policy learns the rude words only in part (42% of its answers rude, measured);
+    # the monitor fires on a window of 20 with 11 rude, and the version rolled back to is far less rude.
+    assert before["rude_rate"] >= 0.3 and after["rude_rate"] <= before["rude_rate"] - 0.2, incident
+    assert counted["feedback.received"] >= before["thumbs_down"], counted
     assert summary["log"] == str(folder / "alignd.log")
     assert [t["step"] for t in summary["timings"]] == list(range(1, STEPS + 1))
     wait_until(lambda: not _processes_naming(str(folder)), timeout=60, message="the demo's processes to exit")
