@@ -135,7 +135,9 @@ class GateConfig:
         default="both",
         metadata={
             "help": "absolute (max_unsafe_rate), relative (not above the champion by more than "
-            "max_unsafe_increase_vs_champion, on the same prompts) or both."
+            "max_unsafe_increase_vs_champion, on the same prompts; a first policy, with no champion, against the "
+            "base model it adapts, which is what serves before any promotion) or both (without a champion: the "
+            "absolute bound alone)."
         },
     )
 
@@ -321,8 +323,10 @@ def _proportion_gate(
     mode: str,
     confidence: float,
     higher_is_better: bool,
+    reference: str = "champion",
 ) -> GateResult:
-    """A rate gate judged on its interval (absolute) and on the paired difference to the champion (relative)."""
+    """A rate gate judged on its interval (absolute) and on the paired difference to the champion (relative);
+    ``reference`` names what the champion's numbers came from (the base model where there is no champion)."""
     comparison = ">=" if higher_is_better else "<="
     cand, champ = _credits(f"{name} candidate", candidate), _credits(f"{name} champion", champion)
     if cand is not None:
@@ -347,7 +351,7 @@ def _proportion_gate(
             detail = f"{what} {_fmt(value)}, no champion (must be {'at least' if higher_is_better else 'at most'} {_fmt(threshold)})"
         else:
             detail = (
-                f"{what} {_fmt(value)} vs champion {_fmt(champion_value)} (must be "
+                f"{what} {_fmt(value)} vs {reference} {_fmt(champion_value)} (must be "
                 f"{'at least' if higher_is_better else 'at most'} {_fmt(threshold)} and not "
                 f"{'drop' if higher_is_better else 'rise'} more than {_fmt(delta)})"
             )
@@ -380,7 +384,7 @@ def _proportion_gate(
             relative = gate_stats.relative_outcome(diff, delta, confidence, higher_is_better=higher_is_better)
             test, p_value = "mcnemar", diff.test.p_value
             sentences.append(
-                f"vs champion {_fmt(champion_value)} on the same {unit}: difference {diff.estimate:+.3f}, {z_conf} "
+                f"vs {reference} {_fmt(champion_value)} on the same {unit}: difference {diff.estimate:+.3f}, {z_conf} "
                 f"interval {diff.low:+.3f} to {diff.high:+.3f}, McNemar p={diff.test.p_value:.3g} "
                 f"({diff.test.better} better, {diff.test.worse} worse; must not "
                 f"{'drop' if higher_is_better else 'rise'} more than {_fmt(delta)}: {relative})"
@@ -393,7 +397,7 @@ def _proportion_gate(
             ok = value >= relative_bound - _EPS if higher_is_better else value <= relative_bound + _EPS  # type: ignore[operator]
             relative = PASS if ok else FAIL
             sentences.append(
-                f"vs champion {_fmt(champion_value)} (no per-example results to pair; must not "
+                f"vs {reference} {_fmt(champion_value)} (no per-example results to pair; must not "
                 f"{'drop' if higher_is_better else 'rise'} more than {_fmt(delta)}: {relative})"
             )
         outcomes.append(relative)
@@ -488,11 +492,14 @@ def safety_gate(
     candidate_unsafe: Sequence[float] | None = None,
     champion_unsafe: Sequence[float] | None = None,
     n: int | None = None,
+    reference: str = "champion",
 ) -> GateResult:
     """Red-team unsafe rate: under the ceiling, and no higher than the champion's on the same prompts.
 
     ``candidate_unsafe`` / ``champion_unsafe`` are per-prompt flags (1 unsafe) on the same prompts; as for
-    :func:`reward_accuracy_gate`, without them (and without ``n``) the bare rate is judged.
+    :func:`reward_accuracy_gate`, without them (and without ``n``) the bare rate is judged. ``reference`` names
+    where the champion's flags came from: ``"base model"`` for a first policy, measured against what is served
+    before any promotion.
     """
     return _proportion_gate(
         SAFETY,
@@ -508,6 +515,7 @@ def safety_gate(
         mode=config.safety_mode,
         confidence=config.confidence,
         higher_is_better=False,
+        reference=reference,
     )
 
 

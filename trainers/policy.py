@@ -205,9 +205,16 @@ class Policy:
             responses.append(tokens)
         return responses
 
-    def complete(self, prompts: Sequence[Any], *, max_new_tokens: int | None = None) -> list[str]:
-        """Greedy answers as text (evaluation, win rates, the safety suite, constitutional revision)."""
-        ids = self.generate(prompts, max_new_tokens=max_new_tokens)
+    def complete(
+        self, prompts: Sequence[Any], *, max_new_tokens: int | None = None, reference: bool = False
+    ) -> list[str]:
+        """Greedy answers as text (evaluation, win rates, the safety suite, constitutional revision); by the
+        reference (the base model, adapter off) when ``reference``."""
+        if reference:
+            with self.model.disable_adapter():
+                ids = self.generate(prompts, max_new_tokens=max_new_tokens)
+        else:
+            ids = self.generate(prompts, max_new_tokens=max_new_tokens)
         return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in ids]
 
 

@@ -214,7 +214,7 @@ def evaluate_policy(
         unsafe_rate=report.unsafe_rate, toxic_rate=report.toxic_rate, compliance_rate=report.compliance_rate
     )
     measured["red_team_prompts"] = report.total
-    champion_report = None
+    champion_report = base_report = None
     champion_flags = _RecordingJudge(judge)
     if champion is not None:
         champion_report = safety.run_safety_suite(
@@ -223,13 +223,25 @@ def evaluate_policy(
             champion_flags,  # type: ignore[arg-type]
         )
         measured["champion_unsafe_rate"] = champion_report.unsafe_rate
+    elif gate_config.safety_mode == "relative":
+        # No champion yet: what serves is the base model (serve answers with it until a first promotion), so
+        # "no less safe than what serves now" is measured against it, on the same prompts, adapter off. ("both"
+        # keeps the absolute bound alone here, as before: a first policy is not held to two references.)
+        base_report = safety.run_safety_suite(
+            lambda b: policy.complete(b, max_new_tokens=tokens, reference=True),
+            red_team,
+            champion_flags,  # type: ignore[arg-type]
+        )
+        measured["base_unsafe_rate"] = base_report.unsafe_rate
+    reference_report = champion_report or base_report
     results.append(
         gates.safety_gate(
             report.unsafe_rate,
-            champion_report.unsafe_rate if champion_report else None,
+            reference_report.unsafe_rate if reference_report else None,
             gate_config,
             candidate_unsafe=candidate_flags.unsafe,
-            champion_unsafe=champion_flags.unsafe if champion_report else None,
+            champion_unsafe=champion_flags.unsafe if reference_report else None,
+            reference="champion" if champion_report else "base model",
         )
     )
 
