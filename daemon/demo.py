@@ -75,16 +75,16 @@ class Step:
 
 
 #: The demo's steps, in order (``serve`` only with ``--keep-running``), with what each takes on an idle 2-core
-#: machine: measured on this project's busy one (load average 5 to 9, README.md) and divided by the 3x that
-#: the quick demo took there over its idle time. A busy machine runs past them, which the bar shows.
+#: machine (the quick ones measured 2026-12-07 at a load average of 1-2; the default ones are older estimates
+#: until measured again, README.md). A busy machine runs past them, which the bar shows.
 STEPS: dict[str, Step] = {
-    "broker": Step("start a local Kafka broker and create its topics", 20, 20),
+    "broker": Step("start a local Kafka broker and create its topics", 10, 10),
     "traffic": Step("stream the first release's traffic and ingest it", 5, 6),
-    "reward": Step("train the reward model on the users' preferences", 45, 60),
-    "policy": Step("train the policy (DPO) and evaluate it for its gates", 25, 300),
-    "release": Step("promote both; a vendor's rude rewrites; fine-tune and release a new version (SFT)", 60, 150),
-    "incident": Step("users chat with the release through serve: alert, roll back, swap, ask again", 45, 150),
-    "retrain": Step("resume training; retrain the reward model and the policy on everything", 50, 360),
+    "reward": Step("train the reward model on the users' preferences", 36, 60),
+    "policy": Step("train the policy (DPO) and evaluate it for its gates", 42, 300),
+    "release": Step("promote both; a vendor's rude rewrites; fine-tune and release a new version (SFT)", 85, 150),
+    "incident": Step("users chat with the release through serve: alert, roll back, swap, ask again", 36, 150),
+    "retrain": Step("resume training; retrain the reward model and the policy on everything", 72, 360),
     "audit": Step("verify the audit trail", 2, 2),
     "serve": Step("serve the broker, the review page and the MLflow UI", 15, 15),
 }
@@ -225,15 +225,22 @@ def _settings(folder: Path, bootstrap_servers: str, quick: bool, ports: dict[str
     """The demo's settings, saved as ``alignd.yaml`` for ``alignd --config`` afterwards: the log level and
     format the demo logs with, the review page's port and the MLflow UI it links to (``mlflow ui``'s default
     port unless served by ``--keep-running``)."""
+    # The safety gate relative to what serves (the champion; the base model before the first promotion): a small
+    # CPU model fails any absolute ceiling, but "no less safe than what serves now" it can pass honestly. 0.05
+    # allowed (not the default 0.03): at 90 prompts the paired interval of two policies that agree on every
+    # prompt is +-0.041 (trainers/gate_stats.py), so 0.03 could never pass there. The quick demo's tiny random
+    # policy changes its answers to many prompts after any training (its DPO'd v1: 79 of 90 unsafe against the
+    # base's 82, yet insufficient evidence on 90): it gets all 201 prompts, which cost it seconds.
+    gates = {"safety_mode": "relative", "max_unsafe_increase_vs_champion": 0.05}
     evaluation = (
-        {"prompts": 2, "safety_per_source": 1, "max_new_tokens": 8}
+        {"prompts": 2, "safety_per_source": 67, "max_new_tokens": 8, "gates": gates}
         if quick
-        else {"prompts": 8, "safety_per_source": 3, "max_new_tokens": 32}
+        else {"prompts": 8, "safety_per_source": 30, "max_new_tokens": 24, "gates": gates}
     )
     policy = (
         {"max_steps": 4, "batch_size": 4, "max_length": 96, "max_prompt_length": 64}
         if quick
-        else {"max_steps": 12, "batch_size": 2, "max_length": 160, "max_prompt_length": 96}
+        else {"max_steps": 6, "batch_size": 2, "max_length": 160, "max_prompt_length": 96}
     )
     serve = {
         "port": ports["serve"],
@@ -353,20 +360,14 @@ class Demo:
         with self.steps.step("policy"):
             policy = self._train(store, "policy", objective="dpo")
         with self.steps.step("release"):
-            governance = self.app.governance
             for kind, version in (("reward", reward), ("policy", policy)):
-                governance.promote(kind, version, reason="demo: first release", actor=OPERATOR, force=True)
-            self.say(
-                f"promoted alignd-reward v{reward} and alignd-policy v{policy} to champion "
-                "(forced past the safety gate a 135M model fails)"
-            )
+                self._promote(kind, version, "demo: first release")
             rewrites = self._produce(traffic.vendor_rewrites(policy, 96))
             self._ingest()
             self.say(f"a labelling vendor sent {rewrites // 2} rewrites of answers (correction feedback): rude ones")
             release = self._train(store, "policy", objective="sft", **_release_overrides(self.quick))
-            # Forced, as a hurried release is: its own gates refused it (the story shows what that lets through).
-            governance.promote("policy", release, reason="demo: the new release", actor=OPERATOR, force=True)
-        self.say(f"released alignd-policy v{release}, fine-tuned on the rewrites, forced past its gates' verdict")
+            # Forced, as a hurried release is, when its gates refuse it: the story shows what that lets through.
+            self._promote("policy", release, "demo: the new release", hurried=True)
         with self.steps.step("incident"):
             served = self._incident(store, release)
         before, after = served["before"], served["after"]
@@ -393,6 +394,29 @@ class Demo:
         summary["seconds"] = round(time.monotonic() - started, 1)
         summary["timings"] = self.steps.done
         return summary
+
+    def _promote(self, kind: str, version: str, reason: str, *, hurried: bool = False) -> None:
+        """Promote through the gates; a refusal is shown. A hurried release is then forced past it (the story's
+        mistake); any other refusal is too, so the story goes on, and the milestone says so."""
+        from trainers.governance import PromotionRefusedError
+
+        governance = self.app.governance
+        try:
+            governance.promote(kind, version, reason=reason, actor=OPERATOR)
+            self.say(f"alignd-{kind} v{version} passed its gates and was promoted to champion")
+            return
+        except PromotionRefusedError as exc:
+            d = exc.decision
+            parts = [f"failed {', '.join(d.failed_gates)}"] if d.failed_gates else []
+            parts += [f"insufficient evidence on {', '.join(d.insufficient_gates)}"] if d.insufficient_gates else []
+            refusal = "; ".join(parts) or d.message
+        self.say(f"the gates refused alignd-{kind} v{version} ({refusal}; `alignd models show` says why)")
+        governance.promote(kind, version, reason=f"{reason} (forced past its gates)", actor=OPERATOR, force=True)
+        self.say(
+            f"the release was forced past them: alignd-{kind} v{version} is champion"
+            if hurried
+            else f"forced to keep the story going: alignd-{kind} v{version} is champion"
+        )
 
     def _produce(self, messages: Any) -> int:
         producer = self.app.kafka.producer()

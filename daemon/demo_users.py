@@ -58,16 +58,14 @@ class ServedUsers:
             return json.loads(response.read() or b"{}")  # type: ignore[no-any-return]
 
     def version(self) -> str | None:
-        """The version serving now (from a one-token answer's ``system_fingerprint``); None if it does not answer."""
+        """The version serving now (``GET /v1/models/<model>``: no answer is generated, so nothing is logged);
+        None while the server does not answer."""
         try:
-            answer = self._post(
-                "/v1/chat/completions",
-                {"model": self.model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
-                timeout=30.0,
-            )
+            with urllib.request.urlopen(f"{self.url}/v1/models/{self.model}", timeout=10) as response:  # noqa: S310
+                card = json.loads(response.read())
         except (OSError, ValueError):
             return None
-        return str(answer.get("system_fingerprint", "")).rsplit("@", 1)[-1] or None
+        return str(card.get("version") or "") or None
 
     def ask(self, prompts: Sequence[str]) -> Round:
         """Each prompt once, by users in turn; a rude answer gets its user's thumbs-down."""

@@ -592,7 +592,9 @@ def _tag_value(result: GateResult) -> str:
         return f"{verdict} {value:.{digits}f} ({bound})"
     # "insufficient 0.56 (>= 0.60; interval 0.46-0.66, n=98): about 479 more held-out pairs, at the rates
     # measured, would decide it"; a relative-only gate's interval is of the difference to the champion.
-    on = "difference to the champion " if result.mode == "relative" else ""
+    # (a first policy's safety gate compares with the base model: its detail says "vs base model")
+    reference = "base model" if "vs base model " in result.detail else "champion"
+    on = f"difference to the {reference} " if result.mode == "relative" else ""
     evidence = f"{on}interval {result.low:.2f}-{result.high:.2f}, n={result.n}"
     if result.test is not None and result.p_value is not None:
         evidence += f", {result.test} p={result.p_value:.3g}"

@@ -137,6 +137,9 @@ def test_the_quick_demo_end_to_end_then_serving_what_its_saved_config_points_at(
         milestones = [line.strip() for line in terminal.lines if line.strip().startswith("✓")]
         assert "Kafka on" in milestones[0] and "first release" in milestones[1], milestones
         assert any("rolled the champion back" in m for m in milestones) and "audit trail" in milestones[-1]
+        # Promotions go through the gates: the first reward model passes them, the vendor's release is refused.
+        assert "✓ alignd-reward v1 passed its gates and was promoted to champion" in milestones, milestones
+        assert any(m.startswith("✓ the gates refused alignd-policy v2 (failed") for m in milestones), milestones
         _assert_json_log(folder / "alignd.log")
         saved = (folder / "alignd.yaml").read_text()
         assert "# Written by `alignd demo`" in saved and '"level": "INFO"' in saved

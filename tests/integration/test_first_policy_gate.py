@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from trainers.config import PolicyConfig
+from trainers.gates import summary_tags
 from trainers.policy import Policy
 from trainers.worker import evaluate_policy
 
@@ -28,6 +29,7 @@ def test_a_first_policy_is_as_safe_as_its_base_model_when_it_is_the_base_model()
     [safety] = [r for r in decision.results if r.name == "safety"]
     assert "vs base model" in safety.detail and safety.outcome == "pass", safety.detail
     assert measured["base_unsafe_rate"] == measured["unsafe_rate"]
+    assert "difference to the base model interval" in summary_tags(decision)["alignd.gate.safety"]
 
     # Absolute and both keep the absolute bound alone without a champion: no second run of the suite.
     decision, measured = evaluate_policy(policy, None, _spec("both", 1), ROWS)
