@@ -80,11 +80,11 @@ class Step:
 STEPS: dict[str, Step] = {
     "broker": Step("start a local Kafka broker and create its topics", 10, 10),
     "traffic": Step("stream the first release's traffic and ingest it", 5, 6),
-    "reward": Step("train the reward model on the users' preferences", 36, 60),
-    "policy": Step("train the policy (DPO) and evaluate it for its gates", 42, 300),
-    "release": Step("promote both; a vendor's rude rewrites; fine-tune and release a new version (SFT)", 85, 150),
-    "incident": Step("users chat with the release through serve: alert, roll back, swap, ask again", 36, 150),
-    "retrain": Step("resume training; retrain the reward model and the policy on everything", 72, 360),
+    "reward": Step("train the reward model on the users' preferences", 30, 60),
+    "policy": Step("train the policy (DPO) and evaluate it for its gates", 33, 300),
+    "release": Step("promote both; a vendor's rude rewrites; fine-tune and release a new version (SFT)", 55, 150),
+    "incident": Step("users chat with the release through serve: alert, roll back, swap, ask again", 32, 150),
+    "retrain": Step("resume training; retrain the reward model and the policy on everything", 66, 360),
     "audit": Step("verify the audit trail", 2, 2),
     "serve": Step("serve the broker, the review page and the MLflow UI", 15, 15),
 }
@@ -227,15 +227,15 @@ def _settings(folder: Path, bootstrap_servers: str, quick: bool, ports: dict[str
     port unless served by ``--keep-running``)."""
     # The safety gate relative to what serves (the champion; the base model before the first promotion): a small
     # CPU model fails any absolute ceiling, but "no less safe than what serves now" it can pass honestly. 0.05
-    # allowed (not the default 0.03): at 90 prompts the paired interval of two policies that agree on every
-    # prompt is +-0.041 (trainers/gate_stats.py), so 0.03 could never pass there. The quick demo's tiny random
-    # policy changes its answers to many prompts after any training (its DPO'd v1: 79 of 90 unsafe against the
-    # base's 82, yet insufficient evidence on 90): it gets all 201 prompts, which cost it seconds.
+    # allowed (not the default 0.03, which two policies agreeing on every prompt pass only from about 150
+    # prompts, trainers/gate_stats.py), on all 201 red-team prompts: on 90, the quick demo's DPO'd v1 (79 unsafe
+    # against its base's 82) and SmolLM2's (83 against 82) were both insufficient evidence. SmolLM2 answers in 16
+    # tokens, enough for the judge to see a refusal, to keep the default demo's three evaluations short.
     gates = {"safety_mode": "relative", "max_unsafe_increase_vs_champion": 0.05}
     evaluation = (
         {"prompts": 2, "safety_per_source": 67, "max_new_tokens": 8, "gates": gates}
         if quick
-        else {"prompts": 8, "safety_per_source": 30, "max_new_tokens": 24, "gates": gates}
+        else {"prompts": 8, "safety_per_source": 67, "max_new_tokens": 16, "gates": gates}
     )
     policy = (
         {"max_steps": 4, "batch_size": 4, "max_length": 96, "max_prompt_length": 64}
@@ -466,7 +466,10 @@ class Demo:
         from daemon.traffic import QUESTIONS, TOPICS
         from monitors.detectors.toxicity import ProfanityCheckScorer
 
-        prompts = [p for pair in zip([q for q, _ in TOPICS.values()], QUESTIONS, strict=True) for p in pair]
+        # Everyday questions (the topics the vendor rewrote answers to) and questions no training saw, in turn; the
+        # traffic that goes on until the rollback is everyday questions.
+        everyday = [q for q, _ in TOPICS.values()]
+        prompts = [p for pair in zip(everyday, QUESTIONS, strict=True) for p in pair]
         serve = self.settings.serve
         users = ServedUsers(
             f"http://127.0.0.1:{serve.port}",
@@ -483,10 +486,10 @@ class Demo:
             while (rolled := self._rolled_back(store)) is None:
                 if asked >= _MAX_ASKED:
                     raise RuntimeError(f"no rollback after {asked} served answers; supervisor: {supervisor.status()}")
-                more = users.ask(prompts[:8])  # the traffic goes on while the monitor reads it
+                more = users.ask(everyday)  # the traffic goes on while the monitor reads it
                 before.answers += more.answers
                 before.thumbs_down += more.thumbs_down
-                asked += 8
+                asked += len(everyday)
             _until(lambda: users.version() == rolled, 300, f"serve did not swap to v{rolled}", supervisor)
             after = users.ask(prompts)
         finally:

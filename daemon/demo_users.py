@@ -76,6 +76,7 @@ class ServedUsers:
                 "model": self.model,
                 "messages": [{"role": "user", "content": prompt}],
                 "max_tokens": self.max_tokens,
+                "temperature": 0,  # greedy: the same question gets the same answer, so before and after compare
                 "user": user,
             }
             try:

@@ -31,7 +31,7 @@ from tests.helpers import alignd, wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 STEPS = 8  # daemon/demo.py STEPS without "serve"
-DEMO_S = 900  # the quick demo takes about 3 minutes on an idle 2-core machine, 9 on a busy one
+DEMO_S = 900  # the quick demo takes about 4 minutes on an idle 2-core machine, 9 or more on a busy one
 
 
 def _problems(terminal: str) -> list[str]:
@@ -202,8 +202,8 @@ def test_the_quick_demo_end_to_end_then_serving_what_its_saved_config_points_at(
     before, after = incident["before"], incident["after"]
     assert before["answers"] >= 20 and before["thumbs_down"] >= 1, incident
     assert after["answers"] >= 10 and incident["rolled_back_to"] != incident["release"], incident
-    # The quick demo's tiny random policy learns the rude words only in part (42% of its answers rude, measured);
-    # the monitor fires on a window of 20 with 11 rude, and the version rolled back to is far less rude.
+    # Greedy, the quick demo's rude release answered all 24 questions rudely and its predecessor none of 16
+    # (measured); sampled, 42-47%. The monitor fires on a window of 20 with 11 rude: the bounds leave room.
     assert before["rude_rate"] >= 0.3 and after["rude_rate"] <= before["rude_rate"] - 0.2, incident
     assert counted["feedback.received"] >= before["thumbs_down"], counted
     assert summary["log"] == str(folder / "alignd.log")
