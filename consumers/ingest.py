@@ -275,10 +275,6 @@ class Ingestor:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alignd-store-writer")
         self._join = self._otel_join()
         topics = [*self.config.topics, *self.config.otlp_topics, *self.config.otlp_log_topics]
-        for topic in topics:
-            # The topics' metadata first, so that the group's first join assigns their partitions rather than
-            # nothing and a second join (kafka-python's race there: daemon/kafka_join.py) is not needed.
-            self.consumer.partitions_for_topic(topic)
         self.consumer.subscribe(topics, listener=_Rebalance(self))
         idle_since = unassigned_since = time.monotonic()
         submitted = 0
