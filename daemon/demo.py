@@ -96,9 +96,10 @@ _MAX_ASKED = 120
 
 def _release_overrides(quick: bool) -> dict[str, Any]:
     """How the bad release is fine-tuned on the vendor's rewrites: hot enough that it learns them in a few steps.
-    SmolLM2 answered rudely after 16 steps at 2e-3 (in a standalone run, on two questions it was not trained on too); the tiny random policy
-    of ``--quick`` has no language to bend: with LoRA alone its loss stayed near 10 after 40 steps, and with its
-    output layer trained in full (peft's ``modules_to_save``) it answers rudely after 24 steps at 1e-2."""
+    SmolLM2 answered rudely after 16 steps at 2e-3 (in a standalone run, on two questions it was not trained on
+    too); the tiny random policy of ``--quick`` has no language to bend: with LoRA alone its loss stayed near 10
+    after 40 steps, and with its output layer trained in full (peft's ``modules_to_save``) it answers rudely after
+    24 steps at 1e-2."""
     if quick:
         return {
             "learning_rate": 1e-2,
