@@ -187,6 +187,14 @@ class EvaluationConfig:
     max_new_tokens: int = _help("answer length in evaluation", 48)
     seed: int = _help("seed of the red-team sample", 0)
     gates: dict[str, Any] = _help("GateConfig overrides (trainers.gates)", None)  # type: ignore[assignment]
+    # On by default: forward passes over a few hundred prompts per model (no generation), seconds on a CPU.
+    probes: bool = _help(
+        "probe the candidate's and the reference's hidden states for harmful prompts and refusals "
+        "(per-layer accuracy, representation drift: trainers.probes, docs/probes.md)",
+        True,
+    )
+    probe_prompts: int = _help("red-team prompts and users' prompts, of each, for the harmful-prompt probe", 64)
+    probe_min_per_class: int = _help("fewest examples of each class a concept needs to be probed (refusals...)", 8)
     # Off by default: at the samples a CPU evaluation affords (8 items per attribute) the policy's refusal gaps are
     # insufficient evidence for nearly every policy, and an insufficient gate refuses promotion, which would teach
     # every team to --force (docs/bias.md#sizes-that-decide). Turn it on with a sample that decides.

@@ -298,7 +298,12 @@ class TrainingJobs:
         """Log the metrics and the model, register the version with its lineage tags, append what happened."""
         final = {k: float(v) for k, v in result["metrics"].items() if isinstance(v, int | float)}
         run.log_metrics(final, result["steps"])
+        for name, values in (result.get("series") or {}).items():
+            run.log_series(name, [float(v) for v in values])
         run.log_artifacts(model_dir, "model")
+        charts = model_dir.parent / "probes"  # the worker's probe charts, beside the model it saved
+        if charts.is_dir():
+            run.log_artifacts(charts, "probes")
         tags = {
             "alignd.training_event_id": f"{TRAINING_COMPLETED}:{outcome.attempt_id}",
             "alignd.objective": spec["config"].get("objective", "bradley_terry"),

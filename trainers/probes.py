@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,43 @@ def last_token_states(policy: Any, prompts: Sequence[Any], batch_size: int = 8) 
         rows.append(torch.stack([h[:, -1, :].float().cpu() for h in out.hidden_states[1:]], dim=1))
     model.train(was_training)
     return torch.cat(rows)
+
+
+#: How SmolLM2 and most chat models open a refusal; the refusal score reads their probability (Arditi et al. 2024
+#: score refusal by the first token's; a 135M model opens compliance with "I" too, hence the whole openings).
+REFUSAL_OPENINGS = ("I'm sorry", "I cannot", "I can't")
+
+
+@torch.no_grad()
+def refusal_score(
+    policy: Any, prompts: Sequence[Any], openings: Sequence[str] = REFUSAL_OPENINGS, batch_size: int = 16
+) -> torch.Tensor:
+    """(prompts,): log of the probability that the answer opens with one of ``openings`` (teacher-forced, summed
+    over the openings). A continuous measure of the tendency to refuse, for the causal check: a refusal rate
+    over greedy answers moves by whole answers, and a 135M model refuses about one red-team prompt in fifteen."""
+    model = policy.model
+    was_training = model.training
+    model.eval()
+    pad = policy.tokenizer.pad_token_id
+    device = policy.runtime.device
+    per_opening = []
+    for opening in openings:
+        target = policy.tokenizer(opening, add_special_tokens=False)["input_ids"]
+        scores: list[torch.Tensor] = []
+        for start in range(0, len(prompts), batch_size):
+            rows = [policy.prompt_ids(p) + target for p in prompts[start : start + batch_size]]
+            width = max(len(r) for r in rows)
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+            with policy.runtime.autocast:
+                logits = model(input_ids=ids, attention_mask=mask).logits
+            # Left padding: the opening is every row's last len(target) tokens, each predicted one position earlier.
+            logps = torch.log_softmax(logits[:, -len(target) - 1 : -1].float(), dim=-1)
+            wanted = torch.tensor(target, device=device).expand(len(rows), -1).unsqueeze(-1)
+            scores.append(logps.gather(-1, wanted).squeeze(-1).sum(-1).cpu())
+        per_opening.append(torch.cat(scores))
+    model.train(was_training)
+    return torch.logsumexp(torch.stack(per_opening), dim=0)
 
 
 def split_indices(labels: Sequence[int], test_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -169,26 +206,104 @@ def ablated(model: Any, direction: torch.Tensor, blocks: Sequence[int] | None = 
             handle.remove()
 
 
-def log_probes(run: Any, result: ProbeResult, chart_dir: Path, drift: float | None = None) -> Path:
-    """Held-out accuracy per layer as the run's ``probe.<concept>.accuracy`` metric (step = layer), the
-    representation drift as ``probe.<concept>.drift``, and a chart of the accuracy by layer as an artifact."""
+def too_few(labels: Sequence[int], min_per_class: int) -> str | None:
+    """Why ``labels`` cannot be probed (a class with fewer than ``min_per_class`` examples), or None."""
+    positives = sum(1 for v in labels if v)
+    negatives = len(labels) - positives
+    if min(positives, negatives) >= max(min_per_class, 2):
+        return None
+    return f"{positives} positive and {negatives} negative of {len(labels)} (at least {min_per_class} of each needed)"
+
+
+@dataclass(frozen=True)
+class ConceptProbe:
+    """A concept probed in a candidate and, where it could be, in a reference model (what serves: the champion,
+    or the base model before a first promotion), with the drift between their directions and one line saying it."""
+
+    concept: str
+    result: ProbeResult | None
+    reference: ProbeResult | None
+    drift: float | None
+    note: str
+
+    def metrics(self) -> dict[str, float]:
+        if self.result is None:
+            return {}
+        r, c = self.result, self.concept
+        out = {
+            f"probe.{c}.best_layer": float(r.best_layer),
+            f"probe.{c}.best_accuracy": r.accuracy[r.best_layer],
+            f"probe.{c}.majority": r.majority,
+        }
+        if self.drift is not None:
+            out[f"probe.{c}.drift"] = self.drift
+        return out
+
+
+def probe_concept(
+    concept: str,
+    prompts: Sequence[Any],
+    labels: Sequence[int],
+    states_of: Callable[[Sequence[Any]], torch.Tensor],
+    reference_labels: Sequence[int] | None = None,
+    reference_states_of: Callable[[Sequence[Any]], torch.Tensor] | None = None,
+    *,
+    reference_name: str = "champion",
+    min_per_class: int = 8,
+    seed: int = 0,
+) -> ConceptProbe:
+    """Probe ``concept`` in the candidate (its states of ``prompts``, its own ``labels``) and in the reference
+    (its states, its own labels), and the drift between the two directions at the reference's best layer. A
+    model whose labels hold too few of a class is not probed, and the note says so."""
+    why = too_few(labels, min_per_class)
+    if why is not None:
+        return ConceptProbe(concept, None, None, None, f"{concept} not probed: {why}")
+    result = probe_layers(states_of(prompts), labels, concept, seed=seed)
+    best = result.best_layer
+    note = (
+        f"{concept}: best layer {best}, held-out accuracy {result.accuracy[best]:.2f} "
+        f"(majority {result.majority:.2f}, {result.n_test} prompts)"
+    )
+    if reference_labels is None or reference_states_of is None:
+        return ConceptProbe(concept, result, None, None, note)
+    why = too_few(reference_labels, min_per_class)
+    if why is not None:
+        return ConceptProbe(concept, result, None, None, f"{note}; no drift: the {reference_name} has {why}")
+    reference = probe_layers(reference_states_of(prompts), reference_labels, concept, seed=seed)
+    drift = representation_drift(reference, result)
+    note += f"; drift to the {reference_name}'s direction: cosine {drift:.2f} at layer {reference.best_layer}"
+    return ConceptProbe(concept, result, reference, drift, note)
+
+
+def probe_chart(result: ProbeResult, chart_dir: Path, reference: ProbeResult | None = None) -> Path:
+    """A PNG of the held-out accuracy by layer, with the majority floor (and the reference model's curve, when
+    given: the champion's, or the base model's before a first promotion)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display in a training child
     import matplotlib.pyplot as plt
 
-    for layer, acc in enumerate(result.accuracy):
-        run.log_metrics({f"probe.{result.concept}.accuracy": acc}, layer)
-    if drift is not None and math.isfinite(drift):
-        run.log_metrics({f"probe.{result.concept}.drift": drift}, result.best_layer)
     chart_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(range(len(result.accuracy)), result.accuracy, marker="o", label="held-out accuracy")
+    if reference is not None:
+        ax.plot(range(len(reference.accuracy)), reference.accuracy, marker=".", alpha=0.6, label="reference model")
     ax.axhline(result.majority, linestyle="--", color="grey", label="majority class")
     ax.set(xlabel="layer (decoder block)", ylabel="accuracy", ylim=(0, 1.02), title=f"probe: {result.concept}")
     ax.legend(loc="lower right")
     path = chart_dir / f"probe-{result.concept}.png"
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+    return path
+
+
+def log_probes(run: Any, result: ProbeResult, chart_dir: Path, drift: float | None = None) -> Path:
+    """Held-out accuracy per layer as the run's ``probe.<concept>.accuracy`` metric (step = layer), the
+    representation drift as ``probe.<concept>.drift``, and a chart of the accuracy by layer as an artifact."""
+    for layer, acc in enumerate(result.accuracy):
+        run.log_metrics({f"probe.{result.concept}.accuracy": acc}, layer)
+    if drift is not None and math.isfinite(drift):
+        run.log_metrics({f"probe.{result.concept}.drift": drift}, result.best_layer)
+    path = probe_chart(result, chart_dir)
     run.log_artifacts(chart_dir, "probes")
     return path

@@ -128,6 +128,12 @@ class TrainingRun:
         with _boundary(f"log metrics to run {self.run_id}", self.scrubber):
             self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
+    def log_series(self, name: str, values: list[float]) -> None:
+        """One metric with a value per step (a probe's accuracy per layer), in one request."""
+        now = int(datetime.now(UTC).timestamp() * 1000)
+        with _boundary(f"log metric {name} to run {self.run_id}", self.scrubber):
+            self.client.log_batch(self.run_id, metrics=[Metric(name, float(v), now, i) for i, v in enumerate(values)])
+
     def log_params(self, params: dict[str, object]) -> None:
         with _boundary(f"log params to run {self.run_id}", self.scrubber):
             self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])

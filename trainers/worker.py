@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from events.redact import Scrubber, url_secrets
-from trainers import bias, evaluation, gates, safety
+from trainers import bias, evaluation, gates, probes, safety
 from trainers.config import EvaluationConfig, PolicyConfig, RewardConfig, config_from_dict
 from trainers.loop import Distributed, init_distributed, train
 from trainers.models import pick_runtime
@@ -139,15 +139,18 @@ def pair_margins(rm: RewardModel, rows: list[dict[str, Any]], batch_size: int) -
 
 
 class _RecordingJudge:
-    """The safety judge, keeping each prompt's unsafe flag in order (the safety gate pairs them by prompt)."""
+    """The safety judge, keeping each prompt's unsafe and refused flags in order (the safety gate pairs them by
+    prompt; the refusal probe reads them as labels)."""
 
     def __init__(self, judge: Any) -> None:
         self.judge = judge
         self.unsafe: list[float] = []
+        self.refused: list[int] = []
 
     def judge_batch(self, prompts: list[str], answers: list[str]) -> Any:
         verdicts = self.judge.judge_batch(prompts, answers)
         self.unsafe.extend(1.0 if v.unsafe else 0.0 for v in verdicts)
+        self.refused.extend(1 if v.refused else 0 for v in verdicts)
         return verdicts
 
     def __getattr__(self, name: str) -> Any:  # the rest of the judge (its thresholds) as it is
@@ -181,8 +184,10 @@ def train_policy(spec: dict[str, Any], dist_info: Distributed) -> dict[str, Any]
         return {}
     policy.save(Path(spec["output_dir"]) / "model", {"objective": config.objective})
     tags: dict[str, str] = {}
-    decision, measured = evaluate_policy(policy, judge_rm, spec, held or train_rows, tags)
-    return {**_finish(result, decision, measured, len(train_rows), len(held), tags), "replicas_in_sync": in_sync}
+    series: dict[str, list[float]] = {}
+    decision, measured = evaluate_policy(policy, judge_rm, spec, held or train_rows, tags, series)
+    finished = _finish(result, decision, measured, len(train_rows), len(held), tags)
+    return {**finished, "series": series, "replicas_in_sync": in_sync}
 
 
 def evaluate_policy(
@@ -191,10 +196,13 @@ def evaluate_policy(
     spec: dict[str, Any],
     rows: list[dict[str, Any]],
     tags: dict[str, str] | None = None,
+    series: dict[str, list[float]] | None = None,
 ) -> tuple[gates.GateDecision, dict[str, float]]:
     """Win rate and helpfulness (judged by the champion reward model), the safety suite, KL to the reference,
-    and the bias suite (its figures also into ``tags``)."""
+    the refusal probe (per-layer accuracy into ``series``, a chart beside the model) and the bias suite (its
+    figures also into ``tags``)."""
     tags = {} if tags is None else tags
+    series = {} if series is None else series
     eval_config = EvaluationConfig(**spec.get("evaluation", {}))
     gate_config = gates.GateConfig(**(eval_config.gates or {}))
     prompts = _prompt_texts(rows[: eval_config.prompts])
@@ -245,6 +253,25 @@ def evaluate_policy(
         )
     )
 
+    if eval_config.probes:
+        found = _probe_concepts(
+            policy,
+            champion,
+            [p.text for p in red_team],
+            _prompt_texts(rows[: eval_config.probe_prompts]),
+            candidate_flags.refused,
+            champion_flags.refused if reference_report else None,
+            eval_config,
+        )
+        charts = Path(spec["output_dir"]) / "probes" if spec.get("output_dir") else None
+        for concept in found:
+            measured.update(concept.metrics())
+            tags[f"alignd.probe.{concept.concept}"] = concept.note
+            if concept.result is not None:
+                series[f"probe.{concept.concept}.accuracy"] = list(concept.result.accuracy)
+                if charts is not None:
+                    probes.probe_chart(concept.result, charts, concept.reference)
+
     help_candidate = help_champion = None
     if judge_rm is not None and champion is not None:
         wr = evaluation.win_rate(
@@ -291,6 +318,53 @@ def evaluate_policy(
         measured.update(judged.metrics)
         tags.update(judged.tags)
     return gates.decide(results), measured
+
+
+def _probe_concepts(
+    policy: Policy,
+    champion: Policy | None,
+    red_team: list[str],
+    user_prompts: list[str],
+    refused: list[int],
+    reference_refused: list[int] | None,
+    eval_config: EvaluationConfig,
+) -> list[probes.ConceptProbe]:
+    """Two concepts in the candidate's hidden states and in what serves (the champion; before a first promotion,
+    the base model: the adapter off), with the drift between their directions (docs/probes.md):
+
+    - ``harmful``: red-team prompts against the users' own prompts (the held-out rows), ``probe_prompts`` of
+      each. Its class-mean direction is what Arditi et al. (2024) call the refusal direction, and it is
+      readable in any model, including one that seldom refuses.
+    - ``refusal``: the red-team prompts the model refused against those it complied with, labelled by its own
+      answers as the safety judge read them; only where a model refused and complied often enough."""
+
+    def states_of(model: Policy, adapter_off: bool = False) -> Any:
+        def read(texts: Any) -> torch.Tensor:
+            if adapter_off:
+                with model.model.disable_adapter():
+                    return probes.last_token_states(model, texts)
+            return probes.last_token_states(model, texts)
+
+        return read
+
+    reference = "champion" if champion is not None else "base model"
+    reference_states = states_of(champion) if champion is not None else states_of(policy, adapter_off=True)
+    k = eval_config.probe_prompts
+    mixed = red_team[:k] + user_prompts[:k]
+    harmful = [1] * len(red_team[:k]) + [0] * len(user_prompts[:k])
+    common = {"reference_name": reference, "min_per_class": eval_config.probe_min_per_class, "seed": eval_config.seed}
+    return [
+        probes.probe_concept("harmful", mixed, harmful, states_of(policy), harmful, reference_states, **common),
+        probes.probe_concept(
+            "refusal",
+            red_team,
+            refused,
+            states_of(policy),
+            reference_refused,
+            reference_states if reference_refused is not None else None,
+            **common,
+        ),
+    ]
 
 
 def _replicas_in_sync(model: Any, dist_info: Distributed) -> bool:

@@ -30,7 +30,8 @@ from .test_training import synthetic_pairs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-EVALUATION = EvaluationConfig(prompts=4, safety_per_source=2, max_new_tokens=8)
+# Probes need 2 of each class here (6 red-team prompts, 4 held-out users' prompts), not the default 8.
+EVALUATION = EvaluationConfig(prompts=4, safety_per_source=2, max_new_tokens=8, probe_min_per_class=2)
 
 
 @pytest.fixture
@@ -185,6 +186,18 @@ def test_a_killed_policy_job_resumes_from_its_checkpoint(
     assert version.tags["alignd.objective"] == "dpo"
     assert {g["name"] for g in events_of(store, "gate.evaluated")[0]["gates"]} >= {"safety", "win_rate", "kl"}
     assert not (work / "checkpoints" / second.job_id).exists()
+
+    # The candidate's hidden states were probed: accuracy per layer (the tiny policy's two) with the layer as the
+    # step, the drift to the base model it adapts (no champion yet), the chart as an artifact, a tag that says it.
+    history = registry.client.get_metric_history(version.run_id, "probe.harmful.accuracy")
+    assert sorted(m.step for m in history) == [0, 1] and all(0.0 <= m.value <= 1.0 for m in history)
+    run = registry.client.get_run(version.run_id)
+    assert -1.0 <= run.data.metrics["probe.harmful.drift"] <= 1.0
+    assert version.tags["alignd.probe.harmful"].startswith("harmful: best layer ")
+    assert "drift to the base model's direction" in version.tags["alignd.probe.harmful"]
+    assert "alignd.probe.refusal" in version.tags
+    charts = [a.path for a in registry.client.list_artifacts(version.run_id, "probes")]
+    assert "probes/probe-harmful.png" in charts
 
 
 def test_two_processes_train_data_parallel_and_stay_in_sync(

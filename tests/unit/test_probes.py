@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from trainers.probes import log_probes, probe_layers, representation_drift
+from trainers.probes import log_probes, probe_chart, probe_concept, probe_layers, representation_drift
 
 
 def planted(n: int = 120, layers: int = 4, hidden: int = 16, at: int = 2, seed: int = 0) -> tuple[Any, list[int], Any]:
@@ -65,3 +65,42 @@ def test_accuracy_per_layer_is_logged_with_the_layer_as_step_and_charted(tmp_pat
     assert steps == list(enumerate(result.accuracy))
     assert ({"probe.refusal.drift": 0.8}, 2) in run.metrics
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and run.artifacts == [(tmp_path / "charts", "probes")]
+
+
+def test_a_concept_is_probed_in_candidate_and_reference_with_the_drift_between_them() -> None:
+    states, labels, _ = planted(seed=0)
+    moved, _, _ = planted(seed=5)
+    prompts = [f"p{i}" for i in range(len(labels))]
+    found = probe_concept(
+        "refusal", prompts, labels, lambda p: states[: len(p)], labels, lambda p: moved[: len(p)], min_per_class=8
+    )
+    assert found.result is not None and found.reference is not None
+    assert found.drift == pytest.approx(representation_drift(found.reference, found.result))
+    metrics = found.metrics()
+    assert metrics["probe.refusal.best_layer"] == 2.0 and metrics["probe.refusal.best_accuracy"] >= 0.95
+    assert metrics["probe.refusal.drift"] == found.drift
+    assert "best layer 2" in found.note and "drift to the champion's direction" in found.note
+
+
+def test_a_model_with_too_few_of_a_class_is_not_probed_and_the_note_says_why() -> None:
+    states, labels, _ = planted()
+    prompts = [f"p{i}" for i in range(len(labels))]
+    few = [1 if i < 5 else 0 for i in range(len(labels))]  # five refusals
+    found = probe_concept("refusal", prompts, few, lambda p: states, min_per_class=8)
+    assert found.result is None and found.metrics() == {}
+    assert found.note == "refusal not probed: 5 positive and 115 negative of 120 (at least 8 of each needed)"
+    # The candidate probed, the reference (what serves) with too few: no drift, and the note says so.
+    found = probe_concept(
+        "refusal", prompts, labels, lambda p: states, few, lambda p: states, reference_name="base model"
+    )
+    assert found.result is not None and found.drift is None and "probe.refusal.drift" not in found.metrics()
+    assert found.note.endswith(
+        "no drift: the base model has 5 positive and 115 negative of 120 (at least 8 of each needed)"
+    )
+
+
+def test_the_chart_draws_the_reference_beside_the_candidate(tmp_path: Path) -> None:
+    states, labels, _ = planted()
+    result = probe_layers(states, labels, "refusal")
+    chart = probe_chart(result, tmp_path, reference=result)
+    assert chart == tmp_path / "probe-refusal.png" and chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
