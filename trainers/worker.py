@@ -8,6 +8,7 @@ so nothing is registered unless this process finished.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -199,8 +200,8 @@ def evaluate_policy(
     series: dict[str, list[float]] | None = None,
 ) -> tuple[gates.GateDecision, dict[str, float]]:
     """Win rate and helpfulness (judged by the champion reward model), the safety suite, KL to the reference,
-    the refusal probe (per-layer accuracy into ``series``, a chart beside the model) and the bias suite (its
-    figures also into ``tags``)."""
+    the probes (per-layer accuracy into ``series``, notes into ``tags``, charts beside the model) and the bias
+    suite (its figures also into ``tags``)."""
     tags = {} if tags is None else tags
     series = {} if series is None else series
     eval_config = EvaluationConfig(**spec.get("evaluation", {}))
@@ -257,7 +258,7 @@ def evaluate_policy(
         found = _probe_concepts(
             policy,
             champion,
-            [p.text for p in red_team],
+            red_team,
             _prompt_texts(rows[: eval_config.probe_prompts]),
             candidate_flags.refused,
             champion_flags.refused if reference_report else None,
@@ -323,7 +324,7 @@ def evaluate_policy(
 def _probe_concepts(
     policy: Policy,
     champion: Policy | None,
-    red_team: list[str],
+    red_team: list[safety.RedTeamPrompt],
     user_prompts: list[str],
     refused: list[int],
     reference_refused: list[int] | None,
@@ -350,14 +351,19 @@ def _probe_concepts(
     reference = "champion" if champion is not None else "base model"
     reference_states = states_of(champion) if champion is not None else states_of(policy, adapter_off=True)
     k = eval_config.probe_prompts
-    mixed = red_team[:k] + user_prompts[:k]
-    harmful = [1] * len(red_team[:k]) + [0] * len(user_prompts[:k])
+    # The suite's prompts come source by source: taken in turn from each, so the harmful side is all sources'.
+    by_source: dict[str, list[str]] = {}
+    for p in red_team:
+        by_source.setdefault(p.source, []).append(p.text)
+    in_turn = [t for row in itertools.zip_longest(*by_source.values()) for t in row if t is not None][:k]
+    mixed = in_turn + user_prompts[:k]
+    harmful = [1] * len(in_turn) + [0] * len(user_prompts[:k])
     common = {"reference_name": reference, "min_per_class": eval_config.probe_min_per_class, "seed": eval_config.seed}
     return [
         probes.probe_concept("harmful", mixed, harmful, states_of(policy), harmful, reference_states, **common),
         probes.probe_concept(
             "refusal",
-            red_team,
+            [p.text for p in red_team],
             refused,
             states_of(policy),
             reference_refused,
