@@ -186,7 +186,7 @@ def train_policy(spec: dict[str, Any], dist_info: Distributed) -> dict[str, Any]
     policy.save(Path(spec["output_dir"]) / "model", {"objective": config.objective})
     tags: dict[str, str] = {}
     series: dict[str, list[float]] = {}
-    decision, measured = evaluate_policy(policy, judge_rm, spec, held or train_rows, tags, series)
+    decision, measured = evaluate_policy(policy, judge_rm, spec, held or train_rows, tags, series, held + train_rows)
     finished = _finish(result, decision, measured, len(train_rows), len(held), tags)
     return {**finished, "series": series, "replicas_in_sync": in_sync}
 
@@ -198,10 +198,11 @@ def evaluate_policy(
     rows: list[dict[str, Any]],
     tags: dict[str, str] | None = None,
     series: dict[str, list[float]] | None = None,
+    probe_rows: list[dict[str, Any]] | None = None,
 ) -> tuple[gates.GateDecision, dict[str, float]]:
     """Win rate and helpfulness (judged by the champion reward model), the safety suite, KL to the reference,
-    the probes (per-layer accuracy into ``series``, notes into ``tags``, charts beside the model) and the bias
-    suite (its figures also into ``tags``)."""
+    the probes (per-layer accuracy into ``series``, notes into ``tags``, charts beside the model; the users'
+    prompts from ``probe_rows``, default ``rows``) and the bias suite (its figures also into ``tags``)."""
     tags = {} if tags is None else tags
     series = {} if series is None else series
     eval_config = EvaluationConfig(**spec.get("evaluation", {}))
@@ -259,7 +260,9 @@ def evaluate_policy(
             policy,
             champion,
             red_team,
-            _prompt_texts(rows[: eval_config.probe_prompts]),
+            # Distinct prompts, from the whole snapshot (training prompts too: the probe learns nothing from
+            # them that the policy did, and a held-out tenth held 5 to 13 distinct prompts in the demo).
+            list(dict.fromkeys(_prompt_texts(probe_rows or rows)))[: eval_config.probe_prompts],
             candidate_flags.refused,
             champion_flags.refused if reference_report else None,
             eval_config,
@@ -333,8 +336,8 @@ def _probe_concepts(
     """Two concepts in the candidate's hidden states and in what serves (the champion; before a first promotion,
     the base model: the adapter off), with the drift between their directions (docs/probes.md):
 
-    - ``harmful``: red-team prompts against the users' own prompts (the held-out rows), ``probe_prompts`` of
-      each. Its class-mean direction is what Arditi et al. (2024) call the refusal direction, and it is
+    - ``harmful``: red-team prompts against the users' own prompts (the snapshot's, distinct), ``probe_prompts``
+      of each. Its class-mean direction is what Arditi et al. (2024) call the refusal direction, and it is
       readable in any model, including one that seldom refuses.
     - ``refusal``: the red-team prompts the model refused against those it complied with, labelled by its own
       answers as the safety judge read them; only where a model refused and complied often enough."""

@@ -30,7 +30,7 @@ from .test_training import synthetic_pairs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# Probes need 2 of each class here (6 red-team prompts, 4 held-out users' prompts), not the default 8.
+# The 6 red-team prompts here are fewer than the 8 of each class probes need by default.
 EVALUATION = EvaluationConfig(prompts=4, safety_per_source=2, max_new_tokens=8, probe_min_per_class=2)
 
 
