@@ -83,13 +83,11 @@ def split_red_team(per_source: int, direction: int, validation: int, seed: int) 
 @torch.no_grad()
 def first_token_logps(policy: Any, prompts: Sequence[str]) -> torch.Tensor:
     """(prompts, vocabulary): log p of the answer's first token, at the prompt's last position."""
+    from trainers.probes import left_padded
+
     rows = []
     for start in range(0, len(prompts), 16):
-        ids = [policy.prompt_ids(p) for p in prompts[start : start + 16]]
-        width = max(len(i) for i in ids)
-        pad = policy.tokenizer.pad_token_id
-        x = torch.tensor([[pad] * (width - len(i)) + i for i in ids])
-        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+        x, mask = left_padded(policy, [policy.prompt_ids(p) for p in prompts[start : start + 16]])
         rows.append(torch.log_softmax(policy.model(input_ids=x, attention_mask=mask).logits[:, -1].float(), -1))
     return torch.cat(rows)
 

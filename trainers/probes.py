@@ -29,6 +29,16 @@ import torch
 logger = logging.getLogger(__name__)
 
 
+def left_padded(policy: Any, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of token rows padded on the left, so every row ends at the last position."""
+    width = max(len(r) for r in rows)
+    pad = policy.tokenizer.pad_token_id
+    device = policy.runtime.device
+    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, mask
+
+
 @torch.no_grad()
 def last_token_states(policy: Any, prompts: Sequence[Any], batch_size: int = 8) -> torch.Tensor:
     """(prompts, layers, hidden): each block's output at the last token of the chat-templated prompt (the
@@ -39,12 +49,8 @@ def last_token_states(policy: Any, prompts: Sequence[Any], batch_size: int = 8) 
     model.eval()
     rows: list[torch.Tensor] = []
     for start in range(0, len(prompts), batch_size):
-        ids = [policy.prompt_ids(p) for p in prompts[start : start + batch_size]]
-        width = max(len(i) for i in ids)
-        pad = policy.tokenizer.pad_token_id
         # Left padding: the last position is every prompt's last token.
-        input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=policy.runtime.device)
-        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=policy.runtime.device)
+        input_ids, mask = left_padded(policy, [policy.prompt_ids(p) for p in prompts[start : start + batch_size]])
         with policy.runtime.autocast:
             out = model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
         # hidden_states[0] is the embeddings; [1:] the blocks (the last with the final norm applied).
@@ -68,7 +74,6 @@ def refusal_score(
     model = policy.model
     was_training = model.training
     model.eval()
-    pad = policy.tokenizer.pad_token_id
     device = policy.runtime.device
     per_opening = []
     for opening in openings:
@@ -76,9 +81,7 @@ def refusal_score(
         scores: list[torch.Tensor] = []
         for start in range(0, len(prompts), batch_size):
             rows = [policy.prompt_ids(p) + target for p in prompts[start : start + batch_size]]
-            width = max(len(r) for r in rows)
-            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+            ids, mask = left_padded(policy, rows)
             with policy.runtime.autocast:
                 logits = model(input_ids=ids, attention_mask=mask).logits
             # Left padding: the opening is every row's last len(target) tokens, each predicted one position earlier.
