@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from daemon import configs
-from daemon.settings import LIGHT_DETECTORS, Settings
+from daemon.settings import CHAMPION_CLASSIFIER, LIGHT_DETECTORS, Settings
 from events.errors import ConfigurationError, StoreUnavailableError
 
 if TYPE_CHECKING:
@@ -277,7 +277,28 @@ class App:
                 f"unknown detector {', '.join(unknown)} (ALIGND_MONITORS_DETECTORS); known: {', '.join(DETECTOR_NAMES)}"
             )
         scorer = self.champion_reward_scorer() if set(NEEDS_REWARD_MODEL) & set(wanted) else None
-        return build_detectors(self.settings.monitors, wanted, scorer)
+        monitors = self.settings.monitors
+        if monitors.jailbreak_classifier == CHAMPION_CLASSIFIER and {"jailbreak_attempt", "jailbreak_success"} & set(
+            wanted
+        ):
+            monitors = monitors.model_copy(update={"jailbreak_classifier": self.champion_detector_folder()})
+        return build_detectors(monitors, wanted, scorer)
+
+    def champion_detector_folder(self) -> str | None:
+        """The champion jailbreak classifier (``alignd-detector``) downloaded for the monitors, or None (logged)
+        when no version is the champion: the jailbreak detectors then run on patterns and similarity."""
+        champion = self.registry.get_by_alias("detector", "champion")
+        if champion is None:
+            logger.warning(
+                "monitors.jailbreak_classifier is 'champion' but no alignd-detector version is the champion: the "
+                "jailbreak detectors use patterns and similarity until one is (`alignd train detector`, then "
+                "`alignd models promote detector challenger --reason ...`, then restart the monitor role)"
+            )
+            return None
+        folder = Path(self.settings.trainers.work_dir) / "monitors" / f"detector-{champion.version}"
+        path = self.registry.download("detector", champion.version, folder)
+        logger.info("the jailbreak detectors classify with alignd-detector version %s", champion.version)
+        return str(path)
 
     def champion_reward_scorer(self) -> RewardModel:
         """The champion reward model from MLflow, loaded for scoring (the reward-drift monitors' port).

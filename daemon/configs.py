@@ -13,9 +13,9 @@ if TYPE_CHECKING:
     from daemon.scheduler import ScheduleConfig
     from daemon.settings import Settings
     from trainers.children import JobLimits
-    from trainers.config import EvaluationConfig, PolicyConfig, RewardConfig, TrainConfig
+    from trainers.config import DetectorTrainConfig, EvaluationConfig, PolicyConfig, RewardConfig, TrainConfig
 
-_Config = TypeVar("_Config", bound="TrainConfig | EvaluationConfig")
+_Config = TypeVar("_Config", bound="TrainConfig | EvaluationConfig | DetectorTrainConfig")
 
 
 def ingest_config(settings: Settings) -> IngestConfig:
@@ -51,6 +51,12 @@ def policy_config(settings: Settings, **overrides: Any) -> PolicyConfig:
 
     t = settings.trainers
     return _checked(PolicyConfig, "policy", {"model": t.policy_model, **t.policy, **overrides})
+
+
+def detector_config(settings: Settings, **overrides: Any) -> DetectorTrainConfig:
+    from trainers.config import DetectorTrainConfig
+
+    return _checked(DetectorTrainConfig, "detector", {**settings.trainers.detector, **overrides})
 
 
 def evaluation_config(settings: Settings) -> EvaluationConfig:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from daemon.bootstrap import App
     from daemon.scheduler import TrainingRequest
     from events.sql_store import SqlEventStore
-    from trainers.config import TrainConfig
+    from trainers.config import DetectorTrainConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +131,11 @@ def _run_training(app: App, request: TrainingRequest, cancel: Callable[[], str |
         return app.champion_evaluation.run(configs.job_limits(app.settings), cancel=cancel)
     overrides = {"objective": request.objective} if request.kind == "policy" and request.objective else {}
     settings = app.settings
+    config: TrainConfig | DetectorTrainConfig
     if request.kind == "reward":
-        config: TrainConfig = configs.reward_config(settings)
+        config = configs.reward_config(settings)
+    elif request.kind == "detector":
+        config = configs.detector_config(settings)
     else:
         config = configs.policy_config(settings, **overrides)
     try:

@@ -8,10 +8,12 @@ times outlive any replica: a new leader keeps a job's stored next run time unles
 
 Jobs (ids stable across replicas; each ``max_instances=1, coalesce=True``):
 
-* ``retrain_reward`` / ``retrain_policy``: cron; train if anything arrived since the last successful run.
+* ``retrain_reward`` / ``retrain_policy`` / ``retrain_detector``: cron; train if anything arrived since the last
+  successful run.
 * ``check_volume``: every ``check_interval_s``; train the reward model after ``reward_after_pairs`` new
   preference pairs, the policy after ``policy_after_examples`` new examples of its objective's dataset
-  (pairs for DPO, demonstrations for SFT, prompts for RLOO, PPO and GRPO), counted after the ``to_seq`` of the dataset
+  (pairs for DPO, demonstrations for SFT, prompts for RLOO, PPO and GRPO), the jailbreak classifier after
+  ``detector_after_verdicts`` new reviewers' verdicts on the jailbreak detectors' alerts, counted after the ``to_seq`` of the dataset
   the last successful training of that kind used. It also resumes a job that was interrupted.
 * ``evaluate``: cron, optional; the continuous evaluation of the champions (docs/trainers.md,
   ``trainers/champion_eval.py``), a request of kind ``evaluation`` that a pause does not block.
@@ -63,9 +65,11 @@ class ScheduleConfig:
     reward_cron: str | None = "0 3 * * *"
     policy_cron: str | None = "0 4 * * *"
     evaluation_cron: str | None = None
+    detector_cron: str | None = None
     #: Retrain after this many new examples; 0 turns the volume trigger off for that kind.
     reward_after_pairs: int = 200
     policy_after_examples: int = 500
+    detector_after_verdicts: int = 25
     policy_objective: str = "dpo"
     check_interval_s: float = 60.0
     lease_s: float = 15.0
@@ -88,7 +92,7 @@ class ScheduleConfig:
 class TrainingRequest:
     """What a job asks the worker to run. ``upto_seq`` is set when resuming (same dataset, same checkpoint)."""
 
-    kind: str  # reward, policy or evaluation
+    kind: str  # reward, policy, detector or evaluation
     objective: str | None
     trigger: str  # cron, volume, resume
     reason: str
@@ -112,7 +116,11 @@ def planned_jobs(config: ScheduleConfig) -> list[tuple[str, Any]]:
     from apscheduler.triggers.interval import IntervalTrigger
 
     tz = config.timezone
-    crons = (("retrain_reward", config.reward_cron), ("retrain_policy", config.policy_cron))
+    crons = (
+        ("retrain_reward", config.reward_cron),
+        ("retrain_policy", config.policy_cron),
+        ("retrain_detector", config.detector_cron),
+    )
     wanted = [(job, CronTrigger.from_crontab(cron, timezone=tz)) for job, cron in crons if cron]
     wanted.append(("check_volume", IntervalTrigger(seconds=config.check_interval_s, timezone=tz)))
     if config.evaluation_cron:
@@ -393,11 +401,12 @@ class TrainingScheduler:
         try:
             if job == "evaluate":
                 self._enqueue(TrainingRequest("evaluation", None, "cron", "scheduled evaluation of the champions"))
-            elif job in ("retrain_reward", "retrain_policy"):
+            elif job in ("retrain_reward", "retrain_policy", "retrain_detector"):
                 self._consider(job.removeprefix("retrain_"), "cron")
             elif job == "check_volume":
                 self._consider("reward", "volume")
                 self._consider("policy", "volume")
+                self._consider("detector", "volume")
         except StoreUnavailableError as exc:
             logger.warning("job %s skipped: %s", job, exc)
 
@@ -413,7 +422,11 @@ class TrainingScheduler:
         if trigger == "cron":
             threshold = 1
         else:
-            threshold = self.config.reward_after_pairs if kind == "reward" else self.config.policy_after_examples
+            threshold = {
+                "reward": self.config.reward_after_pairs,
+                "policy": self.config.policy_after_examples,
+                "detector": self.config.detector_after_verdicts,
+            }[kind]
         decision = decide_training(
             kind,
             attempts,

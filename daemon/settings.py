@@ -200,6 +200,10 @@ LIGHT_DETECTORS = (
 )
 
 
+#: ``monitors.jailbreak_classifier``'s value for the registry's champion classifier, rather than a folder.
+CHAMPION_CLASSIFIER = "champion"
+
+
 class MonitorsSettings(BaseModel):
     """Which detectors run, and the rules that turn their alerts into enforcement requests."""
 
@@ -216,8 +220,9 @@ class MonitorsSettings(BaseModel):
     embedding_model: str | None = Field(None, description="a Hugging Face model name instead of the packaged MiniLM")
     jailbreak_classifier: str | None = Field(
         None,
-        description="folder of a trained jailbreak-attempt classifier (python -m trainers.detector); when set it "
-        "decides jailbreak_attempt and jailbreak_success, not patterns + similarity (docs/jailbreak-classifier.md)",
+        description="'champion' (the promoted alignd-detector version, `alignd train detector`) or the folder of a "
+        "trained jailbreak-attempt classifier (python -m trainers.detector); when set it decides jailbreak_attempt "
+        "and jailbreak_success, not patterns + similarity (docs/jailbreak-classifier.md)",
     )
     jailbreak_classifier_runtime: Literal["onnx-int8", "onnx", "torch"] = Field(
         "onnx-int8", description="how the classifier runs (int8 ONNX: the fastest, accuracy in the docs)"
@@ -293,6 +298,10 @@ class TrainersSettings(_MaskedRepr):
     reward: dict[str, Any] = Field(default_factory=dict, description="RewardConfig overrides (trainers.config)")
     policy: dict[str, Any] = Field(default_factory=dict, description="PolicyConfig overrides (trainers.config)")
     evaluation: dict[str, Any] = Field(default_factory=dict, description="EvaluationConfig overrides, gates included")
+    detector: dict[str, Any] = Field(
+        default_factory=dict,
+        description="DetectorTrainConfig overrides (trainers.config): the jailbreak classifier's data and settings",
+    )
 
 
 class ScheduleSettings(BaseModel):
@@ -308,6 +317,14 @@ class ScheduleSettings(BaseModel):
     )
     reward_after_pairs: int = Field(200, ge=0, description="retrain the reward model after N new pairs (0: off)")
     policy_after_examples: int = Field(500, ge=0, description="retrain the policy after N new examples (0: off)")
+    detector_cron: str | None = Field(
+        None, description="cron for the jailbreak classifier (empty: off; it retrains on verdicts below)"
+    )
+    detector_after_verdicts: int = Field(
+        25,
+        ge=0,
+        description="retrain the jailbreak classifier after N new reviewers' verdicts on jailbreak alerts (0: off)",
+    )
     policy_objective: Literal["sft", "dpo", "rloo", "ppo", "grpo"] = "dpo"
     check_interval_s: float = Field(60.0, gt=0)
     lease_s: float = Field(15.0, gt=0, description="leader lease; another replica takes over after it expires")
@@ -315,7 +332,7 @@ class ScheduleSettings(BaseModel):
     orphan_after_s: float = Field(7200.0, gt=0)
     timezone: str = "UTC"
 
-    @field_validator("reward_cron", "policy_cron", "evaluation_cron")
+    @field_validator("reward_cron", "policy_cron", "evaluation_cron", "detector_cron")
     @classmethod
     def _crontab(cls, value: str | None) -> str | None:
         # Checked here rather than when the leader starts its scheduler: there, one bad expression would keep

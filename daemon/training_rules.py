@@ -14,9 +14,10 @@ from datetime import datetime
 from typing import Any
 
 from events.model import StoredEvent
-from events.names import MODEL_REGISTERED, TRAINING_COMPLETED, TRAINING_FAILED, TRAINING_STARTED
+from events.names import ALERT_VERDICTS, MODEL_REGISTERED, TRAINING_COMPLETED, TRAINING_FAILED, TRAINING_STARTED
 from events.read_models import count_training_examples
 from events.sql_store import SqlEventStore
+from events.verdicts import attempt_examples
 
 TRAINING_TYPES = (TRAINING_STARTED, TRAINING_COMPLETED, TRAINING_FAILED, MODEL_REGISTERED)
 #: Reasons ``cancel`` gives; an attempt stopped for one of them is resumed, not backed off from.
@@ -209,7 +210,10 @@ def history(store: SqlEventStore, limit: int = 20) -> list[dict[str, Any]]:
 
 
 def count_new_examples(store: SqlEventStore, dataset: str, after_seq: int) -> int:
-    """Examples of ``dataset`` with ``seq > after_seq`` (quarantine left out, as snapshots do)."""
+    """Examples of ``dataset`` with ``seq > after_seq`` (quarantine left out, as snapshots do); for the
+    reviewers' verdicts, the labelled interactions whose standing verdict came after it."""
+    if dataset == ALERT_VERDICTS:
+        return sum(1 for e in attempt_examples(store) if e.seq > after_seq)
     return count_training_examples(store, dataset, after_seq)
 
 

@@ -85,18 +85,26 @@ LIFT_QUARANTINE = "lift_quarantine"
 # --- registered models (docs/trainers.md) -----------------------------------------------------------------
 
 #: The MLflow registered model of each kind of training.
-MODEL_NAMES: Mapping[str, str] = MappingProxyType({"reward": "alignd-reward", "policy": "alignd-policy"})
+MODEL_NAMES: Mapping[str, str] = MappingProxyType(
+    {"reward": "alignd-reward", "policy": "alignd-policy", "detector": "alignd-detector"}
+)
 #: The kinds of model alignd trains, the keys of :data:`MODEL_NAMES`.
 MODEL_KINDS: tuple[str, ...] = tuple(MODEL_NAMES)
+#: The kinds the continuous evaluation re-measures (trainers.champion_eval): the detector's held-out figures are
+#: fixed data, measured once when it trains.
+EVALUATED_KINDS: tuple[str, ...] = ("reward", "policy")
 
 # --- training datasets (trainers.snapshot) ------------------------------------------------------------
 
 PREFERENCE_PAIRS = "preference_pairs"
 DEMONSTRATIONS = "demonstrations"
 PROMPTS = "prompts"
+#: Interactions labelled by reviewers' verdicts on the jailbreak detectors' alerts (events.verdicts).
+ALERT_VERDICTS = "alert_verdicts"
 #: The kinds of dataset snapshot (``dataset.snapshotted``'s ``kind``).
-DATASET_KINDS: tuple[str, ...] = (PREFERENCE_PAIRS, DEMONSTRATIONS, PROMPTS)
-#: The dataset each kind of training reads: the reward model and the policy objectives (sft, dpo, rloo, ppo, grpo).
+DATASET_KINDS: tuple[str, ...] = (PREFERENCE_PAIRS, DEMONSTRATIONS, PROMPTS, ALERT_VERDICTS)
+#: The dataset each kind of training reads: the reward model, the policy objectives (sft, dpo, rloo, ppo, grpo) and
+#: the jailbreak-attempt classifier (``detector``; its authored data is read by the trainer, not snapshotted).
 DATASETS: Mapping[str, str] = MappingProxyType(
     {
         "reward": PREFERENCE_PAIRS,
@@ -105,5 +113,6 @@ DATASETS: Mapping[str, str] = MappingProxyType(
         "rloo": PROMPTS,
         "ppo": PROMPTS,
         "grpo": PROMPTS,
+        "detector": ALERT_VERDICTS,
     }
 )

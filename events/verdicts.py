@@ -23,6 +23,10 @@ from events.names import ALERT_REVIEWED, ANOMALY_DETECTED, INTERACTION_LOGGED, T
 from events.sql_store import SqlEventStore
 from events.store import EventStore
 
+#: The detectors whose verdicts label prompts for the jailbreak-attempt classifier (``alignd train detector``).
+JAILBREAK_ATTEMPT = "jailbreak_attempt"
+JAILBREAK_SUCCESS = "jailbreak_success"
+
 #: At most this many interactions of one alert's evidence become examples: an alert about a window (a spike of
 #: flags) names many, and one verdict should not outweigh the rest of the training set.
 MAX_EXAMPLES_PER_ALERT = 5
@@ -60,23 +64,29 @@ class LabelledExample:
     interaction_id: str
     verdict_event_id: str
     actor: str
+    seq: int = 0  # the verdict's
 
 
-def _reviews(store: EventStore, page: int = 1000) -> Iterator[StoredEvent]:
+def _reviews(store: EventStore, page: int = 1000, upto_seq: int | None = None) -> Iterator[StoredEvent]:
     after = 0
     while True:
         batch = store.read(after, limit=page, types=[ALERT_REVIEWED])
-        yield from batch
+        for stored in batch:
+            if upto_seq is not None and stored.seq > upto_seq:
+                return
+            yield stored
         if len(batch) < page:
             return
         after = batch[-1].seq
 
 
-def latest_verdicts(store: EventStore, detector: str | None = None) -> dict[str, Verdict]:
+def latest_verdicts(
+    store: EventStore, detector: str | None = None, *, upto_seq: int | None = None
+) -> dict[str, Verdict]:
     """The standing verdict of every reviewed alert (of ``detector``, when given), keyed by alert id, in the
-    order of their latest review."""
+    order of their latest review; with ``upto_seq``, as it stood at that seq."""
     standing: dict[str, Verdict] = {}
-    for stored in _reviews(store):
+    for stored in _reviews(store, upto_seq=upto_seq):
         p = stored.event.payload
         if detector is not None and p.get("detector") != detector:
             continue
@@ -114,13 +124,13 @@ def _interactions(store: EventStore, ids: Iterable[str]) -> Iterator[StoredEvent
             yield stored
 
 
-def verdict_examples(store: SqlEventStore, detector: str) -> list[LabelledExample]:
+def verdict_examples(store: SqlEventStore, detector: str, *, upto_seq: int | None = None) -> list[LabelledExample]:
     """The interactions the standing verdicts on ``detector``'s alerts label, quarantined verdicts and reviewers
     left out, in the order of the verdicts; an interaction labelled by two alerts counts once (the later verdict's
-    label)."""
+    label). With ``upto_seq``, the verdicts as they stood at that seq."""
     quarantined = {(e.kind, e.subject) for e in quarantine_entries(store)}
     examples: dict[str, LabelledExample] = {}
-    for verdict in latest_verdicts(store, detector).values():
+    for verdict in latest_verdicts(store, detector, upto_seq=upto_seq).values():
         if ("event", verdict.event_id) in quarantined or ("user", verdict.actor) in quarantined:
             continue
         alert = store.get(verdict.alert_id)
@@ -143,8 +153,23 @@ def verdict_examples(store: SqlEventStore, detector: str) -> list[LabelledExampl
                 interaction_id=event_id,
                 verdict_event_id=verdict.event_id,
                 actor=verdict.actor,
+                seq=verdict.seq,
             )
             kept += 1
             if kept == MAX_EXAMPLES_PER_ALERT:
                 break
     return list(examples.values())
+
+
+def attempt_examples(store: SqlEventStore, *, upto_seq: int | None = None) -> list[LabelledExample]:
+    """Prompts labelled for the jailbreak-attempt classifier, in verdict order: a true positive of
+    ``jailbreak_attempt`` or ``jailbreak_success`` says the prompt was an attack, a false positive of
+    ``jailbreak_attempt`` that it was not. A false positive of ``jailbreak_success`` labels nothing: it may only
+    mean the answer was harmless. Where verdicts on two alerts label one interaction, the later one stands."""
+    attempts = verdict_examples(store, JAILBREAK_ATTEMPT, upto_seq=upto_seq)
+    successes = [e for e in verdict_examples(store, JAILBREAK_SUCCESS, upto_seq=upto_seq) if e.label == 1]
+    latest: dict[str, LabelledExample] = {}
+    for example in sorted([*attempts, *successes], key=lambda e: e.seq):
+        latest.pop(example.interaction_id, None)
+        latest[example.interaction_id] = example
+    return list(latest.values())

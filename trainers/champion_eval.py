@@ -33,7 +33,7 @@ from typing import Any
 
 from events.messages import CONTINUOUS
 from events.model import Event
-from events.names import GATE_EVALUATED, MODEL_KINDS, MODEL_NAMES, PREFERENCE_PAIRS
+from events.names import EVALUATED_KINDS, GATE_EVALUATED, MODEL_NAMES, PREFERENCE_PAIRS
 from events.sql_store import SqlEventStore
 from trainers import gates
 from trainers.children import JobLimits, run_child
@@ -44,7 +44,7 @@ from trainers.snapshot import SOURCE, Snapshot, hash_rows, messages_of, split, t
 logger = logging.getLogger(__name__)
 
 PHASE = CONTINUOUS
-KINDS = MODEL_KINDS
+KINDS = EVALUATED_KINDS
 TAG_PREFIX = "alignd.eval."
 
 

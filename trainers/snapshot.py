@@ -19,9 +19,10 @@ from events.codec import canonical_json
 from events.errors import ConfigurationError
 from events.messages import DatasetSnapshotted
 from events.model import Event
-from events.names import DEMONSTRATIONS, PREFERENCE_PAIRS, PROMPTS
+from events.names import ALERT_VERDICTS, DEMONSTRATIONS, PREFERENCE_PAIRS, PROMPTS
 from events.read_models import first_prompts, folded_upto, training_examples
 from events.sql_store import SqlEventStore
+from events.verdicts import attempt_examples
 
 SOURCE = "alignd.trainers"
 
@@ -31,6 +32,8 @@ _NEEDS = {
     PREFERENCE_PAIRS: ("preference_pairs", "quarantine"),
     DEMONSTRATIONS: ("demonstrations", "quarantine"),
     PROMPTS: ("interactions", "quarantine"),
+    # verdicts are read from the events themselves; the quarantine decides which reviewers and verdicts count
+    ALERT_VERDICTS: ("quarantine",),
 }
 
 
@@ -82,7 +85,7 @@ def messages_of(prompt_kind: str, prompt: str) -> list[dict[str, str]]:
 def take_snapshot(
     store: SqlEventStore, kind: str, *, upto_seq: int | None = None, limit: int | None = None
 ) -> Snapshot:
-    """Examples of ``kind`` (preference_pairs, demonstrations or prompts) up to ``upto_seq``.
+    """Examples of ``kind`` (preference_pairs, demonstrations, prompts or alert_verdicts) up to ``upto_seq``.
 
     ``upto_seq`` defaults to how far the projections have folded; asking for more than that is refused
     (the examples past it are not in the tables yet, and the hash would not be reproducible).
@@ -120,6 +123,19 @@ def take_snapshot(
                 "response": r["response"],
             }
             for r in training_examples(store, DEMONSTRATIONS, upto_seq)
+        ]
+    elif kind == ALERT_VERDICTS:
+        rows = [
+            {
+                "id": e.interaction_id,
+                "seq": e.seq,
+                "prompt": e.prompt,
+                "label": e.label,
+                "detector": e.detector,
+                "alert_id": e.alert_id,
+                "verdict_event_id": e.verdict_event_id,
+            }
+            for e in attempt_examples(store, upto_seq=upto_seq)
         ]
     else:
         rows = _prompts(store, upto_seq)

@@ -125,6 +125,26 @@ def train_reward(spec: dict[str, Any], dist_info: Distributed) -> dict[str, Any]
     return {**finished, "replicas_in_sync": in_sync}
 
 
+def train_detector(spec: dict[str, Any], dist_info: Distributed) -> dict[str, Any]:
+    """The jailbreak-attempt classifier (trainers.detector_job): one process, no optimizer loop to resume (the
+    head trains in seconds on cached features)."""
+    from trainers.detector_job import train_and_evaluate
+    from trainers.loop import TrainResult
+
+    if dist_info.world_size > 1:
+        raise ValueError("the jailbreak classifier trains in one process; run it with nproc 1")
+    evaluated = train_and_evaluate(spec, _load_rows(spec))
+    result = TrainResult(steps=evaluated.epochs, metrics={})
+    return _finish(
+        result,
+        evaluated.decision,
+        evaluated.measured,
+        evaluated.train_examples,
+        evaluated.held_out_examples,
+        evaluated.tags,
+    )
+
+
 def pair_margins(rm: RewardModel, rows: list[dict[str, Any]], batch_size: int) -> list[float]:
     """reward(chosen) - reward(rejected) per pair, in order (as RewardObjective.evaluate computes them)."""
     from trainers.reward import pair_texts
@@ -539,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         torch.manual_seed(spec["config"].get("seed", 0))
-        result = train_reward(spec, dist_info) if spec["kind"] == "reward" else train_policy(spec, dist_info)
+        trainers = {"reward": train_reward, "policy": train_policy, "detector": train_detector}
+        result = trainers[spec["kind"]](spec, dist_info)
         if dist_info.is_main:
             result["duration_s"] = round(time.monotonic() - started, 3)
             result["world_size"] = dist_info.world_size

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from daemon import configs
 from daemon.cli.command import AddCommand, with_app
 from daemon.cli.output import note, print_json
-from events.names import MODEL_KINDS, MODEL_NAMES
+from events.names import EVALUATED_KINDS, MODEL_NAMES
 
 if TYPE_CHECKING:
     from daemon.bootstrap import App
@@ -27,7 +27,7 @@ def add_evaluate_command(models: Any, add: AddCommand) -> None:
         cmd_models_evaluate,
         "re-run the safety suite and the held-out reward accuracy on the current champions, and record the results",
     )
-    p.add_argument("--kind", choices=MODEL_KINDS, help="only this model's champion (default: both)")
+    p.add_argument("--kind", choices=EVALUATED_KINDS, help="only this model's champion (default: both)")
     p.add_argument("--upto-seq", type=int, metavar="N", help="snapshot the pairs up to this seq (default: all folded)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="overrides trainers.timeout_s")
 
@@ -36,7 +36,7 @@ def add_evaluate_command(models: Any, add: AddCommand) -> None:
 def cmd_models_evaluate(app: App, args: argparse.Namespace) -> int:
     from events.projections import ProjectionRunner
 
-    kinds = [args.kind] if args.kind else list(MODEL_KINDS)
+    kinds = [args.kind] if args.kind else list(EVALUATED_KINDS)
     limits = configs.job_limits(app.settings, timeout_s=args.timeout)
     # The held-out pairs come from the projections: fold whatever ingestion appended since they last ran.
     ProjectionRunner(app.store).catch_up()

@@ -119,7 +119,12 @@ def volume_status(
     attempts = read_attempts(store)
     now = datetime.now(UTC)
     rows = []
-    for kind, threshold in (("reward", config.reward_after_pairs), ("policy", config.policy_after_examples)):
+    thresholds = (
+        ("reward", config.reward_after_pairs),
+        ("policy", config.policy_after_examples),
+        ("detector", config.detector_after_verdicts),
+    )
+    for kind, threshold in thresholds:
         objective = config.policy_objective if kind == "policy" else None
         dataset = DATASETS[objective or kind]
         since = baseline_seq(attempts, kind)

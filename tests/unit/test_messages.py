@@ -180,11 +180,12 @@ def test_alias_moves_share_their_payload_and_key_by_model() -> None:
 
 
 def test_names_are_defined_once_for_every_floor() -> None:
-    assert dict(MODEL_NAMES) == {"reward": "alignd-reward", "policy": "alignd-policy"}
+    assert dict(MODEL_NAMES) == {"reward": "alignd-reward", "policy": "alignd-policy", "detector": "alignd-detector"}
     assert dict(DATASETS) == {"reward": "preference_pairs", "sft": "demonstrations", "dpo": "preference_pairs"} | {
         "rloo": "prompts",
         "ppo": "prompts",
         "grpo": "prompts",
+        "detector": "alert_verdicts",
     }
     with pytest.raises(TypeError):
         MODEL_NAMES["reward"] = "other"  # type: ignore[index]
