@@ -98,6 +98,27 @@ def first_prompts(store: SqlEventStore, upto_seq: int) -> list[Row]:
         return [{"seq": int(r.seq), "prompt_kind": r.prompt_kind, "prompt": r.prompt} for r in conn.execute(first)]
 
 
+def user_flagged_prompts(store: SqlEventStore, upto_seq: int, limit: int) -> list[Row]:
+    """Distinct prompts of interactions their users flagged (a flag of any category, or a thumbs-down) up to
+    ``upto_seq``, each at its first such interaction (``seq``, ``prompt_kind``, ``prompt``), at most ``limit``, the
+    most recent first; quarantined users and events left out. The policy's ``flagged`` probe reads them."""
+    t, q = proj_interactions, proj_quarantine
+    flagged = (
+        select(func.min(t.c.interaction_seq).label("seq"), t.c.prompt_kind, t.c.prompt)
+        .where(
+            t.c.interaction_seq <= upto_seq,
+            or_(t.c.flags != "[]", t.c.thumbs_down > 0),
+            _users_not_quarantined(t.c.user_id),
+            t.c.event_id.not_in(select(q.c.subject_id).where(q.c.subject_kind == "event")),
+        )
+        .group_by(t.c.prompt_kind, t.c.prompt)
+        .order_by(func.min(t.c.interaction_seq).desc())
+        .limit(limit)
+    )
+    with store.read_connection() as conn:
+        return [{"seq": int(r.seq), "prompt_kind": r.prompt_kind, "prompt": r.prompt} for r in conn.execute(flagged)]
+
+
 def count_training_examples(store: SqlEventStore, dataset: str, after_seq: int) -> int:
     """Examples of ``dataset`` (``preference_pairs``, ``demonstrations``; any other name counts prompts) with
     ``seq > after_seq``, quarantine left out as snapshots leave it out; prompts are the interactions of users not

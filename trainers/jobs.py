@@ -41,6 +41,7 @@ from events.names import (
     TRAINING_FAILED,
     TRAINING_STARTED,
 )
+from events.read_models import user_flagged_prompts
 from events.sql_store import SqlEventStore
 from trainers.children import JobLimits, run_child
 from trainers.config import (
@@ -259,6 +260,10 @@ class TrainingJobs:
             else None,
             "reward_model_dir": str(self.registry.download("reward", a.judge.version, a.folder / "reward"))
             if a.kind == "policy" and a.judge
+            else None,
+            # What users flagged or thumbed down, for the policy's ``flagged`` probe (the child never reads the store)
+            "flagged_prompts": user_flagged_prompts(self.store, a.snapshot.to_seq, self.evaluation.probe_prompts)
+            if a.kind == "policy" and self.evaluation.probes
             else None,
             # The classifier's frozen-encoder features, computed once per text and kept across jobs.
             "cache_dir": str(self.work_dir / "cache" / "detector") if a.kind == "detector" else None,

@@ -160,17 +160,19 @@ def pair_margins(rm: RewardModel, rows: list[dict[str, Any]], batch_size: int) -
 
 
 class _RecordingJudge:
-    """The safety judge, keeping each prompt's unsafe and refused flags in order (the safety gate pairs them by
-    prompt; the refusal probe reads them as labels)."""
+    """The safety judge, keeping each prompt's unsafe, toxic and refused flags in order (the safety and toxicity
+    gates pair them by prompt; the refusal probe reads them as labels)."""
 
     def __init__(self, judge: Any) -> None:
         self.judge = judge
         self.unsafe: list[float] = []
+        self.toxic: list[float] = []
         self.refused: list[int] = []
 
     def judge_batch(self, prompts: list[str], answers: list[str]) -> Any:
         verdicts = self.judge.judge_batch(prompts, answers)
         self.unsafe.extend(1.0 if v.unsafe else 0.0 for v in verdicts)
+        self.toxic.extend(1.0 if v.toxic >= self.judge.toxic_threshold else 0.0 for v in verdicts)
         self.refused.extend(1 if v.refused else 0 for v in verdicts)
         return verdicts
 
@@ -253,7 +255,8 @@ def evaluate_policy(
             champion_flags,  # type: ignore[arg-type]
         )
         measured["champion_unsafe_rate"] = champion_report.unsafe_rate
-    elif gate_config.safety_mode == "relative":
+        measured["champion_toxic_rate"] = champion_report.toxic_rate
+    elif "relative" in (gate_config.safety_mode, gate_config.toxicity_mode):
         # No champion yet: what serves is the base model (serve answers with it until a first promotion), so
         # "no less safe than what serves now" is measured against it, on the same prompts, adapter off. ("both"
         # keeps the absolute bound alone here, as before: a first policy is not held to two references.)
@@ -263,15 +266,30 @@ def evaluate_policy(
             champion_flags,  # type: ignore[arg-type]
         )
         measured["base_unsafe_rate"] = base_report.unsafe_rate
+        measured["base_toxic_rate"] = base_report.toxic_rate
     reference_report = champion_report or base_report
+    # the base model is a reference only for a gate in relative mode ("both" keeps the absolute bound alone then)
+    safety_reference = champion_report or (base_report if gate_config.safety_mode == "relative" else None)
+    toxicity_reference = champion_report or (base_report if gate_config.toxicity_mode == "relative" else None)
+    reference_name = "champion" if champion_report else "base model"
     results.append(
         gates.safety_gate(
             report.unsafe_rate,
-            reference_report.unsafe_rate if reference_report else None,
+            safety_reference.unsafe_rate if safety_reference else None,
             gate_config,
             candidate_unsafe=candidate_flags.unsafe,
-            champion_unsafe=champion_flags.unsafe if reference_report else None,
-            reference="champion" if champion_report else "base model",
+            champion_unsafe=champion_flags.unsafe if safety_reference else None,
+            reference=reference_name,
+        )
+    )
+    results.append(
+        gates.toxicity_gate(
+            report.toxic_rate,
+            toxicity_reference.toxic_rate if toxicity_reference else None,
+            gate_config,
+            candidate_toxic=candidate_flags.toxic,
+            champion_toxic=champion_flags.toxic if toxicity_reference else None,
+            reference=reference_name,
         )
     )
 
@@ -282,10 +300,16 @@ def evaluate_policy(
             red_team,
             # Distinct prompts, from the whole snapshot (training prompts too: the probe learns nothing from
             # them that the policy did, and a held-out tenth held 5 to 13 distinct prompts in the demo).
-            list(dict.fromkeys(_prompt_texts(probe_rows or rows)))[: eval_config.probe_prompts],
-            candidate_flags.refused,
-            champion_flags.refused if reference_report else None,
+            list(dict.fromkeys(_prompt_texts(probe_rows or rows))),
+            {
+                "refusal": (candidate_flags.refused, champion_flags.refused if reference_report else None),
+                "toxic": (
+                    [int(x) for x in candidate_flags.toxic],
+                    [int(x) for x in champion_flags.toxic] if reference_report else None,
+                ),
+            },
             eval_config,
+            _prompt_texts(spec["flagged_prompts"]) if spec.get("flagged_prompts") is not None else None,
         )
         charts = Path(spec["output_dir"]) / "probes" if spec.get("output_dir") else None
         for concept in found:
@@ -349,25 +373,35 @@ def _probe_concepts(
     champion: Policy | None,
     red_team: list[safety.RedTeamPrompt],
     user_prompts: list[str],
-    refused: list[int],
-    reference_refused: list[int] | None,
+    answers: dict[str, tuple[list[int], list[int] | None]],
     eval_config: EvaluationConfig,
+    flagged_prompts: list[str] | None = None,
 ) -> list[probes.ConceptProbe]:
-    """Two concepts in the candidate's hidden states and in what serves (the champion; before a first promotion,
+    """Concepts in the candidate's hidden states and in what serves (the champion; before a first promotion,
     the base model: the adapter off), with the drift between their directions (docs/probes.md):
 
     - ``harmful``: red-team prompts against the users' own prompts (the snapshot's, distinct), ``probe_prompts``
       of each. Its class-mean direction is what Arditi et al. (2024) call the refusal direction, and it is
       readable in any model, including one that seldom refuses.
-    - ``refusal``: the red-team prompts the model refused against those it complied with, labelled by its own
-      answers as the safety judge read them; only where a model refused and complied often enough."""
+    - ``refusal`` and ``toxic`` (``answers``: concept -> the candidate's and the reference's per-prompt labels):
+      the red-team prompts the model refused against those it complied with, and those it answered toxically
+      against the rest, labelled by its own answers as the safety judge read them; only where a model did both
+      often enough.
+    - ``flagged``: prompts of interactions their users flagged or thumbed down (``flagged_prompts``) against the
+      users' other prompts."""
+    memo: dict[tuple[int, bool, tuple[str, ...]], torch.Tensor] = {}
 
     def states_of(model: Policy, adapter_off: bool = False) -> Any:
         def read(texts: Any) -> torch.Tensor:
-            if adapter_off:
-                with model.model.disable_adapter():
-                    return probes.last_token_states(model, texts)
-            return probes.last_token_states(model, texts)
+            # refusal and toxic read the same red-team prompts from the same model: one forward pass
+            key = (id(model), adapter_off, tuple(texts))
+            if key not in memo:
+                if adapter_off:
+                    with model.model.disable_adapter():
+                        memo[key] = probes.last_token_states(model, texts)
+                else:
+                    memo[key] = probes.last_token_states(model, texts)
+            return memo[key]
 
         return read
 
@@ -382,18 +416,29 @@ def _probe_concepts(
     mixed = in_turn + user_prompts[:k]
     harmful = [1] * len(in_turn) + [0] * len(user_prompts[:k])
     common = {"reference_name": reference, "min_per_class": eval_config.probe_min_per_class, "seed": eval_config.seed}
-    return [
-        probes.probe_concept("harmful", mixed, harmful, states_of(policy), harmful, reference_states, **common),
-        probes.probe_concept(
-            "refusal",
-            [p.text for p in red_team],
-            refused,
-            states_of(policy),
-            reference_refused,
-            reference_states if reference_refused is not None else None,
-            **common,
-        ),
-    ]
+    found = [probes.probe_concept("harmful", mixed, harmful, states_of(policy), harmful, reference_states, **common)]
+    for concept, (labels, reference_labels) in answers.items():
+        found.append(
+            probes.probe_concept(
+                concept,
+                [p.text for p in red_team],
+                labels,
+                states_of(policy),
+                reference_labels,
+                reference_states if reference_labels is not None else None,
+                **common,
+            )
+        )
+    if flagged_prompts is not None:
+        flagged = list(dict.fromkeys(flagged_prompts))[:k]
+        others = [p for p in user_prompts if p not in set(flagged)][:k]
+        labels = [1] * len(flagged) + [0] * len(others)
+        found.append(
+            probes.probe_concept(
+                "flagged", flagged + others, labels, states_of(policy), labels, reference_states, **common
+            )
+        )
+    return found
 
 
 def _replicas_in_sync(model: Any, dist_info: Distributed) -> bool:

@@ -163,6 +163,10 @@ def test_a_killed_policy_job_resumes_from_its_checkpoint(
     store: SqlEventStore, registry: ModelRegistry, tmp_path: Path
 ) -> None:
     seed_preferences(store, 40)
+    # users thumb down five answers: the flagged probe's positive class
+    downs = [feedback(f"r{i}", "thumbs", "down", i=i) for i in range(5)]
+    store.append([decode_inbound(encode(m), fallback_event_id=f"t:1:{n}") for n, m in enumerate(downs)])
+    ProjectionRunner(store).catch_up()
     work = tmp_path / "work"
     jobs = TrainingJobs(store, registry, work, evaluation=EVALUATION)
     config = tiny_dpo(max_steps=8, checkpoint_every=2)
@@ -195,7 +199,13 @@ def test_a_killed_policy_job_resumes_from_its_checkpoint(
     assert -1.0 <= run.data.metrics["probe.harmful.drift"] <= 1.0
     assert version.tags["alignd.probe.harmful"].startswith("harmful: best layer ")
     assert "drift to the base model's direction" in version.tags["alignd.probe.harmful"]
-    assert "alignd.probe.refusal" in version.tags
+    assert "alignd.probe.refusal" in version.tags and "alignd.probe.toxic" in version.tags
+    # the thumbed-down prompts (distinct) against the users' others, read from the store by the parent
+    spec = json.loads(next(work.rglob("spec.json")).read_text())
+    distinct = {pair["prompt"] for pair in synthetic_pairs(40, seed=7)[:5]}
+    assert sorted(r["prompt"] for r in spec["flagged_prompts"]) == sorted(distinct)
+    assert version.tags["alignd.probe.flagged"].startswith("flagged: best layer ")
+    assert "probe.flagged.drift" in run.data.metrics
     charts = [a.path for a in registry.client.list_artifacts(version.run_id, "probes")]
     assert "probes/probe-harmful.png" in charts
 
