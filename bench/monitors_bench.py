@@ -569,6 +569,11 @@ def run_latency(args: argparse.Namespace, services: Services) -> dict[str, Any]:
         "ALIGND_MONITORS_EMBEDDINGS": "false",
         "ALIGND_MONITORS_DETECTORS": args.latency_detectors,
         **({"ALIGND_MONITORS_BATCH_SIZE": str(args.monitor_batch)} if args.monitor_batch else {}),
+        **(
+            {"ALIGND_MONITORS_JAILBREAK_CLASSIFIER": str(args.jailbreak_classifier)}
+            if args.jailbreak_classifier
+            else {}
+        ),
         # the monitor role watches MLflow aliases: an empty local registry, so nothing is ever promoted
         "ALIGND_MLFLOW_TRACKING_URI": f"sqlite:///{services.tmp / f'mlflow-{tag}.db'}",
         "ALIGND_MLFLOW_ARTIFACT_LOCATION": str(services.tmp / "mlruns"),
@@ -662,6 +667,7 @@ def run_latency(args: argparse.Namespace, services: Services) -> dict[str, Any]:
             "ALIGND_INGEST_KAFKA_COMMIT_INTERVAL_S": settings.ingest.kafka_commit_interval_s,
             "ALIGND_INGEST_MAX_POLL_RECORDS": settings.ingest.max_poll_records,
             "ALIGND_MONITORS_BATCH_SIZE": settings.monitors.batch_size,
+            "ALIGND_MONITORS_JAILBREAK_CLASSIFIER": settings.monitors.jailbreak_classifier,
             "loops": "daemon.run.build(roles ingest, monitor): monitors and alerts-outbox LoopParts",
             "monitor_interval_s": getattr(monitors, "interval_s", None),
             "outbox_interval_s": getattr(outbox, "interval_s", None),
@@ -765,6 +771,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--latency-detectors",
         default=",".join([*LIGHT, "toxicity"]),
         help="detectors of the latency phase's monitor loop (default: the light ones and toxicity, no embeddings)",
+    )
+    parser.add_argument(
+        "--jailbreak-classifier",
+        type=Path,
+        default=None,
+        help="a trained classifier folder (python -m trainers.detector): the latency phase's jailbreak detectors use it",
     )
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
