@@ -55,8 +55,14 @@ def policy_config(settings: Settings, **overrides: Any) -> PolicyConfig:
 
 def detector_config(settings: Settings, **overrides: Any) -> DetectorTrainConfig:
     from trainers.config import DetectorTrainConfig
+    from trainers.detector_job import classifier_config
 
-    return _checked(DetectorTrainConfig, "detector", {**settings.trainers.detector, **overrides})
+    config = _checked(DetectorTrainConfig, "detector", {**settings.trainers.detector, **overrides})
+    try:  # the classifier's own settings, checked before a job starts rather than in its child
+        classifier_config(config)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"trainers.detector.classifier settings: {exc}") from None
+    return config
 
 
 def evaluation_config(settings: Settings) -> EvaluationConfig:

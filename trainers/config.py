@@ -200,6 +200,10 @@ class DetectorTrainConfig:
             raise ValueError(f"sample must be 0 (all) or more, got {self.sample!r}")
         if self.classifier is None:
             object.__setattr__(self, "classifier", {})
+        if not isinstance(self.classifier, dict):
+            raise ValueError(
+                f"classifier must be a mapping of trainers.detector.DetectorConfig fields, got {self.classifier!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -79,7 +79,10 @@ def classifier_config(config: DetectorTrainConfig) -> DetectorConfig:
         raise ValueError(f"unknown classifier settings: {', '.join(unknown)}; known: {', '.join(sorted(known))}")
     values: dict[str, Any] = {"seed": config.seed, **config.classifier}
     if "layers" in values:
-        values["layers"] = tuple(int(i) for i in values["layers"])
+        layers = values["layers"]
+        if not isinstance(layers, list | tuple) or not all(isinstance(i, int) and i >= 0 for i in layers) or not layers:
+            raise ValueError(f"layers must be a list of hidden-state indices (0: the embeddings), got {layers!r}")
+        values["layers"] = tuple(layers)
     if "grid" in values:
         values["grid"] = {
             k: tuple(tuple(v) if isinstance(v, list) else v for v in vs) for k, vs in values["grid"].items()
