@@ -389,19 +389,23 @@ def _probe_concepts(
       often enough.
     - ``flagged``: prompts of interactions their users flagged or thumbed down (``flagged_prompts``) against the
       users' other prompts."""
-    memo: dict[tuple[int, bool, tuple[str, ...]], torch.Tensor] = {}
+    memo: dict[tuple[int, bool], dict[str, torch.Tensor]] = {}
 
     def states_of(model: Policy, adapter_off: bool = False) -> Any:
+        # Per prompt, per model: the concepts share prompts (refusal and toxic all the red-team prompts, harmful
+        # some of them), and each prompt's forward pass is the probes' whole cost.
+        seen = memo.setdefault((id(model), adapter_off), {})
+
         def read(texts: Any) -> torch.Tensor:
-            # refusal and toxic read the same red-team prompts from the same model: one forward pass
-            key = (id(model), adapter_off, tuple(texts))
-            if key not in memo:
+            todo = [t for t in dict.fromkeys(texts) if t not in seen]
+            if todo:
                 if adapter_off:
                     with model.model.disable_adapter():
-                        memo[key] = probes.last_token_states(model, texts)
+                        states = probes.last_token_states(model, todo)
                 else:
-                    memo[key] = probes.last_token_states(model, texts)
-            return memo[key]
+                    states = probes.last_token_states(model, todo)
+                seen.update(zip(todo, states, strict=True))
+            return torch.stack([seen[t] for t in texts])
 
         return read
 
