@@ -75,17 +75,17 @@ class Step:
 
 
 #: The demo's steps, in order (``serve`` only with ``--keep-running``), with what each takes on an idle 2-core
-#: machine (measured 2026-12-07/08 at a load average of 1-2: the quick ones, and the default ones over two runs,
-#: 426 s and 433 s, the first of which made SmolLM2's de-quantized copy, trainers/model_cache.py). A busy machine
-#: runs past them, which the bar shows.
+#: machine (measured at a load average of 1-2: the quick ones on 2026-12-07; the default ones on 2026-12-08, 739 s,
+#: with the probes of four concepts and the toxicity gate in each policy evaluation: two safety suites of 201
+#: answers each are most of steps 4, 5 and 7). A busy machine runs past them, which the bar shows.
 STEPS: dict[str, Step] = {
     "broker": Step("start a local Kafka broker and create its topics", 10, 5),
     "traffic": Step("stream the first release's traffic and ingest it", 5, 5),
     "reward": Step("train the reward model on the users' preferences", 30, 20),
-    "policy": Step("train the policy (DPO) and evaluate it for its gates", 33, 100),
-    "release": Step("promote both; a vendor's rude rewrites; fine-tune and release a new version (SFT)", 55, 130),
-    "incident": Step("users chat with the release through serve: alert, roll back, swap, ask again", 32, 60),
-    "retrain": Step("resume training; retrain the reward model and the policy on everything", 66, 130),
+    "policy": Step("train the policy (DPO) and evaluate it for its gates", 33, 170),
+    "release": Step("promote both; a vendor's rude rewrites; fine-tune and release a new version (SFT)", 55, 225),
+    "incident": Step("users chat with the release through serve: alert, roll back, swap, ask again", 32, 75),
+    "retrain": Step("resume training; retrain the reward model and the policy on everything", 66, 230),
     "audit": Step("verify the audit trail", 2, 2),
     "serve": Step("serve the broker, the review page and the MLflow UI", 15, 15),
 }
