@@ -16,7 +16,14 @@ from typing import Any
 from sqlalchemy import Select, func, select
 
 from events.model import Event
-from events.names import DATASET_KINDS, DATASET_SNAPSHOTTED, DEMONSTRATIONS, PREFERENCE_PAIRS, PROMPTS
+from events.names import (
+    ALERT_VERDICTS,
+    DATASET_KINDS,
+    DATASET_SNAPSHOTTED,
+    DEMONSTRATIONS,
+    PREFERENCE_PAIRS,
+    PROMPTS,
+)
 from events.projections.quarantine import training_demonstrations, training_pairs
 from events.read_models import folded_upto
 from events.sql_store import SqlEventStore, row_to_event
@@ -30,6 +37,7 @@ _PROJECTIONS = {
     PREFERENCE_PAIRS: ("preference_pairs", "quarantine"),
     DEMONSTRATIONS: ("demonstrations", "quarantine"),
     PROMPTS: ("interactions", "quarantine"),
+    ALERT_VERDICTS: ("quarantine",),
 }
 
 
@@ -187,6 +195,14 @@ def dataset_stats(store: SqlEventStore, kinds: Sequence[str] = DATASET_KINDS) ->
     projections they are read from have folded the store (the counts cover events up to there)."""
     with store.read_connection() as conn:
         counts = [c for c in _counts(conn) if c.dataset in kinds]
+    if ALERT_VERDICTS in kinds:  # reviewers' verdicts are read from the events themselves (events.verdicts)
+        from events.verdicts import attempt_example_counts
+
+        counts += [
+            DatasetCount(ALERT_VERDICTS, label, kept, quarantined)
+            for label, (kept, quarantined) in attempt_example_counts(store).items()
+        ]
+    with store.read_connection() as conn:
         snapshots = [s for s in _last_snapshots(conn) if s.kind in kinds]
         store_seq = int(conn.execute(select(func.coalesce(func.max(events.c.seq), 0))).scalar_one())
     folded = {kind: folded_upto(store, _PROJECTIONS[kind]) for kind in kinds}

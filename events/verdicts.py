@@ -13,6 +13,7 @@ or whose reviewer is a quarantined user id, is left out of the examples (``align
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -124,11 +125,13 @@ def _interactions(store: EventStore, ids: Iterable[str]) -> Iterator[StoredEvent
             yield stored
 
 
-def verdict_examples(store: SqlEventStore, detector: str, *, upto_seq: int | None = None) -> list[LabelledExample]:
+def verdict_examples(
+    store: SqlEventStore, detector: str, *, upto_seq: int | None = None, quarantine: bool = True
+) -> list[LabelledExample]:
     """The interactions the standing verdicts on ``detector``'s alerts label, quarantined verdicts and reviewers
-    left out, in the order of the verdicts; an interaction labelled by two alerts counts once (the later verdict's
-    label). With ``upto_seq``, the verdicts as they stood at that seq."""
-    quarantined = {(e.kind, e.subject) for e in quarantine_entries(store)}
+    left out (unless ``quarantine`` is false), in the order of the verdicts; an interaction labelled by two alerts
+    counts once (the later verdict's label). With ``upto_seq``, the verdicts as they stood at that seq."""
+    quarantined = {(e.kind, e.subject) for e in quarantine_entries(store)} if quarantine else set()
     examples: dict[str, LabelledExample] = {}
     for verdict in latest_verdicts(store, detector, upto_seq=upto_seq).values():
         if ("event", verdict.event_id) in quarantined or ("user", verdict.actor) in quarantined:
@@ -161,15 +164,28 @@ def verdict_examples(store: SqlEventStore, detector: str, *, upto_seq: int | Non
     return list(examples.values())
 
 
-def attempt_examples(store: SqlEventStore, *, upto_seq: int | None = None) -> list[LabelledExample]:
+def attempt_examples(
+    store: SqlEventStore, *, upto_seq: int | None = None, quarantine: bool = True
+) -> list[LabelledExample]:
     """Prompts labelled for the jailbreak-attempt classifier, in verdict order: a true positive of
     ``jailbreak_attempt`` or ``jailbreak_success`` says the prompt was an attack, a false positive of
     ``jailbreak_attempt`` that it was not. A false positive of ``jailbreak_success`` labels nothing: it may only
     mean the answer was harmless. Where verdicts on two alerts label one interaction, the later one stands."""
-    attempts = verdict_examples(store, JAILBREAK_ATTEMPT, upto_seq=upto_seq)
-    successes = [e for e in verdict_examples(store, JAILBREAK_SUCCESS, upto_seq=upto_seq) if e.label == 1]
+    attempts = verdict_examples(store, JAILBREAK_ATTEMPT, upto_seq=upto_seq, quarantine=quarantine)
+    successes = [
+        e for e in verdict_examples(store, JAILBREAK_SUCCESS, upto_seq=upto_seq, quarantine=quarantine) if e.label == 1
+    ]
     latest: dict[str, LabelledExample] = {}
     for example in sorted([*attempts, *successes], key=lambda e: e.seq):
         latest.pop(example.interaction_id, None)
         latest[example.interaction_id] = example
     return list(latest.values())
+
+
+def attempt_example_counts(store: SqlEventStore) -> dict[str, tuple[int, int]]:
+    """The classifier's labelled interactions by label (``attack``, ``false_alarm``): (kept, left out by the
+    quarantine of a verdict or a reviewer), for ``alignd datasets``."""
+    names = {1: "attack", 0: "false_alarm"}
+    kept = Counter(names[e.label] for e in attempt_examples(store))
+    every = Counter(names[e.label] for e in attempt_examples(store, quarantine=False))
+    return {label: (kept[label], max(0, every[label] - kept[label])) for label in sorted(every)}

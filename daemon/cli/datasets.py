@@ -22,7 +22,8 @@ def add_datasets_commands(commands: Any, add: AddCommand) -> None:
         commands,
         "datasets",
         cmd_datasets,
-        "preference pairs, demonstrations and prompts by source and quarantine state; the last snapshots",
+        "preference pairs, demonstrations, prompts and reviewers' verdicts by source and quarantine state; the last "
+        "snapshots",
     )
 
 

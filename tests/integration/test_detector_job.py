@@ -159,3 +159,16 @@ def test_verdicts_since_the_last_classifier_trigger_its_retraining(
     assert code == 0, err
     assert {e.interaction_id: e.label for e in attempt_examples(store)} == {ids["benign"]: 1, ids["attack"]: 1}
     assert detector_row(3)["new_examples"] == 2
+
+    def verdict_counts() -> dict[str, tuple[int, int]]:
+        code, out, err = _cli(["datasets", "--json"], capsys)
+        assert code == 0, err
+        rows = json.loads(out)["counts"]
+        return {r["source"]: (r["kept"], r["quarantined"]) for r in rows if r["dataset"] == "alert_verdicts"}
+
+    assert verdict_counts() == {"attack": (2, 0)}
+    # the poisoning guard: a quarantined reviewer's verdicts leave the classifier's data, and `datasets` says so
+    code, _, err = _cli(["quarantine", "add", "--user", "bo", "--reason", "careless reviews", "--actor", "ana"], capsys)
+    assert code == 0, err
+    assert verdict_counts() == {"attack": (1, 1)}
+    assert {e.interaction_id: e.label for e in attempt_examples(store)} == {ids["benign"]: 1}
