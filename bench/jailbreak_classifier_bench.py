@@ -141,7 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc: dict[str, Any] = {"code": code_version(), "model": str(args.model), "load_start": loadavg(),
                            "test_counts": dict(Counter(_group(e) for e in test))}  # fmt: skip
     manifest = json.loads((args.model / "alignd_detector.json").read_text("utf-8"))
-    doc["manifest"] = {k: manifest.get(k) for k in ("threshold", "config", "examples", "trials")}
+    doc["manifest"] = {
+        k: manifest.get(k) for k in ("threshold", "config", "examples", "trials", "validation", "finetune")
+    }
     if not args.no_accuracy:
         texts = [e.text for e in test]
         doc["classifier"] = {}

